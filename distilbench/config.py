@@ -1,0 +1,126 @@
+"""Typed run configuration. Precedence, in one place: CLI flag > YAML file (``--config``) > the defaults below.
+
+Every field carries its help text; ``validate`` raises :class:`UsageError` (a ``ValueError``) with a message
+that names the bad value and what is accepted, never ``assert``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunConfig:
+    task: str = _f("rte", "GLUE task name (see `distilbench ls tasks`).")
+    objective: str = _f("kd", "distillation objective (see `distilbench ls objectives`); `none` = plain fine-tuning.")
+    teacher: str = _f("mpnet-base", "teacher: an embedded alias (mpnet-base, minilm-l6), a hub id or a local path.")
+    student: str | None = _f(None, "student model: alias, hub id or path; shorthand for --init pretrained:MODEL.")
+    init: str = _f("first-k", "student initialisation: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL.")
+    student_layers: int = _f(3, "number of student layers for every-k / first-k / last-k / random.")
+    seeds: int = _f(1, "run seeds 0..N-1 (paired: seed k gives every objective the same data order and init).")
+    seed_list: str | None = _f(None, "comma-separated explicit seeds, instead of --seeds.")
+    epochs: float = _f(3.0, "student training epochs.")
+    lr: float = _f(5e-5, "student peak learning rate (AdamW, linear warm-up and decay).")
+    batch_size: int = _f(16, "training batch size.")
+    eval_batch_size: int = _f(64, "evaluation batch size.")
+    max_length: int = _f(128, "maximum tokens per example (dynamic padding below it).")
+    warmup_ratio: float = _f(0.1, "share of training steps for linear warm-up.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off).")
+    temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.")
+    alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.")
+    teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
+    teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.")
+    teacher_seed: int = _f(0, "seed of the (single, cached) teacher fine-tuning run.")
+    selection_fraction: float = _f(0.1, "seeded held-out slice of train used for every selection (best epoch); dev is never used to select.")
+    select_best_epoch: bool = _f(True, "keep the epoch with the best selection-split score.")
+    max_train_examples: int | None = _f(None, "subsample train to N examples (fixed, reproducible sample).")
+    max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).")
+    data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.")
+    results: str = _f("runs/results.sqlite", "SQLite results store.")
+    force: bool = _f(False, "rerun and replace rows that already exist.")
+    baseline: bool = _f(True, "also run the `none` baseline (same student, no teacher) for the table.")
+    cpu: bool = _f(False, "force the CPU even when an accelerator is present.")
+    mixed_precision: str = _f("auto", "auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16.")
+    progress: bool = _f(True, "show a progress bar.")
+
+    def validate(self) -> "RunConfig":
+        positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "max_length": self.max_length, "temperature": self.temperature, "teacher_epochs": self.teacher_epochs,
+                    "teacher_lr": self.teacher_lr, "student_layers": self.student_layers}
+        for name, value in positive.items():
+            if value is None or value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+        if self.seed_list is None and self.seeds < 1:
+            raise UsageError(f"--seeds must be >= 1 (got {self.seeds}); use --seeds N for seeds 0..N-1 or --seed-list 0,3,7")
+        if not 0.0 < self.selection_fraction < 1.0:
+            raise UsageError(f"--selection-fraction must be in (0, 1) (got {self.selection_fraction})")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UsageError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise UsageError(f"--mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
+        if self.student is not None:
+            if self.init not in ("first-k", f"pretrained:{self.student}"):  # first-k is the default: --student overrides it
+                raise UsageError(f"--student {self.student} conflicts with --init {self.init}; give one of them")
+            self.init = f"pretrained:{self.student}"
+        self.seed_values()
+        return self
+
+    def seed_values(self) -> list[int]:
+        if self.seed_list is None:
+            return list(range(self.seeds))
+        try:
+            seeds = [int(s) for s in str(self.seed_list).split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seed-list must be comma-separated integers (got {self.seed_list!r})") from None
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise UsageError(f"--seed-list must hold distinct non-negative integers (got {self.seed_list!r})")
+        return seeds
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config is plain data: keys are RunConfig field names (dashes or underscores)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path} must be a mapping of option: value")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UsageError(f"config {path}: unknown option {key!r}; accepted: {', '.join(sorted(known))}")
+        out[name] = value
+    return out
+
+
+def build_config(cli: dict[str, Any], yaml_path: str | None = None) -> RunConfig:
+    """Merge defaults < YAML < explicitly given CLI flags, then validate."""
+    values = load_yaml(yaml_path) if yaml_path else {}
+    values.update(cli)
+    return RunConfig(**values).validate()
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]

@@ -1,0 +1,183 @@
+"""The one training loop every objective runs in, plus evaluation.
+
+Read it top to bottom: for each stage the objective declares, for each epoch, for each length-grouped batch: the
+student's outputs, the teacher's outputs (from the cache when it covers what the objective needs), the objective's
+loss, a guarded optimiser step. After each epoch of the last stage the selection split (held out of train, never dev)
+scores the student, and the best epoch is kept.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from .config import RunConfig
+from .data import BatchLoader, Encoded, eval_batches, length_grouped_batches
+from .errors import TrainingDiverged
+from .metrics import compute_metrics
+from .objectives import Needs, Objective, Outputs
+from .tasks import Task
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    """Device placement (and mixed precision on GPU) through accelerate: the same code on CPU, one GPU or several."""
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        cuda = torch.cuda.is_available() and not cfg.cpu
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"  # CPU bf16 was 2x slower here
+    return Accelerator(cpu=cfg.cpu, mixed_precision=precision)
+
+
+def model_outputs(model: nn.Module, batch: dict, needs: Needs, prefix: str = "") -> Outputs:
+    inputs = {k: batch[prefix + k] for k in MODEL_INPUTS if prefix + k in batch}
+    out = model(**inputs, output_hidden_states=needs.hidden_states, output_attentions=needs.attentions)
+    return Outputs(out.logits, out.hidden_states if needs.hidden_states else None, out.attentions if needs.attentions else None)
+
+
+class TeacherSource:
+    """The teacher's outputs for a batch. A frozen teacher in eval mode gives the same logits every epoch and seed, so
+    when an objective needs only logits they come from a cache computed once; otherwise the teacher runs, without
+    gradients, on its own tokenisation when it has one."""
+
+    def __init__(self, teachers: list[nn.Module], needs: Needs, logits_cache: list[torch.Tensor | None] | None = None,
+                 own_tokens: bool = False):
+        self.teachers, self.needs, self.own_tokens = teachers, needs, own_tokens
+        self.cache = logits_cache or [None] * len(teachers)
+        for t in teachers:
+            t.eval().requires_grad_(False)
+
+    def covered(self, i: int) -> bool:
+        return self.cache[i] is not None and self.needs == Needs(logits=True, token_aligned=self.needs.token_aligned)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, i: int = 0) -> Outputs:
+        if self.covered(i):
+            return Outputs(self.cache[i][batch["idx"].cpu()].to(batch["input_ids"].device))
+        return model_outputs(self.teachers[i], batch, self.needs, "teacher_" if self.own_tokens else "")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # per epoch: stage, epoch, mean loss terms, selection metrics
+    best_epoch: int = 0
+    best_select_score: float = float("nan")
+    train_time_s: float = 0.0
+    examples_per_s: float = 0.0
+    peak_mem_mb: float = 0.0
+
+
+def peak_memory_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    if torch.cuda.is_available():
+        rss = max(rss, torch.cuda.max_memory_allocated() / 2**20)
+    return rss
+
+
+def train(student: nn.Module, objective: Objective, teacher: TeacherSource | None, train_enc: Encoded,
+          select_enc: Encoded, task: Task, cfg: RunConfig, seed: int, accelerator: Accelerator,
+          epochs: float, lr: float, progress: Callable | None = None, teacher_train_enc: Encoded | None = None) -> TrainResult:
+    torch.manual_seed(seed)  # dropout masks are part of what seed k fixes
+    device = accelerator.device
+    student.to(device)
+    objective.to(device)
+    result = TrainResult()
+    stages = objective.stages()
+    lengths = train_enc.lengths()
+    best_state, t_start, n_examples = None, time.perf_counter(), 0
+    for s_index, stage in enumerate(stages):
+        last_stage = s_index == len(stages) - 1
+        stage_epochs = stage.epochs if stage.epochs is not None else epochs
+        student.requires_grad_(stage.train_student)
+        params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and LayerNorm weights
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+        total_steps = max(1, math.ceil(stage_epochs * steps_per_epoch))
+        warmup = int(cfg.warmup_ratio * total_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+        student, optimizer = accelerator.prepare(student, optimizer)
+        step, epoch = 0, 0
+        while step < total_steps:
+            student.train(stage.train_student)
+            objective.train()
+            batches = length_grouped_batches(lengths, cfg.batch_size, seed, epoch)
+            # several processes (accelerate launch) each take every world_size-th batch; one process takes them all
+            batches = batches[accelerator.process_index::accelerator.num_processes]
+            sums: dict[str, float] = {}
+            n_batches = 0
+            for batch in BatchLoader(train_enc, batches, task.regression, teacher_train_enc):
+                if step >= total_steps:
+                    break
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with accelerator.autocast():
+                    s_out = model_outputs(student, batch, objective.needs)
+                    t_out = teacher(batch, objective.choose_teacher(step)) if teacher is not None and objective.uses_teacher else None
+                    out = objective(s_out, t_out, batch, stage)
+                if not torch.isfinite(out.loss):
+                    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
+                    raise TrainingDiverged(f"loss became {out.loss.item()} at stage {stage.name}, epoch {epoch + 1}, step {step + 1} "
+                                           f"({terms}); lower --lr or check the inputs")
+                accelerator.backward(out.loss)
+                if cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                n_batches += 1
+                n_examples += len(batch["labels"])
+                for k, v in (("loss", out.loss.detach()), *out.terms.items()):
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                if progress:
+                    progress(step, total_steps, {k: v / n_batches for k, v in sums.items()}, n_examples / (time.perf_counter() - t_start))
+            epoch += 1
+            record = {"stage": stage.name, "epoch": epoch, **{k: v / max(1, n_batches) for k, v in sums.items()}}
+            if last_stage and stage.train_student:
+                metrics = evaluate(accelerator.unwrap_model(student), select_enc, task, cfg, accelerator)
+                record["select"] = metrics
+                if not cfg.select_best_epoch or best_state is None or metrics["score"] > result.best_select_score:
+                    result.best_epoch, result.best_select_score = epoch, metrics["score"]
+                    # keep the best epoch's weights in memory (CPU copy) rather than on disk: selection costs no I/O
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(student).state_dict().items()}
+            result.history.append(record)
+        student = accelerator.unwrap_model(student)
+    result.train_time_s = time.perf_counter() - t_start
+    result.examples_per_s = n_examples / result.train_time_s if result.train_time_s > 0 else 0.0
+    if best_state is not None:
+        student.load_state_dict(best_state)
+    student.requires_grad_(True)
+    result.peak_mem_mb = peak_memory_mb()
+    return result
+
+
+@torch.no_grad()
+def predict(model: nn.Module, enc: Encoded, task: Task, cfg: RunConfig, accelerator: Accelerator) -> np.ndarray:
+    """Predictions in the examples' order (class ids, or scores for regression)."""
+    model.eval()
+    model.to(accelerator.device)
+    batches = eval_batches(enc.lengths(), cfg.eval_batch_size)
+    preds = np.zeros(len(enc), dtype=np.float64 if task.regression else np.int64)
+    for ids, batch in zip(batches, BatchLoader(enc, batches, task.regression)):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logits = model_outputs(model, batch, Needs()).logits.float()
+        values = logits[:, 0] if task.regression else logits.argmax(-1)
+        preds[ids] = values.cpu().numpy()
+    return preds
+
+
+def evaluate(model: nn.Module, enc: Encoded, task: Task, cfg: RunConfig, accelerator: Accelerator) -> dict[str, float]:
+    preds = predict(model, enc, task, cfg, accelerator)
+    return compute_metrics(task, preds, np.array([e.label for e in enc.examples]))

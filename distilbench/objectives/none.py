@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from .base import LossOutput, Objective, Outputs, Stage
+
+
+class NoTeacher(Objective):
+    """The baseline every table needs: the same student, fine-tuned on the task loss alone, with no teacher."""
+
+    name = "none"
+    version = "1.0"
+    paper = "baseline: plain fine-tuning of the student (CE, or MSE for regression)"
+    uses_teacher = False
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch, stage: Stage) -> LossOutput:
+        loss = self.task_loss(student.logits, batch["labels"])
+        return LossOutput(loss, {"ce": loss.detach()})

@@ -1,0 +1,281 @@
+"""`distilbench run`: validate everything, get the teacher, then train each (objective, seed) whose row is missing.
+
+Every input is checked before any training starts or any row is written. Each seed's row is written when that seed
+finishes, so a run killed half-way keeps what it finished and the same command completes the rest.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import __version__
+from .config import RunConfig, stable_hash
+from .data import Encoded, encode, fingerprint, selection_split, subsample
+from .errors import UsageError
+from .harness import TeacherSource, evaluate, make_accelerator, predict, train
+from .inits import InitPlan, build_student, parse_init
+from .models import load_classifier, load_tokenizer, model_fingerprint, resolve_model
+from .objectives import Context, Needs, Objective, get_objective
+from .store import ResultsStore, run_key
+from .tasks import Example, Task, get_task, load_split, resolve_data_dir
+from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, split_for_teacher, teacher_logits
+
+
+@lru_cache(maxsize=1)
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    import accelerate
+    import transformers
+    return {"distilbench": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, resolved and validated before anything is trained or written."""
+
+    cfg: RunConfig
+    task: Task
+    objectives: list[type[Objective]]
+    init: InitPlan
+    teacher_layers: int
+    train_all: list[Example]
+    dev: list[Example]
+    train_rows: int
+    store: ResultsStore
+    seeds: list[int]
+
+
+def plan_run(cfg: RunConfig) -> Plan:
+    task = get_task(cfg.task)
+    main = get_objective(cfg.objective)
+    objectives = [main] + ([get_objective("none")] if cfg.baseline and main.name != "none" else [])
+    data_dir = resolve_data_dir(cfg.data_dir)
+    train_file = load_split(task, "train", data_dir)
+    dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples]
+    from transformers import AutoConfig
+
+    teacher_config = AutoConfig.from_pretrained(resolve_model(cfg.teacher))
+    init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
+    if init.pretrained is not None:
+        resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained
+        if any(o.needs.token_aligned for o in objectives) and not same_vocabulary(cfg.teacher, init.pretrained):
+            raise UsageError(f"objective {main.name} compares token positions, but teacher {cfg.teacher} and student "
+                             f"{init.pretrained} have different vocabularies; use a student initialised from the teacher's "
+                             f"layers, or an objective that needs no token alignment (kd, hid-cls)")
+    store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
+    return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, subsample(train_file, cfg.max_train_examples),
+                dev, len(train_file), store, cfg.seed_values())
+
+
+def same_vocabulary(a: str, b: str) -> bool:
+    return load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab()
+
+
+def student_name(cfg: RunConfig, init: InitPlan) -> str:
+    return init.pretrained if init.pretrained else f"{cfg.teacher}[{init.spec}]"
+
+
+def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord, seed: int) -> dict[str, Any]:
+    cfg = plan.cfg
+    return {"task": plan.task.name, "task_version": plan.task.version, "objective": objective.name,
+            "objective_version": objective.version, "objective_params": {p: getattr(cfg, p) for p in objective.params},
+            "init": plan.init.spec, "student": student_name(cfg, plan.init),
+            "student_weights": model_fingerprint(plan.init.pretrained) if plan.init.pretrained else None,
+            "teacher": cfg.teacher, "teacher_key": teacher.key,
+            "hparams": {k: getattr(cfg, k) for k in ("epochs", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay",
+                                                      "max_grad_norm", "selection_fraction", "select_best_epoch", "max_train_examples")},
+            "dev": fingerprint(plan.dev), "seed": seed}
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        self.plan = plan_run(cfg)
+        self.accelerator = make_accelerator(cfg)
+        self.tokenizer = load_tokenizer(cfg.teacher)
+
+    def log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            self.console.print(message)
+
+    # -- progress -------------------------------------------------------------------------------------------------
+    def _progress(self, label: str):
+        if not self.cfg.progress or not self.accelerator.is_main_process:
+            return None, None
+        if not self.console.is_terminal:  # a log file or CI: a plain line every 10% instead of a live bar
+            marks: set[int] = set()
+
+            def log_line(step, total, terms, speed):
+                mark = 10 * step // total
+                if mark not in marks and (step == total or mark > 0):
+                    marks.add(mark)
+                    info = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
+                    self.console.print(f"{label}: step {step}/{total} {info} {speed:.1f} ex/s")
+
+            return None, log_line
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console, transient=False)
+        handle = bar.add_task(label, total=None, info="")
+
+        def update(step, total, terms, speed):
+            info = " ".join(f"{k}={v:.4f}" for k, v in terms.items()) + f" {speed:.1f} ex/s"
+            bar.update(handle, completed=step, total=total, info=info)
+
+        return bar, update
+
+    def _train(self, model, objective, teacher, train_enc, select_enc, seed, epochs, lr, label, teacher_train_enc=None):
+        bar, update = self._progress(label)
+        if bar:
+            bar.start()
+        try:
+            return train(model, objective, teacher, train_enc, select_enc, self.plan.task, self.cfg, seed, self.accelerator,
+                         epochs, lr, update, teacher_train_enc)
+        finally:
+            if bar:
+                bar.stop()
+
+    # -- teacher --------------------------------------------------------------------------------------------------
+    def _fine_tune_teacher(self, model_name: str, train_all: list[Example]):
+        task, cfg = self.plan.task, self.cfg
+        train_part, select_part = split_for_teacher(cfg, train_all)
+        tokenizer = load_tokenizer(model_name)
+        net = load_classifier(model_name, task.num_labels, task.regression, attn_implementation=None)
+        none = get_objective("none")(Context(task, cfg, [], net.config.hidden_size, None))
+        result = self._train(net, none, None, encode(tokenizer, train_part, cfg.max_length),
+                             encode(tokenizer, select_part, cfg.max_length), cfg.teacher_seed, cfg.teacher_epochs,
+                             cfg.teacher_lr, f"teacher {model_name}")
+        return net, tokenizer, {"best_epoch": result.best_epoch, "select_score": result.best_select_score,
+                                "history": result.history, "examples_per_s": result.examples_per_s}
+
+    def teacher(self) -> TeacherRecord:
+        cfg, task = self.cfg, self.plan.task
+        record = ensure_teacher(cfg, cfg.teacher, task, self.plan.train_all, self._fine_tune_teacher, self.log)
+        dev_fp = fingerprint(self.plan.dev)
+        if record.dev_metrics(dev_fp) is None:
+            net = load_teacher(record, task)
+            metrics = evaluate(net, encode(load_tokenizer(str(record.path)), self.plan.dev, cfg.max_length), task, cfg, self.accelerator)
+            record_dev_metrics(record, dev_fp, metrics)
+        metrics = record.dev_metrics(dev_fp)
+        majority = task.majority_score([e.label for e in self.plan.dev])
+        self.log(f"teacher {cfg.teacher} on {task.name} dev: {task.main_score} = {100 * metrics['score']:.2f}"
+                 + (f" (majority class {100 * majority:.2f})" if majority is not None else ""))
+        if majority is not None and metrics["score"] - majority < 0.02:
+            self.log(f"[bold red]WARNING: the teacher is within 2 points of the majority-class score on {task.name} dev "
+                     f"({100 * metrics['score']:.2f} vs {100 * majority:.2f}): distilling from it means nothing. "
+                     f"Use a stronger teacher (e.g. --teacher mpnet-base) or another task.[/]")
+        record.meta["majority"] = majority
+        return record
+
+    # -- students -------------------------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        plan, cfg = self.plan, self.cfg
+        record = self.teacher()
+        todo = []
+        for objective in plan.objectives:
+            for seed in plan.seeds:
+                identity = run_identity(plan, objective, record, seed)
+                key = run_key(identity)
+                if cfg.force or not plan.store.has(key):
+                    todo.append((objective, seed, identity, key))
+        if todo:
+            self.log(f"{len(todo)} run(s) to train; {len(plan.objectives) * len(plan.seeds) - len(todo)} already in {cfg.results}")
+            teacher_net = load_teacher(record, plan.task, "eager" if any(o.needs.attentions for o, *_ in todo) else None)
+            for objective, seed, identity, key in todo:
+                row = self.run_one(objective, seed, identity, key, record, teacher_net)
+                if self.accelerator.is_main_process:
+                    plan.store.put(row, replace=cfg.force)
+        rows = [plan.store.get(run_key(run_identity(plan, o, record, s))) for o in plan.objectives for s in plan.seeds]
+        return [r for r in rows if r is not None]
+
+    def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:
+        plan, cfg, task = self.plan, self.cfg, self.plan.task
+        train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
+        student, mapping = build_student(plan.init, teacher_net, seed,
+                                         lambda name: load_classifier(name, task.num_labels, task.regression,
+                                                                      attn_implementation="eager" if objective_cls.needs.attentions else None))
+        tokenizer = load_tokenizer(plan.init.pretrained) if plan.init.pretrained else self.tokenizer
+        own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
+        for line in mapping:
+            self.log(f"  init: {line}")
+        layer_map = list(plan.init.layers or [])
+        objective = objective_cls(Context(task, cfg, layer_map, student.config.hidden_size, teacher_net.config.hidden_size))
+        teacher = None
+        if objective.uses_teacher:
+            cache = None
+            if objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned):
+                enc_all = encode(self.tokenizer, plan.train_all, cfg.max_length)
+                cache = [teacher_logits(record, enc_all, plan.train_rows,
+                                        lambda enc: self._logits(teacher_net, enc), f"{model_fingerprint(str(record.path))}:{cfg.max_length}")]
+            teacher = TeacherSource([teacher_net], objective.needs, cache, own_tokens)
+        teacher_train_enc = encode(self.tokenizer, train_part, cfg.max_length) if own_tokens and teacher and not teacher.covered(0) else None
+        label = f"{objective.name} seed {seed}"
+        result = self._train(student, objective, teacher, encode(tokenizer, train_part, cfg.max_length),
+                             encode(tokenizer, select_part, cfg.max_length), seed, cfg.epochs, cfg.lr, label, teacher_train_enc)
+        dev_metrics = evaluate(student, encode(tokenizer, plan.dev, cfg.max_length), task, cfg, self.accelerator)
+        teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
+        self.log(f"{label}: dev {task.main_score} = {100 * dev_metrics['score']:.2f} (best epoch {result.best_epoch}, "
+                 f"{result.examples_per_s:.1f} ex/s)")
+        return {"run_key": key, "kind": "student", "task": task.name, "task_version": task.version, "objective": objective.name,
+                "objective_version": objective.version, "init": plan.init.spec, "teacher": cfg.teacher,
+                "student": identity["student"], "seed": seed, "config_hash": stable_hash({k: v for k, v in identity.items() if k != "seed"}),
+                "score": dev_metrics["score"], "teacher_score": teacher_metrics["score"], "metrics": dev_metrics,
+                "params": identity, "wall_time_s": result.train_time_s, "examples_per_s": result.examples_per_s,
+                "peak_mem_mb": result.peak_mem_mb, "git_rev": git_revision(), "versions": package_versions(),
+                "extra": {"layer_mapping": mapping, "best_epoch": result.best_epoch, "history": result.history,
+                          "select_score": result.best_select_score, "teacher_key": record.key,
+                          "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
+                          "device": str(self.accelerator.device), "main_score": task.main_score}}
+
+    @torch.no_grad()
+    def _logits(self, net, enc: Encoded) -> torch.Tensor:
+        from .harness import model_outputs
+        from .data import BatchLoader, eval_batches
+
+        net.eval().to(self.accelerator.device)
+        batches = eval_batches(enc.lengths(), self.cfg.eval_batch_size)
+        out = torch.zeros(len(enc), self.plan.task.num_labels)
+        for ids, batch in zip(batches, BatchLoader(enc, batches, self.plan.task.regression)):
+            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+            out[ids] = model_outputs(net, batch, Needs()).logits.float().cpu()
+        return out
+
+
+def summary_table(rows: list[dict], task: Task, cfg: RunConfig):
+    """Per-seed dev scores of each objective side by side, mean ± std, the teacher's score."""
+    from rich.table import Table
+
+    objectives = list(dict.fromkeys(r["objective"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    by = {(r["objective"], r["seed"]): r for r in rows}
+    table = Table(title=f"{task.name} dev {task.main_score} (%), student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}")
+    table.add_column("seed")
+    for o in objectives:
+        table.add_column(o, justify="right")
+    for s in seeds:
+        table.add_row(str(s), *[f"{100 * by[(o, s)]['score']:.2f}" if (o, s) in by else "-" for o in objectives])
+    stats = []
+    for o in objectives:
+        scores = np.array([100 * by[(o, s)]["score"] for s in seeds if (o, s) in by])
+        stats.append(f"{scores.mean():.2f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.2f}")
+    table.add_row("mean ± std", *stats, end_section=True)
+    if rows:
+        table.add_row("teacher", *[f"{100 * rows[0]['teacher_score']:.2f}"] * len(objectives))
+    return table
