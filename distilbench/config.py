@@ -37,6 +37,9 @@ class RunConfig:
     warmup_ratio: float = _f(0.1, "share of training steps for linear warm-up.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off).")
+    layer_map: str = _f("init", "which teacher layer each student layer learns from: init | uniform | last | ted | 4,8,12.")
+    beta: float = _f(1.0, "weight of the intermediate-layer term(s) of layer objectives (joint schedule).")
+    schedule: str = _f("joint", "layer objectives: joint (CE + KD + beta*intermediate) | sequential (intermediate, then prediction layer; --epochs each, paper 002).")
     temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.")
     alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.")
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
@@ -71,6 +74,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+        if self.schedule not in ("joint", "sequential"):
+            raise UsageError(f"--schedule must be joint or sequential (got {self.schedule!r})")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise UsageError(f"--mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
         if self.student is not None:

@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from .capture import capture
 from .config import RunConfig
 from .data import BatchLoader, Encoded, eval_batches, length_grouped_batches
 from .errors import TrainingDiverged
@@ -39,8 +40,12 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
 
 def model_outputs(model: nn.Module, batch: dict, needs: Needs, prefix: str = "") -> Outputs:
     inputs = {k: batch[prefix + k] for k in MODEL_INPUTS if prefix + k in batch}
-    out = model(**inputs, output_hidden_states=needs.hidden_states, output_attentions=needs.attentions)
-    return Outputs(out.logits, out.hidden_states if needs.hidden_states else None, out.attentions if needs.attentions else None)
+    if not needs.attentions:
+        out = model(**inputs, output_hidden_states=needs.hidden_states)
+        return Outputs(out.logits, out.hidden_states if needs.hidden_states else None)
+    with capture(model) as layers:  # pre-softmax scores and per-head values need more than output_attentions gives
+        out = model(**inputs, output_hidden_states=needs.hidden_states)
+    return Outputs(out.logits, out.hidden_states if needs.hidden_states else None, layers)
 
 
 class TeacherSource:

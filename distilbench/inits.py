@@ -47,6 +47,7 @@ def _need_fewer(n: int, teacher_layers: int) -> None:
 
 @INITS.register("layers")
 def _explicit(arg, teacher_layers, student_layers):
+    """layers:1,2,3 copies exactly those teacher layers (1-based); embeddings and task head from the teacher."""
     if not arg or not re.fullmatch(r"\d+(,\d+)*", arg):
         raise UsageError(f"--init layers needs 1-based teacher layer numbers, e.g. layers:1,2,3 (got {arg!r})")
     return _layers([int(x) for x in arg.split(",")], teacher_layers)
@@ -54,6 +55,7 @@ def _explicit(arg, teacher_layers, student_layers):
 
 @INITS.register("every-k")
 def _every_k(arg, teacher_layers, student_layers):
+    """every k-th teacher layer, k = teacher layers / --student-layers (12 -> 3 layers: 4,8,12; paper 002 Table 1)."""
     _need_fewer(student_layers, teacher_layers)
     k = teacher_layers / student_layers  # 12 teacher, 3 student layers -> 4, 8, 12 (paper 002 Table 1)
     return _layers([round(k * (i + 1)) for i in range(student_layers)], teacher_layers)
@@ -61,23 +63,27 @@ def _every_k(arg, teacher_layers, student_layers):
 
 @INITS.register("first-k")
 def _first_k(arg, teacher_layers, student_layers):
+    """the first --student-layers teacher layers (1,2,3: lower layers, paper 002's best init for KD)."""
     _need_fewer(student_layers, teacher_layers)
     return _layers(list(range(1, student_layers + 1)), teacher_layers)
 
 
 @INITS.register("last-k")
 def _last_k(arg, teacher_layers, student_layers):
+    """the last --student-layers teacher layers (10,11,12 of 12)."""
     _need_fewer(student_layers, teacher_layers)
     return _layers(list(range(teacher_layers - student_layers + 1, teacher_layers + 1)), teacher_layers)
 
 
 @INITS.register("random")
 def _random(arg, teacher_layers, student_layers):
+    """random weights; only the teacher's config (with --student-layers layers) is used."""
     return InitPlan(f"random:{student_layers}", None, num_layers=student_layers)
 
 
 @INITS.register("pretrained")
 def _pretrained(arg, teacher_layers, student_layers):
+    """pretrained:MODEL loads a smaller pretrained model (alias, hub id or path) with a new task head."""
     if not arg:
         raise UsageError("--init pretrained needs a model: pretrained:minilm-l6, a hub id or a local path")
     return InitPlan(f"pretrained:{arg}", None, pretrained=arg)

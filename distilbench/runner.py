@@ -60,6 +60,7 @@ class Plan:
     train_rows: int
     store: ResultsStore
     seeds: list[int]
+    pairs: list[tuple[int, int]]
 
 
 def plan_run(cfg: RunConfig) -> Plan:
@@ -79,13 +80,47 @@ def plan_run(cfg: RunConfig) -> Plan:
             raise UsageError(f"objective {main.name} compares token positions, but teacher {cfg.teacher} and student "
                              f"{init.pretrained} have different vocabularies; use a student initialised from the teacher's "
                              f"layers, or an objective that needs no token alignment (kd, hid-cls)")
+    student_layers = (AutoConfig.from_pretrained(resolve_model(init.pretrained)).num_hidden_layers
+                      if init.pretrained else init.num_layers)
+    pairs = distillation_pairs(cfg.layer_map, init, student_layers, teacher_config.num_hidden_layers)
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
     return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, subsample(train_file, cfg.max_train_examples),
-                dev, len(train_file), store, cfg.seed_values())
+                dev, len(train_file), store, cfg.seed_values(), pairs)
 
 
 def same_vocabulary(a: str, b: str) -> bool:
     return load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab()
+
+
+def distillation_pairs(spec: str, init: InitPlan, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """Which teacher layer each student layer learns from (1-based pairs).
+
+    ``init`` (default): the teacher layers the student was initialised from, as paper 002 does (uniform when the
+    student was not copied from the teacher); ``uniform``: student layer k <- teacher layer round(k * L_t / L_s);
+    ``last``: only the last student layer <- the last teacher layer; ``ted``: TED's M(k) = 2k-1 for k <= K/2, else 2k
+    (paper 001 §5.3); or an explicit list of teacher layers, one per student layer ("4,8,12").
+    """
+    if spec == "init" and init.layers is not None:
+        return list(enumerate(init.layers, start=1))
+    if spec in ("init", "uniform"):
+        return [(k, round(k * teacher_layers / student_layers)) for k in range(1, student_layers + 1)]
+    if spec == "last":
+        return [(student_layers, teacher_layers)]
+    if spec == "ted":
+        pairs = [(k, 2 * k - 1 if k <= student_layers // 2 else 2 * k) for k in range(1, student_layers + 1)]
+        if pairs[-1][1] > teacher_layers:
+            raise UsageError(f"--layer-map ted needs a teacher of at least {pairs[-1][1]} layers (M(k) = 2k-1 / 2k); it has {teacher_layers}")
+        return pairs
+    try:
+        layers = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise UsageError(f"--layer-map must be init, uniform, last, ted or a list of teacher layers like 4,8,12 (got {spec!r})") from None
+    if len(layers) != student_layers:
+        raise UsageError(f"--layer-map {spec} names {len(layers)} teacher layers for a student of {student_layers} layers")
+    bad = [t for t in layers if not 1 <= t <= teacher_layers]
+    if bad:
+        raise UsageError(f"--layer-map: teacher layer {bad[0]} is out of range: the teacher has layers 1..{teacher_layers}")
+    return list(enumerate(layers, start=1))
 
 
 def student_name(cfg: RunConfig, init: InitPlan) -> str:
@@ -197,7 +232,7 @@ class Runner:
                     todo.append((objective, seed, identity, key))
         if todo:
             self.log(f"{len(todo)} run(s) to train; {len(plan.objectives) * len(plan.seeds) - len(todo)} already in {cfg.results}")
-            teacher_net = load_teacher(record, plan.task, "eager" if any(o.needs.attentions for o, *_ in todo) else None)
+            teacher_net = load_teacher(record, plan.task)
             for objective, seed, identity, key in todo:
                 row = self.run_one(objective, seed, identity, key, record, teacher_net)
                 if self.accelerator.is_main_process:
@@ -209,14 +244,14 @@ class Runner:
         plan, cfg, task = self.plan, self.cfg, self.plan.task
         train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
         student, mapping = build_student(plan.init, teacher_net, seed,
-                                         lambda name: load_classifier(name, task.num_labels, task.regression,
-                                                                      attn_implementation="eager" if objective_cls.needs.attentions else None))
+                                         lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
         tokenizer = load_tokenizer(plan.init.pretrained) if plan.init.pretrained else self.tokenizer
         own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
         for line in mapping:
             self.log(f"  init: {line}")
-        layer_map = list(plan.init.layers or [])
-        objective = objective_cls(Context(task, cfg, layer_map, student.config.hidden_size, teacher_net.config.hidden_size))
+        objective = objective_cls(Context(task, cfg, plan.pairs, student.config.hidden_size, teacher_net.config.hidden_size,
+                                          student_heads=student.config.num_attention_heads,
+                                          teacher_heads=teacher_net.config.num_attention_heads))
         teacher = None
         if objective.uses_teacher:
             cache = None

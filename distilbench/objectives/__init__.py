@@ -16,7 +16,7 @@ OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name == "base":
+        if info.name in ("base", "layerwise"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for _, cls in inspect.getmembers(module, inspect.isclass):
@@ -27,6 +27,10 @@ def _discover() -> None:
 
 
 def get_objective(name: str) -> type[Objective]:
+    """A registered objective, or a ``+`` combination of layer objectives (``att-kl+hid-seq``, ``att-kl+0.5*val-kl``)."""
+    if "+" in name:
+        from .layerwise import combine
+        return combine(name, OBJECTIVES.get)
     return OBJECTIVES.get(name)
 
 

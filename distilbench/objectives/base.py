@@ -27,7 +27,7 @@ class Needs:
 
     logits: bool = True
     hidden_states: bool = False  # per-layer hidden states (embeddings first, as transformers returns them)
-    attentions: bool = False  # post-softmax attention probabilities
+    attentions: bool = False  # per-layer attention internals: pre-softmax scores, probabilities, per-head Q/K/V
     token_aligned: bool = False  # compares token positions: teacher and student must share a tokenizer
 
 
@@ -36,8 +36,8 @@ class Outputs:
     """Model outputs in one shape for every architecture; missing parts are None."""
 
     logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # [0] embeddings, [k] output of layer k: [B, L, d]
+    attentions: list[dict[str, torch.Tensor]] | None = None  # per layer (0-based list): scores, probs [B,H,L,L]; q, k, v [B,H,L,d_h]
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,10 +57,12 @@ class Context:
 
     task: "Task"
     config: "RunConfig"
-    layer_map: list[int]  # student layer k (1-based position k) learns from teacher layer layer_map[k-1] (1-based)
+    layer_map: list[tuple[int, int]]  # (student layer, teacher layer) pairs, 1-based, as the papers count
     student_hidden: int
     teacher_hidden: int | None
     num_teachers: int = 1
+    student_heads: int | None = None
+    teacher_heads: int | None = None
 
 
 @dataclass
@@ -95,6 +97,16 @@ class Objective(nn.Module):
     def identity(self) -> dict[str, Any]:
         return {"objective": self.name, "objective_version": self.version,
                 **{p: getattr(self.ctx.config, p) for p in self.params}}
+
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The prediction-layer term and its scale: KL(softmax(z_T/T) || softmax(z_S/T)) averaged over the batch, scaled by
+        T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1."""
+        zs, zt = student_logits.float(), teacher_logits.float()
+        if self.task.regression:
+            return F.mse_loss(zs, zt), 1.0
+        t = self.ctx.config.temperature
+        kl = F.kl_div(F.log_softmax(zs / t, -1), F.log_softmax(zt / t, -1), reduction="batchmean", log_target=True)
+        return kl, t * t
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy for classification, MSE for regression (STS-B)."""

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .base import LossOutput, Objective, Outputs, Stage
 
 
@@ -21,12 +19,5 @@ class KD(Objective):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch, stage: Stage) -> LossOutput:
         ce = self.task_loss(student.logits, batch["labels"])
-        t = self.ctx.config.temperature
-        zs, zt = student.logits.float(), teacher.logits.float()
-        if self.task.regression:
-            soft = F.mse_loss(zs, zt)
-            loss = ce + self.ctx.config.alpha_kd * soft
-        else:
-            soft = F.kl_div(F.log_softmax(zs / t, -1), F.log_softmax(zt / t, -1), reduction="batchmean", log_target=True)
-            loss = ce + self.ctx.config.alpha_kd * t * t * soft
-        return LossOutput(loss, {"ce": ce.detach(), "kd": soft.detach()})
+        soft, scale = self.soft_loss(student.logits, teacher.logits)
+        return LossOutput(ce + self.ctx.config.alpha_kd * scale * soft, {"ce": ce.detach(), "kd": soft.detach()})

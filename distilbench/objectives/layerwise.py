@@ -1,0 +1,106 @@
+"""Intermediate-layer objectives: the shared frame, and ``+`` combinations of them.
+
+Every intermediate objective also carries the prediction-layer term, as paper 002 does. Two schedules:
+
+* ``joint`` (default): ``L = CE + alpha_kd * T^2 * KL(pred) + beta * I``, one stage;
+* ``sequential`` (paper 002 §4, TinyBERT's procedure): stage ``intermediate`` minimises ``I`` alone for ``--epochs``,
+  then stage ``prediction`` minimises ``CE + alpha_kd * T^2 * KL(pred)`` for ``--epochs``; the best epoch is chosen in
+  the last stage.
+
+A subclass implements ``intermediate()``, the unweighted intermediate term summed over the layer pairs
+``ctx.layer_map`` ((student layer, teacher layer), 1-based). A combination such as ``att-kl+0.5*hid-seq`` is the
+weighted sum of its parts' intermediate terms plus one prediction term; each part's term is logged.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from .base import Context, LossOutput, Needs, Objective, Outputs, Stage
+
+
+class LayerObjective(Objective):
+    params = ("temperature", "alpha_kd", "beta", "schedule", "layer_map")
+
+    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def intermediate_terms(self, student: Outputs, teacher: Outputs, batch: dict) -> dict[str, torch.Tensor]:
+        return {self.name: self.intermediate(student, teacher, batch)}
+
+    def weighted_intermediate(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(terms.values())
+
+    def stages(self) -> list[Stage]:
+        if self.ctx.config.schedule == "sequential":
+            return [Stage("intermediate"), Stage("prediction")]
+        return [Stage("distil")]
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: dict, stage: Stage) -> LossOutput:
+        cfg = self.ctx.config
+        terms: dict[str, torch.Tensor] = {}
+        loss = student.logits.new_zeros(())
+        if stage.name != "prediction":
+            inter = self.intermediate_terms(student, teacher, batch)
+            terms.update(inter)
+            weighted = self.weighted_intermediate(inter)
+            loss = loss + (weighted if stage.name == "intermediate" else cfg.beta * weighted)
+        if stage.name != "intermediate":
+            ce = self.task_loss(student.logits, batch["labels"])
+            soft, scale = self.soft_loss(student.logits, teacher.logits)
+            loss = loss + ce + cfg.alpha_kd * scale * soft
+            terms.update(ce=ce, kd=soft)
+        return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
+
+    # -- helpers for subclasses -----------------------------------------------------------------------------------
+    def projections(self, always: bool = False) -> nn.ModuleList:
+        """One learnable projection W (d_s -> d_t) per layer pair where hidden sizes differ (identity otherwise, unless
+        ``always``). They train with the student and are never saved with it."""
+        ds, dt = self.ctx.student_hidden, self.ctx.teacher_hidden
+        return nn.ModuleList([nn.Linear(ds, dt, bias=False) if always or ds != dt else nn.Identity() for _ in self.ctx.layer_map])
+
+
+_PART = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([a-z0-9_-]+)\s*$")
+
+
+def combine(spec: str, get) -> type[Objective]:
+    """Build the class of a combination ``a+b`` or ``a+0.5*b`` from registered layer objectives."""
+    parts = []
+    for piece in spec.split("+"):
+        m = _PART.match(piece)
+        if not m:
+            raise UsageError(f"cannot read objective combination {spec!r}: write parts as name or weight*name, joined by +")
+        cls = get(m.group(2))
+        if not issubclass(cls, LayerObjective):
+            raise UsageError(f"{m.group(2)!r} cannot be combined with +: only intermediate-layer objectives combine "
+                             "(each already carries the prediction-layer KD term)")
+        parts.append((float(m.group(1) or 1.0), cls))
+    if len({c.name for _, c in parts}) != len(parts):
+        raise UsageError(f"objective combination {spec!r} names a part twice")
+    canonical = "+".join(c.name if w == 1.0 else f"{w:g}*{c.name}" for w, c in parts)
+
+    class Combined(LayerObjective):
+        __doc__ = f"Weighted sum of the intermediate terms of {canonical}, plus the prediction-layer term."
+        name = canonical
+        version = "+".join(c.version for _, c in parts)
+        paper = "combination: " + "; ".join(c.paper for _, c in parts)
+        needs = Needs(logits=True, hidden_states=any(c.needs.hidden_states for _, c in parts),
+                      attentions=any(c.needs.attentions for _, c in parts),
+                      token_aligned=any(c.needs.token_aligned for _, c in parts))
+        params = tuple(dict.fromkeys(p for _, c in parts for p in c.params))
+
+        def __init__(self, ctx: Context):
+            super().__init__(ctx)
+            self.weights = [w for w, _ in parts]
+            self.parts = nn.ModuleList([c(ctx) for _, c in parts])
+
+        def intermediate_terms(self, student, teacher, batch):
+            return {p.name: p.intermediate(student, teacher, batch) for p in self.parts}
+
+        def weighted_intermediate(self, terms):
+            return sum(w * terms[p.name] for w, p in zip(self.weights, self.parts))
+
+    return Combined
