@@ -35,19 +35,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="distilbench", description="Compare knowledge-distillation objectives under one harness.")
+    # allow_abbrev=False everywhere: `--epoch 3` must be refused, not silently read as `--epochs 3`
+    parser = _Parser(prog="distilbench", description="Compare knowledge-distillation objectives under one harness.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="distil students (seeds paired), store every result, print the table")
+    run = sub.add_parser("run", allow_abbrev=False, help="distil students (seeds paired), store every result, print the table")
     run.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     _add_config_flags(run)
-    teacher = sub.add_parser("teacher", help="fine-tune and cache a teacher; print its dev score")
+    teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score")
     teacher.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     teacher.add_argument("--model", dest="teacher", default=argparse.SUPPRESS, help="teacher alias, hub id or path")
     _add_config_flags(teacher, ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "batch_size", "eval_batch_size",
                                 "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "selection_fraction",
                                 "select_best_epoch", "max_train_examples", "max_eval_examples", "data_dir", "results",
                                 "cpu", "mixed_precision", "progress"))
-    ls = sub.add_parser("ls", help="list what is registered, one name per line first")
+    ls = sub.add_parser("ls", allow_abbrev=False, help="list what is registered, one name per line first")
     ls.add_argument("what", choices=["objectives", "tasks", "inits", "models"])
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,11 @@ class RunConfig:
     layer_map: str = _f("init", "which teacher layer each student layer learns from: init | uniform | last | ted | 4,8,12.")
     beta: float = _f(1.0, "weight of the intermediate-layer term(s) of layer objectives (joint schedule).")
     schedule: str = _f("joint", "layer objectives: joint (CE + KD + beta*intermediate) | sequential (intermediate, then prediction layer; --epochs each, paper 002).")
+    ted_filter: str = _f("linear", "TED filter architecture (paper 001 §6.5): linear | mlp (two layers, GeLU) | layer (init from the model's next layer).")
+    ted_student_filters: str = _f("copy", "TED student filters: copy (the trained teacher filter at M(k), A.4 case 2.2) | train (Stage I on the frozen student) | random (Table 6 ablation).")
+    ted_teacher_filters: str = _f("trained", "TED teacher filters: trained (Stage I) | random (untrained, Table 6 ablation) | none (no filters: LWD).")
+    ted_filter_epochs: float = _f(1.0, "TED Stage I epochs (filters only, model frozen; paper 001 §5.2 trains one epoch).")
+    ted_filter_lr: float = _f(1e-3, "TED Stage I learning rate (filters start random; the model is frozen).")
     temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.")
     alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.")
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
@@ -74,6 +80,11 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+        for name, value, accepted in (("ted_filter", self.ted_filter, ("linear", "mlp", "layer")),
+                                      ("ted_student_filters", self.ted_student_filters, ("copy", "train", "random")),
+                                      ("ted_teacher_filters", self.ted_teacher_filters, ("trained", "random", "none"))):
+            if value not in accepted:
+                raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(accepted)} (got {value!r})")
         if self.schedule not in ("joint", "sequential"):
             raise UsageError(f"--schedule must be joint or sequential (got {self.schedule!r})")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -115,8 +126,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise UsageError(f"config {path}: unknown option {key!r}; accepted: {', '.join(sorted(known))}")
-        out[name] = value
+        out[name] = _coerce(name, value, f"config {path}")
     return out
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """YAML reads `lr: 1e-3` as a string: convert each value to its field's type, or refuse it in one line."""
+    kind = typing.get_type_hints(RunConfig)[name]
+    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    if value is None and type(None) in typing.get_args(kind):
+        return None
+    bools = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    try:
+        if base is bool:
+            return value if isinstance(value, bool) else bools[str(value).lower()]
+        if isinstance(value, bool) and base is not str:
+            raise ValueError("a boolean is not a number")
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+        return base(value)
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{where}: {name} must be {base.__name__} (got {value!r})") from None
 
 
 def build_config(cli: dict[str, Any], yaml_path: str | None = None) -> RunConfig:

@@ -8,9 +8,12 @@ scores the student, and the best epoch is kept.
 from __future__ import annotations
 
 import math
+import os
 import resource
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -19,7 +22,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from .capture import capture
-from .config import RunConfig
+from .config import RunConfig, stable_hash
 from .data import BatchLoader, Encoded, eval_batches, length_grouped_batches
 from .errors import TrainingDiverged
 from .metrics import compute_metrics
@@ -78,6 +81,7 @@ class TrainResult:
     train_time_s: float = 0.0
     examples_per_s: float = 0.0
     peak_mem_mb: float = 0.0
+    stage_times: dict[str, float] = field(default_factory=dict)  # seconds per stage actually trained
 
 
 def peak_memory_mb() -> float:
@@ -87,47 +91,73 @@ def peak_memory_mb() -> float:
     return rss
 
 
+@dataclass
+class SharedStages:
+    """Where shared stages (see ``Stage.shared``) get their data and keep their results: the teacher's split, the
+    teacher's seed, and a folder beside the cached teacher."""
+
+    train_enc: Encoded
+    seed: int
+    folder: Path
+    fingerprint: str  # teacher key + data: part of every cached stage's key
+
+    def path(self, objective: Objective, stage: Stage, epochs: float, lr: float) -> Path:
+        identity = objective.stage_identity(stage)
+        key = stable_hash({"stage": stage.name, "objective": identity, "data": self.fingerprint,
+                           "epochs": epochs, "lr": lr, "seed": self.seed})
+        return self.folder / f"stage-{identity.get('objective', objective.name)}-{stage.name}-{key}.pt"
+
+
 def train(student: nn.Module, objective: Objective, teacher: TeacherSource | None, train_enc: Encoded,
           select_enc: Encoded, task: Task, cfg: RunConfig, seed: int, accelerator: Accelerator,
-          epochs: float, lr: float, progress: Callable | None = None, teacher_train_enc: Encoded | None = None) -> TrainResult:
-    torch.manual_seed(seed)  # dropout masks are part of what seed k fixes
+          epochs: float, lr: float, progress: Callable | None = None, teacher_train_enc: Encoded | None = None,
+          shared: SharedStages | None = None) -> TrainResult:
     device = accelerator.device
     student.to(device)
     objective.to(device)
     result = TrainResult()
     stages = objective.stages()
-    lengths = train_enc.lengths()
     best_state, t_start, n_examples = None, time.perf_counter(), 0
     for s_index, stage in enumerate(stages):
         last_stage = s_index == len(stages) - 1
         stage_epochs = stage.epochs if stage.epochs is not None else epochs
+        stage_lr = stage.lr if stage.lr is not None else lr
+        objective.begin_stage(stage)
         student.requires_grad_(stage.train_student)
+        cached = shared.path(objective, stage, stage_epochs, stage_lr) if stage.shared and shared is not None else None
+        if cached is not None and cached.exists():  # a shared stage another seed (or run) already trained
+            objective.load_state_dict(torch.load(cached, map_location=device))
+            result.history.append({"stage": stage.name, "cached": str(cached)})
+            continue
+        stage_seed, enc = (shared.seed, shared.train_enc) if cached is not None else (seed, train_enc)
+        torch.manual_seed(stage_seed)  # dropout masks are part of what seed k fixes
+        lengths = enc.lengths()
         params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and LayerNorm weights
         no_decay = [p for p in params if p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-        steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=stage_lr)
+        steps_per_epoch = math.ceil(len(enc) / cfg.batch_size)
         total_steps = max(1, math.ceil(stage_epochs * steps_per_epoch))
         warmup = int(cfg.warmup_ratio * total_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
         student, optimizer = accelerator.prepare(student, optimizer)
-        step, epoch = 0, 0
+        stage_start, step, epoch = time.perf_counter(), 0, 0
         while step < total_steps:
             student.train(stage.train_student)
             objective.train()
-            batches = length_grouped_batches(lengths, cfg.batch_size, seed, epoch)
+            batches = length_grouped_batches(lengths, cfg.batch_size, stage_seed, epoch)
             # several processes (accelerate launch) each take every world_size-th batch; one process takes them all
             batches = batches[accelerator.process_index::accelerator.num_processes]
             sums: dict[str, float] = {}
             n_batches = 0
-            for batch in BatchLoader(train_enc, batches, task.regression, teacher_train_enc):
+            for batch in BatchLoader(enc, batches, task.regression, teacher_train_enc if cached is None else None):
                 if step >= total_steps:
                     break
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with accelerator.autocast():
-                    s_out = model_outputs(student, batch, objective.needs)
+                    s_out = model_outputs(student, batch, objective.needs) if stage.needs_student else None
                     t_out = teacher(batch, objective.choose_teacher(step)) if teacher is not None and objective.uses_teacher else None
                     out = objective(s_out, t_out, batch, stage)
                 if not torch.isfinite(out.loss):
@@ -158,6 +188,13 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(student).state_dict().items()}
             result.history.append(record)
         student = accelerator.unwrap_model(student)
+        result.stage_times[stage.name] = time.perf_counter() - stage_start
+        if cached is not None and accelerator.is_main_process:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".tmp-", suffix=".pt")
+            os.close(fd)
+            torch.save({k: v.detach().cpu() for k, v in objective.state_dict().items()}, tmp)
+            os.replace(tmp, cached)  # atomic: a killed run never leaves a half-written stage
     result.train_time_s = time.perf_counter() - t_start
     result.examples_per_s = n_examples / result.train_time_s if result.train_time_s > 0 else 0.0
     if best_state is not None:

@@ -21,7 +21,7 @@ from . import __version__
 from .config import RunConfig, stable_hash
 from .data import Encoded, encode, fingerprint, selection_split, subsample
 from .errors import UsageError
-from .harness import TeacherSource, evaluate, make_accelerator, predict, train
+from .harness import SharedStages, TeacherSource, evaluate, make_accelerator, predict, train
 from .inits import InitPlan, build_student, parse_init
 from .models import load_classifier, load_tokenizer, model_fingerprint, resolve_model
 from .objectives import Context, Needs, Objective, get_objective
@@ -176,13 +176,13 @@ class Runner:
 
         return bar, update
 
-    def _train(self, model, objective, teacher, train_enc, select_enc, seed, epochs, lr, label, teacher_train_enc=None):
+    def _train(self, model, objective, teacher, train_enc, select_enc, seed, epochs, lr, label, teacher_train_enc=None, shared=None):
         bar, update = self._progress(label)
         if bar:
             bar.start()
         try:
             return train(model, objective, teacher, train_enc, select_enc, self.plan.task, self.cfg, seed, self.accelerator,
-                         epochs, lr, update, teacher_train_enc)
+                         epochs, lr, update, teacher_train_enc, shared)
         finally:
             if bar:
                 bar.stop()
@@ -251,7 +251,7 @@ class Runner:
             self.log(f"  init: {line}")
         objective = objective_cls(Context(task, cfg, plan.pairs, student.config.hidden_size, teacher_net.config.hidden_size,
                                           student_heads=student.config.num_attention_heads,
-                                          teacher_heads=teacher_net.config.num_attention_heads))
+                                          teacher_heads=teacher_net.config.num_attention_heads, teacher_model=teacher_net))
         teacher = None
         if objective.uses_teacher:
             cache = None
@@ -262,8 +262,13 @@ class Runner:
             teacher = TeacherSource([teacher_net], objective.needs, cache, own_tokens)
         teacher_train_enc = encode(self.tokenizer, train_part, cfg.max_length) if own_tokens and teacher and not teacher.covered(0) else None
         label = f"{objective.name} seed {seed}"
+        shared = None
+        if any(stage.shared for stage in objective.stages()):
+            teacher_part = split_for_teacher(cfg, plan.train_all)[0]
+            shared = SharedStages(encode(tokenizer, teacher_part, cfg.max_length), cfg.teacher_seed, record.path / "stages",
+                                  stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]))
         result = self._train(student, objective, teacher, encode(tokenizer, train_part, cfg.max_length),
-                             encode(tokenizer, select_part, cfg.max_length), seed, cfg.epochs, cfg.lr, label, teacher_train_enc)
+                             encode(tokenizer, select_part, cfg.max_length), seed, cfg.epochs, cfg.lr, label, teacher_train_enc, shared)
         dev_metrics = evaluate(student, encode(tokenizer, plan.dev, cfg.max_length), task, cfg, self.accelerator)
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
         self.log(f"{label}: dev {task.main_score} = {100 * dev_metrics['score']:.2f} (best epoch {result.best_epoch}, "
@@ -277,7 +282,9 @@ class Runner:
                 "extra": {"layer_mapping": mapping, "best_epoch": result.best_epoch, "history": result.history,
                           "select_score": result.best_select_score, "teacher_key": record.key,
                           "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
-                          "device": str(self.accelerator.device), "main_score": task.main_score}}
+                          "device": str(self.accelerator.device), "main_score": task.main_score,
+                          "stage_times_s": result.stage_times, "objective_report": objective.report(),
+                          "student_params": sum(p.numel() for p in student.parameters())}}
 
     @torch.no_grad()
     def _logits(self, net, enc: Encoded) -> torch.Tensor:

@@ -43,12 +43,21 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of training. ``epochs=None`` means the run's ``--epochs``; ``train_student=False`` freezes the student
-    (a stage that trains only the objective's own modules, e.g. TED's filters)."""
+    """One stage of training.
+
+    ``epochs``/``lr`` None mean the run's ``--epochs``/``--lr``. ``train_student=False`` freezes the student (a stage
+    that trains only the objective's own modules, e.g. TED's filters); ``needs_student=False`` skips the student's
+    forward pass altogether. A ``shared`` stage does not depend on the student's seed: the harness trains it once on
+    the teacher's split with the teacher's seed, caches the objective's state beside the teacher, and every seed
+    reuses it (TED's Stage I).
+    """
 
     name: str
     epochs: float | None = None
     train_student: bool = True
+    needs_student: bool = True
+    lr: float | None = None
+    shared: bool = False
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Context:
     num_teachers: int = 1
     student_heads: int | None = None
     teacher_heads: int | None = None
+    teacher_model: Any = None  # for objectives that build modules from the teacher's layers (TED's `layer` filters)
 
 
 @dataclass
@@ -86,6 +96,17 @@ class Objective(nn.Module):
 
     def stages(self) -> list[Stage]:
         return [Stage("distil")]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Called by the harness before each stage: set ``requires_grad`` on the objective's own modules for it."""
+
+    def stage_identity(self, stage: Stage) -> dict[str, Any]:
+        """What a shared stage's cached result depends on, besides the teacher and the data."""
+        return self.identity()
+
+    def report(self) -> dict[str, Any]:
+        """Facts about the objective stored with each result (e.g. TED's filter parameter count)."""
+        return {}
 
     def choose_teacher(self, step: int) -> int:
         """Index of the teacher this step uses (multi-teacher objectives override)."""

@@ -1,0 +1,186 @@
+"""TED: task-aware layer-wise distillation (Liang et al. 2023, paper 001), two declared stages.
+
+Stage I (Eq. 4-5), ``filters``, shared across student seeds and cached beside the teacher: the models are frozen;
+for each layer pair k a filter g^k with a task head (softmax classifier, or a regression head) is trained on the task
+loss, all K jointly: ``min_W sum_k l(head_k(g_t^k(H_t^{M(k)}))[CLS])``. Teacher filters map d_t -> d_t, student filters
+d_s -> d_t (§5.3). With a student initialised from teacher layers (A.4 case 2.2) the student's filter k is by default a
+copy of the trained teacher filter at M(k) (``--ted-student-filters copy``); ``train`` trains student filters on the
+frozen student in Stage I instead (required when d_s != d_t); ``random`` is the Table 6 ablation.
+
+Stage II (Eq. 6-7): heads removed, teacher and its filters frozen, student and its filters trained on
+``L + alpha_1 * T^2 * KL(pred) + alpha_2 * sum_k MSE(g_t^k(H_t^{M(k)}), g_s^k(H_s^k))`` with alpha_1 = ``--alpha-kd``,
+alpha_2 = ``--beta``. MSE: per pair, the squared error averaged over the d_t features and over the real (non-padded)
+tokens of the batch; summed over pairs. ``ted-kl`` (Remark 3.2, §6.6) keeps the heads and penalises
+``sum_k KL(softmax(head_t(g_t)) || softmax(head_s(g_s)))`` at the [CLS] position instead (MSE for regression).
+
+Ablations (Table 6): ``--ted-teacher-filters random`` (untrained teacher filters), ``none`` (no filters: LWD with a
+learnable W_s); ``--ted-student-filters random``. Layer mapping: ``--layer-map ted`` is the paper's M(k) = 2k-1 for
+k <= K/2, else 2k. Filter architectures (§6.5, Table 8): ``linear`` (default), ``mlp`` (two layers with GeLU),
+``layer`` (initialised from the weights of the model's layer after M(k), or M(k) itself for the last layer).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+from .base import Context, Needs, Outputs, Stage
+from .layerwise import LayerObjective
+
+
+class _LayerFilter(nn.Module):
+    """A transformer layer used as a filter: called with the padding mask in additive form."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        additive = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        out = self.layer(h, attention_mask=additive)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class _Filter(nn.Module):
+    def __init__(self, arch: str, d_in: int, d_out: int, layer: nn.Module | None = None):
+        super().__init__()
+        self.arch = arch
+        if arch == "linear":
+            self.net = nn.Linear(d_in, d_out)
+        elif arch == "mlp":
+            self.net = nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+        elif arch == "layer":
+            if layer is None or d_in != d_out:
+                raise UsageError("--ted-filter layer needs the teacher's layers and equal hidden sizes; use linear or mlp")
+            self.net = _LayerFilter(copy.deepcopy(layer))
+        else:  # "identity": no filter (the LWD ablation's teacher side)
+            self.net = nn.Identity()
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(h, mask) if self.arch == "layer" else self.net(h)
+
+
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(a.dtype).unsqueeze(-1)
+    return (((a - b) ** 2) * m).sum() / (m.sum() * a.shape[-1])
+
+
+class TED(LayerObjective):
+    __doc__ = __doc__
+    name = "ted"
+    version = "1.0"
+    paper = "Liang et al. 2023 (TED), Eq. 4-7: task-aware filters (Stage I), then L + a1*KD + a2*sum_k MSE(g_t, g_s)"
+    needs = Needs(logits=True, hidden_states=True, token_aligned=True)
+    params = LayerObjective.params + ("ted_filter", "ted_student_filters", "ted_teacher_filters", "ted_filter_epochs", "ted_filter_lr")
+    use_kl = False
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        cfg = ctx.config
+        ds, dt, n_out = ctx.student_hidden, ctx.teacher_hidden, ctx.task.num_labels
+        self.student_mode = cfg.ted_student_filters
+        if self.student_mode == "copy" and ds != dt:
+            self.student_mode = "train"  # a teacher filter cannot take the student's width: train the student's own (§5.3)
+        t_arch = "identity" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
+        s_arch = "linear" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
+        layers = None
+        if cfg.ted_filter == "layer" and cfg.ted_teacher_filters != "none":
+            from ..inits import layer_list
+            layers = layer_list(ctx.teacher_model)[1]
+        nxt = lambda t: layers[min(t, len(layers) - 1)] if layers is not None else None  # the layer after M(k) (0-based t)
+        # Filters that Stage I trains are shared by every seed: initialise them from the teacher's seed, not the run's.
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.teacher_seed)
+            self.t_filters = nn.ModuleList([_Filter(t_arch, dt, dt, nxt(t)) for _, t in ctx.layer_map])
+            self.t_heads = nn.ModuleList([nn.Linear(dt, n_out) for _ in ctx.layer_map])
+            if self.student_mode == "train":
+                self.s_filters = nn.ModuleList([_Filter(s_arch, ds, dt, nxt(t)) for _, t in ctx.layer_map])
+                self.s_heads = nn.ModuleList([nn.Linear(dt, n_out) for _ in ctx.layer_map])
+        if self.student_mode != "train":  # copy: overwritten at Stage II; random: seeded by the run (ablation)
+            self.s_filters = nn.ModuleList([_Filter(s_arch, ds, dt, nxt(t)) for _, t in ctx.layer_map])
+            self.s_heads = nn.ModuleList([nn.Linear(dt, n_out) for _ in ctx.layer_map])
+        if s_arch == "linear" and t_arch == "identity" and ds == dt:
+            for f in self.s_filters:  # the LWD ablation starts from plain MSE, as `lwd` does
+                nn.init.eye_(f.net.weight)
+                nn.init.zeros_(f.net.bias)
+
+    # -- stages -----------------------------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        cfg = self.ctx.config
+        distil = super().stages()
+        if cfg.ted_teacher_filters != "trained" and self.student_mode != "train":
+            return distil  # nothing to train in Stage I
+        return [Stage("filters", epochs=cfg.ted_filter_epochs, lr=cfg.ted_filter_lr, train_student=False,
+                      needs_student=self.student_mode == "train", shared=True)] + distil
+
+    def stage_identity(self, stage: Stage) -> dict:
+        cfg = self.ctx.config
+        return {"objective": "ted", "version": self.version, "pairs": self.ctx.layer_map, "filter": cfg.ted_filter,
+                "student_filters": self.student_mode, "teacher_filters": cfg.ted_teacher_filters}
+
+    def begin_stage(self, stage: Stage) -> None:
+        stage_one = stage.name == "filters"
+        train_teacher_side = stage_one and self.ctx.config.ted_teacher_filters == "trained"
+        self.t_filters.requires_grad_(train_teacher_side)
+        self.t_heads.requires_grad_(train_teacher_side)
+        if stage_one:
+            self.s_filters.requires_grad_(self.student_mode == "train")
+            self.s_heads.requires_grad_(self.student_mode == "train")
+            return
+        if self.student_mode == "copy" and not getattr(self, "_copied", False):
+            self.s_filters.load_state_dict(self.t_filters.state_dict())  # student filter k <- trained teacher filter at M(k)
+            self.s_heads.load_state_dict(self.t_heads.state_dict())
+            self._copied = True
+        self.s_filters.requires_grad_(True)
+        self.s_heads.requires_grad_(self.use_kl)  # Stage II removes the heads, except in ted-kl
+
+    # -- losses -----------------------------------------------------------------------------------------------------
+    def forward(self, student: Outputs | None, teacher: Outputs | None, batch: dict, stage: Stage):
+        if stage.name != "filters":
+            return super().forward(student, teacher, batch, stage)
+        from .base import LossOutput
+
+        mask, labels = batch["attention_mask"], batch["labels"]
+        terms = {}
+        if self.ctx.config.ted_teacher_filters == "trained":
+            terms["filters_t"] = sum(self.task_loss(h(f(teacher.hidden_states[t], mask)[:, 0]), labels)
+                                     for (_, t), f, h in zip(self.ctx.layer_map, self.t_filters, self.t_heads))
+        if self.student_mode == "train":
+            terms["filters_s"] = sum(self.task_loss(h(f(student.hidden_states[s], mask)[:, 0]), labels)
+                                     for (s, _), f, h in zip(self.ctx.layer_map, self.s_filters, self.s_heads))
+        loss = sum(terms.values())
+        return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
+
+    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        total = student.logits.new_zeros(())
+        for (s, t), ft, fs, ht, hs in zip(self.ctx.layer_map, self.t_filters, self.s_filters, self.t_heads, self.s_heads):
+            gt = ft(teacher.hidden_states[t], mask).detach()  # the teacher side is frozen in Stage II
+            gs = fs(student.hidden_states[s], mask)
+            if not self.use_kl:
+                total = total + _masked_mse(gt, gs, mask)
+            elif self.task.regression:
+                total = total + F.mse_loss(hs(gs[:, 0]).float(), ht(gt[:, 0]).float())
+            else:
+                total = total + F.kl_div(F.log_softmax(hs(gs[:, 0]).float(), -1), F.log_softmax(ht(gt[:, 0]).float(), -1),
+                                         reduction="batchmean", log_target=True)
+        return total
+
+    def report(self) -> dict:
+        n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())
+        return {"filter_params_teacher": n(self.t_filters) + n(self.t_heads), "filter_params_student": n(self.s_filters),
+                "student_filter_mode": self.student_mode}
+
+
+class TEDKL(TED):
+    """TED with the filters' task heads kept in Stage II, penalising KL between their predictions (Remark 3.2, §6.6)."""
+
+    name = "ted-kl"
+    paper = "Liang et al. 2023 (TED) Remark 3.2: KL between the filters' head predictions instead of MSE"
+    use_kl = True
+
+    def stage_identity(self, stage: Stage) -> dict:
+        return TED.stage_identity(self, stage)  # Stage I is the same as TED's: share its cache

@@ -1,0 +1,165 @@
+"""TED (paper 001): Stage I trains filters only; Stage II freezes the teacher side; Eq. 7 recomputed by hand."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distilbench.cli import main
+from distilbench.config import RunConfig
+from distilbench.data import encode
+from distilbench.harness import TeacherSource, make_accelerator, train
+from distilbench.models import load_tokenizer
+from distilbench.objectives import Context, Outputs, Stage, get_objective
+from distilbench.store import ResultsStore
+from distilbench.tasks import Example, get_task
+
+
+def _models():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = load_tokenizer("minilm-l6")
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32)
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(cfg)
+    from distilbench.inits import copy_layers
+    student, _ = copy_layers(teacher, (1, 3), seed=0)
+    return tok, teacher, student
+
+
+def _encs(tok, n=48):
+    words = ["good", "bad", "fine", "awful", "great", "poor"]
+    ex = [Example(i, f"this is {words[i % 6]} and {words[(i * 5) % 6]}", None, int(words[i % 6] in ("good", "fine", "great")))
+          for i in range(n)]
+    return encode(tok, ex, 32)
+
+
+def _objective(name="ted", **cfg):
+    tok, teacher, student = _models()
+    base = dict(ted_filter_lr=1e-2, lr=1e-3, batch_size=8, epochs=1, ted_filter_epochs=4, warmup_ratio=0.0)
+    base.update(cfg)
+    config = RunConfig(**base)
+    ctx = Context(get_task("sst2"), config, [(1, 1), (2, 3)], 16, 16, teacher_model=teacher)
+    return tok, teacher, student, get_objective(name)(ctx), config
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_stage_one_changes_no_model_parameter_and_filters_learn():
+    tok, teacher, student, ted, cfg = _objective()
+    ted.stages = lambda: [Stage("filters", epochs=4, lr=1e-2, train_student=False, needs_student=False)]
+    t0, s0, f0 = _snapshot(teacher), _snapshot(student), _snapshot(ted.t_filters)
+    enc = _encs(tok)
+    result = train(student, ted, TeacherSource([teacher], ted.needs), enc, enc, get_task("sst2"), cfg, 0,
+                   make_accelerator(cfg), 4, 1e-2)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t0.items())
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in s0.items())
+    assert any(not torch.equal(v, ted.t_filters.state_dict()[k]) for k, v in f0.items())
+    losses = [h["filters_t"] for h in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_stage_two_freezes_teacher_filters_and_trains_student_side():
+    tok, teacher, student, ted, cfg = _objective()
+    enc = _encs(tok)
+    t_filters, s0 = _snapshot(ted.t_filters), _snapshot(student)
+    ted.stages = lambda: [Stage("distil")]
+    train(student, ted, TeacherSource([teacher], ted.needs), enc, enc, get_task("sst2"), cfg, 0, make_accelerator(cfg), 1, 1e-3)
+    assert all(torch.equal(v, ted.t_filters.state_dict()[k]) for k, v in t_filters.items())
+    # student filters started as copies of the teacher filters and then moved
+    assert any(not torch.equal(ted.s_filters.state_dict()[k], v) for k, v in t_filters.items())
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in s0.items())
+
+
+def test_copy_places_teacher_filter_of_layer_mk_at_student_layer_k():
+    _, _, _, ted, _ = _objective()
+    with torch.no_grad():
+        for k, f in enumerate(ted.t_filters):
+            f.net.weight.fill_(k + 1.0)
+    ted.begin_stage(Stage("distil"))
+    for k, (s, t) in enumerate(ted.ctx.layer_map):
+        assert torch.equal(ted.s_filters[k].net.weight, ted.t_filters[k].net.weight)
+        assert ted.s_filters[k].net.weight[0, 0].item() == k + 1.0
+    # filter k reads teacher layer M(k): changing teacher layer 3 moves only pair 2's term
+    h_t = [torch.randn(2, 4, 16) for _ in range(5)]
+    h_s = [torch.randn(2, 4, 16) for _ in range(3)]
+    batch = {"attention_mask": torch.ones(2, 4, dtype=torch.long), "labels": torch.tensor([0, 1])}
+    base = ted.intermediate(Outputs(torch.zeros(2, 2), tuple(h_s)), Outputs(torch.zeros(2, 2), tuple(h_t)), batch)
+    h_t2 = list(h_t)
+    h_t2[2] = torch.randn(2, 4, 16)  # teacher layer 2 is not mapped
+    same = ted.intermediate(Outputs(torch.zeros(2, 2), tuple(h_s)), Outputs(torch.zeros(2, 2), tuple(h_t2)), batch)
+    assert same.item() == pytest.approx(base.item())
+
+
+@pytest.mark.parametrize("name", ["ted", "ted-kl"])
+def test_stage_two_loss_equals_eq7_by_hand(name):
+    torch.manual_seed(3)
+    _, _, _, ted, cfg = _objective(name, alpha_kd=2.5, beta=7.0, temperature=2.0)
+    ted.begin_stage(Stage("distil"))
+    with torch.no_grad():
+        for f in list(ted.s_filters) + list(ted.s_heads):
+            for p in f.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # make the student side differ from the teacher side
+    B, L = 3, 5
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    h_t = [torch.randn(B, L, 16) for _ in range(5)]
+    h_s = [torch.randn(B, L, 16) for _ in range(3)]
+    zs, zt, y = torch.randn(B, 2), torch.randn(B, 2), torch.tensor([1, 0, 1])
+    out = ted(Outputs(zs, tuple(h_s)), Outputs(zt, tuple(h_t)), {"attention_mask": mask, "labels": y}, Stage("distil"))
+
+    ce = F.cross_entropy(zs, y)
+    pt, ps = F.softmax(zt / 2, -1), F.log_softmax(zs / 2, -1)
+    kd = sum((pt[i] * (pt[i].log() - ps[i])).sum() for i in range(B)) / B
+    d = 0.0
+    for k, (s, t) in enumerate([(1, 1), (2, 3)]):
+        Wt, bt = ted.t_filters[k].net.weight, ted.t_filters[k].net.bias
+        Ws, bs = ted.s_filters[k].net.weight, ted.s_filters[k].net.bias
+        if name == "ted":
+            num, cnt = 0.0, 0
+            for i in range(B):
+                for j in range(L):
+                    if mask[i, j]:
+                        gt = Wt @ h_t[t][i, j] + bt
+                        gs = Ws @ h_s[s][i, j] + bs
+                        num += ((gt - gs) ** 2).sum()
+                        cnt += 16
+            d += num / cnt
+        else:
+            Ht, Hs = ted.t_heads[k], ted.s_heads[k]
+            for i in range(B):
+                p_t = F.softmax(Ht.weight @ (Wt @ h_t[t][i, 0] + bt) + Ht.bias, -1)
+                log_p_s = F.log_softmax(Hs.weight @ (Ws @ h_s[s][i, 0] + bs) + Hs.bias, -1)
+                d += (p_t * (p_t.log() - log_p_s)).sum() / B
+    expected = ce + 2.5 * 4 * kd + 7.0 * d
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.terms[name].item() == pytest.approx(d.item(), rel=1e-5)
+
+
+def test_ablations_change_what_stage_one_trains():
+    _, _, _, random_t, _ = _objective(ted_teacher_filters="random")
+    assert [s.name for s in random_t.stages()] == ["distil"]
+    _, _, _, lwd_like, _ = _objective(ted_teacher_filters="none")
+    assert [s.name for s in lwd_like.stages()] == ["distil"] and lwd_like.t_filters[0].arch == "identity"
+    assert torch.equal(lwd_like.s_filters[0].net.weight, torch.eye(16))
+    _, _, _, trained_s, _ = _objective(ted_student_filters="train")
+    stage = trained_s.stages()[0]
+    assert stage.name == "filters" and stage.needs_student and stage.shared
+    for arch in ("mlp", "layer"):
+        _, _, _, t, _ = _objective(ted_filter=arch)
+        assert t.t_filters[0].arch == arch
+
+
+def test_cli_stage_one_runs_once_and_is_reused(tiny_run_args, tmp_path):
+    args = ["run", "--objective", "ted", "--seeds", "2", "--no-baseline", "--init", "layers:1,3", *tiny_run_args]
+    assert main(args) == 0
+    rows = ResultsStore(tmp_path / "results.sqlite").rows(objective="ted")
+    hist = {r["seed"]: r["extra"]["history"] for r in rows}
+    assert hist[0][0]["stage"] == "filters" and "cached" not in hist[0][0]
+    assert hist[1][0] == {"stage": "filters", "cached": hist[1][0]["cached"]}
+    assert rows[0]["extra"]["objective_report"]["filter_params_teacher"] == 2 * (32 * 32 + 32 + 32 * 2 + 2)
+    assert "filters" in rows[0]["extra"]["stage_times_s"]
+    assert main(args[:2] + ["ted-kl"] + args[3:]) == 0  # ted-kl shares TED's Stage I cache
+    kl = ResultsStore(tmp_path / "results.sqlite").rows(objective="ted-kl")
+    assert all("cached" in r["extra"]["history"][0] for r in kl)
