@@ -70,7 +70,9 @@ class _HookAdapter:
     def __init__(self, model: nn.Module):
         from .inits import layer_list
 
-        self.heads = model.config.num_attention_heads
+        self.heads = getattr(model.config, "num_attention_heads", None)
+        if not self.heads:
+            raise UsageError(f"cannot capture attention of {type(model).__name__}: its config has no num_attention_heads")
         self.attns = []
         for i, layer in enumerate(layer_list(model)[1]):
             found = [(m, _projections(m)) for m in layer.modules() if _projections(m) is not None]
@@ -125,6 +127,7 @@ def prepare(model: nn.Module) -> nn.Module:
 @contextmanager
 def capture(model: nn.Module) -> Iterator[list[dict]]:
     """Record one forward pass: yields a list, filled with one dict per layer (scores, probs, q, k, v; [B, H, L, *])."""
+    model = getattr(model, "module", model)  # under DDP (accelerate launch) the model is wrapped
     if not hasattr(model, "_distilbench_capture"):
         prepare(model)
     store: list[dict] = []

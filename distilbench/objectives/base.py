@@ -122,7 +122,7 @@ class Objective(nn.Module):
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The prediction-layer term and its scale: KL(softmax(z_T/T) || softmax(z_S/T)) averaged over the batch, scaled by
         T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1."""
-        zs, zt = student_logits.float(), teacher_logits.float()
+        zs, zt = student_logits.float(), teacher_logits.detach().float()  # the teacher never learns
         if self.task.regression:
             return F.mse_loss(zs, zt), 1.0
         t = self.ctx.config.temperature

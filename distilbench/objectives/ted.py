@@ -64,8 +64,10 @@ class _Filter(nn.Module):
 
 
 def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(a.dtype).unsqueeze(-1)
-    return (((a - b) ** 2) * m).sum() / (m.sum() * a.shape[-1])
+    """Squared error averaged over features and real tokens; padded positions are dropped, not multiplied by 0, so even
+    an inf there cannot reach the loss."""
+    real = mask.bool()
+    return F.mse_loss(a[real].float(), b[real].float())
 
 
 class TED(LayerObjective):
