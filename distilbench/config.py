@@ -44,6 +44,7 @@ class RunConfig:
     ted_filter: str = _f("linear", "TED filter architecture (paper 001 §6.5): linear | mlp (two layers, GeLU) | layer (init from the model's next layer).")
     ted_student_filters: str = _f("copy", "TED student filters: copy (the trained teacher filter at M(k), A.4 case 2.2) | train (Stage I on the frozen student) | random (Table 6 ablation).")
     ted_teacher_filters: str = _f("trained", "TED teacher filters: trained (Stage I) | random (untrained, Table 6 ablation) | none (no filters: LWD).")
+    ted_finetune_student: bool = _f(False, "TED: fine-tune the student on the task (--epochs, CE) before training its filters in Stage I (A.2.3; implies --ted-student-filters train, per seed).")
     ted_filter_epochs: float = _f(1.0, "TED Stage I epochs (filters only, model frozen; paper 001 §5.2 trains one epoch).")
     ted_filter_lr: float = _f(1e-3, "TED Stage I learning rate (filters start random; the model is frozen).")
     temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.")

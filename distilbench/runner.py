@@ -215,7 +215,7 @@ class Runner:
         if majority is not None and metrics["score"] - majority < 0.02:
             self.log(f"[bold red]WARNING: the teacher is within 2 points of the majority-class score on {task.name} dev "
                      f"({100 * metrics['score']:.2f} vs {100 * majority:.2f}): distilling from it means nothing. "
-                     f"Use a stronger teacher (e.g. --teacher mpnet-base) or another task.[/]")
+                     f"Give the teacher more data or epochs (--teacher-epochs), a stronger model (--teacher), or pick another task.[/]")
         record.meta["majority"] = majority
         return record
 

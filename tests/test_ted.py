@@ -163,3 +163,16 @@ def test_cli_stage_one_runs_once_and_is_reused(tiny_run_args, tmp_path):
     assert main(args[:2] + ["ted-kl"] + args[3:]) == 0  # ted-kl shares TED's Stage I cache
     kl = ResultsStore(tmp_path / "results.sqlite").rows(objective="ted-kl")
     assert all("cached" in r["extra"]["history"][0] for r in kl)
+
+
+def test_finetune_student_option_adds_a_per_seed_stage_before_filters():
+    _, _, _, ted, _ = _objective(ted_finetune_student=True)
+    stages = ted.stages()
+    assert [s.name for s in stages] == ["finetune", "filters", "distil"]
+    assert stages[0].train_student and not stages[1].shared and stages[1].needs_student
+    assert ted.student_mode == "train"
+    ted.begin_stage(stages[0])
+    assert not any(p.requires_grad for p in ted.parameters())  # only the student learns while it is fine-tuned
+    logits, y = torch.tensor([[2.0, -1.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    out = ted(Outputs(logits, None), None, {"labels": y}, stages[0])
+    assert out.loss.item() == pytest.approx(F.cross_entropy(logits, y).item())

@@ -10,7 +10,7 @@ frozen student in Stage I instead (required when d_s != d_t); ``random`` is the 
 Stage II (Eq. 6-7): heads removed, teacher and its filters frozen, student and its filters trained on
 ``L + alpha_1 * T^2 * KL(pred) + alpha_2 * sum_k MSE(g_t^k(H_t^{M(k)}), g_s^k(H_s^k))`` with alpha_1 = ``--alpha-kd``,
 alpha_2 = ``--beta``. MSE: per pair, the squared error averaged over the d_t features and over the real (non-padded)
-tokens of the batch; summed over pairs. ``ted-kl`` (Remark 3.2, §6.6) keeps the heads and penalises
+tokens of the batch (padded positions dropped: hid-seq's ``masked_mse``); summed over pairs. ``ted-kl`` (Remark 3.2, §6.6) keeps the heads and penalises
 ``sum_k KL(softmax(head_t(g_t)) || softmax(head_s(g_s)))`` at the [CLS] position instead (MSE for regression).
 
 Ablations (Table 6): ``--ted-teacher-filters random`` (untrained teacher filters), ``none`` (no filters: LWD with a
@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .base import Context, Needs, Outputs, Stage
+from .hid_seq import masked_mse
 from .layerwise import LayerObjective
 
 
@@ -63,27 +64,21 @@ class _Filter(nn.Module):
         return self.net(h, mask) if self.arch == "layer" else self.net(h)
 
 
-def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Squared error averaged over features and real tokens; padded positions are dropped, not multiplied by 0, so even
-    an inf there cannot reach the loss."""
-    real = mask.bool()
-    return F.mse_loss(a[real].float(), b[real].float())
-
-
 class TED(LayerObjective):
     __doc__ = __doc__
     name = "ted"
     version = "1.0"
     paper = "Liang et al. 2023 (TED), Eq. 4-7: task-aware filters (Stage I), then L + a1*KD + a2*sum_k MSE(g_t, g_s)"
     needs = Needs(logits=True, hidden_states=True, token_aligned=True)
-    params = LayerObjective.params + ("ted_filter", "ted_student_filters", "ted_teacher_filters", "ted_filter_epochs", "ted_filter_lr")
+    params = LayerObjective.params + ("ted_filter", "ted_student_filters", "ted_teacher_filters", "ted_filter_epochs",
+                                      "ted_filter_lr", "ted_finetune_student")
     use_kl = False
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         cfg = ctx.config
         ds, dt, n_out = ctx.student_hidden, ctx.teacher_hidden, ctx.task.num_labels
-        self.student_mode = cfg.ted_student_filters
+        self.student_mode = "train" if cfg.ted_finetune_student else cfg.ted_student_filters
         if self.student_mode == "copy" and ds != dt:
             self.student_mode = "train"  # a teacher filter cannot take the student's width: train the student's own (§5.3)
         t_arch = "identity" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
@@ -115,8 +110,11 @@ class TED(LayerObjective):
         distil = super().stages()
         if cfg.ted_teacher_filters != "trained" and self.student_mode != "train":
             return distil  # nothing to train in Stage I
-        return [Stage("filters", epochs=cfg.ted_filter_epochs, lr=cfg.ted_filter_lr, train_student=False,
-                      needs_student=self.student_mode == "train", shared=True)] + distil
+        # Stage I is shared by every seed, unless the student was first fine-tuned (per seed) before its filters train
+        filters = Stage("filters", epochs=cfg.ted_filter_epochs, lr=cfg.ted_filter_lr, train_student=False,
+                        needs_student=self.student_mode == "train", shared=not cfg.ted_finetune_student)
+        finetune = [Stage("finetune")] if cfg.ted_finetune_student else []
+        return finetune + [filters] + distil
 
     def stage_identity(self, stage: Stage) -> dict:
         cfg = self.ctx.config
@@ -124,6 +122,9 @@ class TED(LayerObjective):
                 "student_filters": self.student_mode, "teacher_filters": cfg.ted_teacher_filters}
 
     def begin_stage(self, stage: Stage) -> None:
+        if stage.name == "finetune":
+            self.requires_grad_(False)
+            return
         stage_one = stage.name == "filters"
         train_teacher_side = stage_one and self.ctx.config.ted_teacher_filters == "trained"
         self.t_filters.requires_grad_(train_teacher_side)
@@ -141,9 +142,13 @@ class TED(LayerObjective):
 
     # -- losses -----------------------------------------------------------------------------------------------------
     def forward(self, student: Outputs | None, teacher: Outputs | None, batch: dict, stage: Stage):
+        from .base import LossOutput
+
+        if stage.name == "finetune":  # A.2.3: the student learns the task before its filters are trained on it
+            ce = self.task_loss(student.logits, batch["labels"])
+            return LossOutput(ce, {"ce": ce.detach()})
         if stage.name != "filters":
             return super().forward(student, teacher, batch, stage)
-        from .base import LossOutput
 
         mask, labels = batch["attention_mask"], batch["labels"]
         terms = {}
@@ -163,7 +168,7 @@ class TED(LayerObjective):
             gt = ft(teacher.hidden_states[t], mask).detach()  # the teacher side is frozen in Stage II
             gs = fs(student.hidden_states[s], mask)
             if not self.use_kl:
-                total = total + _masked_mse(gt, gs, mask)
+                total = total + masked_mse(gs, gt, mask)
             elif self.task.regression:
                 total = total + F.mse_loss(hs(gs[:, 0]).float(), ht(gt[:, 0]).float())
             else:
@@ -173,7 +178,10 @@ class TED(LayerObjective):
 
     def report(self) -> dict:
         n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())
-        return {"filter_params_teacher": n(self.t_filters) + n(self.t_heads), "filter_params_student": n(self.s_filters),
+        teacher_params = sum(p.numel() for p in self.ctx.teacher_model.parameters()) if self.ctx.teacher_model is not None else None
+        filters = n(self.t_filters) + n(self.t_heads)
+        return {"filter_params_teacher": filters, "filter_params_student": n(self.s_filters),
+                "filter_share_of_teacher": filters / teacher_params if teacher_params else None,
                 "student_filter_mode": self.student_mode}
 
 
