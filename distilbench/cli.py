@@ -50,6 +50,8 @@ def make_parser() -> argparse.ArgumentParser:
                                 "cpu", "mixed_precision", "progress"))
     ls = sub.add_parser("ls", allow_abbrev=False, help="list what is registered, one name per line first")
     ls.add_argument("what", choices=["objectives", "tasks", "inits", "models"])
+    from .report import _add_report_commands
+    _add_report_commands(sub)  # report, suite
     return parser
 
 
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "ls":
             _ls(args["what"])
             return 0
+        if command in ("report", "suite"):
+            from .report import dispatch
+            return dispatch(command, args, sys.argv[1:] if argv is None else argv)
         cfg = build_config(args, args.pop("config", None))
         from .runner import Runner, summary_table
 

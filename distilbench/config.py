@@ -39,7 +39,7 @@ class RunConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off).")
     layer_map: str = _f("init", "which teacher layer each student layer learns from: init | uniform | last | ted | 4,8,12.")
-    beta: float = _f(1.0, "weight of the intermediate-layer term(s) of layer objectives (joint schedule).")
+    beta: float | None = _f(None, "weight of the intermediate-layer term(s) of layer objectives (joint schedule); default: the objective's own (1.0; TED 100).")
     schedule: str = _f("joint", "layer objectives: joint (CE + KD + beta*intermediate) | sequential (intermediate, then prediction layer; --epochs each, paper 002).")
     ted_filter: str = _f("linear", "TED filter architecture (paper 001 §6.5): linear | mlp (two layers, GeLU) | layer (init from the model's next layer).")
     ted_student_filters: str = _f("copy", "TED student filters: copy (the trained teacher filter at M(k), A.4 case 2.2) | train (Stage I on the frozen student) | random (Table 6 ablation).")

@@ -130,7 +130,7 @@ def student_name(cfg: RunConfig, init: InitPlan) -> str:
 def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord, seed: int) -> dict[str, Any]:
     cfg = plan.cfg
     return {"task": plan.task.name, "task_version": plan.task.version, "objective": objective.name,
-            "objective_version": objective.version, "objective_params": {p: getattr(cfg, p) for p in objective.params},
+            "objective_version": objective.version, "objective_params": objective.param_values(cfg),
             "init": plan.init.spec, "student": student_name(cfg, plan.init),
             "student_weights": model_fingerprint(plan.init.pretrained) if plan.init.pretrained else None,
             "teacher": cfg.teacher, "teacher_key": teacher.key,

@@ -176,3 +176,11 @@ def test_finetune_student_option_adds_a_per_seed_stage_before_filters():
     logits, y = torch.tensor([[2.0, -1.0], [0.0, 1.0]]), torch.tensor([0, 0])
     out = ted(Outputs(logits, None), None, {"labels": y}, stages[0])
     assert out.loss.item() == pytest.approx(F.cross_entropy(logits, y).item())
+
+
+def test_default_beta_is_the_objectives_own_and_enters_the_identity():
+    assert get_objective("ted").param_values(RunConfig())["beta"] == 100.0
+    assert get_objective("hid-seq").param_values(RunConfig())["beta"] == 1.0
+    assert get_objective("ted").param_values(RunConfig(beta=7.0))["beta"] == 7.0
+    _, _, _, ted, _ = _objective()
+    assert ted.beta == 100.0 and ted.identity()["beta"] == 100.0

@@ -115,9 +115,13 @@ class Objective(nn.Module):
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, torch.Tensor], stage: Stage) -> LossOutput:
         raise NotImplementedError
 
+    @classmethod
+    def param_values(cls, config: "RunConfig") -> dict[str, Any]:
+        """The values of the config fields this objective reads, defaults resolved: part of each result's identity."""
+        return {p: getattr(config, p) for p in cls.params}
+
     def identity(self) -> dict[str, Any]:
-        return {"objective": self.name, "objective_version": self.version,
-                **{p: getattr(self.ctx.config, p) for p in self.params}}
+        return {"objective": self.name, "objective_version": self.version, **self.param_values(self.ctx.config)}
 
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The prediction-layer term and its scale: KL(softmax(z_T/T) || softmax(z_S/T)) averaged over the batch, scaled by

@@ -24,6 +24,17 @@ from .base import Context, LossOutput, Needs, Objective, Outputs, Stage
 
 class LayerObjective(Objective):
     params = ("temperature", "alpha_kd", "beta", "schedule", "layer_map")
+    default_beta = 1.0  # the weight of the intermediate term when --beta is not given
+
+    @classmethod
+    def param_values(cls, config) -> dict:
+        values = super().param_values(config)
+        values["beta"] = cls.default_beta if config.beta is None else config.beta
+        return values
+
+    @property
+    def beta(self) -> float:
+        return self.param_values(self.ctx.config)["beta"]
 
     def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
         raise NotImplementedError
@@ -47,7 +58,7 @@ class LayerObjective(Objective):
             inter = self.intermediate_terms(student, teacher, batch)
             terms.update(inter)
             weighted = self.weighted_intermediate(inter)
-            loss = loss + (weighted if stage.name == "intermediate" else cfg.beta * weighted)
+            loss = loss + (weighted if stage.name == "intermediate" else self.beta * weighted)
         if stage.name != "intermediate":
             ce = self.task_loss(student.logits, batch["labels"])
             soft, scale = self.soft_loss(student.logits, teacher.logits)

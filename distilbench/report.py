@@ -1,0 +1,624 @@
+"""`distilbench report`: tables, paired significance and plots from the results store, written to one folder.
+
+``README.md`` (GitHub Markdown):
+
+0. a header: the command that made the report, one ``Date:`` line, the results file with a fingerprint of the runs
+   in it, the runs' git revisions and package versions, the packages that built the report;
+1. objectives × tasks (paper 002 Table 1 style), one table per teacher/student/init: dev main score × 100,
+   "mean ± std" over seeds, an Avg column (only for rows with every task), the best per column in bold, the teacher;
+2. objective × init × task (paper 002 Table 3 style), for objectives run with more than one init;
+3. pairwise significance matrices per task: Holm-corrected paired t-test p-values with the direction
+   ("↑ 0.012": the row's mean is higher than the column's);
+4. the plots; 5. every cell with its seeds and config hash.
+
+``cells.csv`` (one row per cell) and ``comparisons.csv`` (one row per compared pair) hold the same numbers unrounded
+(4 decimals, p-values 6 significant digits). ``scores-<task>.png``: per-seed points, mean and 95% CI per
+objective; ``significance-<task>-<kind>.png``: heat maps of the matrices.
+
+Everything is sorted and formatted with fixed precision, and the PNGs carry no timestamps, so rebuilding from the
+same results gives byte-identical files except the README's ``Date:`` line. Statistics: :mod:`distilbench.stats`.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_OUT = "reports/latest"
+ALPHA = 0.05
+_GENERATED = ("README.md", "cells.csv", "comparisons.csv")
+_GENERATED_GLOBS = ("scores-*.png", "significance-*.png")
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fnum(x: float | None, digits: int) -> str:
+    """Fixed-point text; '–' for a missing value; never '-0.0'."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def fcsv(x: float | None, digits: int = 4) -> str:
+    return "" if x is None or math.isnan(x) else fnum(x, digits)
+
+
+def fpcsv(p: float) -> str:
+    return "" if math.isnan(p) else f"{p:.6g}"
+
+
+def fp(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def arrow(diff: float) -> str:
+    return "↑" if diff > 0 else "↓" if diff < 0 else "="
+
+
+@dataclass
+class Grid:
+    """A table as text: the Markdown and the terminal render the same cells."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    align: str = "lr"  # first column(s) left, the rest right: the alignment of column i is align[min(i, len-1)]
+
+    def markdown(self) -> str:
+        def esc(text: str) -> str:
+            return text.replace("|", "\\|")
+
+        lines = ["| " + " | ".join(esc(h) for h in self.header) + " |",
+                 "|" + "|".join(("---:" if self.align[min(i, len(self.align) - 1)] == "r" else "---")
+                                for i in range(len(self.header))) + "|"]
+        for r, row in enumerate(self.rows):
+            cells = [f"**{esc(t)}**" if (r, c) in self.bold and t not in ("", "–") else esc(t) for c, t in enumerate(row)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def rich(self):
+        from rich.table import Table
+
+        table = Table(title=self.title.replace("`", ""))
+        for i, h in enumerate(self.header):
+            table.add_column(h, justify="right" if self.align[min(i, len(self.align) - 1)] == "r" else "left")
+        for r, row in enumerate(self.rows):
+            table.add_row(*[f"[bold]{t}[/]" if (r, c) in self.bold else t for c, t in enumerate(row)])
+        return table
+
+
+# --------------------------------------------------------------------------- the model of a report
+
+
+@dataclass
+class Report:
+    out: Path
+    cells: list  # list[stats.Cell]
+    comparisons: list  # list[stats.Comparison]
+    tables: list[Grid]  # table 1 sections, then table 2
+    files: list[Path]
+
+
+def _task_order(tasks, preferred: Sequence[str]) -> list[str]:
+    preferred = list(preferred)
+    return sorted(set(tasks), key=lambda t: (preferred.index(t) if t in preferred else len(preferred), t))
+
+
+def _cell_text(cell, modal_n: int) -> str:
+    s = cell.stats
+    text = fnum(s["mean"], 1) if s["n"] < 2 else f"{fnum(s['mean'], 1)} ± {fnum(s['std'], 2)}"
+    return text + (f" (n={s['n']})" if s["n"] != modal_n else "")
+
+
+def _best(values: dict[Any, float], higher: bool) -> set:
+    finite = {k: v for k, v in values.items() if not math.isnan(v)}
+    if not finite:
+        return set()
+    target = max(finite.values()) if higher else min(finite.values())
+    return {k for k, v in finite.items() if v == target}
+
+
+def _modal_n(cells) -> int:
+    counts: dict[int, int] = {}
+    for c in cells:
+        counts[len(c.scores)] = counts.get(len(c.scores), 0) + 1
+    return max(sorted(counts), key=lambda n: counts[n]) if counts else 0
+
+
+def _avg_higher(cells) -> bool:
+    """Avg column: best is highest unless every task's score is lower-is-better."""
+    return any(c.higher_is_better for c in cells) or not cells
+
+
+def _sections(cells, orders) -> list[tuple[tuple[str, str, str], list]]:
+    from .stats import init_order
+
+    groups: dict[tuple[str, str, str], list] = {}
+    for c in cells:
+        groups.setdefault((c.teacher, c.init, c.student), []).append(c)
+    ranked = init_order((k[1] for k in groups), orders.get("inits", ()))
+    return sorted(groups.items(), key=lambda kv: (kv[0][0], ranked.index(kv[0][1]), kv[0][2]))
+
+
+def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
+    """Paper 002 Table 1: objectives × tasks for one teacher/student/init."""
+    from .stats import objective_order
+
+    tasks = _task_order((c.task for c in cells), orders.get("tasks", ()))
+    labels = objective_order((c.label for c in cells), orders.get("objectives", ()))
+    by = {(c.label, c.task): c for c in cells}
+    main = {c.task: c.main_score for c in cells}
+    grid = Grid(title, ["Objective", *[f"{t} ({main[t]})" for t in tasks], "Avg"])
+    means: dict[tuple[int, int], float] = {}
+    for r, label in enumerate(labels):
+        row = [label]
+        task_means = []
+        for ci, t in enumerate(tasks, start=1):
+            cell = by.get((label, t))
+            row.append(_cell_text(cell, modal_n) if cell else "–")
+            if cell:
+                means[(r, ci)] = cell.stats["mean"]
+                task_means.append(cell.stats["mean"])
+        avg = sum(task_means) / len(task_means) if len(task_means) == len(tasks) else math.nan
+        means[(r, len(tasks) + 1)] = avg
+        row.append(fnum(avg, 1))
+        grid.rows.append(row)
+    hib = {t: next(c.higher_is_better for c in cells if c.task == t) for t in tasks}
+    for ci, t in enumerate([*tasks, None], start=1):
+        column = {r: means[(r, ci)] for r in range(len(labels)) if (r, ci) in means}
+        for r in _best(column, hib[t] if t else _avg_higher(cells)):
+            grid.bold.add((r, ci))
+    teacher = ["teacher"]
+    values = []
+    for t in tasks:
+        scores = sorted({s for c in cells if c.task == t for s in c.teacher_scores})
+        teacher.append(" / ".join(fnum(s, 1) for s in scores) if scores else "–")
+        values.append(scores[0] if len(scores) == 1 else math.nan)
+    teacher.append(fnum(sum(values) / len(values), 1) if values and not any(math.isnan(v) for v in values) else "–")
+    if any(v != "–" for v in teacher[1:]):
+        grid.rows.append(teacher)
+    return grid
+
+
+def inits_table(title: str, cells, orders: dict, modal_n: int) -> Grid | None:
+    """Paper 002 Table 3: objective × init × task, for objectives run with two or more inits (one teacher)."""
+    from .stats import init_order, objective_order
+
+    inits_of: dict[str, set[str]] = {}
+    for c in cells:
+        inits_of.setdefault(c.label, set()).add(c.init)
+    labels = [lb for lb in objective_order(inits_of, orders.get("objectives", ())) if len(inits_of[lb]) > 1]
+    if not labels:
+        return None
+    cells = [c for c in cells if c.label in labels]
+    tasks = _task_order((c.task for c in cells), orders.get("tasks", ()))
+    main = {c.task: c.main_score for c in cells}
+    hib = {t: next(c.higher_is_better for c in cells if c.task == t) for t in tasks}
+    by = {(c.label, c.init, c.task): c for c in cells}
+    grid = Grid(title, ["Objective", "Init", *[f"{t} ({main[t]})" for t in tasks], "Avg"], align="llr")
+    for label in labels:
+        inits = init_order(inits_of[label], orders.get("inits", ()))
+        first = len(grid.rows)
+        means: dict[tuple[int, int], float] = {}
+        for k, init in enumerate(inits):
+            r = first + k
+            row = [label if k == 0 else "", init]
+            task_means = []
+            for ci, t in enumerate(tasks, start=2):
+                cell = by.get((label, init, t))
+                row.append(_cell_text(cell, modal_n) if cell else "–")
+                if cell:
+                    means[(r, ci)] = cell.stats["mean"]
+                    task_means.append(cell.stats["mean"])
+            avg = sum(task_means) / len(task_means) if len(task_means) == len(tasks) else math.nan
+            means[(r, len(tasks) + 2)] = avg
+            row.append(fnum(avg, 1))
+            grid.rows.append(row)
+        for ci, t in enumerate([*tasks, None], start=2):
+            column = {r: means[(r, ci)] for r in range(first, first + len(inits)) if (r, ci) in means}
+            for r in _best(column, hib[t] if t else _avg_higher(cells)):
+                grid.bold.add((r, ci))
+    return grid
+
+
+def significance_grid(title: str, comparisons, names: list[str]) -> Grid:
+    """Square matrix: row r, column c = direction of r vs c and the Holm-corrected p; bold when < ALPHA."""
+    index = {n: i for i, n in enumerate(names)}
+    grid = Grid(title, ["", *names], [[n, *["—" if i == j else "" for j in range(len(names))]]
+                                      for i, n in enumerate(names)], align="lc")
+    for cmp in comparisons:
+        r, c = index[cmp.a], index[cmp.b]
+        res = cmp.result
+        for (i, j), sign in (((r, c), 1), ((c, r), -1)):
+            if res.mismatched_seeds:
+                text = "seeds differ"
+            elif math.isnan(cmp.holm_p):
+                text = "n/a"
+            else:
+                text = f"{arrow(sign * res.mean_diff)} {fp(cmp.holm_p)}"
+                if cmp.holm_p < ALPHA:
+                    grid.bold.add((i, j + 1))
+            grid.rows[i][j + 1] = text
+    return grid
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "distilbench", "font.size": 9})
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version/date in the PNG: rebuilds are identical
+
+
+def plot_scores(path: Path, title: str, cells, labels: list[str]) -> None:
+    """Per-seed points, mean (black bar) and 95% t CI per objective, for one task and one teacher/init."""
+    plt = _plt()
+    by = {c.label: c for c in cells}
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.6))
+    for x, label in enumerate(labels):
+        cell = by[label]
+        seeds = cell.seeds
+        offsets = [(k - (len(seeds) - 1) / 2) * 0.08 for k in range(len(seeds))]
+        ax.scatter([x + o for o in offsets], [cell.scores[s] for s in seeds], s=14, color="tab:blue", alpha=0.7, zorder=3)
+        s = cell.stats
+        ax.hlines(s["mean"], x - 0.25, x + 0.25, color="black", linewidth=2, zorder=4)
+        if not math.isnan(s["ci_low"]):
+            ax.errorbar(x + 0.3, s["mean"], yerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]], fmt="none",
+                        ecolor="black", capsize=3, linewidth=1)
+    teacher = sorted({t for c in cells for t in c.teacher_scores})
+    if len(teacher) == 1:
+        ax.axhline(teacher[0], color="tab:red", linestyle="--", linewidth=1, label="teacher")
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_ylabel(f"{cells[0].main_score} × 100")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> None:
+    """Heat map of signed -log10(Holm p): red = row higher than column, blue = lower; text = the corrected p."""
+    import numpy as np
+
+    plt = _plt()
+    n = len(names)
+    index = {name: i for i, name in enumerate(names)}
+    values = np.full((n, n), np.nan)
+    text = [["" for _ in range(n)] for _ in range(n)]
+    for cmp in comparisons:
+        r, c = index[cmp.a], index[cmp.b]
+        for (i, j), sign in (((r, c), 1), ((c, r), -1)):
+            if cmp.result.mismatched_seeds:
+                text[i][j] = "≠ seeds"
+            elif not math.isnan(cmp.holm_p):
+                strength = -math.log10(max(cmp.holm_p, 1e-3))
+                direction = np.sign(sign * cmp.result.mean_diff)
+                values[i, j] = direction * strength
+                text[i][j] = f"{arrow(sign * cmp.result.mean_diff)}{fp(cmp.holm_p)}"
+    size = max(3.5, 0.75 * n + 1.8)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-3, vmax=3)
+    for i in range(n):
+        for j in range(n):
+            if text[i][j]:
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(names, rotation=40, ha="right")
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(names)
+    ax.set_title(title, fontsize=9)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("± -log10(Holm p); + = row higher")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def cells_csv_rows(cells) -> list[list[str]]:
+    out = []
+    for c in cells:
+        s = c.stats
+        out.append([c.task, c.objective, c.label, c.init, c.teacher, c.student, c.config_hash, c.setting, c.main_score,
+                    str(s["n"]), " ".join(str(x) for x in c.seeds), fcsv(s["mean"]), fcsv(s["std"]), fcsv(s["ci_low"]),
+                    fcsv(s["ci_high"]), " ".join(fcsv(c.scores[x]) for x in c.seeds),
+                    " ".join(fcsv(t) for t in c.teacher_scores)])
+    return out
+
+
+CELLS_HEADER = ["task", "objective", "label", "init", "teacher", "student", "config_hash", "setting", "main_score", "n",
+                "seeds", "mean", "std", "ci_low", "ci_high", "scores", "teacher_score"]
+COMPARISONS_HEADER = ["task", "a", "b", "n", "mean_diff", "ci_low", "ci_high", "t_p", "wilcoxon_p", "holm_p",
+                      "mismatched", "kind", "family", "a_config_hash", "b_config_hash", "note"]
+
+
+def comparisons_csv_rows(comparisons) -> list[list[str]]:
+    out = []
+    for cmp in comparisons:
+        r = cmp.result
+        out.append([cmp.task, cmp.a, cmp.b, str(r.n), fcsv(r.mean_diff), fcsv(r.ci_low), fcsv(r.ci_high), fpcsv(r.t_p),
+                    fpcsv(r.wilcoxon_p), fpcsv(cmp.holm_p), "true" if r.mismatched_seeds else "false", cmp.kind,
+                    cmp.family, cmp.a_cell.config_hash, cmp.b_cell.config_hash, r.reason])
+    return out
+
+
+def _versions(rows: list[dict]) -> str:
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        for k, v in (r.get("versions") or {}).items():
+            found.setdefault(str(k), set()).add(str(v))
+    return "; ".join(f"{k} {' / '.join(sorted(v))}" for k, v in sorted(found.items())) or "not recorded"
+
+
+def _builder_versions() -> str:
+    import matplotlib
+    import numpy
+    import scipy
+
+    from . import __version__
+
+    return f"distilbench {__version__}, matplotlib {matplotlib.__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}"
+
+
+def fingerprint(rows: list[dict]) -> str:
+    lines = sorted(f"{r.get('run_key') or (r.get('config_hash'), r.get('seed'))}\t{float(r['score'])!r}" for r in rows)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def build_report(rows: Any, out: str | Path, *, command: str, results: str | None = None,
+                 orders: dict[str, Sequence[str]] | None = None, title: str | None = None,
+                 console=None, date: datetime | None = None) -> Report:
+    """Write the report of ``rows`` (``ResultsStore.rows()`` or ``.dataframe()``) into ``out``.
+
+    ``command``: the exact command line to print in the header. ``orders``: preferred order of ``tasks``,
+    ``objectives`` and ``inits`` (a suite's), else none, kd, then alphabetical. ``console``: a rich Console for the
+    terminal tables (None: stdout; False: print nothing).
+    """
+    from .errors import UsageError
+    from .stats import _row_dicts, cells_from_rows, compare, init_order, objective_order
+
+    orders = dict(orders or {})
+    rows = [r for r in _row_dicts(rows) if r.get("score") is not None and (r.get("kind") or "student") == "student"]
+    cells = cells_from_rows(rows)
+    if not cells:
+        raise UsageError(f"no finished student runs in {results or 'the given rows'}: nothing to report; "
+                         "run `distilbench run` or `distilbench suite` first")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in _GENERATED:
+        (out / name).unlink(missing_ok=True)
+    for pattern in _GENERATED_GLOBS:
+        for stale in sorted(out.glob(pattern)):
+            stale.unlink()
+    modal_n = _modal_n(cells)
+    files: list[Path] = []
+
+    # 1. objectives × tasks, one table per teacher/init/student
+    sections = _sections(cells, orders)
+    tables: list[Grid] = []
+    md: list[str] = []
+    date = date or datetime.now(timezone.utc)
+    revs = sorted({str(r.get("git_rev")) for r in rows if r.get("git_rev")})
+    md += [f"# {title or 'distilbench report'}", "",
+           f"Command: `{command}`", "",
+           f"Date: {date.strftime('%Y-%m-%d %H:%M:%S %Z').strip()}", "",
+           f"- **Results:** `{results or '(rows given directly)'}`: {len(rows)} runs in {len(cells)} cells, "
+           f"fingerprint `{fingerprint(rows)}` (sha256 of the sorted run keys and scores)",
+           f"- **Git revision(s) of the runs:** {', '.join(f'`{r}`' for r in revs) or 'not recorded'}",
+           f"- **Package versions of the runs:** {_versions(rows)}",
+           f"- **Report built with:** {_builder_versions()}",
+           "- **Config hashes:** one per cell (the run identity without the seed), in [§5 Cells](#5-cells) and "
+           "`cells.csv`",
+           "",
+           f"Scores are the dev main score × 100 (mean ± std over seeds, std with ddof=1; n={modal_n} seeds unless "
+           f"marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
+           "", "## 1. Objectives × tasks", ""]
+    multi = len(sections) > 1
+    for k, ((teacher, init, student), members) in enumerate(sections, start=1):
+        heading = f"Teacher `{teacher}`, init `{init}`" + (f", student `{student}`" if student != f"{teacher}[{init}]" else "")
+        grid = objectives_table(heading, members, orders, modal_n)
+        tables.append(grid)
+        md += [f"### 1.{k} {heading}" if multi else f"### {heading}", "",
+               "**Bold**: best in the column. Avg: mean over the tasks, only for rows with every task.", "",
+               grid.markdown(), ""]
+
+    # 2. inits
+    md += ["## 2. Student initialisation", ""]
+    init_tables = []
+    for teacher in sorted({c.teacher for c in cells}):
+        grid = inits_table(f"Teacher `{teacher}`: objective × init", [c for c in cells if c.teacher == teacher],
+                           orders, modal_n)
+        if grid is not None:
+            init_tables.append(grid)
+            md += [f"### {grid.title}", "", "**Bold**: the best init of the objective in the column.", "",
+                   grid.markdown(), ""]
+    tables += init_tables
+    if not init_tables:
+        md += ["No objective was run with more than one init.", ""]
+
+    # 3. significance
+    comparisons = (compare(cells, "objectives", orders.get("objectives", ()))
+                   + compare(cells, "inits", orders.get("inits", ())))
+    md += ["## 3. Significance", "",
+           f"Paired over seeds (seed k of both sides shares data order, selection split and student init). Entry in "
+           f"row r, column c: ↑ if r's mean is higher than c's, ↓ if lower, then the paired t-test p-value "
+           f"Holm–Bonferroni-corrected within the matrix; **bold** when below {ALPHA}. `seeds differ`: the two cells "
+           f"ran different seed sets and are not compared; `n/a`: fewer than 2 seeds. Uncorrected t-test and "
+           f"Wilcoxon signed-rank p-values, the mean difference and its 95% CI are in `comparisons.csv`.", ""]
+    plots: list[tuple[str, str]] = []
+    for kind, heading in (("objectives", "3.1 Objectives"), ("inits", "3.2 Inits")):
+        fams: dict[str, list] = {}
+        for cmp in comparisons:
+            if cmp.kind == kind:
+                fams.setdefault(cmp.family, []).append(cmp)
+        md += [f"### {heading}", ""]
+        if not fams:
+            md += ["No pairs to compare.", ""]
+            continue
+        shared: dict[tuple, int] = {}
+        for fam in fams.values():
+            c = fam[0].a_cell
+            slot = (c.task, c.teacher, c.init, c.student) if kind == "objectives" else (c.task, c.teacher, c.label)
+            shared[slot] = shared.get(slot, 0) + 1
+        tasks_seen = _task_order({fam[0].task for fam in fams.values()}, orders.get("tasks", ()))
+        fam_list = sorted(fams.items(), key=lambda kv: (tasks_seen.index(kv[1][0].task), kv[0]))
+        per_task = {t: sum(1 for _, fam in fam_list if fam[0].task == t) for t in tasks_seen}
+        numbered: dict[str, int] = {}
+        for _, fam in fam_list:
+            c = fam[0].a_cell
+            if kind == "objectives":
+                names = objective_order({x.a for x in fam} | {x.b for x in fam}, orders.get("objectives", ()))
+                what = f"{c.task}: teacher `{c.teacher}`, init `{c.init}`"
+                slot = (c.task, c.teacher, c.init, c.student)
+                extra = f", setting `{c.setting}`" if shared[slot] > 1 else ""
+            else:
+                names = init_order({x.a for x in fam} | {x.b for x in fam}, orders.get("inits", ()))
+                what = f"{c.task}: {c.label}, teacher `{c.teacher}`"
+                slot = (c.task, c.teacher, c.label)
+                extra = f", setting `{c.init_setting}`" if shared[slot] > 1 else ""
+            numbered[c.task] = numbered.get(c.task, 0) + 1
+            suffix = f"-{numbered[c.task]}" if per_task[c.task] > 1 else ""
+            name = f"significance-{_slug(c.task)}-{kind}{suffix}.png"
+            grid = significance_grid(what + extra, fam, names)
+            md += [f"#### {what}{extra}", "", grid.markdown(), ""]
+            plot_significance(out / name, (what + extra).replace("`", ""), fam, names)
+            plots.append((name, what + extra))
+            files.append(out / name)
+
+    # 4. plots
+    score_plots: list[tuple[str, str]] = []
+    for k, ((teacher, init, student), members) in enumerate(sections, start=1):
+        labels_all = objective_order((c.label for c in members), orders.get("objectives", ()))
+        for task in _task_order((c.task for c in members), orders.get("tasks", ())):
+            task_cells = [c for c in members if c.task == task]
+            labels = [lb for lb in labels_all if any(c.label == lb for c in task_cells)]
+            name = f"scores-{_slug(task)}-{k}.png" if multi else f"scores-{_slug(task)}.png"
+            caption = f"{task}: teacher {teacher}, init {init}"
+            plot_scores(out / name, caption, task_cells, labels)
+            files.append(out / name)
+            score_plots.append((name, caption))
+    md += ["## 4. Plots", "", "Per-seed scores (points), mean (bar) and 95% t confidence interval per objective; the "
+           "dashed line is the teacher.", ""]
+    for name, caption in score_plots:
+        md += [f"![{caption}]({name})", ""]
+    md += ["Significance heat maps (signed −log10 of the Holm-corrected p; red: the row is higher).", ""]
+    for name, caption in plots:
+        md += [f"![{caption.replace('`', '')}]({name})", ""]
+
+    # 5. cells
+    md += ["## 5. Cells", "",
+           "| Task | Objective | Init | Teacher | n | Seeds | Mean | 95% CI | Config hash |",
+           "|---|---|---|---|---:|---|---:|---|---|"]
+    for c in sorted(cells, key=lambda c: (_task_order([c.task], orders.get("tasks", ())), c.task, c.teacher,
+                                          init_order([c.init], orders.get("inits", ())), c.label, c.config_hash)):
+        s = c.stats
+        md.append(f"| {c.task} | {c.label.replace('|', '/')} | {c.init} | {c.teacher} | {s['n']} | "
+                  f"{' '.join(map(str, c.seeds))} | {fnum(s['mean'], 2)} | "
+                  f"{fnum(s['ci_low'], 2)} – {fnum(s['ci_high'], 2)} | `{c.config_hash}` |")
+    md.append("")
+
+    (out / "README.md").write_text("\n".join(md), encoding="utf-8")
+    _write_csv(out / "cells.csv", CELLS_HEADER, cells_csv_rows(cells))
+    _write_csv(out / "comparisons.csv", COMPARISONS_HEADER, comparisons_csv_rows(comparisons))
+    files = [out / n for n in _GENERATED] + files
+
+    if console is not False:
+        from rich.console import Console
+
+        console = console or Console()
+        for grid in tables:
+            console.print(grid.rich())
+        for cmp_kind in ("objectives", "inits"):
+            fams = {}
+            for cmp in comparisons:
+                if cmp.kind == cmp_kind:
+                    fams.setdefault(cmp.family, []).append(cmp)
+            for family, fam in sorted(fams.items()):
+                significant = sum(1 for x in fam if not math.isnan(x.holm_p) and x.holm_p < ALPHA)
+                mismatched = sum(1 for x in fam if x.result.mismatched_seeds)
+                console.print(f"{cmp_kind} {family}: {significant} of {len(fam)} pairs significant "
+                              f"(Holm p < {ALPHA})" + (f", {mismatched} with different seeds" if mismatched else ""))
+        console.print(f"report written to {out}/README.md")
+    return Report(out, cells, comparisons, tables, files)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _add_report_commands(sub) -> None:
+    """The `report` and `suite` subcommands (called by ``cli.make_parser``)."""
+    from .cli import _add_config_flags
+    from .suite import SUITE_FLAGS
+
+    report = sub.add_parser("report", allow_abbrev=False,
+                            help="tables, paired significance tests and plots of stored results, written to a folder")
+    report.add_argument("--results", default="runs/results.sqlite", help="SQLite results store (default: runs/results.sqlite)")
+    report.add_argument("--out", default=DEFAULT_OUT, help=f"folder to write the report into (default: {DEFAULT_OUT})")
+    suite = sub.add_parser("suite", allow_abbrev=False,
+                           help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/")
+    suite.add_argument("suite_file", metavar="SUITE.yaml", help="benchmark suite file, e.g. benchmarks/p002-table1.yaml")
+    suite.add_argument("--scale", default="cpu", help="which `scales:` entry of the suite to run (default: cpu)")
+    suite.add_argument("--out", default=None, help="report folder (default: reports/NAME, reports/NAME-SCALE for other scales)")
+    _add_config_flags(suite, SUITE_FLAGS)
+
+
+def dispatch(command: str, args: dict[str, Any], argv: Sequence[str]) -> int:
+    """Run `report` or `suite` (called by ``cli.main``); the exact command line goes into the report header."""
+    import shlex
+
+    line = shlex.join(["distilbench", *argv])
+    if command == "suite":
+        from .suite import main as suite_main
+
+        return suite_main(args, line)
+    return report_main(args["results"], args["out"], line)
+
+
+def report_main(results: str, out: str, command: str) -> int:
+    from .errors import UsageError
+    from .store import ResultsStore
+
+    if not Path(results).is_file():
+        raise UsageError(f"no results file at {results}; run `distilbench run` first or pass --results PATH")
+    with ResultsStore(results) as store:
+        rows = store.rows()
+    build_report(rows, out, command=command, results=results)
+    return 0
+
+
+__all__ = ["build_report", "report_main", "dispatch", "Report", "Grid", "DEFAULT_OUT"]

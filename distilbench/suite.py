@@ -1,0 +1,255 @@
+"""`distilbench suite benchmarks/NAME.yaml`: run a benchmark grid cell by cell, then write its report.
+
+A suite file is plain YAML data::
+
+    name: p002-table1                  # optional; default: the file name without .yaml
+    description: one line on what the suite reproduces
+    tasks: [rte, mrpc]                 # grid: tasks × teachers × inits × objectives, each with every seed
+    objectives: [none, kd, att-kl+hid-seq]
+    inits: [every-k]                   # any --init spec: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL
+    teachers: [mpnet-base]
+    seeds: [0, 1, 2]                   # or a count: 3 (= 0, 1, 2)
+    settings: {student_layers: 3}      # RunConfig options for every scale (`distilbench run --help`)
+    task_settings: {sst2: {max_train_examples: 2000}}
+    scales:                            # --scale NAME picks one; its keys override the ones above
+      cpu: {epochs: 2}
+      paper: {teachers: [FacebookAI/roberta-base], epochs: 10, task_settings: {sst2: {max_train_examples: null}}}
+
+A scale holds RunConfig options plus, optionally, its own ``tasks``, ``objectives``, ``inits``, ``teachers``,
+``seeds`` and ``task_settings``. Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
+``task_settings`` (suite, then scale) < command-line flags < the grid (task, objective, init, teacher, seeds).
+The ``none`` baseline is a grid objective like any other (the runner's automatic baseline is off).
+
+Every cell is validated before anything trains (unknown objective, task, init, model, a layer out of range, bad
+data: one error line naming every unknown objective). Then each cell runs through
+``distilbench.runner.Runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
+suite resumes where it stopped. Finally the report of exactly the suite's rows is written to ``reports/NAME/``
+(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build_report`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, _coerce
+from .errors import TrainingDiverged, UsageError
+
+GRID = ("tasks", "objectives", "inits", "teachers", "seeds")
+TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales")
+# RunConfig fields a suite sets per cell itself: never options in the YAML or on the command line
+CELL_FIELDS = ("task", "objective", "init", "teacher", "student", "seeds", "seed_list", "baseline")
+SUITE_FLAGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in CELL_FIELDS)
+DEFAULT_SCALE = "cpu"
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    scale: str
+    description: str
+    tasks: list[str]
+    objectives: list[str]
+    inits: list[str]
+    teachers: list[str]
+    seeds: list[int]
+    settings: dict[str, Any]  # merged options of every cell (before task_settings)
+    task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # command-line flags
+
+    def configs(self) -> list[RunConfig]:
+        """One validated RunConfig per cell, in run order: task, teacher, init, objective (a teacher is fine-tuned
+        once per task and reused by every cell after it)."""
+        out = []
+        for task in self.tasks:
+            for teacher in self.teachers:
+                for init in self.inits:
+                    for objective in self.objectives:
+                        values = {**self.settings, **self.task_settings.get(task, {}), **self.overrides,
+                                  "task": task, "objective": objective, "init": init, "teacher": teacher,
+                                  "seed_list": ",".join(str(s) for s in self.seeds), "baseline": False}
+                        try:
+                            out.append(RunConfig(**values).validate())
+                        except UsageError as exc:
+                            raise UsageError(f"suite {self.path}, cell {task}/{objective}/{init}/{teacher}: {exc}") from None
+        return out
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{where} must be a mapping (got {type(value).__name__})")
+    return value
+
+
+def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a mapping into (RunConfig options, grid keys); refuse anything else in one line."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    options, grid = {}, {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if allow_grid and name in (*GRID, "task_settings"):
+            grid[name] = value
+        elif name in CELL_FIELDS:
+            hint = {"student": "list it in inits as pretrained:MODEL", "baseline": "list none in objectives"}.get(
+                name, f"set it in the suite's {name.rstrip('s') if name != 'seed_list' else 'seed'}s list")
+            raise UsageError(f"{where}: {key!r} is set per cell by the suite grid; {hint}")
+        elif name in known:
+            options[name] = _coerce(name, value, where)
+        else:
+            accepted = sorted(known - set(CELL_FIELDS)) + (list(GRID) + ["task_settings"] if allow_grid else [])
+            raise UsageError(f"{where}: unknown option {key!r}; accepted: {', '.join(accepted)}")
+    return options, grid
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise UsageError(f"{where} must be a non-empty list of names (got {value!r})")
+    if len(set(value)) != len(value):
+        raise UsageError(f"{where} lists a name twice: {value!r}")
+    return [v.strip() for v in value]
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise UsageError(f"{where} must be >= 1 (got {value})")
+        return list(range(value))
+    if (not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                             for s in value) or len(set(value)) != len(value)):
+        raise UsageError(f"{where} must be a count or a list of distinct non-negative integers (got {value!r})")
+    return list(value)
+
+
+def _task_settings(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for task, opts in _mapping(value, where).items():
+        out[str(task)] = _options(_mapping(opts, f"{where}.{task}"), f"{where}.{task}")[0]
+    return out
+
+
+def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str, Any] | None = None) -> Suite:
+    """Read and check a suite file for one scale; names are checked by :func:`validate`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read suite {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"suite {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = _mapping(data, f"suite {path}")
+    unknown = sorted(str(k) for k in data if k not in TOP_KEYS)
+    if unknown:
+        raise UsageError(f"suite {path}: unknown key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(TOP_KEYS)}")
+    scales = _mapping(data.get("scales"), f"suite {path}: scales")
+    if scales and scale not in scales:
+        raise UsageError(f"suite {path} has no scale {scale!r}; its scales: {', '.join(map(str, scales))}")
+    if not scales and scale != DEFAULT_SCALE:
+        raise UsageError(f"suite {path} declares no scales; drop --scale {scale}")
+    settings = _options(_mapping(data.get("settings"), f"suite {path}: settings"), f"suite {path}: settings")[0]
+    scale_options, scale_grid = _options(_mapping(scales.get(scale), f"suite {path}: scales.{scale}"),
+                                         f"suite {path}: scales.{scale}", allow_grid=True)
+    grid = {k: data.get(k) for k in GRID}
+    grid.update({k: v for k, v in scale_grid.items() if k in GRID})
+    task_settings = _task_settings(data.get("task_settings"), f"suite {path}: task_settings")
+    for task, opts in _task_settings(scale_grid.get("task_settings"), f"suite {path}: scales.{scale}.task_settings").items():
+        task_settings[task] = {**task_settings.get(task, {}), **opts}
+    missing = [k for k in GRID if grid.get(k) is None]
+    if missing:
+        raise UsageError(f"suite {path}: missing {', '.join(missing)} (the grid needs tasks, objectives, inits, "
+                         f"teachers and seeds)")
+    tasks = _str_list(grid["tasks"], f"suite {path}: tasks")
+    stray = sorted(set(task_settings) - set(tasks))
+    if stray:
+        raise UsageError(f"suite {path}: task_settings for {', '.join(stray)}, which is not in tasks ({', '.join(tasks)})")
+    return Suite(name=str(data.get("name") or path.stem), path=path, scale=scale,
+                 description=str(data.get("description") or "").strip(), tasks=tasks,
+                 objectives=_str_list(grid["objectives"], f"suite {path}: objectives"),
+                 inits=_str_list(grid["inits"], f"suite {path}: inits"),
+                 teachers=_str_list(grid["teachers"], f"suite {path}: teachers"),
+                 seeds=_seeds(grid["seeds"], f"suite {path}: seeds"),
+                 settings={**settings, **scale_options}, task_settings=task_settings, overrides=dict(overrides or {}))
+
+
+def validate(suite: Suite) -> list[RunConfig]:
+    """Check every name and every cell before anything trains; one UsageError naming all unknown objectives."""
+    from . import runner  # lazy: building the CLI parser must not import torch
+    from .objectives import OBJECTIVES, get_objective
+    from .tasks import get_task
+
+    problems = []
+    for name in suite.objectives:
+        try:
+            get_objective(name)
+        except UsageError as exc:
+            problems.append(str(exc).split(" Accepted:")[0])
+    if problems:
+        raise UsageError(f"suite {suite.path}: {len(problems)} objective(s) not available: {' '.join(problems)} "
+                         f"Registered: {', '.join(OBJECTIVES.names())} (and + combinations of layer objectives)")
+    for task in suite.tasks:
+        get_task(task)
+    configs = suite.configs()
+    for cfg in configs:  # the runner's own checks (data, init, models, vocabularies), without training
+        try:
+            plan = runner.plan_run(cfg)
+        except UsageError as exc:
+            raise UsageError(f"suite {suite.path}, cell {cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}: {exc}") from None
+        plan.store.close()
+    return configs
+
+
+def default_out(suite: Suite) -> Path:
+    return Path("reports") / (suite.name if suite.scale == DEFAULT_SCALE else f"{suite.name}-{suite.scale}")
+
+
+def run_suite(suite: Suite, command: str, out: str | Path | None = None, console=None) -> int:
+    """Validate, run every cell (stored seeds are skipped), write the report of the suite's rows. Exit code: 0, or
+    1 when a cell's training diverged (the other cells still run; the report shows what finished)."""
+    from rich.console import Console
+
+    from . import runner
+    from .report import build_report
+
+    console = console or Console(stderr=True)
+    configs = validate(suite)
+    console.print(f"suite {suite.name} ({suite.scale} scale): {len(configs)} cells × {len(suite.seeds)} seeds "
+                  f"= {len(configs) * len(suite.seeds)} runs, results in {configs[0].results}")
+    rows: list[dict] = []
+    inits: list[str] = []
+    failed: list[str] = []
+    for i, cfg in enumerate(configs, start=1):
+        label = f"{cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}"
+        console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}, seeds {cfg.seed_list}")
+        try:
+            cell_rows = runner.Runner(cfg, console=console).run()
+        except TrainingDiverged as exc:
+            failed.append(f"{label}: {exc}")
+            console.print(f"[bold red]cell {label} diverged: {exc}; going on with the next cell[/]")
+            continue
+        rows.extend(cell_rows)
+        inits.extend(r["init"] for r in cell_rows)
+    out = Path(out) if out is not None else default_out(suite)
+    if rows:
+        build_report(rows, out, command=command, results=configs[0].results,
+                     title=f"{suite.name} ({suite.scale} scale)" + (f": {suite.description}" if suite.description else ""),
+                     orders={"tasks": suite.tasks, "objectives": suite.objectives, "inits": list(dict.fromkeys(inits))},
+                     console=Console() if console.stderr else console)
+    if failed:
+        console.print(f"[bold red]{len(failed)} cell(s) diverged:[/]\n" + "\n".join(failed))
+        return 1
+    return 0
+
+
+def main(args: dict[str, Any], command: str) -> int:
+    """`distilbench suite` (from ``cli.main``): ``args`` are the parsed flags."""
+    args = dict(args)
+    path, scale, out = args.pop("suite_file"), args.pop("scale"), args.pop("out")
+    suite = load_suite(path, scale, overrides=args)
+    return run_suite(suite, command, out)
