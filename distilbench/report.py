@@ -410,10 +410,10 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     terminal tables (None: stdout; False: print nothing).
     """
     from .errors import UsageError
-    from .stats import _row_dicts, cells_from_rows, compare, init_order, objective_order
+    from .stats import _row_dicts, cells_from_rows, compare, init_order, is_result, objective_order
 
     orders = dict(orders or {})
-    rows = [r for r in _row_dicts(rows) if r.get("score") is not None and (r.get("kind") or "student") == "student"]
+    rows = [r for r in _row_dicts(rows) if is_result(r)]
     cells = cells_from_rows(rows)
     if not cells:
         raise UsageError(f"no finished student runs in {results or 'the given rows'}: nothing to report; "

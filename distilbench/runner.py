@@ -32,9 +32,15 @@ from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_met
 
 @lru_cache(maxsize=1)
 def git_revision() -> str:
+    """HEAD of the checkout the package runs from, with ``-dirty`` when tracked files differ from it: a revision that
+    does not reproduce a result must say so. ``unknown`` for an installed wheel."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10).stdout.strip()
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        head = git("rev-parse", "--short=12", "HEAD")
+        if not head:
+            return "unknown"
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -238,6 +244,7 @@ class Runner:
                 if self.accelerator.is_main_process:
                     plan.store.put(row, replace=cfg.force)
         rows = [plan.store.get(run_key(run_identity(plan, o, record, s))) for o in plan.objectives for s in plan.seeds]
+        plan.store.close()  # a suite runs many Runners: release each one's connection
         return [r for r in rows if r is not None]
 
     def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:

@@ -185,6 +185,14 @@ def _row_dicts(rows: Any) -> list[dict]:
     return out
 
 
+def is_result(row: Mapping[str, Any]) -> bool:
+    """A finished student run: a finite score, kind ``student`` (or unset)."""
+    score, kind = row.get("score"), row.get("kind")
+    if score is None or (isinstance(score, float) and math.isnan(score)):
+        return False
+    return not isinstance(kind, str) or kind == "student"
+
+
 def _flat(params: Mapping[str, Any]) -> dict[str, Any]:
     """The run identity flattened to name -> value (``hparams.epochs`` -> ``epochs``, ``objective_version`` -> ``v``)."""
     out: dict[str, Any] = {}
@@ -213,9 +221,7 @@ def cells_from_rows(rows: Any, scale: float = 100.0) -> list[Cell]:
     of one cell with the same seed are refused (the store's keys make that impossible unless rows were edited)."""
     groups: dict[tuple, list[dict]] = {}
     for r in _row_dicts(rows):
-        if r.get("score") is None or (r.get("kind") or "student") != "student":
-            continue
-        if isinstance(r["score"], float) and math.isnan(r["score"]):
+        if not is_result(r):
             continue
         groups.setdefault(tuple(str(r.get(k)) for k in CELL_KEYS), []).append(r)
     raw = []
@@ -253,20 +259,20 @@ def _fmt_value(v: Any) -> str:
 def label_cells(cells: Sequence[tuple[str, str, str, str, str, Mapping[str, Any]]]) -> list[str]:
     """Row label per cell given (task, objective, init, teacher, student, flat identity): the objective name, plus
     ``[k=v, ...]`` naming the identity entries that differ between cells of the same objective, task, init, teacher
-    and student (e.g. two temperatures of ``kd``). The keys are gathered over all tasks of that objective, so the
-    same configuration gets the same label in every task column."""
-    differing: dict[tuple, set[str]] = {}
+    and student (e.g. two temperatures of ``kd``). The keys are gathered over every task, init and teacher of that
+    objective, so one configuration gets the same label in every column of every table."""
+    differing: dict[str, set[str]] = {}
     by_slot: dict[tuple, list[Mapping[str, Any]]] = {}
     for task, objective, init, teacher, student, flat in cells:
         by_slot.setdefault((task, objective, init, teacher, student), []).append(flat)
     for (task, objective, init, teacher, student), flats in by_slot.items():
-        keys = differing.setdefault((objective, init, teacher, student), set())
+        keys = differing.setdefault(objective, set())
         if len(flats) > 1:
-            names = sorted({k for f in flats for k in f} - set(_TASK_PARTS))
+            names = sorted({k for f in flats for k in f} - set(_TASK_PARTS) - set(_INIT_PARTS))
             keys.update(k for k in names if len({_fmt_value(f.get(k)) for f in flats}) > 1)
     labels = []
     for task, objective, init, teacher, student, flat in cells:
-        keys = sorted(differing.get((objective, init, teacher, student), ()))
+        keys = sorted(differing.get(objective, ()))
         labels.append(objective + (f" [{', '.join(f'{k}={_fmt_value(flat.get(k))}' for k in keys)}]" if keys else ""))
     return labels
 
@@ -320,7 +326,7 @@ def families(cells: Sequence[Cell], kind: str) -> list[tuple[str, list[Cell]]]:
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         key = ((c.task, c.teacher, c.init, c.student, c.setting) if kind == "objectives"
-               else (c.task, c.teacher, c.label, c.init_setting))
+               else (c.task, c.teacher, c.objective, c.init_setting))
         groups.setdefault(key, []).append(c)
     out = []
     for members in groups.values():

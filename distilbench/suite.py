@@ -194,7 +194,10 @@ def validate(suite: Suite) -> list[RunConfig]:
         raise UsageError(f"suite {suite.path}: {len(problems)} objective(s) not available: {' '.join(problems)} "
                          f"Registered: {', '.join(OBJECTIVES.names())} (and + combinations of layer objectives)")
     for task in suite.tasks:
-        get_task(task)
+        try:
+            get_task(task)
+        except UsageError as exc:
+            raise UsageError(f"suite {suite.path}: {exc}") from None
     configs = suite.configs()
     for cfg in configs:  # the runner's own checks (data, init, models, vocabularies), without training
         try:

@@ -1,0 +1,248 @@
+"""Tests for `distilbench report`: golden Markdown and CSV of a fixed hand-made results table, byte-identical
+rebuilds, what the tables and matrices say, and the command line.
+
+The results are 2 tasks × 3 objectives × 2 inits × 3 seeds of hand-made rows (no training), plus one cell that
+misses a seed. Regenerate the golden files after an intended change with ``DISTILBENCH_UPDATE_GOLDEN=1 pytest
+tests/test_report.py`` and review the diff.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from distilbench.cli import main
+from distilbench.config import stable_hash
+from distilbench.report import _builder_versions, build_report
+from distilbench.stats import holm
+from distilbench.store import ResultsStore, run_key
+
+GOLDEN = Path(__file__).parent / "golden" / "report"
+COMMAND = "distilbench report --results runs/golden.sqlite --out reports/golden"
+TASKS = {"rte": 0.62, "mrpc": 0.80}
+OBJECTIVES = {"none": 0.0, "kd": 0.015, "att-kl": 0.03}
+INITS = {"layers:1,2,3": 0.02, "layers:4,8,12": 0.0}
+SEED_EFFECT = [0.01, -0.012, 0.003]  # shared by every cell of a seed: pairing removes it
+NOISE = [[0.0040, -0.0060, 0.0010], [-0.0020, 0.0050, -0.0030], [0.0070, 0.0000, -0.0045],
+         [-0.0050, -0.0015, 0.0060], [0.0010, 0.0035, -0.0025]]
+
+
+def hand_rows() -> list[dict]:
+    rows = []
+    for ti, (task, base) in enumerate(TASKS.items()):
+        for oi, (objective, effect) in enumerate(OBJECTIVES.items()):
+            for ii, (init, init_effect) in enumerate(INITS.items()):
+                for seed in (0, 1, 2):
+                    if (task, objective, init, seed) == ("mrpc", "att-kl", "layers:4,8,12", 2):
+                        continue  # one cell misses a seed: it must be marked, never paired
+                    identity = {"task": task, "task_version": "1.0", "objective": objective, "objective_version": "1.0",
+                                "objective_params": {"temperature": 2.0} if objective != "none" else {},
+                                "init": init, "student": f"mpnet-base[{init}]", "student_weights": None,
+                                "teacher": "mpnet-base", "teacher_key": f"{task}-teacher", "dev": f"{task}-dev",
+                                "hparams": {"epochs": 2.0, "lr": 5e-05}, "seed": seed}
+                    noise = NOISE[(ti * 6 + oi * 2 + ii) % 5][seed]
+                    score = round(base + effect + init_effect + SEED_EFFECT[seed] + noise, 6)
+                    rows.append({"run_key": run_key(identity), "kind": "student", "task": task, "task_version": "1.0",
+                                 "objective": objective, "objective_version": "1.0", "init": init,
+                                 "teacher": "mpnet-base", "student": identity["student"], "seed": seed,
+                                 "config_hash": stable_hash({k: v for k, v in identity.items() if k != "seed"}),
+                                 "score": score, "teacher_score": base + 0.08, "metrics": {"score": score},
+                                 "params": identity, "git_rev": "0123456789ab",
+                                 "versions": {"distilbench": "0.1.0", "python": "3.11.9", "torch": "2.13.0"},
+                                 "created_at": f"2025-01-0{seed + 1}T00:00:00+00:00", "extra": {"best_epoch": 1}})
+    return rows
+
+
+@pytest.fixture
+def store_rows(tmp_path) -> list[dict]:
+    """The hand-made rows, written to and read back from a real results store."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    for r in hand_rows():
+        assert store.put(r)
+    rows = store.rows()
+    store.close()
+    return rows
+
+
+def without_date(text: str) -> list[str]:
+    lines = text.splitlines()
+    dates = [i for i, line in enumerate(lines) if line.startswith("Date:")]
+    assert len(dates) == 1, "the README must have exactly one Date: line"
+    return lines[:dates[0]] + lines[dates[0] + 1:]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def build(rows, out: Path):
+    return build_report(rows, out, command=COMMAND, results="runs/golden.sqlite", console=False)
+
+
+# --------------------------------------------------------------------------- golden files
+
+
+def test_golden_markdown_and_csv(store_rows, tmp_path):
+    out = tmp_path / "report"
+    build(store_rows, out)
+    built = {name: (out / name).read_text(encoding="utf-8") for name in ("README.md", "cells.csv", "comparisons.csv")}
+    builder_line = f"- **Report built with:** {_builder_versions()}"
+    if os.environ.get("DISTILBENCH_UPDATE_GOLDEN"):
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for name, text in built.items():
+            (GOLDEN / name).write_text(text, encoding="utf-8")
+    golden = {name: (GOLDEN / name).read_text(encoding="utf-8") for name in built}
+    assert built["cells.csv"] == golden["cells.csv"]
+    assert built["comparisons.csv"] == golden["comparisons.csv"]
+    # the README: exactly the golden one except the Date line and the versions of the packages that built it
+    new, old = without_date(built["README.md"]), without_date(golden["README.md"])
+    assert builder_line in new
+    assert [line for line in new if line != builder_line] == \
+        [line for line in old if not line.startswith("- **Report built with:**")]
+
+
+def test_dataframe_input_gives_the_same_report(store_rows, tmp_path):
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        frame = store.dataframe()
+    build(store_rows, tmp_path / "rows")
+    build(frame, tmp_path / "frame")
+    for name in ("cells.csv", "comparisons.csv"):
+        assert (tmp_path / "rows" / name).read_bytes() == (tmp_path / "frame" / name).read_bytes()
+    assert without_date((tmp_path / "rows" / "README.md").read_text()) == \
+        without_date((tmp_path / "frame" / "README.md").read_text())
+
+
+def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    build(store_rows, first)
+    build(list(reversed(store_rows)), second)  # row order must not matter
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    assert {"README.md", "cells.csv", "comparisons.csv", "scores-mrpc-1.png", "scores-rte-2.png",
+            "significance-rte-objectives-1.png", "significance-mrpc-inits-3.png"} <= set(names)
+    for name in names:
+        a, b = (first / name).read_bytes(), (second / name).read_bytes()
+        if name == "README.md":
+            assert without_date(a.decode()) == without_date(b.decode())
+        else:
+            assert a == b, f"{name} differs between two builds"
+        if name.endswith(".png"):
+            assert a[:8] == b"\x89PNG\r\n\x1a\n" and len(a) > 5000
+    # building into the same folder again replaces the files and leaves no stale plot behind
+    (first / "scores-old-1.png").write_bytes(b"stale")
+    build(store_rows, first)
+    assert not (first / "scores-old-1.png").exists()
+    assert sorted(p.name for p in first.iterdir()) == names
+
+
+# --------------------------------------------------------------------------- what the report says
+
+
+def test_tables_bold_best_and_mark_missing_seed(store_rows, tmp_path):
+    report = build(store_rows, tmp_path / "r")
+    text = (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
+    first = report.tables[0]  # teacher mpnet-base, init layers:1,2,3
+    assert first.header == ["Objective", "rte (accuracy)", "mrpc (combined)", "Avg"] or \
+        first.header == ["Objective", "mrpc (combined)", "rte (accuracy)", "Avg"]
+    labels = [r[0] for r in first.rows]
+    assert labels == ["none", "kd", "att-kl", "teacher"]
+    # att-kl has the largest effect: bold in every column, including Avg
+    att = labels.index("att-kl")
+    assert {(att, c) for c in range(1, 4)} <= first.bold
+    assert not any(r == labels.index("none") for r, _ in first.bold)
+    # the cell with 2 of 3 seeds says so, and every pair with it is marked instead of tested
+    assert "(n=2)" in text
+    assert "seeds differ" in text
+    comparisons = read_csv(tmp_path / "r" / "comparisons.csv")
+    marked = [c for c in comparisons if c["mismatched"] == "true"]
+    assert len(marked) == 3  # att-kl vs none and vs kd (mrpc, 4,8,12), and its init pair
+    assert all(c["t_p"] == "" and c["holm_p"] == "" and c["n"] == "0" for c in marked)
+    assert all("seed sets differ" in c["note"] for c in marked)
+
+
+def test_comparisons_csv_numbers(store_rows, tmp_path):
+    build(store_rows, tmp_path / "r")
+    comparisons = read_csv(tmp_path / "r" / "comparisons.csv")
+    assert list(comparisons[0]) == ["task", "a", "b", "n", "mean_diff", "ci_low", "ci_high", "t_p", "wilcoxon_p",
+                                    "holm_p", "mismatched", "kind", "family", "a_config_hash", "b_config_hash", "note"]
+    # 2 tasks × 2 inits × 3 objective pairs + 2 tasks × 3 objectives × 1 init pair
+    assert len(comparisons) == 12 + 6
+    families: dict[str, list[dict]] = {}
+    for c in comparisons:
+        families.setdefault(c["family"], []).append(c)
+    for fam in families.values():
+        tested = [c for c in fam if c["mismatched"] == "false"]
+        expected = holm([float(c["t_p"]) for c in tested])
+        assert [float(c["holm_p"]) for c in tested] == pytest.approx(expected, rel=1e-5)
+    # init pairs: layers:1,2,3 is 2 points better by construction (plus noise)
+    inits = [c for c in comparisons if c["kind"] == "inits" and c["mismatched"] == "false"]
+    assert len(inits) == 5 and all(c["a"] == "layers:1,2,3" and c["b"] == "layers:4,8,12" for c in inits)
+    assert all(0.5 < float(c["mean_diff"]) < 3.5 for c in inits)
+    # kd - none on rte with init 1,2,3, computed by hand from the generator
+    rows = {(r["task"], r["objective"], r["init"], r["seed"]): 100 * r["score"] for r in store_rows}
+    diffs = [rows[("rte", "kd", "layers:1,2,3", s)] - rows[("rte", "none", "layers:1,2,3", s)] for s in (0, 1, 2)]
+    (kd_none,) = [c for c in comparisons if c["task"] == "rte" and c["kind"] == "objectives" and
+                  c["a"] == "none" and c["b"] == "kd" and "init layers:1,2,3" in c["family"]]
+    assert float(kd_none["mean_diff"]) == pytest.approx(-sum(diffs) / 3, abs=1e-4)
+    assert kd_none["n"] == "3"
+
+
+def test_significance_matrix_direction(store_rows, tmp_path):
+    report = build(store_rows, tmp_path / "r")
+    fam = [c for c in report.comparisons if c.kind == "inits" and c.task == "rte" and c.a_cell.objective == "kd"]
+    assert len(fam) == 1 and fam[0].result.mean_diff > 0
+    text = (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
+    section = text.split("#### rte: kd, teacher `mpnet-base`")[1].split("####")[0]
+    row_123 = next(line for line in section.splitlines() if line.startswith("| layers:1,2,3 |"))
+    row_4812 = next(line for line in section.splitlines() if line.startswith("| layers:4,8,12 |"))
+    p = fam[0].holm_p
+    shown = "<0.001" if p < 0.001 else f"{p:.3f}"
+    assert f"↑ {shown}" in row_123 and f"↓ {shown}" in row_4812  # row > column reads ↑
+
+
+def test_header(store_rows, tmp_path):
+    build(store_rows, tmp_path / "r")
+    lines = (tmp_path / "r" / "README.md").read_text(encoding="utf-8").splitlines()
+    assert lines[2] == f"Command: `{COMMAND}`"
+    assert sum(line.startswith("Date:") for line in lines) == 1
+    text = "\n".join(lines)
+    assert "`0123456789ab`" in text and "distilbench 0.1.0; python 3.11.9; torch 2.13.0" in text
+    assert "35 runs in 12 cells" in text
+    cells = read_csv(tmp_path / "r" / "cells.csv")
+    assert len(cells) == 12 and len({c["config_hash"] for c in cells}) == 12
+    assert all(f"`{c['config_hash']}`" in text for c in cells)
+    att = next(c for c in cells if c["task"] == "mrpc" and c["objective"] == "att-kl" and c["init"] == "layers:4,8,12")
+    assert att["n"] == "2" and att["seeds"] == "0 1"
+    values = [float(x) for x in att["scores"].split()]
+    assert float(att["mean"]) == pytest.approx(sum(values) / 2, abs=1e-4)
+    assert float(att["std"]) == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_report_command(store_rows, tmp_path, capsys):
+    results = tmp_path / "results.sqlite"  # the store behind store_rows
+    out = tmp_path / "cli-report"
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "att-kl" in printed and "report written to" in printed
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert f"Command: `distilbench report --results {results} --out {out}`" in readme
+    assert (out / "cells.csv").exists() and (out / "comparisons.csv").exists()
+
+
+def test_report_without_results_is_one_line(tmp_path, capfd):
+    missing = tmp_path / "nothing.sqlite"
+    assert main(["report", "--results", str(missing), "--out", str(tmp_path / "r")]) == 2
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("distilbench: error: no results file at")
+    assert not missing.exists() and not (tmp_path / "r").exists()
+    empty = tmp_path / "empty.sqlite"
+    ResultsStore(empty).close()
+    assert main(["report", "--results", str(empty), "--out", str(tmp_path / "r")]) == 2
+    assert "nothing to report" in capfd.readouterr().err
