@@ -45,7 +45,8 @@ Design decisions (the paper leaves these open; each is documented where it is im
 - **m** (Appendix A.1): the number of teachers weaker than the student, the student's own copy counting as weak
   -> :func:`default_m`.
 
-Classification only (the paper leaves STS-B out). Nothing here touches the harness; a later integration calls it.
+Classification only (the paper leaves STS-B out). Nothing here touches the harness: the objectives in
+:mod:`distilbench.objectives.autoskd` connect it to the harness's hooks.
 """
 from __future__ import annotations
 
@@ -239,7 +240,9 @@ def lookahead_theta_grad(student: nn.Module, teachers: CategoricalTeachers, trai
     w = [p.detach().requires_grad_(True) for k, p in student.named_parameters() if p.requires_grad]
     theta = teachers.theta.detach().clone().requires_grad_(True)
     as_params = lambda ws: dict(zip(names, ws))  # noqa: E731
-    if method == "exact":
+    if xi == 0:  # first-order approximation: w' = w, no inner step to differentiate through
+        grad = _grad(val_loss(as_params(w), theta), [theta])[0]
+    elif method == "exact":
         g_train = _grad(train_loss(as_params(w), theta), w, create_graph=True)
         w_next = [wk - xi * gk for wk, gk in zip(w, g_train)]
         grad = _grad(val_loss(as_params(w_next), theta), [theta])[0]

@@ -47,6 +47,13 @@ class RunConfig:
     ted_finetune_student: bool = _f(False, "TED: fine-tune the student on the task (--epochs, CE) before training its filters in Stage I (A.2.3; implies --ted-student-filters train, per seed).")
     ted_filter_epochs: float = _f(1.0, "TED Stage I epochs (filters only, model frozen; paper 001 §5.2 trains one epoch).")
     ted_filter_lr: float = _f(1e-3, "TED Stage I learning rate (filters start random; the model is frozen).")
+    teachers: str | None = _f(None, "multi-teacher objectives (autoskd, skd, avgkd): the team, comma-separated aliases, ids or paths; NAME@INIT is a truncated fine-tuned teacher, e.g. mpnet-base@first-3 (the student's own architecture, a weak teacher).")
+    theta_update: str = _f("sswo", "autoskd: how theta learns: sswo (only the sampled teacher's weight, paper 003 Eq. 7) | cr (continuous relaxation, Eq. 5).")
+    theta_lr: float = _f(3e-4, "autoskd: Adam learning rate of theta (weight decay 1e-3; the paper's range 3e-4 .. 1e-3).")
+    theta_init: str = _f("uniform", "skd: the fixed distribution: uniform | random (drawn from the seed; the paper's random baseline) | weights like 0.5,0.3,0.2.")
+    autoskd_m: int | None = _f(None, "autoskd: teachers discarded between the phases (Eq. 8); default: those no larger than the student (Appendix A.1's rule of thumb).")
+    candidates: int = _f(2, "autoskd: candidate distributions from phase 2, each retrained from scratch, best on the selection split (the paper used 25).")
+    autoskd_lookahead: str = _f("finite-difference", "autoskd: theta's look-ahead gradient: finite-difference (DARTS) | exact (second order) | first-order.")
     temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.")
     alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.")
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
@@ -86,6 +93,12 @@ class RunConfig:
                                       ("ted_teacher_filters", self.ted_teacher_filters, ("trained", "random", "none"))):
             if value not in accepted:
                 raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(accepted)} (got {value!r})")
+        for name, value, accepted in (("theta_update", self.theta_update, ("sswo", "cr")),
+                                      ("autoskd_lookahead", self.autoskd_lookahead, ("finite-difference", "exact", "first-order"))):
+            if value not in accepted:
+                raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(accepted)} (got {value!r})")
+        if self.theta_lr <= 0 or self.candidates < 1:
+            raise UsageError(f"--theta-lr must be > 0 and --candidates >= 1 (got {self.theta_lr}, {self.candidates})")
         if self.schedule not in ("joint", "sequential"):
             raise UsageError(f"--schedule must be joint or sequential (got {self.schedule!r})")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):

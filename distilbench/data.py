@@ -57,6 +57,17 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.array([len(x) for x in self.input_ids])
 
+    def subset(self, positions: Sequence[int]) -> "Encoded":
+        return Encoded([self.examples[i] for i in positions], [self.input_ids[i] for i in positions],
+                       [self.token_type_ids[i] for i in positions] if self.token_type_ids is not None else None, self.pad_id)
+
+
+def holdout_positions(n: int, share: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split positions 0..n-1 (seeded) into a kept part and a held-out part of ``round(share * n)`` (at least one)."""
+    order = np.random.RandomState((seed * 7_919 + 17) % 2**32).permutation(n)
+    n_out = min(n - 1, max(1, int(round(share * n))))
+    return sorted(order[n_out:].tolist()), sorted(order[:n_out].tolist())
+
 
 def encode(tokenizer, examples: list[Example], max_length: int) -> Encoded:
     a = [e.text_a for e in examples]

@@ -23,10 +23,10 @@ from torch import nn
 
 from .capture import capture
 from .config import RunConfig, stable_hash
-from .data import BatchLoader, Encoded, eval_batches, length_grouped_batches
+from .data import BatchLoader, Encoded, eval_batches, holdout_positions, length_grouped_batches
 from .errors import TrainingDiverged
 from .metrics import compute_metrics
-from .objectives import Needs, Objective, Outputs
+from .objectives import Needs, Objective, Outputs, StepContext
 from .tasks import Task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -130,6 +130,13 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
             result.history.append({"stage": stage.name, "cached": str(cached)})
             continue
         stage_seed, enc = (shared.seed, shared.train_enc) if cached is not None else (seed, train_enc)
+        t_enc = teacher_train_enc if cached is None else None
+        holdout = None
+        if stage.holdout > 0:  # the objective's own held-out share (AutoSKD: distillation half / validation half)
+            kept, held = holdout_positions(len(enc), stage.holdout, stage_seed)
+            held_enc, held_t = enc.subset(held), t_enc.subset(held) if t_enc is not None else None
+            enc, t_enc = enc.subset(kept), t_enc.subset(kept) if t_enc is not None else None
+            holdout = _cycle(held_enc, held_t, cfg.batch_size, stage_seed, task.regression, device)
         torch.manual_seed(stage_seed)  # dropout masks are part of what seed k fixes
         lengths = enc.lengths()
         params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
@@ -152,13 +159,18 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
             batches = batches[accelerator.process_index::accelerator.num_processes]
             sums: dict[str, float] = {}
             n_batches = 0
-            for batch in BatchLoader(enc, batches, task.regression, teacher_train_enc if cached is None else None):
+            for batch in BatchLoader(enc, batches, task.regression, t_enc):
                 if step >= total_steps:
                     break
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with accelerator.autocast():
+                    t_out, logged = None, {}
+                    if teacher is not None and objective.uses_teacher:  # one teacher per step, or several (a list)
+                        choice = objective.choose_teacher(step, total_steps)
+                        t_out = teacher(batch, choice) if isinstance(choice, int) else [teacher(batch, j) for j in choice]
+                        logged = objective.outer_step(StepContext(step, total_steps, accelerator.unwrap_model(student), batch,
+                                                                  teacher, holdout or _no_holdout, t_out, choice))
                     s_out = model_outputs(student, batch, objective.needs) if stage.needs_student else None
-                    t_out = teacher(batch, objective.choose_teacher(step)) if teacher is not None and objective.uses_teacher else None
                     out = objective(s_out, t_out, batch, stage)
                 if not torch.isfinite(out.loss):
                     terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
@@ -173,7 +185,7 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                 step += 1
                 n_batches += 1
                 n_examples += len(batch["labels"])
-                for k, v in (("loss", out.loss.detach()), *out.terms.items()):
+                for k, v in (("loss", out.loss.detach()), *out.terms.items(), *logged.items()):
                     sums[k] = sums.get(k, 0.0) + float(v)
                 if progress:
                     progress(step, total_steps, {k: v / n_batches for k, v in sums.items()}, n_examples / (time.perf_counter() - t_start))
@@ -202,6 +214,23 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
     student.requires_grad_(True)
     result.peak_mem_mb = peak_memory_mb()
     return result
+
+
+def _cycle(enc: Encoded, teacher_enc: Encoded | None, batch_size: int, seed: int, regression: bool, device) -> Callable[[], dict]:
+    """Endless length-grouped batches of a held-out share, reshuffled each pass (seeded): ``next_batch()``."""
+    def batches():
+        epoch = 0
+        while True:
+            order = length_grouped_batches(enc.lengths(), batch_size, seed + 104_729, epoch)
+            for batch in BatchLoader(enc, order, regression, teacher_enc):
+                yield {k: v.to(device) for k, v in batch.items()}
+            epoch += 1
+    iterator = batches()
+    return lambda: next(iterator)
+
+
+def _no_holdout() -> dict:
+    raise RuntimeError("this stage holds no data out: declare Stage(holdout=...) to use StepContext.holdout")
 
 
 @torch.no_grad()

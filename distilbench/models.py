@@ -294,6 +294,20 @@ def resolve_model(name: str) -> str:
     return str(Path(name).expanduser()) if kind == "path" else name
 
 
+def model_config(name: str):
+    """The transformers config of a model (alias, local path or hub id), or one clear line naming what was tried."""
+    from transformers import AutoConfig
+
+    path = resolve_model(name)
+    try:
+        with _quiet_transformers():
+            return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        aliases = ", ".join(MODELS.names())
+        raise UsageError(f"cannot load model {name!r}: it is not an embedded alias ({aliases}), not a local model folder, "
+                         f"and the hub did not provide it ({str(exc).splitlines()[0][:120]})") from None
+
+
 def model_fingerprint(name: str) -> str:
     """Short stable id of the exact weights, for cache keys: alias -> its pin (no hashing, no install
     needed); local path -> sha256 of its top-level weight files; hub id -> the id itself."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any, Sequence
 DEFAULT_OUT = "reports/latest"
 ALPHA = 0.05
 _GENERATED = ("README.md", "cells.csv", "comparisons.csv")
-_GENERATED_GLOBS = ("scores-*.png", "significance-*.png")
+_GENERATED_GLOBS = ("scores-*.png", "significance-*.png", "theta-*.png")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -552,6 +553,11 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
                   f"{fnum(s['ci_low'], 2)} – {fnum(s['ci_high'], 2)} | `{c.config_hash}` |")
     md.append("")
 
+    # 6. AutoSKD's learned distributions (paper 003, Figure 2)
+    theta_md, theta_files = theta_section(rows, out)
+    md += theta_md
+    files += theta_files
+
     (out / "README.md").write_text("\n".join(md), encoding="utf-8")
     _write_csv(out / "cells.csv", CELLS_HEADER, cells_csv_rows(cells))
     _write_csv(out / "comparisons.csv", COMPARISONS_HEADER, comparisons_csv_rows(comparisons))
@@ -575,6 +581,59 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
                               f"(Holm p < {ALPHA})" + (f", {mismatched} with different seeds" if mismatched else ""))
         console.print(f"report written to {out}/README.md")
     return Report(out, cells, comparisons, tables, files)
+
+
+def _extra(row: dict) -> dict:
+    extra = row.get("extra") or {}
+    return json.loads(extra) if isinstance(extra, str) else extra
+
+
+def theta_section(rows: list[dict], out: Path) -> tuple[list[str], list[Path]]:
+    """AutoSKD runs: θ after phase 1, after phase 2 and the chosen candidate per teacher, mean ± std over seeds, as a
+    table and a bar chart per task and configuration (paper 003, Figure 2)."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        rep = _extra(r).get("objective_report") or {}
+        if r.get("objective") == "autoskd" and rep.get("theta_phase1"):
+            groups.setdefault((r["task"], r["config_hash"]), []).append(rep)
+    if not groups:
+        return [], []
+    md = ["## 6. AutoSKD: learned categorical distributions", "",
+          "θ per teacher after phase 1, after phase 2 (Eq. 8 selection in between) and the chosen candidate "
+          "(best on the selection split), mean ± std over seeds.", ""]
+    files = []
+    per_task: dict[str, int] = {}
+    for (task, config_hash), reps in sorted(groups.items()):
+        team = reps[0]["team"]
+        series = {"phase 1": [r["theta_phase1"] for r in reps], "phase 2": [r["theta_phase2"] for r in reps],
+                  "chosen": [r["theta"] for r in reps if r.get("theta")]}
+        stats = {k: (np.mean(v, axis=0), np.std(v, axis=0, ddof=1) if len(v) > 1 else np.zeros(len(team)))
+                 for k, v in series.items() if v}
+        md += [f"### {task}, config `{config_hash}` ({len(reps)} seeds, m = {reps[0].get('m')})", "",
+               "| Teacher | " + " | ".join(stats) + " |", "|---|" + "---:|" * len(stats)]
+        for j, name in enumerate(team):
+            md.append(f"| `{name}` | " + " | ".join(f"{m[j]:.3f} ± {sd[j]:.3f}" for m, sd in stats.values()) + " |")
+        per_task[task] = per_task.get(task, 0) + 1
+        name = f"theta-{_slug(task)}" + (f"-{per_task[task]}" if per_task[task] > 1 else "") + ".png"
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(team), 3.2))
+        width = 0.8 / len(stats)
+        x = np.arange(len(team))
+        for k, (label, (m, sd)) in enumerate(stats.items()):
+            ax.bar(x + (k - (len(stats) - 1) / 2) * width, m, width, yerr=sd, capsize=3, label=label)
+        ax.set_xticks(x, [Path(t).name if "/" in t else t for t in team], rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("θ")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"AutoSKD θ on {task}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        _save(fig, out / name)
+        plt.close(fig)
+        files.append(out / name)
+        md += ["", f"![AutoSKD theta on {task}]({name})", ""]
+    return md, files
 
 
 # --------------------------------------------------------------------------- command line

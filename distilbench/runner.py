@@ -22,8 +22,8 @@ from .config import RunConfig, stable_hash
 from .data import Encoded, encode, fingerprint, selection_split, subsample
 from .errors import UsageError
 from .harness import SharedStages, TeacherSource, evaluate, make_accelerator, predict, train
-from .inits import InitPlan, build_student, parse_init
-from .models import load_classifier, load_tokenizer, model_fingerprint, resolve_model
+from .inits import InitPlan, build_student, copy_layers, parse_init
+from .models import load_classifier, load_tokenizer, model_config, model_fingerprint, resolve_model
 from .objectives import Context, Needs, Objective, get_objective
 from .store import ResultsStore, run_key
 from .tasks import Example, Task, get_task, load_split, resolve_data_dir
@@ -67,6 +67,7 @@ class Plan:
     store: ResultsStore
     seeds: list[int]
     pairs: list[tuple[int, int]]
+    team: list[str]  # multi-teacher objectives: canonical member names (NAME or NAME@layers:...)
 
 
 def plan_run(cfg: RunConfig) -> Plan:
@@ -76,9 +77,8 @@ def plan_run(cfg: RunConfig) -> Plan:
     data_dir = resolve_data_dir(cfg.data_dir)
     train_file = load_split(task, "train", data_dir)
     dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples]
-    from transformers import AutoConfig
 
-    teacher_config = AutoConfig.from_pretrained(resolve_model(cfg.teacher))
+    teacher_config = model_config(cfg.teacher)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
     if init.pretrained is not None:
         resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained
@@ -86,12 +86,43 @@ def plan_run(cfg: RunConfig) -> Plan:
             raise UsageError(f"objective {main.name} compares token positions, but teacher {cfg.teacher} and student "
                              f"{init.pretrained} have different vocabularies; use a student initialised from the teacher's "
                              f"layers, or an objective that needs no token alignment (kd, hid-cls)")
-    student_layers = (AutoConfig.from_pretrained(resolve_model(init.pretrained)).num_hidden_layers
+    student_layers = (model_config(init.pretrained).num_hidden_layers
                       if init.pretrained else init.num_layers)
     pairs = distillation_pairs(cfg.layer_map, init, student_layers, teacher_config.num_hidden_layers)
+    team = plan_team(cfg, main, task)
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
     return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, subsample(train_file, cfg.max_train_examples),
-                dev, len(train_file), store, cfg.seed_values(), pairs)
+                dev, len(train_file), store, cfg.seed_values(), pairs, team)
+
+
+def plan_team(cfg: RunConfig, objective: type[Objective], task: Task) -> list[str]:
+    """The teacher team of a multi-teacher objective, each member resolved now; ``NAME@INIT`` (a truncated teacher:
+    INIT's layers of NAME's pretrained weights, then fine-tuned) is written canonically (``mpnet-base@layers:1,2,3``)
+    so that its cache key does not depend on other flags."""
+
+    if not getattr(objective, "multi_teacher", False):
+        if cfg.teachers:
+            raise UsageError(f"--teachers is for multi-teacher objectives (autoskd, skd, avgkd); {objective.name} learns from --teacher")
+        return []
+    if task.regression:
+        raise UsageError(f"{objective.name} distils class distributions; {task.name} is a regression task: use a classification task")
+    team = [t.strip() for t in (cfg.teachers or "").split(",") if t.strip()]
+    if len(team) < 2:
+        raise UsageError(f"{objective.name} needs a team of at least two teachers, e.g. --teachers mpnet-base,minilm-l6,mpnet-base@first-k "
+                         f"(got {cfg.teachers!r})")
+    members = []
+    for member in team:
+        base, _, init = member.partition("@")
+        layers = model_config(base).num_hidden_layers
+        if init:
+            spec = parse_init(init, layers, cfg.student_layers)
+            if spec.layers is None:
+                raise UsageError(f"--teachers {member}: NAME@INIT takes a layer-copying init (layers:1,2,3, first-k, every-k, last-k), not {init}")
+            member = f"{base}@{spec.spec}"
+        members.append(member)
+    if len(set(members)) != len(members):
+        raise UsageError(f"--teachers names the same teacher twice: {', '.join(members)}")
+    return members
 
 
 def same_vocabulary(a: str, b: str) -> bool:
@@ -133,7 +164,8 @@ def student_name(cfg: RunConfig, init: InitPlan) -> str:
     return init.pretrained if init.pretrained else f"{cfg.teacher}[{init.spec}]"
 
 
-def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord, seed: int) -> dict[str, Any]:
+def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord, seed: int,
+                 team: list[TeacherRecord] | None = None) -> dict[str, Any]:
     cfg = plan.cfg
     return {"task": plan.task.name, "task_version": plan.task.version, "objective": objective.name,
             "objective_version": objective.version, "objective_params": objective.param_values(cfg),
@@ -142,7 +174,8 @@ def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord,
             "teacher": cfg.teacher, "teacher_key": teacher.key,
             "hparams": {k: getattr(cfg, k) for k in ("epochs", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay",
                                                       "max_grad_norm", "selection_fraction", "select_best_epoch", "max_train_examples")},
-            "dev": fingerprint(plan.dev), "seed": seed}
+            "dev": fingerprint(plan.dev), "seed": seed,
+            **({"team": [r.key for r in team]} if team else {})}
 
 
 class Runner:
@@ -152,6 +185,7 @@ class Runner:
         self.plan = plan_run(cfg)
         self.accelerator = make_accelerator(cfg)
         self.tokenizer = load_tokenizer(cfg.teacher)
+        self.team_records: list[TeacherRecord] = []
 
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -197,8 +231,14 @@ class Runner:
     def _fine_tune_teacher(self, model_name: str, train_all: list[Example]):
         task, cfg = self.plan.task, self.cfg
         train_part, select_part = split_for_teacher(cfg, train_all)
-        tokenizer = load_tokenizer(model_name)
-        net = load_classifier(model_name, task.num_labels, task.regression, attn_implementation=None)
+        base, _, init = model_name.partition("@")
+        tokenizer = load_tokenizer(base)
+        torch.manual_seed(cfg.teacher_seed)  # the new task head is random: the teacher seed fixes it
+        net = load_classifier(base, task.num_labels, task.regression, attn_implementation=None)
+        if init:  # a truncated teacher: those layers of the pretrained model, then fine-tuned like any teacher
+            net, mapping = copy_layers(net, parse_init(init, net.config.num_hidden_layers, cfg.student_layers).layers, cfg.teacher_seed)
+            for line in mapping:
+                self.log(f"  {model_name}: {line}")
         none = get_objective("none")(Context(task, cfg, [], net.config.hidden_size, None))
         result = self._train(net, none, None, encode(tokenizer, train_part, cfg.max_length),
                              encode(tokenizer, select_part, cfg.max_length), cfg.teacher_seed, cfg.teacher_epochs,
@@ -206,9 +246,10 @@ class Runner:
         return net, tokenizer, {"best_epoch": result.best_epoch, "select_score": result.best_select_score,
                                 "history": result.history, "examples_per_s": result.examples_per_s}
 
-    def teacher(self) -> TeacherRecord:
+    def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
-        record = ensure_teacher(cfg, cfg.teacher, task, self.plan.train_all, self._fine_tune_teacher, self.log)
+        name = name or cfg.teacher
+        record = ensure_teacher(cfg, name, task, self.plan.train_all, self._fine_tune_teacher, self.log)
         dev_fp = fingerprint(self.plan.dev)
         if record.dev_metrics(dev_fp) is None:
             net = load_teacher(record, task)
@@ -216,7 +257,7 @@ class Runner:
             record_dev_metrics(record, dev_fp, metrics)
         metrics = record.dev_metrics(dev_fp)
         majority = task.majority_score([e.label for e in self.plan.dev])
-        self.log(f"teacher {cfg.teacher} on {task.name} dev: {task.main_score} = {100 * metrics['score']:.2f}"
+        self.log(f"teacher {name} on {task.name} dev: {task.main_score} = {100 * metrics['score']:.2f}"
                  + (f" (majority class {100 * majority:.2f})" if majority is not None else ""))
         if majority is not None and metrics["score"] - majority < 0.02:
             self.log(f"[bold red]WARNING: the teacher is within 2 points of the majority-class score on {task.name} dev "
@@ -229,10 +270,12 @@ class Runner:
     def run(self) -> list[dict]:
         plan, cfg = self.plan, self.cfg
         record = self.teacher()
+        team = [self.teacher(name) for name in plan.team]  # every member fine-tuned (or reused) and scored first
+        self.team_records = team
         todo = []
         for objective in plan.objectives:
             for seed in plan.seeds:
-                identity = run_identity(plan, objective, record, seed)
+                identity = run_identity(plan, objective, record, seed, team if getattr(objective, "multi_teacher", False) else None)
                 key = run_key(identity)
                 if cfg.force or not plan.store.has(key):
                     todo.append((objective, seed, identity, key))
@@ -243,7 +286,8 @@ class Runner:
                 row = self.run_one(objective, seed, identity, key, record, teacher_net)
                 if self.accelerator.is_main_process:
                     plan.store.put(row, replace=cfg.force)
-        rows = [plan.store.get(run_key(run_identity(plan, o, record, s))) for o in plan.objectives for s in plan.seeds]
+        rows = [plan.store.get(run_key(run_identity(plan, o, record, s, team if getattr(o, "multi_teacher", False) else None)))
+                for o in plan.objectives for s in plan.seeds]
         plan.store.close()  # a suite runs many Runners: release each one's connection
         return [r for r in rows if r is not None]
 
@@ -256,11 +300,23 @@ class Runner:
         own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
         for line in mapping:
             self.log(f"  init: {line}")
+        multi = getattr(objective_cls, "multi_teacher", False)
+        team_nets = [load_teacher(r, task) for r in self.team_records] if multi else []
+        team_info = [{"name": r.name, "params": sum(p.numel() for p in net.parameters()),
+                      "dev_score": (r.dev_metrics(fingerprint(plan.dev)) or {}).get("score")}
+                     for r, net in zip(self.team_records, team_nets)] if multi else []
         objective = objective_cls(Context(task, cfg, plan.pairs, student.config.hidden_size, teacher_net.config.hidden_size,
+                                          num_teachers=max(1, len(team_nets)),
                                           student_heads=student.config.num_attention_heads,
-                                          teacher_heads=teacher_net.config.num_attention_heads, teacher_model=teacher_net))
+                                          teacher_heads=teacher_net.config.num_attention_heads, teacher_model=teacher_net,
+                                          seed=seed, team=team_info, student_params=sum(p.numel() for p in student.parameters())))
         teacher = None
-        if objective.uses_teacher:
+        if multi:  # logits only: each member's logits over the whole train file, computed once on its own tokenisation
+            caches = [teacher_logits(r, encode(load_tokenizer(str(r.path)), plan.train_all, cfg.max_length), plan.train_rows,
+                                     lambda enc, net=net: self._logits(net, enc), f"{model_fingerprint(str(r.path))}:{cfg.max_length}")
+                      for r, net in zip(self.team_records, team_nets)]
+            teacher = TeacherSource(team_nets, objective.needs, caches)
+        elif objective.uses_teacher:
             cache = None
             if objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned):
                 enc_all = encode(self.tokenizer, plan.train_all, cfg.max_length)
@@ -274,10 +330,35 @@ class Runner:
             teacher_part = split_for_teacher(cfg, plan.train_all)[0]
             shared = SharedStages(encode(tokenizer, teacher_part, cfg.max_length), cfg.teacher_seed, record.path / "stages",
                                   stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]))
-        result = self._train(student, objective, teacher, encode(tokenizer, train_part, cfg.max_length),
-                             encode(tokenizer, select_part, cfg.max_length), seed, cfg.epochs, cfg.lr, label, teacher_train_enc, shared)
+        train_enc, select_enc = encode(tokenizer, train_part, cfg.max_length), encode(tokenizer, select_part, cfg.max_length)
+        result = self._train(student, objective, teacher, train_enc, select_enc, seed, cfg.epochs, cfg.lr, label, teacher_train_enc, shared)
+        candidates = objective.candidates()
+        if candidates:  # retrain a fresh student (same seed, same init) with each; keep the best on the selection split
+            self.log(f"{label}: {len(candidates)} candidate(s) to retrain: " + "; ".join(
+                "[" + ", ".join(f"{float(x):.3f}" for x in c) + "]" for c in candidates))
+            spent, best = result.train_time_s, None
+            for k, candidate in enumerate(candidates):
+                fresh, _ = build_student(plan.init, teacher_net, seed,
+                                         lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
+                objective.use_candidate(k, candidate)
+                r = self._train(fresh, objective, teacher, train_enc, select_enc, seed, cfg.epochs, cfg.lr,
+                                f"{label} candidate {k + 1}/{len(candidates)}", teacher_train_enc, None)
+                objective.candidate_done(k, r.best_select_score)
+                spent += r.train_time_s
+                self.log(f"{label} candidate {k + 1}: selection {task.main_score} = {100 * r.best_select_score:.2f}")
+                if best is None or r.best_select_score > best[0]:
+                    best = (r.best_select_score, fresh, r)
+            _, student, chosen = best
+            chosen.history = result.history + chosen.history  # the search's epochs, then the chosen retrain's
+            chosen.stage_times = {**{f"search-{k}": v for k, v in result.stage_times.items()}, **chosen.stage_times}
+            chosen.train_time_s = spent
+            result = chosen
+        if objective.report():
+            self.log(f"{label}: {objective.report()}")
         dev_metrics = evaluate(student, encode(tokenizer, plan.dev, cfg.max_length), task, cfg, self.accelerator)
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
+        if multi:
+            teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
         self.log(f"{label}: dev {task.main_score} = {100 * dev_metrics['score']:.2f} (best epoch {result.best_epoch}, "
                  f"{result.examples_per_s:.1f} ex/s)")
         return {"run_key": key, "kind": "student", "task": task.name, "task_version": task.version, "objective": objective.name,
@@ -289,7 +370,7 @@ class Runner:
                 "extra": {"layer_mapping": mapping, "best_epoch": result.best_epoch, "history": result.history,
                           "select_score": result.best_select_score, "teacher_key": record.key,
                           "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
-                          "device": str(self.accelerator.device), "main_score": task.main_score,
+                          "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
                           "student_params": sum(p.numel() for p in student.parameters())}}
 

@@ -9,7 +9,8 @@ A suite file is plain YAML data::
     inits: [every-k]                   # any --init spec: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL
     teachers: [mpnet-base]
     seeds: [0, 1, 2]                   # or a count: 3 (= 0, 1, 2)
-    settings: {student_layers: 3}      # RunConfig options for every scale (`distilbench run --help`)
+    settings: {student_layers: 3}      # RunConfig options for every scale (`distilbench run --help`); `team: [A, B]`
+                                       # sets --teachers of the multi-teacher objectives (autoskd, skd, avgkd) only
     task_settings: {sst2: {max_train_examples: 2000}}
     scales:                            # --scale NAME picks one; its keys override the ones above
       cpu: {epochs: 2}
@@ -70,11 +71,22 @@ class Suite:
                         values = {**self.settings, **self.task_settings.get(task, {}), **self.overrides,
                                   "task": task, "objective": objective, "init": init, "teacher": teacher,
                                   "seed_list": ",".join(str(s) for s in self.seeds), "baseline": False}
+                        if not _multi_teacher(objective):  # a suite's team (`teachers: A,B` in settings) is for those that use one
+                            values.pop("teachers", None)
                         try:
                             out.append(RunConfig(**values).validate())
                         except UsageError as exc:
                             raise UsageError(f"suite {self.path}, cell {task}/{objective}/{init}/{teacher}: {exc}") from None
         return out
+
+
+def _multi_teacher(objective: str) -> bool:
+    from .objectives import get_objective
+
+    try:
+        return bool(getattr(get_objective(objective), "multi_teacher", False))
+    except (UsageError, KeyError, ValueError):
+        return False  # an unknown objective is reported by the cell's validation
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -91,7 +103,9 @@ def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[s
     options, grid = {}, {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if allow_grid and name in (*GRID, "task_settings"):
+        if name == "team":  # the team of multi-teacher objectives (RunConfig.teachers; `teachers` is the grid's axis)
+            options["teachers"] = _coerce("teachers", ",".join(map(str, value)) if isinstance(value, list) else value, where)
+        elif allow_grid and name in (*GRID, "task_settings"):
             grid[name] = value
         elif name in CELL_FIELDS:
             hint = {"student": "list it in inits as pretrained:MODEL", "baseline": "list none in objectives"}.get(

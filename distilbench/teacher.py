@@ -38,7 +38,7 @@ class TeacherRecord:
 
 
 def teacher_identity(cfg: RunConfig, model: str, task: Task, train_fp: str) -> dict:
-    return {"format": TEACHER_FORMAT, "model": model, "weights": model_fingerprint(model), "task": task.name,
+    return {"format": TEACHER_FORMAT, "model": model, "weights": model_fingerprint(model.partition("@")[0]), "task": task.name,
             "task_version": task.version, "train": train_fp, "epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr,
             "batch_size": cfg.batch_size, "max_length": cfg.max_length, "warmup_ratio": cfg.warmup_ratio,
             "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm, "seed": cfg.teacher_seed,

@@ -115,6 +115,21 @@ def test_shipped_suites_load(name):
                                                      for c in paper.configs())
 
 
+def test_autoskd_suite_gives_its_team_to_multi_teacher_cells_only():
+    for scale, first in (("cpu", "mpnet-base"), ("paper", "google-bert/bert-large-uncased")):
+        suite = load_suite(REPO / "benchmarks" / "autoskd.yaml", scale)
+        configs = suite.configs()
+        assert len(configs) == len(suite.tasks) * len(suite.objectives)
+        for c in configs:
+            if c.objective in ("autoskd", "skd", "avgkd"):
+                assert c.teachers.split(",")[0] == first and len(c.teachers.split(",")) == 3
+            else:
+                assert c.teachers is None  # kd and none learn from the grid's teacher alone
+    cpu = load_suite(REPO / "benchmarks" / "autoskd.yaml", "cpu")
+    assert {c.objective: c.theta_init for c in cpu.configs()}["skd"] == "random"
+    assert all(c.candidates == 2 and c.max_train_examples == 1000 for c in cpu.configs())
+
+
 def test_table1_and_table3_share_the_every_k_runs():
     """Same settings: the layers:4,8,12 cells of Table 3 are Table 1's every-k runs (the store skips them)."""
     t1 = {(c.task, c.objective): c for c in load_suite(REPO / "benchmarks" / "p002-table1.yaml").configs()}

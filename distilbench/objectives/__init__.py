@@ -9,7 +9,7 @@ import pkgutil
 from importlib.metadata import entry_points
 
 from ..registry import Registry
-from .base import Context, LossOutput, Needs, Objective, Outputs, Stage
+from .base import Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
@@ -36,4 +36,4 @@ def get_objective(name: str) -> type[Objective]:
 
 _discover()
 
-__all__ = ["OBJECTIVES", "Context", "LossOutput", "Needs", "Objective", "Outputs", "Stage", "get_objective"]
+__all__ = ["OBJECTIVES", "Context", "LossOutput", "Needs", "Objective", "Outputs", "Stage", "StepContext", "get_objective"]

@@ -49,7 +49,8 @@ class Stage:
     that trains only the objective's own modules, e.g. TED's filters); ``needs_student=False`` skips the student's
     forward pass altogether. A ``shared`` stage does not depend on the student's seed: the harness trains it once on
     the teacher's split with the teacher's seed, caches the objective's state beside the teacher, and every seed
-    reuses it (TED's Stage I).
+    reuses it (TED's Stage I). ``holdout > 0`` splits the stage's training data (seeded) into a part the student trains
+    on and a held-out part the objective's :meth:`Objective.outer_step` draws batches from (AutoSKD's validation subset).
     """
 
     name: str
@@ -58,6 +59,7 @@ class Stage:
     needs_student: bool = True
     lr: float | None = None
     shared: bool = False
+    holdout: float = 0.0  # share of the stage's training data held out for the objective's outer step (AutoSKD's θ)
 
 
 @dataclass
@@ -73,6 +75,24 @@ class Context:
     student_heads: int | None = None
     teacher_heads: int | None = None
     teacher_model: Any = None  # for objectives that build modules from the teacher's layers (TED's `layer` filters)
+    seed: int = 0  # the run's seed (objectives with random parts of their own draw them from it)
+    team: list[dict[str, Any]] = field(default_factory=list)  # multi-teacher objectives: per teacher name, parameters, scores
+    student_params: int | None = None
+
+
+@dataclass
+class StepContext:
+    """What :meth:`Objective.outer_step` may use: the unwrapped student, this step's batch, any teacher's outputs on any
+    batch, and the next batch of the stage's held-out share (see ``Stage.holdout``)."""
+
+    step: int
+    total_steps: int
+    student: nn.Module
+    batch: dict[str, torch.Tensor]
+    teacher: Any  # (batch, teacher index) -> Outputs
+    holdout: Any  # () -> batch of the held-out share; raises when the stage holds nothing out
+    outputs: Any = None  # this step's teacher outputs (Outputs, or a list when several teachers were chosen)
+    chosen: Any = None  # what choose_teacher returned this step
 
 
 @dataclass
@@ -108,9 +128,26 @@ class Objective(nn.Module):
         """Facts about the objective stored with each result (e.g. TED's filter parameter count)."""
         return {}
 
-    def choose_teacher(self, step: int) -> int:
-        """Index of the teacher this step uses (multi-teacher objectives override)."""
+    def choose_teacher(self, step: int, total_steps: int) -> int | list[int]:
+        """Index of the teacher this step uses, or a list of indices when the step needs several teachers' outputs
+        (the objective then receives a list of Outputs). Multi-teacher objectives override; called first in each step."""
         return 0
+
+    def outer_step(self, ctx: StepContext) -> dict[str, float]:
+        """Called each step after the teacher is chosen and before the student's loss: an outer-level update of the
+        objective's own variables (AutoSKD's θ). Returns values to log. Default: nothing."""
+        return {}
+
+    def candidates(self) -> list[Any]:
+        """After training: configurations to retrain a fresh student with, the best kept on the selection split
+        (AutoSKD's candidate distributions). Default: none, the trained student is the result."""
+        return []
+
+    def use_candidate(self, index: int, candidate: Any) -> None:
+        """Switch to candidate ``index`` before the harness retrains a fresh student with it."""
+
+    def candidate_done(self, index: int, select_score: float) -> None:
+        """The selection-split score the student retrained with candidate ``index`` reached."""
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, torch.Tensor], stage: Stage) -> LossOutput:
         raise NotImplementedError
