@@ -40,7 +40,22 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", allow_abbrev=False, help="distil students (seeds paired), store every result, print the table")
     run.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
+    run.add_argument("--params", default=None, metavar="best:STUDY",
+                     help="take the hyper-parameters of a search's best trial (precedence: CLI > study > YAML > defaults)")
+    run.add_argument("--storage", default=None, help="the search database of --params (default: search.sqlite beside --results)")
     _add_config_flags(run)
+    search = sub.add_parser("search", allow_abbrev=False,
+                            help="tune an objective with Optuna on the selection split (never dev); resumable, multi-worker")
+    search.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
+    search.add_argument("--trials", type=int, default=20, help="finished trials the study should have (per objective; default 20)")
+    search.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite search.sqlite beside --results); "
+                        "a PostgreSQL URL lets workers on several machines share one study")
+    search.add_argument("--study", default=None, help="study name (default: OBJECTIVE-TASK-TEACHER-INIT); an existing study continues")
+    search.add_argument("--pruner", default="median", help="median | wilcoxon | none (each seed's score is reported as one step)")
+    search.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    search.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats; a silent trial fails after twice that and is retried")
+    search.add_argument("--out", default=None, help="report folder (default reports/search-STUDY)")
+    _add_config_flags(search)
     teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score")
     teacher.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     teacher.add_argument("--model", dest="teacher", default=argparse.SUPPRESS, help="teacher alias, hub id or path")
@@ -91,7 +106,25 @@ def main(argv: list[str] | None = None) -> int:
         if command in ("report", "suite"):
             from .report import dispatch
             return dispatch(command, args, sys.argv[1:] if argv is None else argv)
-        cfg = build_config(args, args.pop("config", None))
+        yaml_path = args.pop("config", None)
+        if command == "search":
+            from .config import load_yaml
+            from .search import run_search
+
+            opts = {k: args.pop(k) for k in ("trials", "storage", "study", "pruner", "sampler_seed", "heartbeat", "out")}
+            fixed = set(args) | (set(load_yaml(yaml_path)) if yaml_path else set())  # what the user set is not searched
+            cfg = build_config(args, yaml_path)
+            return run_search(cfg, fixed, opts["trials"], opts["storage"], opts["study"], opts["pruner"],
+                              opts["sampler_seed"], opts["out"], opts["heartbeat"],
+                              "distilbench " + " ".join(sys.argv[1:] if argv is None else argv))
+        params, storage = args.pop("params", None), args.pop("storage", None)
+        if params is not None:
+            if not params.startswith("best:") or not params[5:]:
+                raise UsageError(f"--params must be best:STUDY, the name of a search study (got {params!r})")
+            from .search import best_params
+
+            args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
+        cfg = build_config(args, yaml_path)
         from .runner import Runner, summary_table
 
         if command == "teacher":

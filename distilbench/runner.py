@@ -70,13 +70,14 @@ class Plan:
     team: list[str]  # multi-teacher objectives: canonical member names (NAME or NAME@layers:...)
 
 
-def plan_run(cfg: RunConfig) -> Plan:
+def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
+    """Resolve and validate a run. ``read_dev=False`` (a search) never opens the dev file: ``Plan.dev`` is None."""
     task = get_task(cfg.task)
     main = get_objective(cfg.objective)
     objectives = [main] + ([get_objective("none")] if cfg.baseline and main.name != "none" else [])
     data_dir = resolve_data_dir(cfg.data_dir)
     train_file = load_split(task, "train", data_dir)
-    dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples]
+    dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples] if read_dev else None
 
     teacher_config = model_config(cfg.teacher)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
@@ -179,10 +180,10 @@ def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord,
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, console: Console | None = None):
+    def __init__(self, cfg: RunConfig, console: Console | None = None, read_dev: bool = True):
         self.cfg = cfg
         self.console = console or Console(stderr=True)
-        self.plan = plan_run(cfg)
+        self.plan = plan_run(cfg, read_dev)
         self.accelerator = make_accelerator(cfg)
         self.tokenizer = load_tokenizer(cfg.teacher)
         self.team_records: list[TeacherRecord] = []
@@ -250,6 +251,9 @@ class Runner:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
         record = ensure_teacher(cfg, name, task, self.plan.train_all, self._fine_tune_teacher, self.log)
+        if self.plan.dev is None:  # a search: dev stays unread; the teacher's own selection score is what is known
+            self.log(f"teacher {name} on {task.name}: selection {task.main_score} = {100 * record.meta['select_score']:.2f}")
+            return record
         dev_fp = fingerprint(self.plan.dev)
         if record.dev_metrics(dev_fp) is None:
             net = load_teacher(record, task)
@@ -291,7 +295,9 @@ class Runner:
         plan.store.close()  # a suite runs many Runners: release each one's connection
         return [r for r in rows if r is not None]
 
-    def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:
+    def fit(self, objective_cls, seed, record, teacher_net):
+        """Build seed ``seed``'s student and objective, train them (and an objective's candidates), choosing on the
+        selection split only: dev is not touched here (``distilbench search`` calls this alone)."""
         plan, cfg, task = self.plan, self.cfg, self.plan.task
         train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
         student, mapping = build_student(plan.init, teacher_net, seed,
@@ -303,7 +309,7 @@ class Runner:
         multi = getattr(objective_cls, "multi_teacher", False)
         team_nets = [load_teacher(r, task) for r in self.team_records] if multi else []
         team_info = [{"name": r.name, "params": sum(p.numel() for p in net.parameters()),
-                      "dev_score": (r.dev_metrics(fingerprint(plan.dev)) or {}).get("score")}
+                      "select_score": r.meta.get("select_score")}
                      for r, net in zip(self.team_records, team_nets)] if multi else []
         objective = objective_cls(Context(task, cfg, plan.pairs, student.config.hidden_size, teacher_net.config.hidden_size,
                                           num_teachers=max(1, len(team_nets)),
@@ -355,6 +361,11 @@ class Runner:
             result = chosen
         if objective.report():
             self.log(f"{label}: {objective.report()}")
+        return student, tokenizer, objective, result, mapping, multi, label
+
+    def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:
+        plan, cfg, task = self.plan, self.cfg, self.plan.task
+        student, tokenizer, objective, result, mapping, multi, label = self.fit(objective_cls, seed, record, teacher_net)
         dev_metrics = evaluate(student, encode(tokenizer, plan.dev, cfg.max_length), task, cfg, self.accelerator)
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
         if multi:

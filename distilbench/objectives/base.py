@@ -108,6 +108,10 @@ class Objective(nn.Module):
     needs: ClassVar[Needs] = Needs()
     uses_teacher: ClassVar[bool] = True
     params: ClassVar[tuple[str, ...]] = ()  # RunConfig fields this objective reads: they enter the result's identity
+    # what `distilbench search` tunes: RunConfig field -> ("float", low, high[, "log"]) | ("int", low, high) |
+    # ("categorical", choices); merged along the class hierarchy (subclasses add their own parameters)
+    search_space: ClassVar[dict[str, tuple]] = {"lr": ("float", 1e-5, 1e-4, "log"), "epochs": ("int", 1, 4),
+                                                "batch_size": ("categorical", (16, 32))}
 
     def __init__(self, ctx: Context):
         super().__init__()
@@ -151,6 +155,14 @@ class Objective(nn.Module):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, torch.Tensor], stage: Stage) -> LossOutput:
         raise NotImplementedError
+
+    @classmethod
+    def space(cls) -> dict[str, tuple]:
+        """The full search space: every ``search_space`` of the class hierarchy, subclasses last."""
+        merged: dict[str, tuple] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("search_space", {}))
+        return merged
 
     @classmethod
     def param_values(cls, config: "RunConfig") -> dict[str, Any]:

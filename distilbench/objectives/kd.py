@@ -16,6 +16,7 @@ class KD(Objective):
     version = "1.0"
     paper = "Hinton et al. 2015, soft targets with temperature T: CE + alpha*T^2*KL"
     params = ("temperature", "alpha_kd")
+    search_space = {"temperature": ("float", 1.0, 8.0, "log"), "alpha_kd": ("float", 0.1, 10.0, "log")}
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch, stage: Stage) -> LossOutput:
         ce = self.task_loss(student.logits, batch["labels"])

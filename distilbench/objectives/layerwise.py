@@ -25,6 +25,8 @@ from .base import Context, LossOutput, Needs, Objective, Outputs, Stage
 class LayerObjective(Objective):
     params = ("temperature", "alpha_kd", "beta", "schedule", "layer_map")
     default_beta = 1.0  # the weight of the intermediate term when --beta is not given
+    search_space = {"temperature": ("float", 1.0, 8.0, "log"), "alpha_kd": ("float", 0.1, 10.0, "log"),
+                    "beta": ("float", 0.1, 100.0, "log")}
 
     @classmethod
     def param_values(cls, config) -> dict:
@@ -102,6 +104,7 @@ def combine(spec: str, get) -> type[Objective]:
                       attentions=any(c.needs.attentions for _, c in parts),
                       token_aligned=any(c.needs.token_aligned for _, c in parts))
         params = tuple(dict.fromkeys(p for _, c in parts for p in c.params))
+        search_space = {k: v for _, c in parts for k, v in c.space().items()}
 
         def __init__(self, ctx: Context):
             super().__init__(ctx)

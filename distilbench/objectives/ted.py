@@ -76,6 +76,8 @@ class TED(LayerObjective):
     # alpha_2: with a student copied from the teacher's layers, the filtered MSE starts near 0.008 on MPNet/MRPC while CE is
     # near 0.7 (benchmarks/smoke_objectives.sh): alpha_2 = 100 brings the two to one scale, inside the paper's 10..1000 (§5.3)
     default_beta = 100.0
+    search_space = {"beta": ("float", 10.0, 1000.0, "log"),  # alpha_2: the paper's range, 10..1000 (§5.3)
+                    "ted_filter_lr": ("float", 1e-4, 1e-2, "log")}
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

@@ -1,0 +1,262 @@
+"""`distilbench search`: tune one objective with Optuna, fairly — the same budget for every objective, scored on the
+selection split (held out of train), never on dev.
+
+- Each objective declares its search space beside its code (``Objective.search_space``, merged along the class
+  hierarchy: the harness's lr/epochs/batch size, then e.g. KD's temperature and weight, TED's α2 over 10…1000). Flags
+  given on the command line are fixed, not searched.
+- A trial trains the objective on every seed of ``--seeds``; its value is the mean selection-split score. Each seed's
+  score is reported as step k, so a pruner compares seed k of this trial with seed k of the others (``median``:
+  MedianPruner; ``wilcoxon``: WilcoxonPruner, a paired test over the seeds seen so far) and stops a poor trial early.
+- The sampler is TPE, seeded (``--sampler-seed``). ``--trials N`` is the study's total of finished trials (complete or
+  pruned), so a rerun with the same ``--study`` continues where it stopped, and several workers — processes or
+  machines sharing one ``--storage`` database URL (PostgreSQL) — together finish N.
+- Storage: an embedded SQLite file by default, any SQLAlchemy URL otherwise; heartbeats mark a killed worker's trial
+  failed after the grace period, and the retry callback enqueues its parameters again.
+- The report (``reports/search-STUDY/`` by default): best parameters and the command that reproduces them
+  (``distilbench run ... --params best:STUDY``), the trials table (Markdown and CSV), the optimisation history and the
+  parameter importances (PNG).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import UsageError
+
+PRUNERS = ("median", "wilcoxon", "none")
+
+
+def suggest(trial, space: dict[str, tuple], fixed: set[str]) -> dict[str, Any]:
+    """Draw a value for every parameter of ``space`` (``("float", low, high[, "log"])``, ``("int", low, high)``,
+    ``("categorical", choices)``) except those in ``fixed``."""
+    values: dict[str, Any] = {}
+    for name, spec in space.items():
+        if name in fixed:
+            continue
+        kind = spec[0]
+        if kind == "float":
+            values[name] = trial.suggest_float(name, spec[1], spec[2], log="log" in spec[3:])
+        elif kind == "int":
+            values[name] = trial.suggest_int(name, spec[1], spec[2], log="log" in spec[3:])
+        elif kind == "categorical":
+            values[name] = trial.suggest_categorical(name, list(spec[1]))
+        else:
+            raise ValueError(f"search space of {name}: unknown kind {kind!r} (float, int, categorical)")
+    return values
+
+
+def storage_url(storage: str | None, results: str) -> str:
+    if storage:
+        return storage
+    path = Path(results).expanduser().with_name("search.sqlite")
+    return f"sqlite:///{path.resolve()}"
+
+
+def open_storage(url: str, heartbeat: int = 60, max_retry: int = 3):
+    """An Optuna RDB storage with heartbeats (a killed worker's trial becomes FAIL after ``2 * heartbeat`` s) and a
+    retry callback (its parameters are enqueued again, at most ``max_retry`` times)."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+    stale = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9; before: RetryFailedTrialCallback
+    retry = {"heartbeat_stale_trial_callback": stale(max_retry=max_retry)} if stale else \
+        {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 60}}
+    else:
+        engine = {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise UsageError(f"--storage {url}: its database driver is not installed ({exc}); for PostgreSQL: pip install psycopg2-binary") from None
+    except Exception as exc:  # sqlalchemy's OperationalError and friends: one line, not a traceback
+        if isinstance(exc, optuna.exceptions.OptunaError) or "sqlalchemy" in type(exc).__module__:
+            raise UsageError(f"--storage {url}: cannot open the database ({str(exc).splitlines()[0][:160]})") from None
+        raise
+
+
+def default_study_name(cfg: RunConfig) -> str:
+    teacher = Path(cfg.teacher).name or cfg.teacher
+    return f"{cfg.objective}-{cfg.task}-{teacher}-{cfg.init}".replace("/", "_").replace(":", "_")
+
+
+def make_pruner(name: str):
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+    return optuna.pruners.NopPruner()
+
+
+def best_params(study_name: str, storage: str | None, results: str) -> dict[str, Any]:
+    """``--params best:STUDY``: the best finished trial's parameters (RunConfig field names)."""
+    import optuna
+
+    url = storage_url(storage, results)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    except KeyError:
+        raise UsageError(f"--params best:{study_name}: no study {study_name!r} in {url}") from None
+    try:
+        return dict(study.best_trial.params)
+    except ValueError:
+        raise UsageError(f"--params best:{study_name}: the study has no finished trial yet") from None
+
+
+def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None, study_name: str | None,
+               pruner: str, sampler_seed: int, out: str | None, heartbeat: int, command: str) -> int:
+    import optuna
+    from rich.console import Console
+
+    from .objectives import get_objective
+    from .runner import Runner
+
+    if trials < 1:
+        raise UsageError(f"--trials must be >= 1 (got {trials})")
+    if pruner not in PRUNERS:
+        raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)} (got {pruner!r})")
+    objective_cls = get_objective(cfg.objective)
+    space = objective_cls.space()
+    free = [k for k in space if k not in fixed]
+    console = Console(stderr=True)
+    # validate everything (task, models, data, seeds) before the study exists; dev is never opened (read_dev=False)
+    cfg.baseline = False
+    runner = Runner(cfg, console, read_dev=False)
+    url = storage_url(storage, cfg.results)
+    name = study_name or default_study_name(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
+                                load_if_exists=True)
+    study.set_user_attr("objective", objective_cls.name)
+    study.set_user_attr("task", cfg.task)
+    record = runner.teacher()  # fine-tuned once (cached) before any trial, so trials time only the student
+    from .teacher import load_teacher
+
+    teacher_net = load_teacher(record, runner.plan.task)
+    seeds = runner.plan.seeds
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def trial_fn(trial: optuna.Trial) -> float:
+        params = suggest(trial, space, fixed)
+        trial.set_user_attr("worker", worker)
+        trial_cfg = replace(cfg, **params).validate()
+        runner.cfg = trial_cfg  # the same plan (data, teacher, init); only the hyper-parameters change
+        scores = []
+        for k, seed in enumerate(seeds):
+            _, _, _, result, *_ = runner.fit(objective_cls, seed, record, teacher_net)
+            score = float(result.best_select_score)
+            if not math.isfinite(score):
+                raise optuna.TrialPruned(f"seed {seed}: no finite selection score")
+            scores.append(score)
+            trial.set_user_attr(f"seed_{seed}", score)
+            trial.report(score, step=k)  # seed by seed: the pruner compares seed k with seed k of other trials
+            if k + 1 < len(seeds) and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after seed {seed}")
+        return sum(scores) / len(scores)
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    console.print(f"study {name} in {url}: {done} of {trials} trials finished; searching {', '.join(free) or 'nothing'}"
+                  + (f" (fixed by flags: {', '.join(sorted(k for k in space if k in fixed))})" if fixed & set(space) else ""))
+    if done < trials:
+        study.optimize(trial_fn, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+                       catch=(), gc_after_trial=True)
+    runner.plan.store.close()
+    out_dir = Path(out) if out else Path("reports") / f"search-{name}"
+    write_report(study, out_dir, command, url, objective_cls.name, free)
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        console.print(f"best selection score {100 * study.best_value:.2f} with {study.best_params}; report in {out_dir}/README.md")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(study, out: Path, command: str, url: str, objective: str, free: list[str]) -> None:
+    import optuna
+
+    from .report import _plt, _save
+
+    out.mkdir(parents=True, exist_ok=True)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    names = sorted({k for t in trials for k in t.params})
+    seed_keys = sorted({k for t in trials for k in t.user_attrs if k.startswith("seed_")}, key=lambda k: int(k[5:]))
+    header = ["number", "state", "value", *names, *seed_keys, "worker", "retry_of"]
+    rows = []
+    for t in trials:
+        rows.append([t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}",
+                     *[_fmt(t.params.get(k, "")) for k in names], *[_fmt(t.user_attrs.get(k, "")) for k in seed_keys],
+                     t.user_attrs.get("worker", ""), t.system_attrs.get("failed_trial", "")])
+    with open(out / "trials.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    md = [f"# Search `{study.study_name}`", "", f"Command: `{command}`", "", f"Storage: `{url}`", "",
+          f"Objective `{objective}`; searched: {', '.join(free) or 'nothing'}. Value: the selection-split main score (held "
+          f"out of train) averaged over the seeds; dev was never read.", "",
+          f"Trials: {len(trials)} ({len(complete)} complete, "
+          f"{sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)} pruned, "
+          f"{sum(t.state == optuna.trial.TrialState.FAIL for t in trials)} failed).", ""]
+    if complete:
+        best = study.best_trial
+        flags = " ".join(f"--{k.replace('_', '-')} {_fmt(v)}" for k, v in best.params.items())
+        md += ["## Best", "", f"Trial {best.number}: value {best.value:.4f}.", "", "| parameter | value |", "|---|---:|",
+               *[f"| {k} | {_fmt(v)} |" for k, v in best.params.items()], "",
+               "Run it on every seed and evaluate on dev:", "", "```bash",
+               f"distilbench run --objective {objective} --params best:{study.study_name} ...   # or: {flags}", "```", ""]
+    md += ["## Trials", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    md.append("")
+    plt = _plt()
+    for stale in ("history.png", "importance.png"):
+        (out / stale).unlink(missing_ok=True)
+    if complete:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        xs = [t.number for t in complete]
+        ys = [100 * t.value for t in complete]
+        best_so_far = [max(ys[: i + 1]) for i in range(len(ys))]
+        ax.scatter(xs, ys, s=14, label="trial")
+        ax.step(xs, best_so_far, where="post", color="tab:red", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("selection score (%)")
+        ax.set_title(f"optimisation history: {study.study_name}", fontsize=8)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        _save(fig, out / "history.png")
+        plt.close(fig)
+        md += ["## Plots", "", "![optimisation history](history.png)", ""]
+    importances = None
+    if len(complete) >= 3 and len(names) >= 2:
+        try:
+            importances = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        except (RuntimeError, ValueError) as exc:
+            md += [f"Parameter importances not computed: {exc}", ""]
+    if importances:
+        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.35 * len(importances)))
+        keys = list(importances)[::-1]
+        ax.barh(keys, [importances[k] for k in keys])
+        ax.set_xlabel("importance (fANOVA)")
+        fig.tight_layout()
+        _save(fig, out / "importance.png")
+        plt.close(fig)
+        md += ["![parameter importances](importance.png)", ""]
+    elif complete:
+        md += ["Parameter importances need at least 3 complete trials and 2 searched parameters.", ""]
+    (out / "README.md").write_text("\n".join(md), encoding="utf-8")
