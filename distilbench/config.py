@@ -54,6 +54,7 @@ class RunConfig:
     autoskd_m: int | None = _f(None, "autoskd: teachers discarded between the phases (Eq. 8); default: those no larger than the student (Appendix A.1's rule of thumb).")
     candidates: int = _f(2, "autoskd: candidate distributions from phase 2, each retrained from scratch, best on the selection split (the paper used 25).")
     autoskd_lookahead: str = _f("finite-difference", "autoskd: theta's look-ahead gradient: finite-difference (DARTS) | exact (second order) | first-order.")
+    teacher_cache: str = _f("fp32", "teacher-output cache (hidden states, attention scores, values of the mapped layers; computed once, memory-mapped): fp32 | fp16 | off (run the teacher every step).")
     temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.")
     alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.")
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
@@ -94,6 +95,7 @@ class RunConfig:
             if value not in accepted:
                 raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(accepted)} (got {value!r})")
         for name, value, accepted in (("theta_update", self.theta_update, ("sswo", "cr")),
+                                      ("teacher_cache", self.teacher_cache, ("fp32", "fp16", "off")),
                                       ("autoskd_lookahead", self.autoskd_lookahead, ("finite-difference", "exact", "first-order"))):
             if value not in accepted:
                 raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(accepted)} (got {value!r})")

@@ -57,19 +57,31 @@ class TeacherSource:
     gradients, on its own tokenisation when it has one."""
 
     def __init__(self, teachers: list[nn.Module], needs: Needs, logits_cache: list[torch.Tensor | None] | None = None,
-                 own_tokens: bool = False):
+                 own_tokens: bool = False, output_cache: list | None = None, layers: list[int] | None = None):
         self.teachers, self.needs, self.own_tokens = teachers, needs, own_tokens
         self.cache = logits_cache or [None] * len(teachers)
+        self.outputs = output_cache or [None] * len(teachers)  # teacher_cache.OutputCache: hidden states, scores, values
+        self.layers = layers or []
+        self.calls = 0  # teacher forward passes actually run (the cache makes this 0)
         for t in teachers:
             t.eval().requires_grad_(False)
 
     def covered(self, i: int) -> bool:
-        return self.cache[i] is not None and self.needs == Needs(logits=True, token_aligned=self.needs.token_aligned)
+        if self.cache[i] is None:
+            return False
+        if self.needs == Needs(logits=True, token_aligned=self.needs.token_aligned):
+            return True
+        return self.outputs[i] is not None and self.outputs[i].covers(self.needs, self.layers)
 
     @torch.no_grad()
     def __call__(self, batch: dict, i: int = 0) -> Outputs:
+        device = batch["input_ids"].device
         if self.covered(i):
-            return Outputs(self.cache[i][batch["idx"].cpu()].to(batch["input_ids"].device))
+            logits = self.cache[i][batch["idx"].cpu()].to(device)
+            if self.outputs[i] is None:
+                return Outputs(logits)
+            return self.outputs[i].outputs(batch["idx"].cpu(), logits, device)
+        self.calls += 1
         return model_outputs(self.teachers[i], batch, self.needs, "teacher_" if self.own_tokens else "")
 
 

@@ -27,6 +27,7 @@ from .models import load_classifier, load_tokenizer, model_config, model_fingerp
 from .objectives import Context, Needs, Objective, get_objective
 from .store import ResultsStore, run_key
 from .tasks import Example, Task, get_task, load_split, resolve_data_dir
+from .teacher_cache import open_or_build, parts_for
 from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, split_for_teacher, teacher_logits
 
 
@@ -175,6 +176,7 @@ def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord,
             "teacher": cfg.teacher, "teacher_key": teacher.key,
             "hparams": {k: getattr(cfg, k) for k in ("epochs", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay",
                                                       "max_grad_norm", "selection_fraction", "select_best_epoch", "max_train_examples")},
+            **({"teacher_cache": "fp16"} if cfg.teacher_cache == "fp16" else {}),  # fp16 teacher outputs change results
             "dev": fingerprint(plan.dev), "seed": seed,
             **({"team": [r.key for r in team]} if team else {})}
 
@@ -187,6 +189,7 @@ class Runner:
         self.accelerator = make_accelerator(cfg)
         self.tokenizer = load_tokenizer(cfg.teacher)
         self.team_records: list[TeacherRecord] = []
+        self._encoded: dict[tuple, Encoded] = {}
 
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -323,12 +326,20 @@ class Runner:
                       for r, net in zip(self.team_records, team_nets)]
             teacher = TeacherSource(team_nets, objective.needs, caches)
         elif objective.uses_teacher:
-            cache = None
-            if objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned):
-                enc_all = encode(self.tokenizer, plan.train_all, cfg.max_length)
-                cache = [teacher_logits(record, enc_all, plan.train_rows,
-                                        lambda enc: self._logits(teacher_net, enc), f"{model_fingerprint(str(record.path))}:{cfg.max_length}")]
-            teacher = TeacherSource([teacher_net], objective.needs, cache, own_tokens)
+            cache = outputs = None
+            layers = sorted({t for _, t in plan.pairs})
+            logits_only = objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned)
+            if cfg.teacher_cache != "off" and (logits_only or objective.teacher_cache):
+                # a frozen teacher's outputs never change: computed once (logits; and the mapped layers' hidden states,
+                # scores, values) and read from disk by every epoch, seed and objective; the teacher does not run
+                tokenisation = f"{model_fingerprint(str(record.path))}:{cfg.max_length}"
+                enc_all = self._encode(self.tokenizer, plan.train_all)
+                cache = [teacher_logits(record, enc_all, plan.train_rows, lambda enc: self._logits(teacher_net, enc), tokenisation)]
+                if not logits_only:
+                    outputs = [open_or_build(record.path, record.key, enc_all, tokenisation, layers, parts_for(objective.needs),
+                                             cfg.teacher_cache, lambda b: self._teacher_outputs(teacher_net, b, objective.needs),
+                                             teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log)]
+            teacher = TeacherSource([teacher_net], objective.needs, cache, own_tokens, outputs, layers)
         teacher_train_enc = encode(self.tokenizer, train_part, cfg.max_length) if own_tokens and teacher and not teacher.covered(0) else None
         label = f"{objective.name} seed {seed}"
         shared = None
@@ -336,7 +347,7 @@ class Runner:
             teacher_part = split_for_teacher(cfg, plan.train_all)[0]
             shared = SharedStages(encode(tokenizer, teacher_part, cfg.max_length), cfg.teacher_seed, record.path / "stages",
                                   stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]))
-        train_enc, select_enc = encode(tokenizer, train_part, cfg.max_length), encode(tokenizer, select_part, cfg.max_length)
+        train_enc, select_enc = self._encode(tokenizer, train_part), self._encode(tokenizer, select_part)
         result = self._train(student, objective, teacher, train_enc, select_enc, seed, cfg.epochs, cfg.lr, label, teacher_train_enc, shared)
         candidates = objective.candidates()
         if candidates:  # retrain a fresh student (same seed, same init) with each; keep the best on the selection split
@@ -384,6 +395,20 @@ class Runner:
                           "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
                           "student_params": sum(p.numel() for p in student.parameters())}}
+
+    def _encode(self, tokenizer, examples: list[Example]) -> Encoded:
+        """Tokenisation, cached per (tokenizer, examples, max length) for the life of the runner."""
+        key = (id(tokenizer), fingerprint(examples), self.cfg.max_length)
+        if key not in self._encoded:
+            self._encoded[key] = encode(tokenizer, examples, self.cfg.max_length)
+        return self._encoded[key]
+
+    @torch.no_grad()
+    def _teacher_outputs(self, net, batch: dict, needs: Needs):
+        from .harness import model_outputs
+
+        net.eval().to(self.accelerator.device)
+        return model_outputs(net, {k: v.to(self.accelerator.device) for k, v in batch.items()}, needs)
 
     @torch.no_grad()
     def _logits(self, net, enc: Encoded) -> torch.Tensor:
