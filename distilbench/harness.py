@@ -156,7 +156,8 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
         no_decay = [p for p in params if p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=stage_lr)
-        steps_per_epoch = math.ceil(len(enc) / cfg.batch_size)
+        world = accelerator.num_processes
+        steps_per_epoch = math.ceil(math.ceil(len(enc) / cfg.batch_size) / world)  # each process takes 1/world of the batches
         total_steps = max(1, math.ceil(stage_epochs * steps_per_epoch))
         warmup = int(cfg.warmup_ratio * total_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -167,8 +168,11 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
             student.train(stage.train_student)
             objective.train()
             batches = length_grouped_batches(lengths, cfg.batch_size, stage_seed, epoch)
-            # several processes (accelerate launch) each take every world_size-th batch; one process takes them all
-            batches = batches[accelerator.process_index::accelerator.num_processes]
+            # several processes (accelerate launch) each take every world-th batch; one process takes them all. The list
+            # is topped up to a multiple of world with its first batches, so every process takes the same number of steps
+            # (DDP's all-reduce would wait forever for a process that has run out)
+            batches = batches + batches[: (-len(batches)) % world]
+            batches = batches[accelerator.process_index::world]
             sums: dict[str, float] = {}
             n_batches = 0
             for batch in BatchLoader(enc, batches, task.regression, t_enc):
@@ -189,6 +193,8 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                     raise TrainingDiverged(f"loss became {out.loss.item()} at stage {stage.name}, epoch {epoch + 1}, step {step + 1} "
                                            f"({terms}); lower --lr or check the inputs")
                 accelerator.backward(out.loss)
+                if world > 1:  # the student's gradients are averaged by DDP; the objective's own modules by hand
+                    _average_grads(objective)
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -239,6 +245,15 @@ def _cycle(enc: Encoded, teacher_enc: Encoded | None, batch_size: int, seed: int
             epoch += 1
     iterator = batches()
     return lambda: next(iterator)
+
+
+def _average_grads(module: nn.Module) -> None:
+    import torch.distributed as dist
+
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
 
 
 def _no_holdout() -> dict:

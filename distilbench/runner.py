@@ -28,7 +28,7 @@ from .objectives import Context, Needs, Objective, get_objective
 from .store import ResultsStore, run_key
 from .tasks import Example, Task, get_task, load_split, resolve_data_dir
 from .teacher_cache import open_or_build, parts_for
-from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, split_for_teacher, teacher_logits
+from .teacher import TeacherRecord, ensure_teacher, teacher_cached, load_teacher, record_dev_metrics, split_for_teacher, teacher_logits
 
 
 @lru_cache(maxsize=1)
@@ -253,6 +253,9 @@ class Runner:
     def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
+        if self.accelerator.num_processes > 1 and not teacher_cached(cfg, name, task, self.plan.train_all):
+            raise UsageError(f"teacher {name} is not fine-tuned for {task.name} yet: under accelerate launch, fine-tune it first in "
+                             f"one process (`distilbench teacher --task {task.name} --model {name}` with the same options)")
         record = ensure_teacher(cfg, name, task, self.plan.train_all, self._fine_tune_teacher, self.log)
         if self.plan.dev is None:  # a search: dev stays unread; the teacher's own selection score is what is known
             self.log(f"teacher {name} on {task.name}: selection {task.main_score} = {100 * record.meta['select_score']:.2f}")
@@ -322,7 +325,7 @@ class Runner:
         teacher = None
         if multi:  # logits only: each member's logits over the whole train file, computed once on its own tokenisation
             caches = [teacher_logits(r, encode(load_tokenizer(str(r.path)), plan.train_all, cfg.max_length), plan.train_rows,
-                                     lambda enc, net=net: self._logits(net, enc), f"{model_fingerprint(str(r.path))}:{cfg.max_length}")
+                                     lambda enc, net=net: self._logits(net, enc), f"{r.key}:{cfg.max_length}")
                       for r, net in zip(self.team_records, team_nets)]
             teacher = TeacherSource(team_nets, objective.needs, caches)
         elif objective.uses_teacher:
@@ -332,7 +335,8 @@ class Runner:
             if cfg.teacher_cache != "off" and (logits_only or objective.teacher_cache):
                 # a frozen teacher's outputs never change: computed once (logits; and the mapped layers' hidden states,
                 # scores, values) and read from disk by every epoch, seed and objective; the teacher does not run
-                tokenisation = f"{model_fingerprint(str(record.path))}:{cfg.max_length}"
+                # the teacher's key names its weights and tokenizer; hashing its folder would also hash the caches kept there
+                tokenisation = f"{record.key}:{cfg.max_length}"
                 enc_all = self._encode(self.tokenizer, plan.train_all)
                 cache = [teacher_logits(record, enc_all, plan.train_rows, lambda enc: self._logits(teacher_net, enc), tokenisation)]
                 if not logits_only:

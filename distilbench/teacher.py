@@ -70,6 +70,11 @@ def teacher_dir(model: str, task: Task, key: str) -> Path:
     return cache_dir() / "teachers" / f"{task.name}-{slug}-{key}"
 
 
+def teacher_cached(cfg: RunConfig, model: str, task: Task, train_all: list[Example]) -> bool:
+    identity = teacher_identity(cfg, model, task, fingerprint(train_all))
+    return (teacher_dir(model, task, stable_hash(identity)) / "meta.json").exists()
+
+
 def ensure_teacher(cfg: RunConfig, model: str, task: Task, train_all: list[Example], train_fn: Callable,
                    log: Callable[[str], None]) -> TeacherRecord:
     """Return the cached fine-tuned teacher, training it first (``train_fn``) when the cache misses."""

@@ -134,3 +134,17 @@ def test_the_teacher_does_not_run_when_the_cache_covers_the_step(objective, tmp_
     assert not live.covered(0)
     train(_model("bert", layers=2), obj, live, enc, _enc("bert", n=6, seed=2), get_task("rte"), cfg, 0, make_accelerator(cfg), 1, 1e-3)
     assert live.calls == 4  # one per step
+
+
+def test_every_seed_and_objective_reuses_one_cache(tiny_run_args):
+    """Seeds after the first read the logits and outputs computed for the first: one file of each in the teacher's
+    folder (a fingerprint of the folder's files would change with every cache written into it)."""
+    from distilbench.cli import main
+    from distilbench.models import cache_dir
+
+    assert main(["run", *tiny_run_args, "--objective", "hid-seq", "--seeds", "2"]) == 0  # hid-seq and the none baseline
+    assert main(["run", *tiny_run_args, "--objective", "kd", "--seeds", "2", "--no-baseline"]) == 0
+    folders = [p for p in (cache_dir() / "teachers").iterdir() if p.is_dir() and (p / "meta.json").exists()]
+    assert len(folders) == 1
+    assert len(list(folders[0].glob("logits-*.pt"))) == 1
+    assert len(list(folders[0].glob("outputs-*"))) == 1

@@ -1,0 +1,203 @@
+"""Speed and memory of the harness, measured side by side in one process on the same batches. Prints a table.
+
+    python benchmarks/speed.py                        # mpnet-base teacher, 3-layer student, 256 RTE examples
+    python benchmarks/speed.py --examples 512 --objectives kd,hid-seq --data-dir ../shared/data/glue
+
+What it measures (issue #8), each as the time of one training epoch over the same length-grouped batches:
+
+(a) distillation epoch ÷ plain fine-tuning epoch (``none``), for kd, hid-seq, att-kl, val-kl and ted (Stage II; its
+    Stage I is printed separately), with the teacher-output cache filled beforehand (its one-off build is printed);
+(b) the cache's speed-up: the same objective with ``--teacher-cache off`` (the teacher runs every step) ÷ with it;
+(c) the usual recipe: a transformers ``Trainer`` subclass overriding ``compute_loss`` with the teacher in the loop
+    (DataCollatorWithPadding, its default random sampler, the same batch size, lr, optimiser and KD loss): our kd
+    epoch ÷ its epoch;
+(f) harness overhead: our ``none`` epoch ÷ a bare PyTorch loop doing the same forward/backward/AdamW step on the same
+    batches;
+(d) peak resident memory of this process.
+
+The teacher is the pretrained model with a fresh task head: its weights do not change its speed, so no fine-tuning is
+needed here. Everything runs in fp32 on the CPU unless a GPU is present. (e), the main job's wall time, is measured
+by ``benchmarks/main_job.sh``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distilbench.config import RunConfig  # noqa: E402
+from distilbench.data import BatchLoader, encode, length_grouped_batches, subsample  # noqa: E402
+from distilbench.harness import TeacherSource, make_accelerator, model_outputs, train  # noqa: E402
+from distilbench.inits import copy_layers  # noqa: E402
+from distilbench.models import load_classifier, load_tokenizer  # noqa: E402
+from distilbench.objectives import Context, Needs, get_objective  # noqa: E402
+from distilbench.tasks import get_task, load_split, resolve_data_dir  # noqa: E402
+from distilbench.teacher_cache import open_or_build, parts_for  # noqa: E402
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--teacher", default="mpnet-base")
+    ap.add_argument("--task", default="rte")
+    ap.add_argument("--data-dir", default=None, help="GLUE_DIR layout (default: $GLUE_DIR or ../shared/data/glue)")
+    ap.add_argument("--examples", type=int, default=256)
+    ap.add_argument("--student-layers", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--objectives", default="kd,hid-seq,att-kl,val-kl,ted")
+    ap.add_argument("--no-trainer", action="store_true", help="skip (c)")
+    args = ap.parse_args()
+
+    data_dir = args.data_dir or os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    task = get_task(args.task)
+    examples = subsample(load_split(task, "train", resolve_data_dir(data_dir)), args.examples)
+    select = examples[:16]  # each epoch ends with a selection pass: keep it tiny and equal for every row
+    cfg = RunConfig(task=args.task, batch_size=args.batch_size, epochs=1, lr=5e-5, select_best_epoch=False, progress=False)
+    acc = make_accelerator(cfg)
+    tok = load_tokenizer(args.teacher)
+    enc, sel = encode(tok, examples, cfg.max_length), encode(tok, select, cfg.max_length)
+    torch.manual_seed(0)
+    teacher = load_classifier(args.teacher, task.num_labels, task.regression, attn_implementation=None).eval().to(acc.device)
+    layers = list(range(1, args.student_layers + 1))
+    pairs = list(enumerate(layers, start=1))
+
+    def student():
+        return copy_layers(teacher, tuple(layers), 0)[0]
+
+    def ctx():
+        return Context(task, cfg, pairs, teacher.config.hidden_size, teacher.config.hidden_size,
+                       student_heads=teacher.config.num_attention_heads, teacher_heads=teacher.config.num_attention_heads,
+                       teacher_model=teacher)
+
+    @torch.no_grad()
+    def logits_table() -> torch.Tensor:
+        out = torch.zeros(max(e.idx for e in examples) + 1, task.num_labels)
+        for ids, batch in zip(*(lambda b: (b, BatchLoader(enc, b, False)))(length_grouped_batches(enc.lengths(), 64, 0, 0))):
+            out[batch["idx"]] = model_outputs(teacher, {k: v.to(acc.device) for k, v in batch.items()}, Needs()).logits.float().cpu()
+        return out
+
+    rows: list[tuple[str, float, str]] = []
+    t0 = time.perf_counter()
+    table = logits_table()
+    rows.append(("cache build: logits", time.perf_counter() - t0, "one-off, per teacher and data"))
+    tmp = Path(tempfile.mkdtemp(prefix="distilbench-speed-"))
+    caches = {}
+
+    def epoch(name: str, cached: bool = True) -> tuple[float, object]:
+        obj = get_objective(name)(ctx())
+        source = None
+        if obj.uses_teacher:
+            outputs = None
+            if cached and obj.needs != Needs(logits=True, token_aligned=obj.needs.token_aligned):
+                parts = parts_for(obj.needs)
+                if parts not in caches:
+                    start = time.perf_counter()
+                    caches[parts] = open_or_build(tmp, "speed", enc, "speed", layers, parts, "fp32",
+                                                  lambda b: model_outputs(teacher, {k: v.to(acc.device) for k, v in b.items()}, obj.needs),
+                                                  teacher.config.num_hidden_layers, 64)
+                    rows.append((f"cache build: {', '.join(parts)}", time.perf_counter() - start, "one-off"))
+                outputs = [caches[parts]]
+            source = TeacherSource([teacher], obj.needs, [table] if cached else None, False, outputs, layers)
+        result = train(student(), obj, source, enc, sel, task, cfg, 0, acc, 1, cfg.lr)
+        stage = [s for s in result.stage_times if s != "filters"][-1]
+        return result.stage_times[stage], result
+
+    epoch("none")  # warm-up: first-call allocations and kernel selection are not part of any row
+    plain, _ = epoch("none")
+    rows.append(("none (plain fine-tuning)", plain, f"{len(enc) / plain:.1f} ex/s"))
+
+    # (f) a bare loop: same model, batches, optimiser groups, schedule-free (the schedule costs nothing measurable)
+    model = student().to(acc.device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    for batch in BatchLoader(enc, length_grouped_batches(enc.lengths(), cfg.batch_size, 0, 0), task.regression):
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    bare = time.perf_counter() - start
+    rows.append(("bare PyTorch loop", bare, f"(f) none / bare = {plain / bare:.3f}"))
+    del model, opt
+
+    ratios = {}
+    for name in [o for o in args.objectives.split(",") if o]:
+        t, result = epoch(name)
+        ratios[name] = t / plain
+        note = f"(a) / none = {t / plain:.3f}"
+        if "filters" in result.stage_times:
+            note += f"; Stage I {result.stage_times['filters']:.1f} s"
+        rows.append((f"{name} (cached teacher)", t, note))
+        if name in ("kd", "hid-seq", "att-kl"):
+            off, _ = epoch(name, cached=False)
+            rows.append((f"{name} (teacher every step)", off, f"(b) cache speed-up = {off / t:.2f}x"))
+
+    if not args.no_trainer and "kd" in ratios:
+        trainer_time = trainer_kd(teacher, student(), enc, task, cfg, tmp, tok)
+        ours = ratios["kd"] * plain
+        rows.append(("Trainer subclass, KD in compute_loss", trainer_time, f"(c) ours / Trainer = {ours / trainer_time:.3f}"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{args.examples} {task.name} examples, batch {cfg.batch_size}, teacher {args.teacher}, student {args.student_layers} "
+          f"layers, device {acc.device}, torch threads {torch.get_num_threads()}\n")
+    print(f"{'measurement':<{width}}  {'seconds':>8}  note")
+    for name, secs, note in rows:
+        print(f"{name:<{width}}  {secs:8.2f}  {note}")
+    print(f"\n(a) distillation epoch / plain epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    print(f"(d) peak resident memory of this process: {rss_mb():.0f} MiB")
+
+
+def trainer_kd(teacher, student, enc, task, cfg, tmp: Path, tokenizer) -> float:
+    """KD the way it is usually written: a Trainer subclass with the teacher's forward pass inside compute_loss."""
+    import datasets
+    import torch.nn.functional as F
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    class KDTrainer(Trainer):
+        def __init__(self, *a, teacher_model=None, temperature=2.0, alpha=1.0, **k):
+            super().__init__(*a, **k)
+            self.teacher_model, self.temperature, self.alpha = teacher_model, temperature, alpha
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            with torch.no_grad():
+                t_logits = self.teacher_model(**inputs).logits
+            t = self.temperature
+            kd = F.kl_div(F.log_softmax(out.logits / t, -1), F.log_softmax(t_logits / t, -1), reduction="batchmean", log_target=True)
+            loss = F.cross_entropy(out.logits, labels) + self.alpha * t * t * kd
+            return (loss, out) if return_outputs else loss
+
+    columns = {"input_ids": enc.input_ids, "attention_mask": [[1] * len(x) for x in enc.input_ids],
+               "labels": [e.label for e in enc.examples]}
+    if enc.token_type_ids is not None:
+        columns["token_type_ids"] = enc.token_type_ids
+    ds = datasets.Dataset.from_dict(columns)
+    collator = DataCollatorWithPadding(tokenizer)  # pads each batch to its longest example
+    args = TrainingArguments(output_dir=str(tmp / "trainer"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
+                             learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
+                             max_grad_norm=cfg.max_grad_norm, report_to=[], save_strategy="no", logging_strategy="no",
+                             disable_tqdm=True, dataloader_num_workers=0, seed=0, use_cpu=not torch.cuda.is_available())
+    trainer = KDTrainer(model=student, args=args, train_dataset=ds, data_collator=collator, teacher_model=teacher)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
