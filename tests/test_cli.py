@@ -520,7 +520,7 @@ def test_yaml_value_in_scientific_notation(tiny_run_args, tmp_path, capfd, monke
     config.write_text("lr: 1e-3\n", encoding="utf-8")
     seen = {}
 
-    def fake_plan(cfg):
+    def fake_plan(cfg, *args):
         seen["cfg"] = cfg
         raise TrainingStarted("planned")
 

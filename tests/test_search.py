@@ -243,14 +243,27 @@ def postgres_url():
 
 
 def test_two_workers_share_one_study_in_postgres(postgres_url, tiny_run_args, tmp_path):
-    trials = 6
+    trials = 8
+    teacher = [a for a in tiny_run_args if a != "--no-progress"]
+    i = teacher.index("--epochs")
+    assert main(["teacher", *[("--model" if a == "--teacher" else a) for a in teacher[:i] + teacher[i + 2:]]]) == 0
     logs = [tmp_path / f"w{k}.log" for k in range(2)]
     procs = []
     for k, log in enumerate(logs):
-        argv = _args(tiny_run_args, tmp_path / f"w{k}", "shared", trials, "--storage", postgres_url, "--pruner", "none")
+        # 2 seeds x 2 epochs per trial: long enough that the second worker, started once the first is searching,
+        # joins the study while trials remain
+        argv = _args(tiny_run_args, tmp_path / f"w{k}", "shared", trials, "--storage", postgres_url, "--pruner", "none",
+                     "--seeds", "2", "--epochs", "2")
         with open(log, "wb") as handle:
             procs.append(subprocess.Popen([sys.executable, "-m", "distilbench", *argv], cwd=REPO, env=_env(),
                                           stdout=handle, stderr=subprocess.STDOUT))
+        if k == 0:
+            def searching():
+                try:
+                    return len(_study(postgres_url, "shared").trials) > 0
+                except KeyError:
+                    return False
+            _wait_for(searching, 300, "the first worker to start a trial")
     for proc, log in zip(procs, logs):
         assert proc.wait(timeout=900) == 0, log.read_text()[-2000:]
     study = _study(postgres_url, "shared")
@@ -262,5 +275,5 @@ def test_two_workers_share_one_study_in_postgres(postgres_url, tiny_run_args, tm
     assert len({t._trial_id for t in got}) == len(got)
     workers = {t.user_attrs["worker"] for t in got}
     assert len(workers) == 2, workers  # both processes did trials
-    for t in got:  # each trial's value is exactly what its worker computed from its seed
-        assert t.value == pytest.approx(t.user_attrs["seed_0"])
+    for t in got:  # each trial's value is exactly what its worker computed from its seeds
+        assert t.value == pytest.approx((t.user_attrs["seed_0"] + t.user_attrs["seed_1"]) / 2)

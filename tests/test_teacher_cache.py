@@ -136,12 +136,13 @@ def test_the_teacher_does_not_run_when_the_cache_covers_the_step(objective, tmp_
     assert live.calls == 4  # one per step
 
 
-def test_every_seed_and_objective_reuses_one_cache(tiny_run_args):
+def test_every_seed_and_objective_reuses_one_cache(tiny_run_args, tmp_path, monkeypatch):
     """Seeds after the first read the logits and outputs computed for the first: one file of each in the teacher's
     folder (a fingerprint of the folder's files would change with every cache written into it)."""
     from distilbench.cli import main
     from distilbench.models import cache_dir
 
+    monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))  # this test's own cache: count its files only
     assert main(["run", *tiny_run_args, "--objective", "hid-seq", "--seeds", "2"]) == 0  # hid-seq and the none baseline
     assert main(["run", *tiny_run_args, "--objective", "kd", "--seeds", "2", "--no-baseline"]) == 0
     folders = [p for p in (cache_dir() / "teachers").iterdir() if p.is_dir() and (p / "meta.json").exists()]
