@@ -374,8 +374,9 @@ class Runner:
             chosen.stage_times = {**{f"search-{k}": v for k, v in result.stage_times.items()}, **chosen.stage_times}
             chosen.train_time_s = spent
             result = chosen
-        if objective.report():
-            self.log(f"{label}: {objective.report()}")
+        summary = objective.summary()
+        if summary:
+            self.log("\n".join(f"{label}: {line}" for line in summary.splitlines()))
         return student, tokenizer, objective, result, mapping, multi, label
 
     def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:

@@ -222,7 +222,8 @@ def test_cli_autoskd_team_run_stores_theta_and_candidates_and_skips_on_rerun(tin
         assert extra["select_score"] == rep["candidate_select_scores"][rep["chosen_candidate"]]
         assert [h["stage"] for h in extra["history"] if "epoch" in h] == ["search", "search", "distil", "distil"]
         assert len(json.loads(r["params"])["team"]) == 3  # the team's teacher keys are part of the identity
-    assert "theta_phase1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "θ after phase 1:" in err and "<- chosen" in err and "Eq. 8 drops m=2" in err
     before = _rows(results)
     assert main(argv) == 0  # nothing to train: rows unchanged
     assert _rows(results) == before

@@ -225,6 +225,23 @@ class AutoSKD(_Team):
     def candidate_done(self, index: int, select_score: float) -> None:
         self.cand_scores[index] = select_score
 
+    def summary(self) -> str | None:
+        rep = self.report()
+        if rep["theta_phase1"] is None:
+            return None
+        names = rep["team"]
+
+        def fmt(theta):
+            return ", ".join(f"{n} {float(x):.3f}" for n, x in zip(names, theta))
+
+        lines = [f"θ after phase 1: {fmt(rep['theta_phase1'])}",
+                 f"Eq. 8 drops m={rep['m']}: {', '.join(map(str, rep['dropped'])) or 'none'}; θ after phase 2: {fmt(rep['theta_phase2'])}"]
+        for k, (c, sc) in enumerate(zip(rep["candidates"], rep["candidate_select_scores"])):
+            mark = "  <- chosen" if k == rep["chosen_candidate"] else ""
+            lines.append(f"candidate {k + 1}: {fmt(c)}; selection score {100 * sc:.2f}{mark}" if sc is not None else f"candidate {k + 1}: {fmt(c)}")
+        lines.append(f"teacher draws (search and retraining): {fmt(rep['draws']).replace('.000', '')}")
+        return "\n".join(lines)
+
     def report(self) -> dict:
         names = [t.get("name") for t in self.ctx.team]
         chosen = max(self.cand_scores, key=lambda k: (self.cand_scores[k], -k)) if self.cand_scores else None

@@ -133,6 +133,10 @@ class Objective(nn.Module):
         """Facts about the objective stored with each result (e.g. TED's filter parameter count)."""
         return {}
 
+    def summary(self) -> str | None:
+        """A line or two printed after training (AutoSKD: θ per phase, the candidates, the choice). Default: none."""
+        return None
+
     def choose_teacher(self, step: int, total_steps: int) -> int | list[int]:
         """Index of the teacher this step uses, or a list of indices when the step needs several teachers' outputs
         (the objective then receives a list of Outputs). Multi-teacher objectives override; called first in each step."""
