@@ -436,7 +436,10 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig):
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["objective"], r["seed"]): r for r in rows}
-    table = Table(title=f"{task.name} dev {task.main_score} (%), student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}")
+    from rich.markup import escape
+
+    title = f"{task.name} dev {task.main_score} (%), student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}"
+    table = Table(title=escape(title))  # "mpnet-base[layers:1,2,3]" is not rich markup
     table.add_column("seed")
     for o in objectives:
         table.add_column(o, justify="right")
