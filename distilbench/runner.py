@@ -189,6 +189,7 @@ class Runner:
         self.accelerator = make_accelerator(cfg)
         self.tokenizer = load_tokenizer(cfg.teacher)
         self.team_records: list[TeacherRecord] = []
+        self.team: list[tuple] = []  # (record, loaded model, tokenizer) per member, see prepare_team
         self._encoded: dict[tuple, Encoded] = {}
 
     def log(self, message: str) -> None:
@@ -280,8 +281,7 @@ class Runner:
     def run(self) -> list[dict]:
         plan, cfg = self.plan, self.cfg
         record = self.teacher()
-        team = [self.teacher(name) for name in plan.team]  # every member fine-tuned (or reused) and scored first
-        self.team_records = team
+        team = self.prepare_team()
         todo = []
         for objective in plan.objectives:
             for seed in plan.seeds:
@@ -301,6 +301,13 @@ class Runner:
         plan.store.close()  # a suite runs many Runners: release each one's connection
         return [r for r in rows if r is not None]
 
+    def prepare_team(self) -> list[TeacherRecord]:
+        """A multi-teacher objective's team: every member fine-tuned (or reused) and scored, then loaded once with its
+        own tokenizer for every seed that follows."""
+        self.team_records = [self.teacher(name) for name in self.plan.team]
+        self.team = [(r, load_teacher(r, self.plan.task), load_tokenizer(str(r.path))) for r in self.team_records]
+        return self.team_records
+
     def fit(self, objective_cls, seed, record, teacher_net):
         """Build seed ``seed``'s student and objective, train them (and an objective's candidates), choosing on the
         selection split only: dev is not touched here (``distilbench search`` calls this alone)."""
@@ -313,10 +320,10 @@ class Runner:
         for line in mapping:
             self.log(f"  init: {line}")
         multi = getattr(objective_cls, "multi_teacher", False)
-        team_nets = [load_teacher(r, task) for r in self.team_records] if multi else []
+        team_nets = [net for _, net, _ in self.team] if multi else []
         team_info = [{"name": r.name, "params": sum(p.numel() for p in net.parameters()),
                       "select_score": r.meta.get("select_score")}
-                     for r, net in zip(self.team_records, team_nets)] if multi else []
+                     for r, net, _ in self.team] if multi else []
         objective = objective_cls(Context(task, cfg, plan.pairs, student.config.hidden_size, teacher_net.config.hidden_size,
                                           num_teachers=max(1, len(team_nets)),
                                           student_heads=student.config.num_attention_heads,
@@ -324,9 +331,9 @@ class Runner:
                                           seed=seed, team=team_info, student_params=sum(p.numel() for p in student.parameters())))
         teacher = None
         if multi:  # logits only: each member's logits over the whole train file, computed once on its own tokenisation
-            caches = [teacher_logits(r, encode(load_tokenizer(str(r.path)), plan.train_all, cfg.max_length), plan.train_rows,
+            caches = [teacher_logits(r, self._encode(tok, plan.train_all), plan.train_rows,
                                      lambda enc, net=net: self._logits(net, enc), f"{r.key}:{cfg.max_length}")
-                      for r, net in zip(self.team_records, team_nets)]
+                      for r, net, tok in self.team]
             teacher = TeacherSource(team_nets, objective.needs, caches)
         elif objective.uses_teacher:
             cache = outputs = None
@@ -344,12 +351,12 @@ class Runner:
                                              cfg.teacher_cache, lambda b: self._teacher_outputs(teacher_net, b, objective.needs),
                                              teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log)]
             teacher = TeacherSource([teacher_net], objective.needs, cache, own_tokens, outputs, layers)
-        teacher_train_enc = encode(self.tokenizer, train_part, cfg.max_length) if own_tokens and teacher and not teacher.covered(0) else None
+        teacher_train_enc = self._encode(self.tokenizer, train_part) if own_tokens and teacher and not teacher.covered(0) else None
         label = f"{objective.name} seed {seed}"
         shared = None
         if any(stage.shared for stage in objective.stages()):
             teacher_part = split_for_teacher(cfg, plan.train_all)[0]
-            shared = SharedStages(encode(tokenizer, teacher_part, cfg.max_length), cfg.teacher_seed, record.path / "stages",
+            shared = SharedStages(self._encode(tokenizer, teacher_part), cfg.teacher_seed, record.path / "stages",
                                   stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]))
         train_enc, select_enc = self._encode(tokenizer, train_part), self._encode(tokenizer, select_part)
         result = self._train(student, objective, teacher, train_enc, select_enc, seed, cfg.epochs, cfg.lr, label, teacher_train_enc, shared)
@@ -382,7 +389,7 @@ class Runner:
     def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:
         plan, cfg, task = self.plan, self.cfg, self.plan.task
         student, tokenizer, objective, result, mapping, multi, label = self.fit(objective_cls, seed, record, teacher_net)
-        dev_metrics = evaluate(student, encode(tokenizer, plan.dev, cfg.max_length), task, cfg, self.accelerator)
+        dev_metrics = evaluate(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
         if multi:
             teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
@@ -403,7 +410,7 @@ class Runner:
 
     def _encode(self, tokenizer, examples: list[Example]) -> Encoded:
         """Tokenisation, cached per (tokenizer, examples, max length) for the life of the runner."""
-        key = (id(tokenizer), fingerprint(examples), self.cfg.max_length)
+        key = (tokenizer.name_or_path, len(tokenizer), fingerprint(examples), self.cfg.max_length)
         if key not in self._encoded:
             self._encoded[key] = encode(tokenizer, examples, self.cfg.max_length)
         return self._encoded[key]

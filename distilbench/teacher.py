@@ -70,17 +70,21 @@ def teacher_dir(model: str, task: Task, key: str) -> Path:
     return cache_dir() / "teachers" / f"{task.name}-{slug}-{key}"
 
 
-def teacher_cached(cfg: RunConfig, model: str, task: Task, train_all: list[Example]) -> bool:
+def teacher_location(cfg: RunConfig, model: str, task: Task, train_all: list[Example]) -> tuple[dict, str, Path]:
+    """The teacher's identity, its cache key and its folder."""
     identity = teacher_identity(cfg, model, task, fingerprint(train_all))
-    return (teacher_dir(model, task, stable_hash(identity)) / "meta.json").exists()
+    key = stable_hash(identity)
+    return identity, key, teacher_dir(model, task, key)
+
+
+def teacher_cached(cfg: RunConfig, model: str, task: Task, train_all: list[Example]) -> bool:
+    return (teacher_location(cfg, model, task, train_all)[2] / "meta.json").exists()
 
 
 def ensure_teacher(cfg: RunConfig, model: str, task: Task, train_all: list[Example], train_fn: Callable,
                    log: Callable[[str], None]) -> TeacherRecord:
     """Return the cached fine-tuned teacher, training it first (``train_fn``) when the cache misses."""
-    identity = teacher_identity(cfg, model, task, fingerprint(train_all))
-    key = stable_hash(identity)
-    path = teacher_dir(model, task, key)
+    identity, key, path = teacher_location(cfg, model, task, train_all)
     if not (path / "meta.json").exists():
         with file_lock(path.with_suffix(".lock")):
             if not (path / "meta.json").exists():  # another process may have trained it while we waited

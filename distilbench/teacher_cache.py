@@ -138,7 +138,8 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
         shapes: dict[str, list[int]] = {}
         heads = hidden = None
         score_offset = np.zeros(len(enc), dtype=np.int64)
-        for ids, batch in zip(eval_batches(lengths, batch_size), BatchLoader(enc, eval_batches(lengths, batch_size), False)):
+        order = eval_batches(lengths, batch_size)
+        for ids, batch in zip(order, BatchLoader(enc, order, False)):
             out = run_teacher(batch)
             if hidden is None:  # sizes from the first batch: allocate every file once
                 hidden = int(out.hidden_states[layers[0]].shape[-1]) if "hidden" in parts else int(
