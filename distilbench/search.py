@@ -143,6 +143,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     study.set_user_attr("objective", objective_cls.name)
     study.set_user_attr("task", cfg.task)
     record = runner.teacher()  # fine-tuned once (cached) before any trial, so trials time only the student
+    runner.prepare_team()  # a multi-teacher objective's team, likewise (nothing for single-teacher objectives)
     from .teacher import load_teacher
 
     teacher_net = load_teacher(record, runner.plan.task)

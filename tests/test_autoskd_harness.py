@@ -261,3 +261,10 @@ def test_cli_bad_team_input_exits_2_with_one_line(tiny_run_args, tiny_teacher, c
     argv = ["run", *tiny_run_args, *[x.replace("TINY", str(tiny_teacher)) for x in extra]]
     line = expect_usage_error(argv, Path(tiny_run_args[tiny_run_args.index("--results") + 1]), capfd, monkeypatch)
     assert message in line, line
+
+
+def test_search_runs_a_multi_teacher_objective_on_its_team(tiny_run_args, tiny_team, tmp_path):
+    argv = ["search", *tiny_run_args, "--objective", "autoskd", "--teachers", ",".join(tiny_team), "--student-layers", "2",
+            "--trials", "1", "--epochs", "2", "--study", "autoskd-team", "--out", str(tmp_path / "search")]
+    assert main(argv) == 0
+    assert "Trials: 1 (1 complete" in (tmp_path / "search" / "README.md").read_text()
