@@ -59,7 +59,7 @@ def make_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score")
     teacher.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     teacher.add_argument("--model", dest="teacher", default=argparse.SUPPRESS, help="teacher alias, hub id or path")
-    _add_config_flags(teacher, ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "batch_size", "eval_batch_size",
+    _add_config_flags(teacher, ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "teacher_micro_batch", "batch_size", "eval_batch_size",
                                 "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "selection_fraction",
                                 "select_best_epoch", "max_train_examples", "max_eval_examples", "data_dir", "results",
                                 "cpu", "mixed_precision", "progress"))

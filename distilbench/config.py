@@ -60,6 +60,7 @@ class RunConfig:
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
     teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.")
     teacher_seed: int = _f(0, "seed of the (single, cached) teacher fine-tuning run.")
+    teacher_micro_batch: int = _f(0, "teacher fine-tuning: run each batch as micro-batches of at most this many examples whose gradients add up to the batch's (the same update; 8 halves the activation memory at batch 16); 0 = whole batches.")
     selection_fraction: float = _f(0.1, "seeded held-out slice of train used for every selection (best epoch); dev is never used to select.")
     select_best_epoch: bool = _f(True, "keep the epoch with the best selection-split score.")
     max_train_examples: int | None = _f(None, "subsample train to N examples (fixed, reproducible sample).")
@@ -81,6 +82,8 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
         if self.seed_list is None and self.seeds < 1:
             raise UsageError(f"--seeds must be >= 1 (got {self.seeds}); use --seeds N for seeds 0..N-1 or --seed-list 0,3,7")
+        if self.teacher_micro_batch < 0:
+            raise UsageError(f"--teacher-micro-batch must be >= 0 (0 = whole batches; got {self.teacher_micro_batch})")
         if not 0.0 < self.selection_fraction < 1.0:
             raise UsageError(f"--selection-fraction must be in (0, 1) (got {self.selection_fraction})")
         if not 0.0 <= self.warmup_ratio < 1.0:

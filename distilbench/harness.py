@@ -123,7 +123,9 @@ class SharedStages:
 def train(student: nn.Module, objective: Objective, teacher: TeacherSource | None, train_enc: Encoded,
           select_enc: Encoded, task: Task, cfg: RunConfig, seed: int, accelerator: Accelerator,
           epochs: float, lr: float, progress: Callable | None = None, teacher_train_enc: Encoded | None = None,
-          shared: SharedStages | None = None) -> TrainResult:
+          shared: SharedStages | None = None, micro_batch: int = 0) -> TrainResult:
+    if micro_batch and not objective.separable:
+        raise ValueError(f"objective {objective.name} cannot run in micro-batches: its loss is not a mean of per-example losses")
     device = accelerator.device
     student.to(device)
     objective.to(device)
@@ -179,20 +181,25 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                 if step >= total_steps:
                     break
                 batch = {k: v.to(device) for k, v in batch.items()}
-                with accelerator.autocast():
-                    t_out, logged = None, {}
-                    if teacher is not None and objective.uses_teacher:  # one teacher per step, or several (a list)
-                        choice = objective.choose_teacher(step, total_steps)
-                        t_out = teacher(batch, choice) if isinstance(choice, int) else [teacher(batch, j) for j in choice]
-                        logged = objective.outer_step(StepContext(step, total_steps, accelerator.unwrap_model(student), batch,
-                                                                  teacher, holdout or _no_holdout, t_out, choice))
-                    s_out = model_outputs(student, batch, objective.needs) if stage.needs_student else None
-                    out = objective(s_out, t_out, batch, stage)
-                if not torch.isfinite(out.loss):
-                    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
-                    raise TrainingDiverged(f"loss became {out.loss.item()} at stage {stage.name}, epoch {epoch + 1}, step {step + 1} "
-                                           f"({terms}); lower --lr or check the inputs")
-                accelerator.backward(out.loss)
+                # one part unless micro-batching (the teacher's fine-tuning, to halve activation memory): a separable
+                # loss is a mean over examples, so the parts' losses weighted by their share of the batch sum to it
+                for part, share in micro_batches(batch, micro_batch):
+                    with accelerator.autocast():
+                        t_out, logged = None, {}
+                        if teacher is not None and objective.uses_teacher:  # one teacher per step, or several (a list)
+                            choice = objective.choose_teacher(step, total_steps)
+                            t_out = teacher(part, choice) if isinstance(choice, int) else [teacher(part, j) for j in choice]
+                            logged = objective.outer_step(StepContext(step, total_steps, accelerator.unwrap_model(student), part,
+                                                                      teacher, holdout or _no_holdout, t_out, choice))
+                        s_out = model_outputs(student, part, objective.needs) if stage.needs_student else None
+                        out = objective(s_out, t_out, part, stage)
+                    if not torch.isfinite(out.loss):
+                        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
+                        raise TrainingDiverged(f"loss became {out.loss.item()} at stage {stage.name}, epoch {epoch + 1}, step {step + 1} "
+                                               f"({terms}); lower --lr or check the inputs")
+                    accelerator.backward(out.loss * share if share != 1.0 else out.loss)
+                    for k, v in (("loss", out.loss.detach()), *out.terms.items(), *logged.items()):
+                        sums[k] = sums.get(k, 0.0) + float(v) * share
                 if world > 1:  # the student's gradients are averaged by DDP; the objective's own modules by hand
                     _average_grads(objective)
                 if cfg.max_grad_norm > 0:
@@ -203,8 +210,6 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                 step += 1
                 n_batches += 1
                 n_examples += len(batch["labels"])
-                for k, v in (("loss", out.loss.detach()), *out.terms.items(), *logged.items()):
-                    sums[k] = sums.get(k, 0.0) + float(v)
                 if progress:
                     progress(step, total_steps, {k: v / n_batches for k, v in sums.items()}, n_examples / (time.perf_counter() - t_start))
             epoch += 1
@@ -212,10 +217,13 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
             if last_stage and stage.train_student:
                 metrics = evaluate(accelerator.unwrap_model(student), select_enc, task, cfg, accelerator)
                 record["select"] = metrics
-                if not cfg.select_best_epoch or best_state is None or metrics["score"] > result.best_select_score:
+                if not cfg.select_best_epoch or result.best_epoch == 0 or metrics["score"] > result.best_select_score:
                     result.best_epoch, result.best_select_score = epoch, metrics["score"]
-                    # keep the best epoch's weights in memory (CPU copy) rather than on disk: selection costs no I/O
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(student).state_dict().items()}
+                    if cfg.select_best_epoch:
+                        # the best epoch's weights wait in a temporary file, not in memory: a base-size model's copy
+                        # would add its whole size to the run's peak memory while training goes on
+                        best_state = best_state or tempfile.NamedTemporaryFile(prefix="distilbench-best-", suffix=".pt")
+                        torch.save(accelerator.unwrap_model(student).state_dict(), best_state.name)
             result.history.append(record)
         student = accelerator.unwrap_model(student)
         result.stage_times[stage.name] = time.perf_counter() - stage_start
@@ -228,10 +236,24 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
     result.train_time_s = time.perf_counter() - t_start
     result.examples_per_s = n_examples / result.train_time_s if result.train_time_s > 0 else 0.0
     if best_state is not None:
-        student.load_state_dict(best_state)
+        if result.best_epoch != epoch:  # an earlier epoch was better than the last
+            student.load_state_dict(torch.load(best_state.name, map_location=device))
+        best_state.close()  # deletes the file
     student.requires_grad_(True)
     result.peak_mem_mb = peak_memory_mb()
     return result
+
+
+def micro_batches(batch: dict, size: int):
+    """``(part, share)`` pairs covering ``batch`` in order: the whole batch with share 1 when ``size`` is 0 or not smaller
+    than the batch, else consecutive slices of at most ``size`` examples, each with its share of the batch's examples."""
+    n = len(batch["labels"])
+    if not size or size >= n:
+        yield batch, 1.0
+        return
+    for start in range(0, n, size):
+        part = {k: v[start:start + size] for k, v in batch.items()}
+        yield part, len(part["labels"]) / n
 
 
 def _cycle(enc: Encoded, teacher_enc: Encoded | None, batch_size: int, seed: int, regression: bool, device) -> Callable[[], dict]:

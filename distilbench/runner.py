@@ -221,13 +221,14 @@ class Runner:
 
         return bar, update
 
-    def _train(self, model, objective, teacher, train_enc, select_enc, seed, epochs, lr, label, teacher_train_enc=None, shared=None):
+    def _train(self, model, objective, teacher, train_enc, select_enc, seed, epochs, lr, label, teacher_train_enc=None, shared=None,
+               micro_batch=0):
         bar, update = self._progress(label)
         if bar:
             bar.start()
         try:
             return train(model, objective, teacher, train_enc, select_enc, self.plan.task, self.cfg, seed, self.accelerator,
-                         epochs, lr, update, teacher_train_enc, shared)
+                         epochs, lr, update, teacher_train_enc, shared, micro_batch)
         finally:
             if bar:
                 bar.stop()
@@ -247,7 +248,7 @@ class Runner:
         none = get_objective("none")(Context(task, cfg, [], net.config.hidden_size, None))
         result = self._train(net, none, None, encode(tokenizer, train_part, cfg.max_length),
                              encode(tokenizer, select_part, cfg.max_length), cfg.teacher_seed, cfg.teacher_epochs,
-                             cfg.teacher_lr, f"teacher {model_name}")
+                             cfg.teacher_lr, f"teacher {model_name}", micro_batch=cfg.teacher_micro_batch)
         return net, tokenizer, {"best_epoch": result.best_epoch, "select_score": result.best_select_score,
                                 "history": result.history, "examples_per_s": result.examples_per_s}
 

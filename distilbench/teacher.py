@@ -42,7 +42,9 @@ def teacher_identity(cfg: RunConfig, model: str, task: Task, train_fp: str) -> d
             "task_version": task.version, "train": train_fp, "epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr,
             "batch_size": cfg.batch_size, "max_length": cfg.max_length, "warmup_ratio": cfg.warmup_ratio,
             "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm, "seed": cfg.teacher_seed,
-            "selection_fraction": cfg.selection_fraction, "select_best_epoch": cfg.select_best_epoch}
+            "selection_fraction": cfg.selection_fraction, "select_best_epoch": cfg.select_best_epoch,
+            # micro-batches draw other dropout masks, so they make another teacher; absent when off (older keys hold)
+            **({"micro_batch": cfg.teacher_micro_batch} if cfg.teacher_micro_batch else {})}
 
 
 @contextmanager

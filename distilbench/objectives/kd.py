@@ -14,6 +14,7 @@ class KD(Objective):
 
     name = "kd"
     version = "1.0"
+    separable = True  # CE and the batch-mean KL are means over examples
     paper = "Hinton et al. 2015, soft targets with temperature T: CE + alpha*T^2*KL"
     params = ("temperature", "alpha_kd")
     search_space = {"temperature": ("float", 1.0, 8.0, "log"), "alpha_kd": ("float", 0.1, 10.0, "log")}

@@ -10,6 +10,7 @@ class NoTeacher(Objective):
     version = "1.0"
     paper = "baseline: plain fine-tuning of the student (CE, or MSE for regression)"
     uses_teacher = False
+    separable = True  # CE (or MSE) is a mean over examples
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch, stage: Stage) -> LossOutput:
         loss = self.task_loss(student.logits, batch["labels"])

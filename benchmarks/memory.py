@@ -1,0 +1,85 @@
+"""Peak resident memory of a teacher's fine-tuning, the part of the main job that needs the most memory, with and
+without micro-batches (``--teacher-micro-batch``). Prints a table.
+
+    python benchmarks/memory.py                                  # mpnet-base, RTE's 128 longest examples, 2 epochs
+    python benchmarks/memory.py --micro 0,8,4 --examples 64 --data-dir ../shared/data/glue
+
+Each setting runs in a fresh process (peak RSS is per process) through the harness's own training loop, exactly as
+`distilbench teacher` runs it: batch 16, length-grouped, AdamW, clipping, best epoch on a selection slice. The
+examples are the task's longest, so every batch is as long as the main job's longest (the peak's worst case). Also
+printed: examples per second, so what the memory costs in speed is on the same line. Peak RSS of the whole main
+job: ``benchmarks/main_job.sh``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def one(args) -> dict:
+    import torch
+
+    from distilbench.config import RunConfig
+    from distilbench.data import encode
+    from distilbench.harness import make_accelerator, train
+    from distilbench.models import load_classifier, load_tokenizer
+    from distilbench.objectives import Context, get_objective
+    from distilbench.tasks import get_task, load_split, resolve_data_dir
+
+    task = get_task(args.task)
+    tok = load_tokenizer(args.model)
+    rows = load_split(task, "train", resolve_data_dir(args.data_dir))
+    cfg = RunConfig(task=args.task, batch_size=args.batch_size, progress=False)
+    full = encode(tok, rows, cfg.max_length)
+    longest = sorted(range(len(rows)), key=lambda i: -len(full.input_ids[i]))[: args.examples]
+    enc, select = full.subset(longest), full.subset(longest[:16])
+    torch.manual_seed(0)
+    net = load_classifier(args.model, task.num_labels, task.regression, attn_implementation=None)
+    none = get_objective("none")(Context(task, cfg, [], net.config.hidden_size, None))
+    start = time.perf_counter()
+    result = train(net, none, None, enc, select, task, cfg, 0, make_accelerator(cfg), args.epochs, cfg.teacher_lr,
+                   micro_batch=args.one)
+    return {"micro": args.one, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "examples_per_s": result.examples_per_s, "seconds": time.perf_counter() - start,
+            "tokens_per_batch": args.batch_size * max(len(enc.input_ids[i]) for i in range(len(enc)))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="mpnet-base")
+    ap.add_argument("--task", default="rte")
+    ap.add_argument("--data-dir", default=None, help="GLUE_DIR layout (default: $GLUE_DIR or ../shared/data/glue)")
+    ap.add_argument("--examples", type=int, default=128, help="the task's longest N training examples")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--micro", default="0,8", help="micro-batch sizes to compare (0 = whole batches)")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one setting, print JSON
+    args = ap.parse_args()
+    args.data_dir = args.data_dir or os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.one is not None:
+        print(json.dumps(one(args)))
+        return
+    print(f"teacher fine-tuning of {args.model} on the {args.examples} longest {args.task} examples, batch {args.batch_size}, "
+          f"{args.epochs} epochs, one process per row")
+    print(f"{'micro-batch':>12} {'peak RSS MiB':>13} {'examples/s':>11} {'seconds':>8}")
+    for micro in (int(m) for m in args.micro.split(",")):
+        cmd = [sys.executable, __file__, "--model", args.model, "--task", args.task, "--data-dir", args.data_dir,
+               "--examples", str(args.examples), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+               "--one", str(micro)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        label = "whole batch" if micro == 0 else str(micro)
+        print(f"{label:>12} {r['peak_rss_mib']:>13.0f} {r['examples_per_s']:>11.2f} {r['seconds']:>8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
