@@ -140,7 +140,8 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
         score_offset = np.zeros(len(enc), dtype=np.int64)
         order = eval_batches(lengths, batch_size)
         for ids, batch in zip(order, BatchLoader(enc, order, False)):
-            out = run_teacher(batch)
+            with torch.no_grad():  # a frozen teacher's outputs: whatever the caller's grad mode, nothing here learns
+                out = run_teacher(batch)
             if hidden is None:  # sizes from the first batch: allocate every file once
                 hidden = int(out.hidden_states[layers[0]].shape[-1]) if "hidden" in parts else int(
                     out.attentions[layers[0] - 1]["v"].shape[1] * out.attentions[layers[0] - 1]["v"].shape[-1])

@@ -149,3 +149,14 @@ def test_every_seed_and_objective_reuses_one_cache(tiny_run_args, tmp_path, monk
     assert len(folders) == 1
     assert len(list(folders[0].glob("logits-*.pt"))) == 1
     assert len(list(folders[0].glob("outputs-*"))) == 1
+
+
+def test_the_cache_builds_from_a_teacher_whose_weights_still_require_grad(tmp_path):
+    model, enc = _model("mpnet"), _enc("mpnet", n=7)
+    assert all(p.requires_grad for p in model.parameters())
+    cache = open_or_build(tmp_path, "t", enc, "tok", [2], parts_for(NEEDS), "fp32", lambda b: model_outputs(model, b, NEEDS), 3)
+    batch = next(iter(BatchLoader(enc, [list(range(7))], False)))
+    with torch.no_grad():
+        live = model_outputs(model, batch, NEEDS)
+    got = cache.outputs(batch["idx"], live.logits, "cpu")
+    torch.testing.assert_close(got.hidden_states[2][batch["attention_mask"].bool()], live.hidden_states[2][batch["attention_mask"].bool()])
