@@ -226,6 +226,9 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                         torch.save(accelerator.unwrap_model(student).state_dict(), best_state.name)
             result.history.append(record)
         student = accelerator.unwrap_model(student)
+        # accelerate keeps every model and optimiser it prepared: without this, each seed's student with its AdamW
+        # state (and the teacher's, after its fine-tuning) would stay in memory for the rest of the process
+        accelerator.free_memory()
         result.stage_times[stage.name] = time.perf_counter() - stage_start
         if cached is not None and accelerator.is_main_process:
             cached.parent.mkdir(parents=True, exist_ok=True)

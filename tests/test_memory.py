@@ -105,3 +105,28 @@ def test_best_epoch_weights_come_back_from_disk_and_the_file_is_removed(monkeypa
     assert all(torch.equal(final[k], seen[1][k]) for k in final)
     assert any(not torch.equal(final[k], seen[2][k]) for k in final)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_accelerator_lets_go_of_each_trained_model_and_optimiser():
+    import gc
+    import weakref
+
+    task, cfg = get_task("rte"), RunConfig(batch_size=8, lr=1e-3, select_best_epoch=False)
+    acc, optimisers = make_accelerator(cfg), []
+    real = torch.optim.AdamW
+
+    class Tracked(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            optimisers.append(weakref.ref(self))
+
+    torch.optim.AdamW = Tracked
+    try:
+        for seed in range(2):  # two seeds through one accelerator, as the runner does
+            train(_bert(seed), get_objective("none")(Context(task, cfg, [], 16, 16)), None, _enc(8), _enc(4), task, cfg,
+                  seed, acc, 1, 1e-3)
+    finally:
+        torch.optim.AdamW = real
+    gc.collect()
+    assert len(optimisers) == 2 and all(ref() is None for ref in optimisers)  # their AdamW states are freed
+    assert acc._models == [] and acc._optimizers == []
