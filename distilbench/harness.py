@@ -197,7 +197,7 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                         terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
                         raise TrainingDiverged(f"loss became {out.loss.item()} at stage {stage.name}, epoch {epoch + 1}, step {step + 1} "
                                                f"({terms}); lower --lr or check the inputs")
-                    accelerator.backward(out.loss * share if share != 1.0 else out.loss)
+                    accelerator.backward(out.loss * share)  # x * 1.0 is exact: whole batches are unchanged
                     for k, v in (("loss", out.loss.detach()), *out.terms.items(), *logged.items()):
                         sums[k] = sums.get(k, 0.0) + float(v) * share
                 if world > 1:  # the student's gradients are averaged by DDP; the objective's own modules by hand
