@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distilbench.config import RunConfig  # noqa: E402
 from distilbench.data import BatchLoader, encode, length_grouped_batches, subsample  # noqa: E402
-from distilbench.harness import TeacherSource, make_accelerator, model_outputs, train  # noqa: E402
+from distilbench.harness import TeacherSource, fused_adamw, make_accelerator, model_outputs, train  # noqa: E402
 from distilbench.inits import copy_layers  # noqa: E402
 from distilbench.models import load_classifier, load_tokenizer  # noqa: E402
 from distilbench.objectives import Context, Needs, get_objective  # noqa: E402
@@ -121,7 +121,8 @@ def main() -> None:
 
     # (f) a bare loop: same model, batches, optimiser groups, schedule-free (the schedule costs nothing measurable)
     model = student().to(acc.device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=fused_adamw(acc.device))
     torch.manual_seed(0)
     start = time.perf_counter()
     for batch in BatchLoader(enc, length_grouped_batches(enc.lengths(), cfg.batch_size, 0, 0), task.regression):

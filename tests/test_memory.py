@@ -76,7 +76,7 @@ def test_an_objective_that_is_not_a_mean_over_examples_refuses_micro_batches():
 
 def test_teacher_micro_batch_makes_another_teacher_and_is_absent_from_the_key_when_off(tiny_teacher):
     task = get_task("rte")
-    off = teacher_identity(RunConfig(), str(tiny_teacher), task, "fp")
+    off = teacher_identity(RunConfig(teacher_micro_batch=0), str(tiny_teacher), task, "fp")
     on = teacher_identity(RunConfig(teacher_micro_batch=8), str(tiny_teacher), task, "fp")
     assert "micro_batch" not in off  # teachers cached before the option existed keep their keys
     assert on == {**off, "micro_batch": 8}
