@@ -64,6 +64,29 @@ def _projections(attn: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear] | No
     return None
 
 
+class _LazyLayer(dict):
+    """One layer's record on the hook route: Q, K, V at once; ``scores`` and ``probs`` computed on first read, as the
+    model computes them. An objective that reads only values (Val-KL) then pays for no second attention map: the
+    model has already computed its own inline, and rebuilding it every step cost Val-KL ~5% of a training step."""
+
+    def __init__(self, q, k, v, bias, mask):
+        super().__init__(q=q, k=k, v=v)
+        self._bias, self._mask = bias, mask
+
+    def __missing__(self, key):
+        if key == "scores":
+            scores = torch.matmul(self["q"], self["k"].transpose(-1, -2)) / math.sqrt(self["q"].size(-1))
+            if self._bias is not None:
+                scores = scores + self._bias  # MPNet's relative position bias is part of its pre-softmax score
+            self[key] = scores
+        elif key == "probs":
+            scores = self["scores"]
+            self[key] = F.softmax(scores if self._mask is None else scores + self._mask, dim=-1)
+        else:
+            raise KeyError(key)
+        return self[key]
+
+
 class _HookAdapter:
     """Hooks on each layer's Q/K/V projections (MPNet and other inline-attention encoders)."""
 
@@ -96,12 +119,7 @@ class _HookAdapter:
             cache["bias"], cache["mask"] = bound.get("position_bias"), bound.get("attention_mask")
 
         def post(mod, args, kwargs, out):
-            q, k, v = cache["q"], cache["k"], cache["v"]
-            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.size(-1))
-            if cache.get("bias") is not None:
-                scores = scores + cache["bias"]  # MPNet's relative position bias is part of its pre-softmax score
-            mask = cache.get("mask")
-            _record(store, scores, F.softmax(scores if mask is None else scores + mask, dim=-1), q, k, v)
+            store.append(_LazyLayer(cache["q"], cache["k"], cache["v"], cache.get("bias"), cache.get("mask")))
 
         for attn, (q, k, v) in self.attns:
             handles += [q.register_forward_hook(keep("q")), k.register_forward_hook(keep("k")), v.register_forward_hook(keep("v")),

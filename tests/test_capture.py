@@ -96,6 +96,26 @@ def test_capture_matches_eager_attention_and_hand_scores(saved, kind):
             assert bias.abs().sum() > 0  # the bias is really part of the check
 
 
+def test_mpnet_route_builds_no_attention_map_for_an_objective_that_reads_only_values(saved, monkeypatch):
+    """Val-KL reads only V: the hook route must not rebuild Q K^T (the model has its own) unless scores are read."""
+    model = _load(saved, "mpnet", "eager")
+    inputs = _inputs("mpnet")
+    with torch.no_grad():
+        with capture(model) as layers:
+            model(**inputs)
+        maps = []
+        real = torch.matmul
+        monkeypatch.setattr(torch, "matmul", lambda a, b, **kw: maps.append(a.shape) or real(a, b, **kw))
+        values = [layer["v"] for layer in layers]
+        assert maps == [] and all("scores" not in layer and "probs" not in layer for layer in layers)
+        assert all(v.shape == (3, 2, 6, 8) for v in values)
+        probs = layers[0]["probs"]  # computed on first read, once
+        assert len(maps) == 1 and "scores" in layers[0] and probs.shape == (3, 2, 6, 6)
+        assert layers[0]["probs"] is probs and len(maps) == 1
+        with pytest.raises(KeyError):
+            layers[0]["nothing"]
+
+
 def test_bert_prepare_switches_to_capture_and_stays_fast_outside(saved, monkeypatch):
     from transformers import AttentionInterface
 
