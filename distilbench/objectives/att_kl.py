@@ -7,9 +7,9 @@ pre-mask, scaled; MPNet's relative position bias included) ``[B, H, L, L]`` and 
 intermediate term is the SUM over the pairs of the per-pair losses below.
 
 Padding. ``m[b, i] = batch["attention_mask"][b, i]`` (1 = real token), ``n_b = sum_i m[b, i]``. A query row ``i``
-counts only where ``m[b, i] = 1``, a key ``j`` only where ``m[b, j] = 1``. Padded query rows are dropped by indexing
-and padded keys are overwritten (``masked_fill``) before any arithmetic, so whatever a padded position holds (even inf
-or NaN) changes neither the loss nor any gradient.
+counts only where ``m[b, i] = 1``, a key ``j`` only where ``m[b, j] = 1``. Padded query rows and keys are overwritten
+(``torch.where``) before any arithmetic and carry weight 0, so whatever a padded position holds (even inf or NaN)
+changes neither the loss nor any gradient.
 
 Head counts (``H_s`` student, ``H_t`` teacher) -- never a silent broadcast:
 
@@ -42,21 +42,12 @@ def check_aligned(name: str, student: torch.Tensor, teacher: torch.Tensor, mask:
                          f"mask {tuple(mask.shape)} must agree (teacher and student must share a tokenizer)")
 
 
-def query_rows(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of the real queries of ``x`` ``[B, H, L, L]``: ``[N, H, L]`` with ``N = sum m``, and each row's key mask
-    ``[N, L]`` (``keys[r] = m[b]`` for the row ``r = (b, i)``)."""
-    keep = mask.bool()
-    rows = x.transpose(1, 2)[keep]  # [N, H, L]
-    keys = keep.unsqueeze(1).expand(-1, keep.shape[1], -1)[keep]  # [N, L]
-    return rows, keys
-
-
-def masked_log_softmax(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``log softmax`` over the real keys of each row (``rows`` ``[N, H, L]``); 0 at padded keys (their probability is
-    0 and every term that uses them is dropped), so no ``0 * log 0`` and no inf can appear."""
-    keys = keys[:, None, :]
-    logp = torch.log_softmax(rows.masked_fill(~keys, torch.finfo(rows.dtype).min), dim=-1)
-    return logp.masked_fill(~keys, 0.0)
+def masked_log_softmax(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``log softmax`` over the real keys of each row of ``x`` ``[B, H, L, L]`` (``keys`` broadcastable to it, True =
+    real); 0 elsewhere (their probability is 0 and every term that uses them is dropped), so no ``0 * log 0`` and no inf
+    can appear, whatever a padded position holds."""
+    logp = torch.log_softmax(torch.where(keys, x, torch.finfo(x.dtype).min), dim=-1)  # where: 2x masked_fill's speed
+    return torch.where(keys, logp, 0.0)
 
 
 def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
@@ -68,20 +59,29 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, ma
 
     ``teacher_logits`` / ``student_logits`` are pre-softmax maps ``[B, H, L, L]`` with the same ``H``, or with any
     ``H_t``, ``H_s`` when ``average_heads``: then ``p_X`` is replaced by its mean over the heads,
-    ``pbar_X = 1/H_X * sum_h p_X[h]`` (computed in log space: ``logsumexp_h log p_X - log H_X``) and ``H = 1``."""
-    rows_t, keys = query_rows(teacher_logits.float(), mask)
-    rows_s, _ = query_rows(student_logits.float(), mask)
-    if rows_s.shape[0] == 0:
-        return rows_s.new_zeros(())
-    logp_t, logp_s = masked_log_softmax(rows_t, keys), masked_log_softmax(rows_s, keys)
+    ``pbar_X = 1/H_X * sum_h p_X[h]`` (computed in log space: ``logsumexp_h log p_X - log H_X``) and ``H = 1``.
+
+    Computed on the whole padded maps (length-grouped batches carry little padding, and gathering the real rows cost
+    more than the rows it skipped): the teacher's side, a fixed target, without autograd; its weights ``p_T`` are 0 on
+    padded rows and keys, where both log-probabilities are finite, so those terms are exactly 0."""
+    keep = mask.bool()
+    real = keep[:, None, :, None] & keep[:, None, None, :]  # [B, 1, L, L]: real query row and real key
+    n = int(keep.sum())
+    if n == 0:
+        return student_logits.new_zeros((), dtype=torch.float32)
+    with torch.no_grad():
+        logp_t = masked_log_softmax(teacher_logits.detach().float(), real)
+        if average_heads:
+            logp_t = torch.where(real, torch.logsumexp(logp_t, 1, keepdim=True) - math.log(logp_t.shape[1]), 0.0)
+        weight = torch.where(real, logp_t.exp(), 0.0)  # p_T on real (row, key) pairs, else 0
+    # the student's padded keys keep log p = dtype-min - logsumexp and its padded rows -log L: finite, weighted by 0
+    # (one pass fewer each way than setting them to 0)
+    logp_s = torch.log_softmax(torch.where(real, student_logits.float(), torch.finfo(torch.float32).min), dim=-1)
     if average_heads:
-        k = keys[:, None, :]  # padded keys hold 0 on every head: finite, and reset to 0 after the average
-        logp_t = (torch.logsumexp(logp_t, 1, keepdim=True) - math.log(logp_t.shape[1])).masked_fill(~k, 0.0)
-        logp_s = (torch.logsumexp(logp_s, 1, keepdim=True) - math.log(logp_s.shape[1])).masked_fill(~k, 0.0)
+        logp_s = torch.where(real, torch.logsumexp(logp_s, 1, keepdim=True) - math.log(logp_s.shape[1]), 0.0)
     elif logp_t.shape[1] != logp_s.shape[1]:
         raise ValueError(f"per-head KL needs as many teacher as student heads (got {logp_t.shape[1]} and {logp_s.shape[1]})")
-    kl = (logp_t.exp().masked_fill(~keys[:, None, :], 0.0) * (logp_t - logp_s)).sum(-1)  # [N, H]
-    return kl.mean()
+    return (weight * (logp_t - logp_s)).sum() / (n * logp_t.shape[1])
 
 
 class AttKL(LayerObjective):

@@ -12,13 +12,15 @@ from .layerwise import LayerObjective
 
 def relation_heads(v: torch.Tensor, mask: torch.Tensor, heads: int, who: str) -> torch.Tensor:
     """MiniLMv2 relation heads: ``v`` ``[B, H, L, d_h]`` concatenated over heads to ``[B, L, H * d_h]`` and re-split
-    into ``heads`` heads ``[B, R, L, H * d_h / R]``. Padded tokens' values are zeroed first (``masked_fill``), so
+    into ``heads`` heads ``[B, R, L, H * d_h / R]``. Padded tokens' values are zeroed first (``torch.where``), so
     whatever they hold reaches no gradient of a real token."""
     b, h, n, d = v.shape
     if (h * d) % heads:
         raise UsageError(f"val-kl: the {who}'s values ({h} heads x {d} = {h * d}) cannot be split into {heads} relation "
                          f"heads (the teacher's head count); use a student whose hidden size is divisible by {heads}")
-    v = v.float().masked_fill(~mask.bool()[:, None, :, None], 0.0)
+    v = torch.where(mask.bool()[:, None, :, None], v.float(), 0.0)
+    if heads == h:  # the model's own heads: re-splitting would copy the same numbers
+        return v
     return v.transpose(1, 2).reshape(b, n, heads, h * d // heads).transpose(1, 2)
 
 
