@@ -15,6 +15,9 @@ What it measures (issue #8), each as the time of one training epoch over the sam
     batches;
 (d) peak resident memory of this process.
 
+Rows (a) and (f) are each timed ``--repeats`` times (default 3), interleaved, and the fastest epoch is kept: one epoch
+is ~30 s, and on a 2-core machine a single timing moved by ±10% from run to run.
+
 The teacher is the pretrained model with a fresh task head: its weights do not change its speed, so no fine-tuning is
 needed here. Everything runs in fp32 on the CPU unless a GPU is present. (e), the main job's wall time, is measured
 by ``benchmarks/main_job.sh``.
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--objectives", default="kd,hid-seq,att-kl,val-kl,ted")
     ap.add_argument("--no-trainer", action="store_true", help="skip (c)")
+    ap.add_argument("--repeats", type=int, default=3, help="time each row of (a) and (f) this many times, keep the fastest")
     args = ap.parse_args()
 
     data_dir = args.data_dir or os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
@@ -115,30 +119,39 @@ def main() -> None:
         stage = [s for s in result.stage_times if s != "filters"][-1]
         return result.stage_times[stage], result
 
-    epoch("none")  # warm-up: first-call allocations and kernel selection are not part of any row
-    plain, _ = epoch("none")
-    rows.append(("none (plain fine-tuning)", plain, f"{len(enc) / plain:.1f} ex/s"))
+    # (f) a bare loop: same model, batches, optimiser, schedule-free (the schedule costs nothing measurable)
+    def bare_epoch() -> float:
+        model = student().to(acc.device).train()
+        opt = torch.optim.AdamW([p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=fused_adamw(acc.device))
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        for batch in BatchLoader(enc, length_grouped_batches(enc.lengths(), cfg.batch_size, 0, 0), task.regression):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
 
-    # (f) a bare loop: same model, batches, optimiser groups, schedule-free (the schedule costs nothing measurable)
-    model = student().to(acc.device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=fused_adamw(acc.device))
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    for batch in BatchLoader(enc, length_grouped_batches(enc.lengths(), cfg.batch_size, 0, 0), task.regression):
-        batch = {k: v.to(acc.device) for k, v in batch.items()}
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    bare = time.perf_counter() - start
+    names = [o for o in args.objectives.split(",") if o]
+    epoch("none")  # warm-up: first-call allocations and kernel selection are not part of any row
+    # ratio (a) compares epochs of ~30 s on a shared machine: every row is timed `repeats` times, interleaved (so a slow
+    # minute hits every row alike), and the fastest is kept, as timeit does
+    best: dict[str, tuple[float, object]] = {}
+    for _ in range(args.repeats):
+        for name in ["none", "bare", *names]:
+            t, result = (bare_epoch(), None) if name == "bare" else epoch(name)
+            if name not in best or t < best[name][0]:
+                best[name] = (t, result)
+    plain, bare = best["none"][0], best["bare"][0]
+    rows.append(("none (plain fine-tuning)", plain, f"{len(enc) / plain:.1f} ex/s"))
     rows.append(("bare PyTorch loop", bare, f"(f) none / bare = {plain / bare:.3f}"))
-    del model, opt
 
     ratios = {}
-    for name in [o for o in args.objectives.split(",") if o]:
-        t, result = epoch(name)
+    for name in names:
+        t, result = best[name]
         ratios[name] = t / plain
         note = f"(a) / none = {t / plain:.3f}"
         if "filters" in result.stage_times:
