@@ -1,7 +1,7 @@
 """Peak resident memory of a teacher's fine-tuning, the part of the main job that needs the most memory, with and
 without micro-batches (``--teacher-micro-batch``). Prints a table.
 
-    python benchmarks/memory.py                                  # mpnet-base, RTE's 128 longest examples, 2 epochs
+    python benchmarks/memory.py                                  # mpnet-base, RTE's 128 longest examples, 2 epochs, micro-batches 0 (whole), 8, 4
     python benchmarks/memory.py --micro 0,8,4 --examples 64 --data-dir ../shared/data/glue
 
 Each setting runs in a fresh process (peak RSS is per process) through the harness's own training loop, exactly as
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=128, help="the task's longest N training examples")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--micro", default="0,8", help="micro-batch sizes to compare (0 = whole batches)")
+    ap.add_argument("--micro", default="0,8,4", help="micro-batch sizes to compare (0 = whole batches)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     args = ap.parse_args()
     args.data_dir = args.data_dir or os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
