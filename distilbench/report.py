@@ -16,7 +16,11 @@
 objective; ``significance-<task>-<kind>.png``: heat maps of the matrices.
 
 Everything is sorted and formatted with fixed precision, and the PNGs carry no timestamps, so rebuilding from the
-same results gives byte-identical files except the README's ``Date:`` line. Statistics: :mod:`distilbench.stats`.
+same results gives byte-identical files except the README's ``Date:`` line. ``report.json`` keeps what shaped the
+report besides the rows (the command that first wrote it, its title, the suite's order of tasks, objectives and
+inits): ``distilbench report --results R --out DIR`` on a folder whose ``report.json`` names the same results file
+reuses them, so a suite's committed report is rebuilt exactly by the ``Rebuild:`` line printed in its header.
+Statistics: :mod:`distilbench.stats`.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from typing import Any, Sequence
 
 DEFAULT_OUT = "reports/latest"
 ALPHA = 0.05
-_GENERATED = ("README.md", "cells.csv", "comparisons.csv")
+_GENERATED = ("README.md", "cells.csv", "comparisons.csv", "report.json")
 _GENERATED_GLOBS = ("scores-*.png", "significance-*.png", "theta-*.png")
 
 
@@ -436,8 +440,10 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     date = date or datetime.now(timezone.utc)
     revs = sorted({str(r.get("git_rev")) for r in rows if r.get("git_rev")})
     md += [f"# {title or 'distilbench report'}", "",
-           f"Command: `{command}`", "",
-           f"Date: {date.strftime('%Y-%m-%d %H:%M:%S %Z').strip()}", "",
+           f"Command: `{command}`", ""]
+    if results:
+        md += [f"Rebuild: `distilbench report --results {results} --out {out}`", ""]
+    md += [f"Date: {date.strftime('%Y-%m-%d %H:%M:%S %Z').strip()}", "",
            f"- **Results:** `{results or '(rows given directly)'}`: {len(rows)} runs in {len(cells)} cells, "
            f"fingerprint `{fingerprint(rows)}` (sha256 of the sorted run keys and scores)",
            f"- **Git revision(s) of the runs:** {', '.join(f'`{r}`' for r in revs) or 'not recorded'}",
@@ -559,6 +565,8 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     files += theta_files
 
     (out / "README.md").write_text("\n".join(md), encoding="utf-8")
+    inputs = {"command": command, "title": title, "results": results, "orders": {k: list(v) for k, v in sorted(orders.items())}}
+    (out / "report.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     _write_csv(out / "cells.csv", CELLS_HEADER, cells_csv_rows(cells))
     _write_csv(out / "comparisons.csv", COMPARISONS_HEADER, comparisons_csv_rows(comparisons))
     files = [out / n for n in _GENERATED] + files
@@ -676,7 +684,16 @@ def report_main(results: str, out: str, command: str) -> int:
         raise UsageError(f"no results file at {results}; run `distilbench run` first or pass --results PATH")
     with ResultsStore(results) as store:
         rows = store.rows()
-    build_report(rows, out, command=command, results=results)
+    title, orders = None, None
+    previous = Path(out) / "report.json"
+    if previous.is_file():  # rebuilding a report (a suite's): keep what shaped it, so the rebuild is exact
+        try:
+            inputs = json.loads(previous.read_text(encoding="utf-8"))
+        except ValueError:
+            inputs = {}
+        if isinstance(inputs, dict) and inputs.get("results") == str(results):
+            command, title, orders = inputs.get("command") or command, inputs.get("title"), inputs.get("orders")
+    build_report(rows, out, command=command, results=results, title=title, orders=orders)
     return 0
 
 

@@ -67,11 +67,13 @@ def store_rows(tmp_path) -> list[dict]:
     return rows
 
 
-def without_date(text: str) -> list[str]:
+def without_date(text: str, folder_too: bool = False) -> list[str]:
+    """The README's lines without its Date line (and, for builds into two folders, the Rebuild line naming the folder)."""
     lines = text.splitlines()
     dates = [i for i, line in enumerate(lines) if line.startswith("Date:")]
     assert len(dates) == 1, "the README must have exactly one Date: line"
-    return lines[:dates[0]] + lines[dates[0] + 1:]
+    lines = lines[:dates[0]] + lines[dates[0] + 1:]
+    return [line for line in lines if not (folder_too and line.startswith("Rebuild: "))]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -86,8 +88,9 @@ def build(rows, out: Path):
 # --------------------------------------------------------------------------- golden files
 
 
-def test_golden_markdown_and_csv(store_rows, tmp_path):
-    out = tmp_path / "report"
+def test_golden_markdown_and_csv(store_rows, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path("reports/golden")
     build(store_rows, out)
     built = {name: (out / name).read_text(encoding="utf-8") for name in ("README.md", "cells.csv", "comparisons.csv")}
     builder_line = f"- **Report built with:** {_builder_versions()}"
@@ -112,8 +115,8 @@ def test_dataframe_input_gives_the_same_report(store_rows, tmp_path):
     build(frame, tmp_path / "frame")
     for name in ("cells.csv", "comparisons.csv"):
         assert (tmp_path / "rows" / name).read_bytes() == (tmp_path / "frame" / name).read_bytes()
-    assert without_date((tmp_path / "rows" / "README.md").read_text()) == \
-        without_date((tmp_path / "frame" / "README.md").read_text())
+    assert without_date((tmp_path / "rows" / "README.md").read_text(), folder_too=True) == \
+        without_date((tmp_path / "frame" / "README.md").read_text(), folder_too=True)
 
 
 def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
@@ -127,7 +130,7 @@ def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
     for name in names:
         a, b = (first / name).read_bytes(), (second / name).read_bytes()
         if name == "README.md":
-            assert without_date(a.decode()) == without_date(b.decode())
+            assert without_date(a.decode(), folder_too=True) == without_date(b.decode(), folder_too=True)
         else:
             assert a == b, f"{name} differs between two builds"
         if name.endswith(".png"):
@@ -234,6 +237,32 @@ def test_report_command(store_rows, tmp_path, capsys):
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert f"Command: `distilbench report --results {results} --out {out}`" in readme
     assert (out / "cells.csv").exists() and (out / "comparisons.csv").exists()
+
+
+def test_report_command_rebuilds_a_suite_report_exactly(store_rows, tmp_path, monkeypatch, capsys):
+    """A suite writes its report with its own title, order and command line; the report's `Rebuild:` command (plain
+    `distilbench report`) must give back the same files, except the Date line."""
+    monkeypatch.chdir(tmp_path)  # the store behind store_rows is tmp_path/results.sqlite: use relative paths
+    suite_cmd = "distilbench suite benchmarks/x.yaml --results results.sqlite"
+    orders = {"tasks": ["rte", "mrpc"], "objectives": ["none", "att-kl", "kd"], "inits": ["layers:1,2,3"]}
+    build_report(store_rows, "reports/x", command=suite_cmd, results="results.sqlite", title="x (cpu scale): a suite",
+                 orders=orders, console=False)
+    first = {p.name: p.read_bytes() for p in sorted(Path("reports/x").iterdir())}
+    readme = first["README.md"].decode().splitlines()
+    assert readme[0] == "# x (cpu scale): a suite" and readme[2] == f"Command: `{suite_cmd}`"
+    assert readme[4] == "Rebuild: `distilbench report --results results.sqlite --out reports/x`"
+    assert main(["report", "--results", "results.sqlite", "--out", "reports/x"]) == 0
+    second = {p.name: p.read_bytes() for p in sorted(Path("reports/x").iterdir())}
+    assert sorted(second) == sorted(first) and "report.json" in second
+    for name in first:
+        if name == "README.md":
+            assert without_date(second[name].decode()) == without_date(first[name].decode())
+        else:
+            assert second[name] == first[name], f"{name} differs after the rebuild"
+    # a report.json naming another results file is not reused: a fresh report with the command that made it
+    assert main(["report", "--results", str(tmp_path / "results.sqlite"), "--out", "reports/x"]) == 0
+    text = Path("reports/x/README.md").read_text(encoding="utf-8")
+    assert text.startswith("# distilbench report") and f"Command: `distilbench report --results {tmp_path}" in text
 
 
 def test_report_without_results_is_one_line(tmp_path, capfd):
