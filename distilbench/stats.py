@@ -8,7 +8,8 @@ deviation (ddof=1), a 95% confidence interval of the mean from the t distributio
 so the test is on the per-seed differences. Two families are compared (paper 002 §Significance):
 
 * ``objectives``: every pair of cells with the same task, teacher, init, student and *setting* (the run identity
-  without objective, objective version, objective parameters and seed: same hyper-parameters, teacher weights, data).
+  without objective, objective version, objective parameters, a multi-teacher objective's team and seed: same
+  hyper-parameters, teacher weights, data).
   ``none`` and ``kd`` are cells like any other, so every objective is compared with both.
 * ``inits``: every pair of cells with the same task, teacher, objective (name, version and parameters) and setting,
   differing only in the student initialisation (paper 002 Table 3).
@@ -39,7 +40,9 @@ import numpy as np
 CELL_KEYS = ("task", "objective", "init", "teacher", "student", "config_hash")
 CONFIDENCE = 0.95
 # parts of the run identity that make a cell's setting: everything except these
-_OBJECTIVE_PARTS = ("objective", "objective_version", "objective_params", "seed")
+# (a multi-teacher objective's team is part of that objective, as its parameters are: AutoSKD and AvgKD are compared
+# with single-teacher KD and with none, whose identities hold no team)
+_OBJECTIVE_PARTS = ("objective", "objective_version", "objective_params", "team", "seed")
 _INIT_PARTS = ("init", "student", "student_weights", "seed")
 # parts of the identity that tell two cells of one (task, teacher, init, student, objective) apart in a label
 _TASK_PARTS = ("task", "task_version", "dev", "teacher_key", "seed", "objective", "init", "student", "teacher")

@@ -157,6 +157,26 @@ def test_cells_group_scale_and_describe():
         cells_from_rows([row(), {**row(), "run_key": "other"}])
 
 
+def test_a_multi_teacher_objective_is_compared_with_single_teacher_kd_and_none():
+    """The team (its members' teacher keys) sits beside the objective's parameters in the run identity: it belongs to
+    the objective, so AutoSKD / AvgKD share one family with kd and none (the comparison paper 003 makes)."""
+    team = {"team": ["rte-t", "rte-small", "rte-weak"]}
+    rows = [row(objective=o, seed=s, score=0.6 + 0.01 * s + 0.001 * k)
+            for k, o in enumerate(("none", "kd", "avgkd", "autoskd")) for s in (0, 1, 2)]
+    for r in rows:
+        if r["objective"] in ("avgkd", "autoskd"):
+            r["params"] = {**r["params"], **team}
+    cells = cells_from_rows(rows)
+    assert len({c.setting for c in cells}) == 1
+    pairs = {(c.a, c.b) for c in compare(cells, "objectives")}
+    assert len(pairs) == 6 and ("kd", "autoskd") in pairs and ("none", "avgkd") in pairs
+    # two teams for one objective are still two cells, told apart by their labels, and still compared
+    other = [{**r, "params": {**r["params"], "team": ["rte-t"]}, "config_hash": "other", "run_key": f"o{i}"}
+             for i, r in enumerate(rows) if r["objective"] == "avgkd"]
+    cells = cells_from_rows(rows + other)
+    assert len([c for c in cells if c.objective == "avgkd"]) == 2 and len({c.setting for c in cells}) == 1
+
+
 def test_labels_name_what_differs():
     rows = [row(objective="kd", objective_params={"temperature": t, "alpha_kd": 1.0}, seed=s, task=task)
             for t in (2.0, 4.0) for s in (0, 1) for task in ("rte", "mrpc")]
