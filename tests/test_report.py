@@ -275,3 +275,27 @@ def test_report_without_results_is_one_line(tmp_path, capfd):
     ResultsStore(empty).close()
     assert main(["report", "--results", str(empty), "--out", str(tmp_path / "r")]) == 2
     assert "nothing to report" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in (Path(__file__).parents[1] / "reports").glob("*/report.json")))
+def test_committed_reports_rebuild_exactly(name, tmp_path, monkeypatch):
+    """Each committed report (reports/NAME with its results store) is what its Rebuild: command writes today."""
+    import shutil
+
+    committed = Path(__file__).parents[1] / "reports" / name
+    shutil.copytree(committed, tmp_path / "reports" / name)
+    monkeypatch.chdir(tmp_path)
+    readme = (committed / "README.md").read_text(encoding="utf-8")
+    rebuild = next(line for line in readme.splitlines() if line.startswith("Rebuild: "))
+    argv = rebuild.removeprefix("Rebuild: `distilbench ").removesuffix("`").split()
+    assert argv[:1] == ["report"] and main(argv) == 0
+    builder = "- **Report built with:**"
+    for path in sorted(committed.iterdir()):
+        new = (tmp_path / "reports" / name / path.name).read_bytes()
+        if path.name == "README.md":
+            keep = [line for line in without_date(readme) if not line.startswith(builder)]
+            assert [line for line in without_date(new.decode()) if not line.startswith(builder)] == keep
+        elif path.suffix in (".csv", ".json", ".sqlite", ".md"):
+            assert new == path.read_bytes(), f"reports/{name}/{path.name} differs from its rebuild"
+        elif path.suffix == ".png" and f"matplotlib {__import__('matplotlib').__version__}," in readme:
+            assert new == path.read_bytes(), f"reports/{name}/{path.name} differs from its rebuild"
