@@ -60,7 +60,7 @@ class RunConfig:
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
     teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.")
     teacher_seed: int = _f(0, "seed of the (single, cached) teacher fine-tuning run.")
-    teacher_micro_batch: int = _f(4, "teacher fine-tuning: run each batch as micro-batches of at most this many examples whose gradients add up to the batch's (the same update in less memory: a base-size teacher at batch 16 peaked at 4.9 GiB in whole batches, 3.8 GiB in micro-batches of 8, 3.1 GiB in 4, at the same speed); 0 = whole batches.")
+    teacher_micro_batch: int = _f(4, "teacher fine-tuning: run each batch as micro-batches of at most this many examples whose gradients add up to the batch's (the same update in less memory: a base-size teacher's longest batches of 16 peaked at 4.5 GiB whole, 3.8 GiB in parts of 8, 3.1 GiB in parts of 4, which cost ~16%% of its speed); 0 = whole batches.")
     selection_fraction: float = _f(0.1, "seeded held-out slice of train used for every selection (best epoch); dev is never used to select.")
     select_best_epoch: bool = _f(True, "keep the epoch with the best selection-split score.")
     max_train_examples: int | None = _f(None, "subsample train to N examples (fixed, reproducible sample).")
