@@ -22,6 +22,7 @@ from .config import RunConfig, stable_hash
 from .data import Encoded, encode, fingerprint, selection_split, subsample
 from .errors import UsageError
 from .harness import SharedStages, TeacherSource, evaluate, make_accelerator, predict, train
+from .metrics import compute_metrics
 from .inits import InitPlan, build_student, copy_layers, parse_init
 from .models import load_classifier, load_tokenizer, model_config, model_fingerprint, resolve_model
 from .objectives import Context, Needs, Objective, get_objective
@@ -390,7 +391,8 @@ class Runner:
     def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:
         plan, cfg, task = self.plan, self.cfg, self.plan.task
         student, tokenizer, objective, result, mapping, multi, label = self.fit(objective_cls, seed, record, teacher_net)
-        dev_metrics = evaluate(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
+        dev_preds = predict(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
+        dev_metrics = compute_metrics(task, dev_preds, np.array([e.label for e in plan.dev]))
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
         if multi:
             teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
@@ -407,7 +409,10 @@ class Runner:
                           "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
                           "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
-                          "student_params": sum(p.numel() for p in student.parameters())}}
+                          "student_params": sum(p.numel() for p in student.parameters()),
+                          # per-example dev predictions in dev order (class ids; regression scores to 6 digits): what
+                          # per-example paired tests (McNemar, bootstrap over examples) between two runs need
+                          "dev_predictions": [round(float(x), 6) for x in dev_preds] if task.regression else [int(x) for x in dev_preds]}}
 
     def _encode(self, tokenizer, examples: list[Example]) -> Encoded:
         """Tokenisation, cached per (tokenizer, examples, max length) for the life of the runner."""
