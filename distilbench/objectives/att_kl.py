@@ -42,12 +42,17 @@ def check_aligned(name: str, student: torch.Tensor, teacher: torch.Tensor, mask:
                          f"mask {tuple(mask.shape)} must agree (teacher and student must share a tokenizer)")
 
 
-def masked_log_softmax(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``log softmax`` over the real keys of each row of ``x`` ``[B, H, L, L]`` (``keys`` broadcastable to it, True =
-    real); 0 elsewhere (their probability is 0 and every term that uses them is dropped), so no ``0 * log 0`` and no inf
-    can appear, whatever a padded position holds."""
-    logp = torch.log_softmax(torch.where(keys, x, torch.finfo(x.dtype).min), dim=-1)  # where: 2x masked_fill's speed
-    return torch.where(keys, logp, 0.0)
+def masked_log_softmax(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``log softmax`` over the real keys of each row of ``x`` ``[B, H, L, L]`` (``real`` broadcastable to it, True =
+    a real query row and key). Masked positions are overwritten first (``torch.where``: 2x masked_fill's speed), so
+    whatever they hold, the result is finite there (``dtype-min - logsumexp``, or ``-log L`` on a padded row); the
+    caller weights those entries by 0."""
+    return torch.log_softmax(torch.where(real, x, torch.finfo(x.dtype).min), dim=-1)
+
+
+def head_mean(logp: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``log`` of the head-averaged probabilities, ``logsumexp_h log p - log H`` ``[B, 1, L, L]``; 0 where masked."""
+    return torch.where(real, torch.logsumexp(logp, 1, keepdim=True) - math.log(logp.shape[1]), 0.0)
 
 
 def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
@@ -63,7 +68,8 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, ma
 
     Computed on the whole padded maps (length-grouped batches carry little padding, and gathering the real rows cost
     more than the rows it skipped): the teacher's side, a fixed target, without autograd; its weights ``p_T`` are 0 on
-    padded rows and keys, where both log-probabilities are finite, so those terms are exactly 0."""
+    padded rows and keys, where both sides' log-probabilities are finite (:func:`masked_log_softmax`), so those terms
+    are exactly 0."""
     keep = mask.bool()
     real = keep[:, None, :, None] & keep[:, None, None, :]  # [B, 1, L, L]: real query row and real key
     n = int(keep.sum())
@@ -72,13 +78,11 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, ma
     with torch.no_grad():
         logp_t = masked_log_softmax(teacher_logits.detach().float(), real)
         if average_heads:
-            logp_t = torch.where(real, torch.logsumexp(logp_t, 1, keepdim=True) - math.log(logp_t.shape[1]), 0.0)
+            logp_t = head_mean(logp_t, real)
         weight = torch.where(real, logp_t.exp(), 0.0)  # p_T on real (row, key) pairs, else 0
-    # the student's padded keys keep log p = dtype-min - logsumexp and its padded rows -log L: finite, weighted by 0
-    # (one pass fewer each way than setting them to 0)
-    logp_s = torch.log_softmax(torch.where(real, student_logits.float(), torch.finfo(torch.float32).min), dim=-1)
+    logp_s = masked_log_softmax(student_logits.float(), real)
     if average_heads:
-        logp_s = torch.where(real, torch.logsumexp(logp_s, 1, keepdim=True) - math.log(logp_s.shape[1]), 0.0)
+        logp_s = head_mean(logp_s, real)
     elif logp_t.shape[1] != logp_s.shape[1]:
         raise ValueError(f"per-head KL needs as many teacher as student heads (got {logp_t.shape[1]} and {logp_s.shape[1]})")
     return (weight * (logp_t - logp_s)).sum() / (n * logp_t.shape[1])
