@@ -8,12 +8,14 @@
    "mean ± std" over seeds, an Avg column (only for rows with every task), the best per column in bold, the teacher;
 2. objective × init × task (paper 002 Table 3 style), for objectives run with more than one init;
 3. pairwise significance matrices per task: Holm-corrected paired t-test p-values with the direction
-   ("↑ 0.012": the row's mean is higher than the column's);
+   ("↑ 0.012": the row's mean is higher than the column's); with ``--per-example``, 3.3: per pair, the paired
+   bootstrap over dev examples (Δ, CI, Holm p) and McNemar per seed (:mod:`distilbench.per_example`);
 4. the plots; 5. every cell with its seeds and config hash.
 
 ``cells.csv`` (one row per cell) and ``comparisons.csv`` (one row per compared pair) hold the same numbers unrounded
-(4 decimals, p-values 6 significant digits). ``scores-<task>.png``: per-seed points, mean and 95% CI per
-objective; ``significance-<task>-<kind>.png``: heat maps of the matrices.
+(4 decimals, p-values 6 significant digits); ``per_example.csv`` the per-example tests, with ``--per-example``.
+``scores-<task>.png``: per-seed points, mean and 95% CI per objective; ``significance-<task>-<kind>.png``: heat maps
+of the matrices.
 
 Everything is sorted and formatted with fixed precision, and the PNGs carry no timestamps, so rebuilding from the
 same results gives byte-identical files except the README's ``Date:`` line. ``report.json`` keeps what shaped the
@@ -36,8 +38,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 DEFAULT_OUT = "reports/latest"
+BOOTSTRAP_SAMPLES = 2000  # = per_example.BOOTSTRAP_SAMPLES (not imported: `report --help` stays light)
 ALPHA = 0.05
 _GENERATED = ("README.md", "cells.csv", "comparisons.csv", "report.json")
+_OPTIONAL = ("per_example.csv",)  # written only with --per-example; removed on a rebuild without it
 _GENERATED_GLOBS = ("scores-*.png", "significance-*.png", "theta-*.png")
 
 
@@ -378,6 +382,51 @@ def comparisons_csv_rows(comparisons) -> list[list[str]]:
     return out
 
 
+PER_EXAMPLE_HEADER = ["task", "a", "b", "seeds", "n_examples", "diff", "boot_ci_low", "boot_ci_high", "boot_p",
+                      "holm_p", "mcnemar", "family", "a_config_hash", "b_config_hash", "note"]
+
+
+def per_example_csv_rows(example_comparisons) -> list[list[str]]:
+    out = []
+    for ex in example_comparisons:
+        r = ex.result
+        mcn = " ".join(f"{s}:{n01}/{n10}:{p:.6g}" for s, n01, n10, p in r.mcnemar)
+        out.append([ex.task, ex.a, ex.b, " ".join(map(str, r.seeds)), str(r.n_examples) if r.n_examples else "",
+                    fcsv(r.diff), fcsv(r.ci_low), fcsv(r.ci_high), fpcsv(r.bootstrap_p), fpcsv(ex.holm_p), mcn,
+                    ex.family, ex.a_config_hash, ex.b_config_hash, r.reason])
+    return out
+
+
+def per_example_section(example_comparisons, samples: int, orders: dict) -> list[str]:
+    """Section 3.3: per family, one row per pair: Δ on the dev set, its bootstrap CI and p (Holm), McNemar per seed."""
+    md = ["### 3.3 Per-example tests on the dev predictions", "",
+          f"Paired bootstrap over dev examples ({samples} resamples, the same indices for every seed of both sides; "
+          f"Δ = mean over seeds of row − column, main score × 100): 95% percentile CI and two-sided p of the centred "
+          f"test, Holm-corrected within the family, **bold** when below {ALPHA}. McNemar (classification only): "
+          f"exact binomial p per seed on the examples exactly one side got right, `n01/n10` = only the first / only "
+          f"the second right; uncorrected. Method: `distilbench/per_example.py`.", ""]
+    fams: dict[str, list] = {}
+    for ex in example_comparisons:
+        fams.setdefault(ex.family, []).append(ex)
+    if not fams:
+        return md + ["No pairs to compare.", ""]
+    tasks = _task_order({fam[0].task for fam in fams.values()}, orders.get("tasks", ()))
+    for family, fam in sorted(fams.items(), key=lambda kv: (tasks.index(kv[1][0].task), kv[0])):
+        grid = Grid(family, ["A", "B", "Seeds", "Δ", "95% CI", "p", "Holm p", "McNemar per seed"], align="llr")
+        for i, ex in enumerate(fam):
+            r = ex.result
+            if math.isnan(r.diff):
+                grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), "n/a", "", "", "", r.reason])
+                continue
+            mcn = "; ".join(f"{s}: {n01}/{n10} p={fp(p)}" for s, n01, n10, p in r.mcnemar) or "– (regression)"
+            grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), f"{arrow(r.diff)} {fnum(r.diff, 2)}",
+                              f"{fnum(r.ci_low, 2)} – {fnum(r.ci_high, 2)}", fp(r.bootstrap_p), fp(ex.holm_p), mcn])
+            if ex.holm_p < ALPHA:
+                grid.bold.add((i, 6))
+        md += [f"#### {family}", "", grid.markdown(), ""]
+    return md
+
+
 def _versions(rows: list[dict]) -> str:
     found: dict[str, set[str]] = {}
     for r in rows:
@@ -407,12 +456,13 @@ def _slug(text: str) -> str:
 
 def build_report(rows: Any, out: str | Path, *, command: str, results: str | None = None,
                  orders: dict[str, Sequence[str]] | None = None, title: str | None = None,
-                 console=None, date: datetime | None = None) -> Report:
+                 console=None, date: datetime | None = None, per_example: int = 0) -> Report:
     """Write the report of ``rows`` (``ResultsStore.rows()`` or ``.dataframe()``) into ``out``.
 
     ``command``: the exact command line to print in the header. ``orders``: preferred order of ``tasks``,
     ``objectives`` and ``inits`` (a suite's), else none, kd, then alphabetical. ``console``: a rich Console for the
-    terminal tables (None: stdout; False: print nothing).
+    terminal tables (None: stdout; False: print nothing). ``per_example``: bootstrap resamples for the per-example
+    tests of :mod:`distilbench.per_example` (section 3.3 and ``per_example.csv``); 0 leaves them out.
     """
     from .errors import UsageError
     from .stats import _row_dicts, cells_from_rows, compare, init_order, is_result, objective_order
@@ -425,7 +475,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
                          "run `distilbench run` or `distilbench suite` first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in _GENERATED:
+    for name in _GENERATED + _OPTIONAL:
         (out / name).unlink(missing_ok=True)
     for pattern in _GENERATED_GLOBS:
         for stale in sorted(out.glob(pattern)):
@@ -526,6 +576,12 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
             plot_significance(out / name, (what + extra).replace("`", ""), fam, names)
             plots.append((name, what + extra))
             files.append(out / name)
+    example_comparisons = []
+    if per_example:
+        from .per_example import compare_examples
+
+        example_comparisons = compare_examples(rows, comparisons, per_example)
+        md += per_example_section(example_comparisons, per_example, orders)
 
     # 4. plots
     score_plots: list[tuple[str, str]] = []
@@ -566,10 +622,15 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
 
     (out / "README.md").write_text("\n".join(md), encoding="utf-8")
     inputs = {"command": command, "title": title, "results": results, "orders": {k: list(v) for k, v in sorted(orders.items())}}
+    if per_example:
+        inputs["per_example"] = per_example
     (out / "report.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     _write_csv(out / "cells.csv", CELLS_HEADER, cells_csv_rows(cells))
     _write_csv(out / "comparisons.csv", COMPARISONS_HEADER, comparisons_csv_rows(comparisons))
     files = [out / n for n in _GENERATED] + files
+    if per_example:
+        _write_csv(out / "per_example.csv", PER_EXAMPLE_HEADER, per_example_csv_rows(example_comparisons))
+        files.insert(len(_GENERATED), out / "per_example.csv")
 
     if console is not False:
         from rich.console import Console
@@ -587,6 +648,14 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
                 mismatched = sum(1 for x in fam if x.result.mismatched_seeds)
                 console.print(f"{cmp_kind} {family}: {significant} of {len(fam)} pairs significant "
                               f"(Holm p < {ALPHA})" + (f", {mismatched} with different seeds" if mismatched else ""))
+        fams = {}
+        for ex in example_comparisons:
+            fams.setdefault(ex.family, []).append(ex)
+        for family, fam in sorted(fams.items()):
+            tested = [x for x in fam if not math.isnan(x.holm_p)]
+            significant = sum(1 for x in tested if x.holm_p < ALPHA)
+            console.print(f"per-example bootstrap {family}: {significant} of {len(fam)} pairs significant "
+                          f"(Holm p < {ALPHA})" + (f", {len(fam) - len(tested)} n/a" if len(tested) < len(fam) else ""))
         console.print(f"report written to {out}/README.md")
     return Report(out, cells, comparisons, tables, files)
 
@@ -656,6 +725,12 @@ def _add_report_commands(sub) -> None:
                             help="tables, paired significance tests and plots of stored results, written to a folder")
     report.add_argument("--results", default="runs/results.sqlite", help="SQLite results store (default: runs/results.sqlite)")
     report.add_argument("--out", default=DEFAULT_OUT, help=f"folder to write the report into (default: {DEFAULT_OUT})")
+    report.add_argument("--per-example", action="store_true",
+                        help="add per-example paired tests on the stored dev predictions: bootstrap over examples and "
+                             "McNemar per seed (section 3.3, per_example.csv)")
+    report.add_argument("--bootstrap-samples", type=int, default=None, metavar="N",
+                        help=f"bootstrap resamples of --per-example (default {BOOTSTRAP_SAMPLES}); a number > 0 implies "
+                             "--per-example, 0 leaves the tests out of a report that had them")
     suite = sub.add_parser("suite", allow_abbrev=False,
                            help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/")
     suite.add_argument("suite_file", metavar="SUITE.yaml", help="benchmark suite file, e.g. benchmarks/p002-table1.yaml")
@@ -673,10 +748,15 @@ def dispatch(command: str, args: dict[str, Any], argv: Sequence[str]) -> int:
         from .suite import main as suite_main
 
         return suite_main(args, line)
-    return report_main(args["results"], args["out"], line)
+    if args.get("bootstrap_samples") is not None and args["bootstrap_samples"] < 0:
+        from .errors import UsageError
+
+        raise UsageError(f"--bootstrap-samples must be a whole number >= 0, 0 meaning no per-example tests "
+                         f"(got {args['bootstrap_samples']})")
+    return report_main(args["results"], args["out"], line, args.get("per_example", False), args.get("bootstrap_samples"))
 
 
-def report_main(results: str, out: str, command: str) -> int:
+def report_main(results: str, out: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
     from .errors import UsageError
     from .store import ResultsStore
 
@@ -684,7 +764,7 @@ def report_main(results: str, out: str, command: str) -> int:
         raise UsageError(f"no results file at {results}; run `distilbench run` first or pass --results PATH")
     with ResultsStore(results) as store:
         rows = store.rows()
-    title, orders = None, None
+    title, orders, samples = None, None, 0
     previous = Path(out) / "report.json"
     if previous.is_file():  # rebuilding a report (a suite's): keep what shaped it, so the rebuild is exact
         try:
@@ -692,8 +772,15 @@ def report_main(results: str, out: str, command: str) -> int:
         except ValueError:
             inputs = {}
         if isinstance(inputs, dict) and inputs.get("results") == str(results):
-            command, title, orders = inputs.get("command") or command, inputs.get("title"), inputs.get("orders")
-    build_report(rows, out, command=command, results=results, title=title, orders=orders)
+            if not per_example and bootstrap_samples is None:  # a changed per-example choice is a new command
+                command = inputs.get("command") or command
+            title, orders = inputs.get("title"), inputs.get("orders")
+            samples = int(inputs.get("per_example") or 0)
+    if bootstrap_samples is not None:  # asked now: overrides what the folder's report had (0: leave them out)
+        samples = bootstrap_samples
+    elif per_example:
+        samples = samples or BOOTSTRAP_SAMPLES
+    build_report(rows, out, command=command, results=results, title=title, orders=orders, per_example=samples)
     return 0
 
 

@@ -392,7 +392,8 @@ class Runner:
         plan, cfg, task = self.plan, self.cfg, self.plan.task
         student, tokenizer, objective, result, mapping, multi, label = self.fit(objective_cls, seed, record, teacher_net)
         dev_preds = predict(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
-        dev_metrics = compute_metrics(task, dev_preds, np.array([e.label for e in plan.dev]))
+        dev_labels = np.array([e.label for e in plan.dev])
+        dev_metrics = compute_metrics(task, dev_preds, dev_labels)
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
         if multi:
             teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
@@ -410,9 +411,9 @@ class Runner:
                           "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
                           "student_params": sum(p.numel() for p in student.parameters()),
-                          # per-example dev predictions in dev order (class ids; regression scores to 6 digits): what
-                          # per-example paired tests (McNemar, bootstrap over examples) between two runs need
-                          "dev_predictions": [round(float(x), 6) for x in dev_preds] if task.regression else [int(x) for x in dev_preds]}}
+                          # per-example dev predictions and labels in dev order: what the per-example paired tests
+                          # (McNemar, bootstrap over examples: distilbench.per_example) between two runs need
+                          "dev_predictions": _per_example(dev_preds, task.regression), "dev_labels": _per_example(dev_labels, task.regression)}}
 
     def _encode(self, tokenizer, examples: list[Example]) -> Encoded:
         """Tokenisation, cached per (tokenizer, examples, max length) for the life of the runner."""
@@ -440,6 +441,11 @@ class Runner:
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
             out[ids] = model_outputs(net, batch, Needs()).logits.float().cpu()
         return out
+
+
+def _per_example(values, regression: bool) -> list:
+    """Class ids as ints; regression scores rounded to 6 digits (JSON stays small, the metrics do not move)."""
+    return [round(float(x), 6) for x in values] if regression else [int(x) for x in values]
 
 
 def summary_table(rows: list[dict], task: Task, cfg: RunConfig):

@@ -24,9 +24,9 @@ matrix (one task, one teacher/init/setting for objectives; one task/teacher/obje
 Wilcoxon signed-rank p-values are reported uncorrected beside them; with fewer than 6 seeds its exact two-sided
 p-value can never fall below 0.05 (n=3: 0.25, n=4: 0.125, n=5: 0.0625).
 
-**Not implemented yet:** per-example tests (McNemar on paired dev predictions, bootstrap over dev examples). Their
-input is stored: every student row since 2026-11-30 keeps its per-example dev predictions (``extra.dev_predictions``,
-in dev order).
+**Per-example tests** (paired bootstrap over dev examples, McNemar per seed) live in :mod:`distilbench.per_example`
+and run on the per-example dev predictions and labels each student row stores (``extra.dev_predictions``,
+``extra.dev_labels``): ``distilbench report --per-example``.
 """
 from __future__ import annotations
 

@@ -336,10 +336,11 @@ def test_run_stores_skips_and_forces(tiny_run_args, capsys, monkeypatch):
         assert r["params"]["hparams"]["epochs"] == 1 and r["params"]["hparams"]["max_train_examples"] == 48
         assert r["extra"]["layer_mapping"] == LAYER_MAPPING
         assert r["extra"]["history"] and r["extra"]["best_epoch"] == 1
-        # per-example dev predictions, in dev order: they give back the stored accuracy
+        # per-example dev predictions and labels, in dev order: they give back the stored accuracy
         dev = load_split(rte, "dev", Path(opt(tiny_run_args, "--data-dir")))[: int(opt(tiny_run_args, "--max-eval-examples"))]
         preds, labels = r["extra"]["dev_predictions"], [e.label for e in dev]
         assert len(preds) == len(labels) and set(preds) <= {0, 1}
+        assert r["extra"]["dev_labels"] == labels
         assert sum(p == y for p, y in zip(preds, labels)) / len(labels) == pytest.approx(r["metrics"]["accuracy"])
     assert len({r["teacher_score"] for r in rows}) == 1
     hashes = {o: {r["config_hash"] for r in rows if r["objective"] == o} for o in ("kd", "none")}
