@@ -189,18 +189,14 @@ class ExampleComparison:
 def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: int = BOOTSTRAP_SAMPLES) -> list[ExampleComparison]:
     """The per-example tests of every objective comparison in ``comparisons`` (:func:`distilbench.stats.compare`
     output, same order), Holm-corrected over the bootstrap p-values of each family."""
-    from .stats import _row_dicts, holm, is_result
+    from .stats import _row_dicts, by_family, holm, is_result
 
     by_cell: dict[tuple, list[dict]] = {}
     for r in _row_dicts(rows):
         if is_result(r):
             by_cell.setdefault((str(r.get("task")), str(r.get("config_hash"))), []).append(r)
     out: list[ExampleComparison] = []
-    fams: dict[str, list] = {}
-    for cmp in comparisons:
-        if cmp.kind == "objectives":
-            fams.setdefault(cmp.family, []).append(cmp)
-    for family, members in fams.items():
+    for family, members in by_family(comparisons, "objectives").items():
         results = []
         for cmp in members:
             rows_a = by_cell.get((cmp.task, cmp.a_cell.config_hash), [])

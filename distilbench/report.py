@@ -405,9 +405,9 @@ def per_example_section(example_comparisons, samples: int, orders: dict) -> list
           f"test, Holm-corrected within the family, **bold** when below {ALPHA}. McNemar (classification only): "
           f"exact binomial p per seed on the examples exactly one side got right, `n01/n10` = only the first / only "
           f"the second right; uncorrected. Method: `distilbench/per_example.py`.", ""]
-    fams: dict[str, list] = {}
-    for ex in example_comparisons:
-        fams.setdefault(ex.family, []).append(ex)
+    from .stats import by_family
+
+    fams = by_family(example_comparisons)
     if not fams:
         return md + ["No pairs to compare.", ""]
     tasks = _task_order({fam[0].task for fam in fams.values()}, orders.get("tasks", ()))
@@ -465,7 +465,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     tests of :mod:`distilbench.per_example` (section 3.3 and ``per_example.csv``); 0 leaves them out.
     """
     from .errors import UsageError
-    from .stats import _row_dicts, cells_from_rows, compare, init_order, is_result, objective_order
+    from .stats import _row_dicts, by_family, cells_from_rows, compare, init_order, is_result, objective_order
 
     orders = dict(orders or {})
     rows = [r for r in _row_dicts(rows) if is_result(r)]
@@ -539,10 +539,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
            f"Wilcoxon signed-rank p-values, the mean difference and its 95% CI are in `comparisons.csv`.", ""]
     plots: list[tuple[str, str]] = []
     for kind, heading in (("objectives", "3.1 Objectives"), ("inits", "3.2 Inits")):
-        fams: dict[str, list] = {}
-        for cmp in comparisons:
-            if cmp.kind == kind:
-                fams.setdefault(cmp.family, []).append(cmp)
+        fams = by_family(comparisons, kind)
         md += [f"### {heading}", ""]
         if not fams:
             md += ["No pairs to compare.", ""]
@@ -624,13 +621,11 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     inputs = {"command": command, "title": title, "results": results, "orders": {k: list(v) for k, v in sorted(orders.items())}}
     if per_example:
         inputs["per_example"] = per_example
+        _write_csv(out / "per_example.csv", PER_EXAMPLE_HEADER, per_example_csv_rows(example_comparisons))
     (out / "report.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     _write_csv(out / "cells.csv", CELLS_HEADER, cells_csv_rows(cells))
     _write_csv(out / "comparisons.csv", COMPARISONS_HEADER, comparisons_csv_rows(comparisons))
-    files = [out / n for n in _GENERATED] + files
-    if per_example:
-        _write_csv(out / "per_example.csv", PER_EXAMPLE_HEADER, per_example_csv_rows(example_comparisons))
-        files.insert(len(_GENERATED), out / "per_example.csv")
+    files = [out / n for n in _GENERATED] + ([out / "per_example.csv"] if per_example else []) + files
 
     if console is not False:
         from rich.console import Console
@@ -639,19 +634,12 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
         for grid in tables:
             console.print(grid.rich())
         for cmp_kind in ("objectives", "inits"):
-            fams = {}
-            for cmp in comparisons:
-                if cmp.kind == cmp_kind:
-                    fams.setdefault(cmp.family, []).append(cmp)
-            for family, fam in sorted(fams.items()):
+            for family, fam in sorted(by_family(comparisons, cmp_kind).items()):
                 significant = sum(1 for x in fam if not math.isnan(x.holm_p) and x.holm_p < ALPHA)
                 mismatched = sum(1 for x in fam if x.result.mismatched_seeds)
                 console.print(f"{cmp_kind} {family}: {significant} of {len(fam)} pairs significant "
                               f"(Holm p < {ALPHA})" + (f", {mismatched} with different seeds" if mismatched else ""))
-        fams = {}
-        for ex in example_comparisons:
-            fams.setdefault(ex.family, []).append(ex)
-        for family, fam in sorted(fams.items()):
+        for family, fam in sorted(by_family(example_comparisons).items()):
             tested = [x for x in fam if not math.isnan(x.holm_p)]
             significant = sum(1 for x in tested if x.holm_p < ALPHA)
             console.print(f"per-example bootstrap {family}: {significant} of {len(fam)} pairs significant "

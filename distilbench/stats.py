@@ -351,6 +351,15 @@ def init_order(inits: Iterable[str], preferred: Sequence[str] = ()) -> list[str]
     return sorted(set(inits), key=lambda i: (preferred.index(i) if i in preferred else len(preferred), natural_key(i)))
 
 
+def by_family(items: Iterable[Any], kind: str | None = None) -> dict[str, list]:
+    """Comparisons (anything with ``.family``; of one ``kind`` when given) grouped by family, in input order."""
+    out: dict[str, list] = {}
+    for x in items:
+        if kind is None or x.kind == kind:
+            out.setdefault(x.family, []).append(x)
+    return out
+
+
 def compare(cells: Sequence[Cell], kind: str = "objectives", order: Sequence[str] = ()) -> list[Comparison]:
     """Every pair within each family (a before b in the family's order), Holm-adjusted within the family.
     ``order``: preferred objective names (kind objectives) or init specs (kind inits), e.g. a suite's."""

@@ -175,6 +175,9 @@ def test_report_per_example_section_and_csv(tmp_path):
     assert row["seeds"] == "0 1 2" and row["n_examples"] == "80"
     assert row["mcnemar"] == " ".join(f"{s}:{a}/{b}:{p:.6g}" for s, a, b, p in direct.mcnemar)
     assert json.loads((tmp_path / "r" / "report.json").read_text())["per_example"] == 300
+    # the CLI's default (kept in report.py so that building the parser imports no numpy) is the module's
+    from distilbench import per_example, report
+    assert report.BOOTSTRAP_SAMPLES == per_example.BOOTSTRAP_SAMPLES
 
 
 def test_report_command_per_example_is_kept_on_rebuild_and_validated(tmp_path, monkeypatch, capfd):
