@@ -46,6 +46,10 @@ class Task:
     tsv_num_columns: int | None = None  # required width of header-less files
     label_values: tuple[str, ...] | None = None  # TSV spelling of each label, same order as labels
     label_range: tuple[float, float] | None = None  # allowed regression scores (STS-B: 0-5)
+    # A task carved out of one public split (QNLI has only its dev set offline): {source, seed, test_size}. Both
+    # "train" and "dev" are read from the source split and partitioned once by a seeded permutation.
+    derived_split: dict[str, Any] | None = field(default=None, hash=False)
+    provenance: str | None = None  # printed under every table that shows the task (where its data really comes from)
 
     @property
     def num_labels(self) -> int:
@@ -113,9 +117,20 @@ def _task_from_yaml(spec: dict[str, Any], source: str) -> Task:
             tsv_num_columns=fmt.get("num_columns"),
             label_values=tuple(str(x) for x in values) if values is not None else None,
             label_range=(float(rng[0]), float(rng[1])) if rng is not None else None,
+            derived_split=_derived_spec(spec.get("derived_split"), spec["files"], source),
+            provenance=" ".join(str(spec["provenance"]).split()) if spec.get("provenance") else None,
         )
     except (KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
+
+
+def _derived_spec(value: Any, files: dict[str, str], source: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    spec = {"source": str(value["source"]), "seed": int(value["seed"]), "test_size": int(value["test_size"])}
+    if spec["source"] not in files or spec["test_size"] <= 0:
+        raise KeyError(f"derived_split in {source}: source must name a split of files, test_size must be > 0")
+    return spec
 
 
 def _load_registry() -> Registry[Task]:
@@ -262,8 +277,32 @@ def _load_hub(task: Task, split: str) -> list[Example]:
 
 def load_split(task: Task, split: str, data_dir: Path | None) -> list[Example]:
     """All examples of ``split`` ("train" or "dev"), from ``<data_dir>/<glue_dir>/<file>`` or, when
-    ``data_dir`` is None, from the hub. Never skips a row: a bad one raises DataError."""
+    ``data_dir`` is None, from the hub. Never skips a row: a bad one raises DataError.
+
+    A task with ``derived_split`` reads its source split and returns its part of a fixed seeded partition:
+    ``test_size`` rows as "dev", the rest as "train", each in source order and re-indexed from 0."""
     _check_split(task, split)
+    if task.derived_split is not None:
+        return _derived_part(task, split, data_dir)
+    return _load_source(task, split, data_dir)
+
+
+def _derived_part(task: Task, split: str, data_dir: Path | None) -> list[Example]:
+    import random
+
+    spec = task.derived_split
+    rows = _load_source(task, spec["source"], data_dir)
+    if spec["test_size"] >= len(rows):
+        raise DataError(f"task {task.name}: test_size {spec['test_size']} leaves no training rows in its "
+                        f"{len(rows)}-row source split")
+    order = list(range(len(rows)))
+    random.Random(spec["seed"]).shuffle(order)
+    test = set(order[: spec["test_size"]])
+    keep = [e for e in rows if (e.idx in test) == (split == "dev")]
+    return [Example(i, e.text_a, e.text_b, e.label) for i, e in enumerate(keep)]
+
+
+def _load_source(task: Task, split: str, data_dir: Path | None) -> list[Example]:
     if data_dir is None:
         return _load_hub(task, split)
     folder = Path(data_dir) / task.glue_dir
