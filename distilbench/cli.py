@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = runner.run()
         from rich.console import Console
         Console().print(summary_table(rows, runner.plan.task, cfg))
+        if runner.lost:
+            print(f"distilbench: {len(runner.lost)} run(s) lost with a worker that died ({', '.join(runner.lost)}); "
+                  "rerun the same command to train them", file=sys.stderr)
+            return 1
         return 0
     except UsageError as exc:
         print(f"distilbench: error: {exc}", file=sys.stderr)

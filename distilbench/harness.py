@@ -123,7 +123,7 @@ class SharedStages:
 def train(student: nn.Module, objective: Objective, teacher: TeacherSource | None, train_enc: Encoded,
           select_enc: Encoded, task: Task, cfg: RunConfig, seed: int, accelerator: Accelerator,
           epochs: float, lr: float, progress: Callable | None = None, teacher_train_enc: Encoded | None = None,
-          shared: SharedStages | None = None, micro_batch: int = 0) -> TrainResult:
+          shared: SharedStages | None = None, micro_batch: int = 0, *, only_shared: bool = False) -> TrainResult:
     if micro_batch and not objective.separable:
         raise ValueError(f"objective {objective.name} cannot run in micro-batches: its loss is not a mean of per-example losses")
     device = accelerator.device
@@ -134,6 +134,8 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
     best_state, t_start, n_examples = None, time.perf_counter(), 0
     for s_index, stage in enumerate(stages):
         last_stage = s_index == len(stages) - 1
+        if only_shared and not (stage.shared and shared is not None):
+            break  # building the shared stages before parallel workers start (Runner.prepare)
         stage_epochs = stage.epochs if stage.epochs is not None else epochs
         stage_lr = stage.lr if stage.lr is not None else lr
         objective.begin_stage(stage)

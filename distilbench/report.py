@@ -125,10 +125,50 @@ def _task_order(tasks, preferred: Sequence[str]) -> list[str]:
 def _cell_text(cell, modal_n: int) -> str:
     s = cell.stats
     text = fnum(s["mean"], 1) if s["n"] < 2 else f"{fnum(s['mean'], 1)} ± {fnum(s['std'], 2)}"
-    return text + (f" (n={s['n']})" if s["n"] != modal_n else "")
+    text += f" (n={s['n']})" if s["n"] != modal_n else ""
+    if cell.chance is not None and cell.chance.at_chance:
+        text += " (at chance)"
+    elif cell.unranked:
+        text += " (unchecked)"
+    return text
+
+
+def _majority_row(cells, tasks: list[str], lead: list[str]) -> list[str] | None:
+    """The majority-class score per task column (the floor every student must beat), or None when no task has one."""
+    row = list(lead)
+    for t in tasks:
+        found = sorted({round(c.chance.majority, 6) for c in cells if c.task == t and c.chance is not None
+                        and c.chance.applies and not math.isnan(c.chance.majority)})
+        row.append(" / ".join(fnum(v, 1) for v in found) if found else "–")
+    return row + ["–"] if any(v != "–" for v in row[len(lead):]) else None
+
+
+def chance_notes(cells, orders: dict) -> list[str]:
+    """Lines under a score table: what "at chance" means, and per task whether anything can be ranked."""
+    from .chance import ALPHA as CHANCE_ALPHA
+
+    checked = [c for c in cells if c.chance is not None and c.chance.applies]
+    if not checked:
+        return []
+    if not any(c.unranked for c in checked):
+        return [f"Every student cell is significantly above the majority-class score (one-sided, α = {CHANCE_ALPHA}, "
+                f"over seeds and over dev examples, `distilbench.chance`).", ""]
+    lines = [f"*at chance*: not significantly above the majority-class score (one-sided, α = {CHANCE_ALPHA}, both over "
+             f"seeds and over dev examples, `distilbench.chance`); such cells are never bold. *unchecked*: one seed and "
+             f"no stored predictions."]
+    for t in _task_order({c.task for c in checked}, orders.get("tasks", ())):
+        task_cells = [c for c in checked if c.task == t]
+        low = [c for c in task_cells if c.unranked]
+        if len(low) == len(task_cells):
+            lines.append(f"**{t}: every student cell is at chance: no objective can be ranked on this task at this size.**")
+        elif low:
+            lines.append(f"{t}: {len(low)} of {len(task_cells)} cells at chance (not ranked): "
+                         + ", ".join(sorted({c.label for c in low})) + ".")
+    return [line for x in lines for line in (x, "")]
 
 
 def _best(values: dict[Any, float], higher: bool) -> set:
+    """Keys of the best value; NaN (a cell that may not be ranked) never wins."""
     finite = {k: v for k, v in values.items() if not math.isnan(v)}
     if not finite:
         return set()
@@ -151,11 +191,26 @@ def _avg_higher(cells) -> bool:
 def _sections(cells, orders) -> list[tuple[tuple[str, str, str], list]]:
     from .stats import init_order
 
-    groups: dict[tuple[str, str, str], list] = {}
-    for c in cells:
-        groups.setdefault((c.teacher, c.init, c.student), []).append(c)
+    groups: dict[tuple[str, str, str, str], list] = {}
+    for c in cells:  # a cut dev set (--max-eval-examples) is never ranked beside the full one: its own table
+        groups.setdefault((c.teacher, c.init, c.student, dict(c.settings).get("max_eval_examples", "")), []).append(c)
     ranked = init_order((k[1] for k in groups), orders.get("inits", ()))
-    return sorted(groups.items(), key=lambda kv: (kv[0][0], ranked.index(kv[0][1]), kv[0][2]))
+    return sorted(groups.items(), key=lambda kv: (kv[0][0], ranked.index(kv[0][1]), kv[0][2], kv[0][3]))
+
+
+def settings_heading(cells) -> str:
+    """The non-default settings of a table's cells: those every cell shares once, the others per task."""
+    if not cells:
+        return ""
+    common = set(cells[0].settings)
+    for c in cells[1:]:
+        common &= set(c.settings)
+    parts = [", ".join(f"{k}={v}" for k, v in sorted(common))] if common else []
+    per_task: dict[str, set] = {}
+    for c in cells:
+        per_task.setdefault(c.task, set()).update(set(c.settings) - common)
+    parts += [f"{t}: " + ", ".join(f"{k}={v}" for k, v in sorted(extra)) for t, extra in sorted(per_task.items()) if extra]
+    return "; ".join(parts)
 
 
 def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
@@ -175,10 +230,10 @@ def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
             cell = by.get((label, t))
             row.append(_cell_text(cell, modal_n) if cell else "–")
             if cell:
-                means[(r, ci)] = cell.stats["mean"]
+                means[(r, ci)] = math.nan if cell.unranked else cell.stats["mean"]
                 task_means.append(cell.stats["mean"])
         avg = sum(task_means) / len(task_means) if len(task_means) == len(tasks) else math.nan
-        means[(r, len(tasks) + 1)] = avg
+        means[(r, len(tasks) + 1)] = avg if not any(math.isnan(means.get((r, ci), 0.0)) for ci in range(1, len(tasks) + 1)) else math.nan
         row.append(fnum(avg, 1))
         grid.rows.append(row)
     hib = {t: next(c.higher_is_better for c in cells if c.task == t) for t in tasks}
@@ -195,6 +250,9 @@ def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
     teacher.append(fnum(sum(values) / len(values), 1) if values and not any(math.isnan(v) for v in values) else "–")
     if any(v != "–" for v in teacher[1:]):
         grid.rows.append(teacher)
+    majority = _majority_row(cells, tasks, ["majority class"])
+    if majority:
+        grid.rows.append(majority)
     return grid
 
 
@@ -214,6 +272,7 @@ def inits_table(title: str, cells, orders: dict, modal_n: int) -> Grid | None:
     hib = {t: next(c.higher_is_better for c in cells if c.task == t) for t in tasks}
     by = {(c.label, c.init, c.task): c for c in cells}
     grid = Grid(title, ["Objective", "Init", *[f"{t} ({main[t]})" for t in tasks], "Avg"], align="llr")
+    all_cells = cells
     for label in labels:
         inits = init_order(inits_of[label], orders.get("inits", ()))
         first = len(grid.rows)
@@ -226,16 +285,20 @@ def inits_table(title: str, cells, orders: dict, modal_n: int) -> Grid | None:
                 cell = by.get((label, init, t))
                 row.append(_cell_text(cell, modal_n) if cell else "–")
                 if cell:
-                    means[(r, ci)] = cell.stats["mean"]
+                    means[(r, ci)] = math.nan if cell.unranked else cell.stats["mean"]
                     task_means.append(cell.stats["mean"])
             avg = sum(task_means) / len(task_means) if len(task_means) == len(tasks) else math.nan
-            means[(r, len(tasks) + 2)] = avg
+            ranked = not any(math.isnan(means.get((r, ci), 0.0)) for ci in range(2, len(tasks) + 2))
+            means[(r, len(tasks) + 2)] = avg if ranked else math.nan
             row.append(fnum(avg, 1))
             grid.rows.append(row)
         for ci, t in enumerate([*tasks, None], start=2):
             column = {r: means[(r, ci)] for r in range(first, first + len(inits)) if (r, ci) in means}
             for r in _best(column, hib[t] if t else _avg_higher(cells)):
                 grid.bold.add((r, ci))
+    majority = _majority_row(all_cells, tasks, ["majority class", ""])
+    if majority:
+        grid.rows.append(majority)
     return grid
 
 
@@ -295,7 +358,12 @@ def plot_scores(path: Path, title: str, cells, labels: list[str]) -> None:
     teacher = sorted({t for c in cells for t in c.teacher_scores})
     if len(teacher) == 1:
         ax.axhline(teacher[0], color="tab:red", linestyle="--", linewidth=1, label="teacher")
-        ax.legend(loc="lower right", fontsize=7)
+    majority = sorted({round(c.chance.majority, 6) for c in cells
+                       if c.chance is not None and c.chance.applies and not math.isnan(c.chance.majority)})
+    if len(majority) == 1:
+        ax.axhline(majority[0], color="tab:gray", linestyle=":", linewidth=1.2, label="majority class")
+    if len(teacher) == 1 or len(majority) == 1:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the data
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel(f"{cells[0].main_score} × 100")
@@ -362,12 +430,21 @@ def cells_csv_rows(cells) -> list[list[str]]:
         out.append([c.task, c.objective, c.label, c.init, c.teacher, c.student, c.config_hash, c.setting, c.main_score,
                     str(s["n"]), " ".join(str(x) for x in c.seeds), fcsv(s["mean"]), fcsv(s["std"]), fcsv(s["ci_low"]),
                     fcsv(s["ci_high"]), " ".join(fcsv(c.scores[x]) for x in c.seeds),
-                    " ".join(fcsv(t) for t in c.teacher_scores)])
+                    " ".join(fcsv(t) for t in c.teacher_scores), *_chance_csv(c)])
     return out
 
 
 CELLS_HEADER = ["task", "objective", "label", "init", "teacher", "student", "config_hash", "setting", "main_score", "n",
-                "seeds", "mean", "std", "ci_low", "ci_high", "scores", "teacher_score"]
+                "seeds", "mean", "std", "ci_low", "ci_high", "scores", "teacher_score", "majority", "chance_seed_p",
+                "chance_example_p", "at_chance"]
+
+
+def _chance_csv(c) -> list[str]:
+    ch = c.chance
+    if ch is None or not ch.applies:
+        return ["", "", "", "n/a"]
+    return [fcsv(ch.majority), fpcsv(ch.seed_p), fpcsv(ch.example_p),
+            "unchecked" if ch.at_chance is None else str(bool(ch.at_chance)).lower()]
 COMPARISONS_HEADER = ["task", "a", "b", "n", "mean_diff", "ci_low", "ci_high", "t_p", "wilcoxon_p", "holm_p",
                       "mismatched", "kind", "family", "a_config_hash", "b_config_hash", "note"]
 
@@ -473,6 +550,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     if not cells:
         raise UsageError(f"no finished student runs in {results or 'the given rows'}: nothing to report; "
                          "run `distilbench run` or `distilbench suite` first")
+    cells = with_checks(cells, rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in _GENERATED + _OPTIONAL:
@@ -501,18 +579,22 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
            f"- **Report built with:** {_builder_versions()}",
            "- **Config hashes:** one per cell (the run identity without the seed), in [§5 Cells](#5-cells) and "
            "`cells.csv`",
+           f"- **Settings that differ from the defaults:** {settings_heading(cells) or 'none'}",
+           *[f"- **Task `{t}`:** {p}" for t, p in _provenance(cells)],
            "",
            f"Scores are the dev main score × 100 (mean ± std over seeds, std with ddof=1; n={modal_n} seeds unless "
            f"marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
            "", "## 1. Objectives × tasks", ""]
     multi = len(sections) > 1
-    for k, ((teacher, init, student), members) in enumerate(sections, start=1):
+    for k, ((teacher, init, student, dev_cut), members) in enumerate(sections, start=1):
         heading = f"Teacher `{teacher}`, init `{init}`" + (f", student `{student}`" if student != f"{teacher}[{init}]" else "")
-        grid = objectives_table(heading, members, orders, modal_n)
+        cut = settings_heading(members)
+        grid = objectives_table(heading + (f" ({cut})" if cut else ""), members, orders, modal_n)
         tables.append(grid)
-        md += [f"### 1.{k} {heading}" if multi else f"### {heading}", "",
-               "**Bold**: best in the column. Avg: mean over the tasks, only for rows with every task.", "",
-               grid.markdown(), ""]
+        md += [f"### 1.{k} {heading}" if multi else f"### {heading}", ""]
+        md += [f"Settings that differ from the defaults: {cut}.", ""] if cut else []
+        md += ["**Bold**: best in the column among cells above chance. Avg: mean over the tasks, only for rows with "
+               "every task.", "", grid.markdown(), "", *chance_notes(members, orders)]
 
     # 2. inits
     md += ["## 2. Student initialisation", ""]
@@ -569,7 +651,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
             suffix = f"-{numbered[c.task]}" if per_task[c.task] > 1 else ""
             name = f"significance-{_slug(c.task)}-{kind}{suffix}.png"
             grid = significance_grid(what + extra, fam, names)
-            md += [f"#### {what}{extra}", "", grid.markdown(), ""]
+            md += [f"#### {what}{extra}", "", grid.markdown(), "", detectable_line(fam), ""]
             plot_significance(out / name, (what + extra).replace("`", ""), fam, names)
             plots.append((name, what + extra))
             files.append(out / name)
@@ -582,7 +664,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
 
     # 4. plots
     score_plots: list[tuple[str, str]] = []
-    for k, ((teacher, init, student), members) in enumerate(sections, start=1):
+    for k, ((teacher, init, student, dev_cut), members) in enumerate(sections, start=1):
         labels_all = objective_order((c.label for c in members), orders.get("objectives", ()))
         for task in _task_order((c.task for c in members), orders.get("tasks", ())):
             task_cells = [c for c in members if c.task == task]
@@ -593,7 +675,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
             files.append(out / name)
             score_plots.append((name, caption))
     md += ["## 4. Plots", "", "Per-seed scores (points), mean (bar) and 95% t confidence interval per objective; the "
-           "dashed line is the teacher.", ""]
+           "dashed red line is the teacher, the dotted grey line the majority class.", ""]
     for name, caption in score_plots:
         md += [f"![{caption}]({name})", ""]
     md += ["Significance heat maps (signed −log10 of the Holm-corrected p; red: the row is higher).", ""]
@@ -646,6 +728,73 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
                           f"(Holm p < {ALPHA})" + (f", {len(fam) - len(tested)} n/a" if len(tested) < len(fam) else ""))
         console.print(f"report written to {out}/README.md")
     return Report(out, cells, comparisons, tables, files)
+
+
+def with_checks(cells, rows) -> list:
+    """The cells with their signal check (:mod:`distilbench.chance`) and non-default settings, from their rows."""
+    import dataclasses
+
+    from .chance import check_rows
+    from .stats import CELL_KEYS
+
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault(tuple(str(r.get(k)) for k in CELL_KEYS), []).append(r)
+    return [dataclasses.replace(c, chance=check_rows(by[c.key]), settings=_settings_of(by[c.key])) for c in cells]
+
+
+def _settings_of(rows: list[dict]) -> tuple[tuple[str, str], ...]:
+    """Non-default settings shared by a cell's rows: stored ones (``extra.settings``), else those of the identity's
+    hyper-parameters (rows written before settings were stored)."""
+    import dataclasses
+
+    from .config import RunConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    found = None
+    for r in rows:
+        stored = _extra(r).get("settings")
+        if stored is None:
+            hp = (r.get("params") or {}).get("hparams") or {}
+            stored = {k: v for k, v in hp.items() if k in defaults and v != defaults[k]}
+        items = {(str(k), str(v)) for k, v in stored.items()}
+        found = items if found is None else found & items
+    return tuple(sorted(found or ()))
+
+
+def _provenance(cells) -> list[tuple[str, str]]:
+    from .errors import UsageError
+    from .tasks import get_task
+
+    out = []
+    for t in sorted({c.task for c in cells}):
+        try:
+            note = get_task(t).provenance
+        except UsageError:
+            note = None
+        if note:
+            out.append((t, note))
+    return out
+
+
+def detectable_line(fam) -> str:
+    """The smallest paired difference the family's design could detect (α = 0.05, power 0.8, paired t over seeds)."""
+    from .chance import ALPHA as A, POWER, detectable_difference, pooled_sd
+
+    diffs = []
+    for cmp in fam:
+        if cmp.result.mismatched_seeds or cmp.result.n < 2:
+            continue
+        a, b = cmp.a_cell.scores, cmp.b_cell.scores
+        diffs.append([a[s] - b[s] for s in sorted(a)])
+    if not diffs:
+        return "Smallest detectable paired difference: n/a (fewer than 2 shared seeds)."
+    n = len(diffs[0]) if len({len(d) for d in diffs}) == 1 else min(len(d) for d in diffs)
+    sd = pooled_sd(diffs)
+    mde = detectable_difference(sd, n)
+    return (f"Smallest detectable paired difference: **{fnum(mde, 2)} points** (two-sided α = {A}, power {POWER}, "
+            f"n = {n} seeds, pooled sd of the paired differences {fnum(sd, 2)} over {len(diffs)} pair{'s' if len(diffs) > 1 else ''}; before Holm, "
+            f"which needs more). A difference below it that is not significant is inconclusive, not absent.")
 
 
 def _extra(row: dict) -> dict:

@@ -5,6 +5,7 @@ finishes, so a run killed half-way keeps what it finished and the same command c
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .config import RunConfig, stable_hash
+from .config import RunConfig, nondefault_settings, stable_hash
 from .data import Encoded, encode, fingerprint, selection_split, subsample
-from .errors import UsageError
+from .errors import TrainingDiverged, UsageError
 from .harness import SharedStages, TeacherSource, evaluate, make_accelerator, predict, train
 from .metrics import compute_metrics
 from .inits import InitPlan, build_student, copy_layers, parse_init
@@ -193,9 +194,12 @@ class Runner:
         self.team: list[tuple] = []  # (record, loaded model, tokenizer) per member, see prepare_team
         self._encoded: dict[tuple, Encoded] = {}
 
+    prefix = ""  # a worker process's tag on its lines ("w1: ")
+    lost: list[str] = []  # runs lost with a worker process that died (--workers): a rerun trains them
+
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:
-            self.console.print(message)
+            self.console.print(self.prefix + message)
 
     # -- progress -------------------------------------------------------------------------------------------------
     def _progress(self, label: str):
@@ -223,13 +227,13 @@ class Runner:
         return bar, update
 
     def _train(self, model, objective, teacher, train_enc, select_enc, seed, epochs, lr, label, teacher_train_enc=None, shared=None,
-               micro_batch=0):
+               micro_batch=0, only_shared=False):
         bar, update = self._progress(label)
         if bar:
             bar.start()
         try:
             return train(model, objective, teacher, train_enc, select_enc, self.plan.task, self.cfg, seed, self.accelerator,
-                         epochs, lr, update, teacher_train_enc, shared, micro_batch)
+                         epochs, lr, update, teacher_train_enc, shared, micro_batch, only_shared=only_shared)
         finally:
             if bar:
                 bar.stop()
@@ -280,28 +284,77 @@ class Runner:
         return record
 
     # -- students -------------------------------------------------------------------------------------------------
-    def run(self) -> list[dict]:
+    def pending(self) -> tuple[TeacherRecord, list[tuple]]:
+        """The teacher (fine-tuned or from the cache), the team, and the (objective, seed) runs not stored yet."""
         plan, cfg = self.plan, self.cfg
         record = self.teacher()
         team = self.prepare_team()
         todo = []
         for objective in plan.objectives:
             for seed in plan.seeds:
-                identity = run_identity(plan, objective, record, seed, team if getattr(objective, "multi_teacher", False) else None)
-                key = run_key(identity)
+                key = run_key(self.identity(objective, record, seed, team))
                 if cfg.force or not plan.store.has(key):
-                    todo.append((objective, seed, identity, key))
-        if todo:
-            self.log(f"{len(todo)} run(s) to train; {len(plan.objectives) * len(plan.seeds) - len(todo)} already in {cfg.results}")
-            teacher_net = load_teacher(record, plan.task)
-            for objective, seed, identity, key in todo:
-                row = self.run_one(objective, seed, identity, key, record, teacher_net)
-                if self.accelerator.is_main_process:
-                    plan.store.put(row, replace=cfg.force)
-        rows = [plan.store.get(run_key(run_identity(plan, o, record, s, team if getattr(o, "multi_teacher", False) else None)))
-                for o in plan.objectives for s in plan.seeds]
-        plan.store.close()  # a suite runs many Runners: release each one's connection
+                    todo.append((objective, seed))
+        done = len(plan.objectives) * len(plan.seeds) - len(todo)
+        if done:
+            self.log(f"{done} run(s) already stored in {cfg.results}, skipped")
+        return record, todo
+
+    def identity(self, objective, record, seed, team=None) -> dict:
+        team = self.team_records if team is None else team
+        return run_identity(self.plan, objective, record, seed, team if getattr(objective, "multi_teacher", False) else None)
+
+    def teacher_net(self, record: TeacherRecord):
+        return load_teacher(record, self.plan.task)
+
+    def jobs(self, todo: list[tuple], record: TeacherRecord, teacher_net) -> list:
+        """Workers' jobs for ``todo``, after building what the runs share (caches, shared stages) here, once."""
+        from .workers import Job
+
+        for objective in dict.fromkeys(o for o, _ in todo):
+            self.prepare(objective, record, teacher_net)
+        values = dataclasses.asdict(self.cfg)
+        return [Job(values, self.plan.objectives.index(o), seed, f"{self.plan.task.name}/{o.name} seed {seed}")
+                for o, seed in todo]
+
+    def run_and_store(self, objective, seed, record, teacher_net, prefix: str = "") -> None:
+        """Train one seed of one objective (unless stored) and write its row."""
+        key = run_key(self.identity(objective, record, seed))
+        if not self.cfg.force and self.plan.store.has(key):
+            return
+        if prefix:
+            self.prefix = prefix
+        row = self.run_one(objective, seed, self.identity(objective, record, seed), key, record, teacher_net)
+        if self.accelerator.is_main_process:
+            self.plan.store.put(row, replace=self.cfg.force)
+
+    def rows(self, record: TeacherRecord) -> list[dict]:
+        plan = self.plan
+        rows = [plan.store.get(run_key(self.identity(o, record, s))) for o in plan.objectives for s in plan.seeds]
         return [r for r in rows if r is not None]
+
+    def run(self) -> list[dict]:
+        from .workers import resolve, run_jobs
+
+        plan, cfg = self.plan, self.cfg
+        record, todo = self.pending()
+        if todo:
+            self.log(f"{len(todo)} run(s) to train")
+            teacher_net = self.teacher_net(record)
+            processes, threads = resolve(cfg.workers, len(todo), self.accelerator.device.type != "cpu")
+            if processes > 1 and self.accelerator.num_processes == 1:
+                outcome = run_jobs(self.jobs(todo, record, teacher_net), processes, threads, self.log)
+                if outcome["diverged"]:
+                    raise TrainingDiverged("; ".join(outcome["diverged"]))
+                if outcome["failed"]:
+                    raise RuntimeError("worker run(s) failed: " + "; ".join(outcome["failed"]))
+                self.lost = outcome["lost"]
+            else:
+                for objective, seed in todo:
+                    self.run_and_store(objective, seed, record, teacher_net)
+        rows = self.rows(record)
+        plan.store.close()  # a suite runs many Runners: release each one's connection
+        return rows
 
     def prepare_team(self) -> list[TeacherRecord]:
         """A multi-teacher objective's team: every member fine-tuned (or reused) and scored, then loaded once with its
@@ -310,17 +363,15 @@ class Runner:
         self.team = [(r, load_teacher(r, self.plan.task), load_tokenizer(str(r.path))) for r in self.team_records]
         return self.team_records
 
-    def fit(self, objective_cls, seed, record, teacher_net):
-        """Build seed ``seed``'s student and objective, train them (and an objective's candidates), choosing on the
-        selection split only: dev is not touched here (``distilbench search`` calls this alone)."""
+    def _build(self, objective_cls, seed, teacher_net, log: bool = True):
+        """Seed ``seed``'s student (built from its init), its tokenizer, and the objective instance for it."""
         plan, cfg, task = self.plan, self.cfg, self.plan.task
-        train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
         student, mapping = build_student(plan.init, teacher_net, seed,
                                          lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
         tokenizer = load_tokenizer(plan.init.pretrained) if plan.init.pretrained else self.tokenizer
-        own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
-        for line in mapping:
-            self.log(f"  init: {line}")
+        if log:
+            for line in mapping:
+                self.log(f"  init: {line}")
         multi = getattr(objective_cls, "multi_teacher", False)
         team_nets = [net for _, net, _ in self.team] if multi else []
         team_info = [{"name": r.name, "params": sum(p.numel() for p in net.parameters()),
@@ -331,35 +382,69 @@ class Runner:
                                           student_heads=student.config.num_attention_heads,
                                           teacher_heads=teacher_net.config.num_attention_heads, teacher_model=teacher_net,
                                           seed=seed, team=team_info, student_params=sum(p.numel() for p in student.parameters())))
-        teacher = None
+        return student, tokenizer, objective, mapping, multi
+
+    def _teacher_source(self, objective, record, teacher_net, own_tokens: bool, multi: bool):
+        """What the objective reads from its teacher(s): cached outputs where they cover it (built here, once, on
+        first use), else the live teacher."""
+        plan, cfg = self.plan, self.cfg
         if multi:  # logits only: each member's logits over the whole train file, computed once on its own tokenisation
             caches = [teacher_logits(r, self._encode(tok, plan.train_all), plan.train_rows,
                                      lambda enc, net=net: self._logits(net, enc), f"{r.key}:{cfg.max_length}")
                       for r, net, tok in self.team]
-            teacher = TeacherSource(team_nets, objective.needs, caches)
-        elif objective.uses_teacher:
-            cache = outputs = None
-            layers = sorted({t for _, t in plan.pairs})
-            logits_only = objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned)
-            if cfg.teacher_cache != "off" and (logits_only or objective.teacher_cache):
-                # a frozen teacher's outputs never change: computed once (logits; and the mapped layers' hidden states,
-                # scores, values) and read from disk by every epoch, seed and objective; the teacher does not run
-                # the teacher's key names its weights and tokenizer; hashing its folder would also hash the caches kept there
-                tokenisation = f"{record.key}:{cfg.max_length}"
-                enc_all = self._encode(self.tokenizer, plan.train_all)
-                cache = [teacher_logits(record, enc_all, plan.train_rows, lambda enc: self._logits(teacher_net, enc), tokenisation)]
-                if not logits_only:
-                    outputs = [open_or_build(record.path, record.key, enc_all, tokenisation, layers, parts_for(objective.needs),
-                                             cfg.teacher_cache, lambda b: self._teacher_outputs(teacher_net, b, objective.needs),
-                                             teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log)]
-            teacher = TeacherSource([teacher_net], objective.needs, cache, own_tokens, outputs, layers)
+            return TeacherSource([net for _, net, _ in self.team], objective.needs, caches)
+        if not objective.uses_teacher:
+            return None
+        cache = outputs = None
+        layers = sorted({t for _, t in plan.pairs})
+        logits_only = objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned)
+        if cfg.teacher_cache != "off" and (logits_only or objective.teacher_cache):
+            # a frozen teacher's outputs never change: computed once (logits; and the mapped layers' hidden states,
+            # scores, values) and read from disk by every epoch, seed and objective; the teacher does not run
+            # the teacher's key names its weights and tokenizer; hashing its folder would also hash the caches kept there
+            tokenisation = f"{record.key}:{cfg.max_length}"
+            enc_all = self._encode(self.tokenizer, plan.train_all)
+            cache = [teacher_logits(record, enc_all, plan.train_rows, lambda enc: self._logits(teacher_net, enc), tokenisation)]
+            if not logits_only:
+                outputs = [open_or_build(record.path, record.key, enc_all, tokenisation, layers, parts_for(objective.needs),
+                                         cfg.teacher_cache, lambda b: self._teacher_outputs(teacher_net, b, objective.needs),
+                                         teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log)]
+        return TeacherSource([teacher_net], objective.needs, cache, own_tokens, outputs, layers)
+
+    def _shared(self, objective, record, tokenizer) -> SharedStages | None:
+        """Where an objective's shared stages (TED's Stage I) are trained once and kept, or None when it has none."""
+        cfg, plan = self.cfg, self.plan
+        if not any(stage.shared for stage in objective.stages()):
+            return None
+        teacher_part = split_for_teacher(cfg, plan.train_all)[0]
+        return SharedStages(self._encode(tokenizer, teacher_part), cfg.teacher_seed, record.path / "stages",
+                            stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]))
+
+    def prepare(self, objective_cls, record, teacher_net) -> None:
+        """Build, once, what every seed of ``objective_cls`` shares: the teacher-output caches and the shared stages
+        (TED's Stage I). Workers started after this only read them (``--workers``)."""
+        plan, cfg = self.plan, self.cfg
+        seed = plan.seeds[0]
+        student, tokenizer, objective, _, multi = self._build(objective_cls, seed, teacher_net, log=False)
+        own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
+        teacher = self._teacher_source(objective, record, teacher_net, own_tokens, multi)
+        shared = self._shared(objective, record, tokenizer)
+        if shared is not None:
+            train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
+            self._train(student, objective, teacher, self._encode(tokenizer, train_part), self._encode(tokenizer, select_part),
+                        seed, cfg.epochs, cfg.lr, f"{objective.name} shared stages", None, shared, only_shared=True)
+
+    def fit(self, objective_cls, seed, record, teacher_net):
+        """Build seed ``seed``'s student and objective, train them (and an objective's candidates), choosing on the
+        selection split only: dev is not touched here (``distilbench search`` calls this alone)."""
+        plan, cfg, task = self.plan, self.cfg, self.plan.task
+        train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
+        student, tokenizer, objective, mapping, multi = self._build(objective_cls, seed, teacher_net)
+        own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
+        teacher = self._teacher_source(objective, record, teacher_net, own_tokens, multi)
         teacher_train_enc = self._encode(self.tokenizer, train_part) if own_tokens and teacher and not teacher.covered(0) else None
         label = f"{objective.name} seed {seed}"
-        shared = None
-        if any(stage.shared for stage in objective.stages()):
-            teacher_part = split_for_teacher(cfg, plan.train_all)[0]
-            shared = SharedStages(self._encode(tokenizer, teacher_part), cfg.teacher_seed, record.path / "stages",
-                                  stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]))
+        shared = self._shared(objective, record, tokenizer)
         train_enc, select_enc = self._encode(tokenizer, train_part), self._encode(tokenizer, select_part)
         result = self._train(student, objective, teacher, train_enc, select_enc, seed, cfg.epochs, cfg.lr, label, teacher_train_enc, shared)
         candidates = objective.candidates()
@@ -408,6 +493,7 @@ class Runner:
                 "extra": {"layer_mapping": mapping, "best_epoch": result.best_epoch, "history": result.history,
                           "select_score": result.best_select_score, "teacher_key": record.key,
                           "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
+                          "settings": nondefault_settings(cfg),  # what the table titles must say (cut-down data, ...)
                           "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
                           "student_params": sum(p.numel() for p in student.parameters()),
@@ -448,17 +534,27 @@ def _per_example(values, regression: bool) -> list:
     return [round(float(x), 6) for x in values] if regression else [int(x) for x in values]
 
 
+def settings_text(settings: dict) -> str:
+    """``name=value`` of the non-default settings, sorted, for titles ("" when every option is at its default)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+
+
 def summary_table(rows: list[dict], task: Task, cfg: RunConfig):
-    """Per-seed dev scores of each objective side by side, mean ± std, the teacher's score."""
+    """Per-seed dev scores of each objective side by side, mean ± std, the teacher's and the majority class's score,
+    and the signal check: an objective not significantly above the majority class is marked "at chance"."""
+    from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
+
+    from .chance import MARK, check_rows
 
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["objective"], r["seed"]): r for r in rows}
-    from rich.markup import escape
-
+    checks = {o: check_rows([r for r in rows if r["objective"] == o]) for o in objectives}
+    cut = settings_text(nondefault_settings(cfg))
     title = f"{task.name} dev {task.main_score} (%), student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}"
-    table = Table(title=escape(title))  # "mpnet-base[layers:1,2,3]" is not rich markup
+    table = Table(title=escape(title) + (f"\n{escape(cut)}" if cut else ""))  # "mpnet-base[layers:1,2,3]" is not markup
     table.add_column("seed")
     for o in objectives:
         table.add_column(o, justify="right")
@@ -467,8 +563,23 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig):
     stats = []
     for o in objectives:
         scores = np.array([100 * by[(o, s)]["score"] for s in seeds if (o, s) in by])
-        stats.append(f"{scores.mean():.2f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.2f}")
+        stats.append(f"{scores.mean():.2f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.2f}"
+                     + (f" ({MARK})" if checks[o].at_chance else ""))
     table.add_row("mean ± std", *stats, end_section=True)
     if rows:
         table.add_row("teacher", *[f"{100 * rows[0]['teacher_score']:.2f}"] * len(objectives))
-    return table
+    majority = next((c.majority for c in checks.values() if c.applies and not np.isnan(c.majority)), None)
+    if majority is not None:
+        table.add_row("majority class", *[f"{majority:.2f}"] * len(objectives))
+    notes = []
+    low = [o for o in objectives if checks[o].at_chance]
+    if low:
+        what = ("every objective is" if len(low) == len(objectives) else ", ".join(low) + (" is" if len(low) == 1 else " are"))
+        notes.append(f"[bold red]{MARK}: {what} not significantly above the majority class ({majority:.2f}) on "
+                     f"{task.name} dev (one-sided, α = 0.05, over seeds and over dev examples)"
+                     + (": no objective can be ranked on this task at this size.[/]" if len(low) == len(objectives)
+                        else ": never ranked.[/]"))
+    unchecked = [o for o in objectives if checks[o].applies and checks[o].at_chance is None]
+    if unchecked:
+        notes.append(f"not checked against the majority class: {', '.join(unchecked)} ({checks[unchecked[0]].reason})")
+    return Group(table, *notes) if notes else table

@@ -159,6 +159,15 @@ class Cell:
     higher_is_better: bool
     scores: dict[int, float] = field(hash=False)  # seed -> score (scaled)
     teacher_scores: tuple[float, ...] = ()  # distinct teacher dev scores of the rows (scaled)
+    # set by the report (dataclasses.replace): the signal check (distilbench.chance.ChanceResult) and the settings
+    # that differ from the defaults ({name: value}), from the cell's rows
+    chance: Any = field(default=None, hash=False, compare=False)
+    settings: tuple[tuple[str, str], ...] = field(default=(), hash=False, compare=False)
+
+    @property
+    def unranked(self) -> bool:
+        """Never bold "best": at chance, or a classification cell that could not be checked."""
+        return bool(self.chance is not None and self.chance.unranked)
 
     @property
     def seeds(self) -> list[int]:

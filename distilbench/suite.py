@@ -241,7 +241,13 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     rows: list[dict] = []
     inits: list[str] = []
     failed: list[str] = []
-    for i, cfg in enumerate(configs, start=1):
+    from .workers import resolve
+
+    if resolve(configs[0].workers, 2)[0] > 1:  # every cell's runs into one pool of workers
+        cell_rows, failed = _run_pooled(configs, console)
+        rows = [r for part in cell_rows for r in part]
+        inits = [r["init"] for r in rows]
+    for i, cfg in enumerate(configs if resolve(configs[0].workers, 2)[0] == 1 else [], start=1):
         label = f"{cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}"
         console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}, seeds {cfg.seed_list}")
         try:
@@ -262,6 +268,33 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
         console.print(f"[bold red]{len(failed)} cell(s) diverged:[/]\n" + "\n".join(failed))
         return 1
     return 0
+
+
+def _run_pooled(configs: list[RunConfig], console) -> tuple[list[list[dict]], list[str]]:
+    """--workers N in a suite: each cell's teacher, caches and shared stages first, cell by cell in this process;
+    then every cell's pending runs in one pool of workers; then each cell's stored rows."""
+    from . import runner
+    from .workers import resolve, run_jobs
+
+    prepared, jobs = [], []
+    for i, cfg in enumerate(configs, start=1):
+        console.print(f"[bold]cell {i}/{len(configs)}[/]: {cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}, "
+                      f"seeds {cfg.seed_list}: teacher and shared parts")
+        r = runner.Runner(cfg, console=console)
+        record, todo = r.pending()
+        if todo:
+            jobs += r.jobs(todo, record, r.teacher_net(record))
+        prepared.append((r, record))
+    failed: list[str] = []
+    if jobs:
+        processes, threads = resolve(configs[0].workers, len(jobs))
+        outcome = run_jobs(jobs, processes, threads, console.print)
+        failed = outcome["diverged"] + outcome["failed"] + [f"{x}: its worker died" for x in outcome["lost"]]
+    out = []
+    for r, record in prepared:
+        out.append(r.rows(record))
+        r.plan.store.close()
+    return out, failed
 
 
 def main(args: dict[str, Any], command: str) -> int:

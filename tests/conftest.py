@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+# one process per run unless a test asks for more: a spawned worker costs seconds of start-up, a tiny run less than one
+os.environ.setdefault("DISTILBENCH_WORKERS", "1")
 
 GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 

@@ -25,6 +25,7 @@ COMMAND = "distilbench report --results runs/golden.sqlite --out reports/golden"
 TASKS = {"rte": 0.62, "mrpc": 0.80}
 OBJECTIVES = {"none": 0.0, "kd": 0.015, "att-kl": 0.03}
 INITS = {"layers:1,2,3": 0.02, "layers:4,8,12": 0.0}
+MAJORITY = {"rte": 0.5271, "mrpc": 0.748}  # stored majority-class scores: the signal check's floor
 SEED_EFFECT = [0.01, -0.012, 0.003]  # shared by every cell of a seed: pairing removes it
 NOISE = [[0.0040, -0.0060, 0.0010], [-0.0020, 0.0050, -0.0030], [0.0070, 0.0000, -0.0045],
          [-0.0050, -0.0015, 0.0060], [0.0010, 0.0035, -0.0025]]
@@ -52,7 +53,8 @@ def hand_rows() -> list[dict]:
                                  "score": score, "teacher_score": base + 0.08, "metrics": {"score": score},
                                  "params": identity, "git_rev": "0123456789ab",
                                  "versions": {"distilbench": "0.1.0", "python": "3.11.9", "torch": "2.13.0"},
-                                 "created_at": f"2025-01-0{seed + 1}T00:00:00+00:00", "extra": {"best_epoch": 1}})
+                                 "created_at": f"2025-01-0{seed + 1}T00:00:00+00:00",
+                                 "extra": {"best_epoch": 1, "majority": MAJORITY[task]}})
     return rows
 
 
@@ -152,7 +154,7 @@ def test_tables_bold_best_and_mark_missing_seed(store_rows, tmp_path):
     assert first.header == ["Objective", "rte (accuracy)", "mrpc (combined)", "Avg"] or \
         first.header == ["Objective", "mrpc (combined)", "rte (accuracy)", "Avg"]
     labels = [r[0] for r in first.rows]
-    assert labels == ["none", "kd", "att-kl", "teacher"]
+    assert labels == ["none", "kd", "att-kl", "teacher", "majority class"]
     # att-kl has the largest effect: bold in every column, including Avg
     att = labels.index("att-kl")
     assert {(att, c) for c in range(1, 4)} <= first.bold

@@ -169,13 +169,13 @@ def test_a_killed_workers_trial_is_retried(tiny_run_args, tmp_path):
     log = open(tmp_path / "worker.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "distilbench", *argv], cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
-    def running():  # started and its parameters drawn (killed before that, the retry has nothing to repeat)
-        try:
-            return any(t.state.name == "RUNNING" and t.params for t in _study(url, "killed").trials)
+    def running():  # started, every parameter drawn and seed 0 reported (killed before that, the retry would have
+        try:            # fewer parameters to repeat than the search space: under load, lr was drawn but alpha_kd not yet)
+            return any(t.state.name == "RUNNING" and t.intermediate_values for t in _study(url, "killed").trials)
         except KeyError:
             return False
 
-    _wait_for(running, 240, "the first trial to start and draw its parameters")
+    _wait_for(running, 240, "the first trial to draw its parameters and report seed 0")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     log.close()

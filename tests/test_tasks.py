@@ -14,7 +14,7 @@ from distilbench.tasks import TASKS, Example, Task, _task_dir, _tsv_lines, get_t
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data/glue)")
 
-ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli"}
+ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli", "qnli-devsplit"}
 
 
 # --------------------------------------------------------------------------- registry
@@ -266,3 +266,21 @@ def test_task_is_frozen() -> None:
     with pytest.raises(AttributeError):
         get_task("rte").name = "x"  # type: ignore[misc]
     assert isinstance(get_task("rte"), Task)
+
+
+def test_qnli_devsplit_is_a_fixed_disjoint_split_of_qnli_dev(glue_dir):
+    """Both splits come from GLUE QNLI dev (no train split offline): 2,000 test rows, the rest train, disjoint, the
+    same every time, and the task says where its data comes from."""
+    from distilbench.tasks import get_task, load_split
+
+    task, qnli = get_task("qnli-devsplit"), get_task("qnli")
+    dev = load_split(qnli, "dev", glue_dir)
+    train, test = load_split(task, "train", glue_dir), load_split(task, "dev", glue_dir)
+    assert (len(train), len(test)) == (3463, 2000) and len(train) + len(test) == len(dev)
+    key = lambda e: (e.text_a, e.text_b, e.label)  # noqa: E731
+    assert sorted(map(key, train + test)) == sorted(map(key, dev))  # a partition of QNLI dev, nothing else
+    assert not set(map(key, train)) & set(map(key, test))
+    assert [e.idx for e in test] == list(range(2000))
+    assert load_split(task, "dev", glue_dir) == test  # fixed seed: the same split every time
+    assert "NOT GLUE QNLI" in task.provenance and get_task("qnli-dev-split") is task
+    assert task.majority_score([e.label for e in test]) == 0.508
