@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from distilbench.chance import check, check_rows, detectable_difference, example_test, pooled_sd, seed_test
-from distilbench.config import stable_hash
 from distilbench.report import build_report
-from distilbench.store import run_key
+from rows import student_row
 
 N = 200
 LABELS = [int(x) for x in (np.random.default_rng(3).random(N) < 0.55)]  # class 1 is the majority (~55%)
@@ -28,22 +27,12 @@ def _rows(objectives=(("none", 0.0), ("kd", 0.9)), seeds=(0, 1, 2), predictions=
     rows = []
     for objective, right in objectives:
         for seed in seeds:
-            identity = {"task": "rte", "task_version": "1.0", "objective": objective, "objective_version": "1.0",
-                        "objective_params": {}, "init": "layers:1,2,3", "student": "mpnet-base[layers:1,2,3]",
-                        "student_weights": None, "teacher": "mpnet-base", "teacher_key": "rte-t", "dev": "rte-dev",
-                        "hparams": {"epochs": 1.0, "max_train_examples": 64}, "seed": seed}
             preds = _preds(right, seed)
-            score = sum(p == y for p, y in zip(preds, LABELS)) / N
             extra = {"majority": max(np.mean(LABELS), 1 - np.mean(LABELS)),
                      "settings": {"epochs": 1.0, "max_train_examples": 64}}
             if predictions:
                 extra |= {"dev_predictions": preds, "dev_labels": LABELS}
-            rows.append({"run_key": run_key(identity), "kind": "student", "task": "rte", "task_version": "1.0",
-                         "objective": objective, "objective_version": "1.0", "init": "layers:1,2,3",
-                         "teacher": "mpnet-base", "student": identity["student"], "seed": seed,
-                         "config_hash": stable_hash({k: v for k, v in identity.items() if k != "seed"}),
-                         "score": score, "teacher_score": 0.7, "metrics": {"accuracy": score, "score": score},
-                         "params": identity, "extra": extra})
+            rows.append(student_row(objective, seed, preds, LABELS, extra, {"epochs": 1.0, "max_train_examples": 64}))
     return rows
 
 

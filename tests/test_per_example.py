@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from distilbench.cli import main
-from distilbench.config import stable_hash
 from distilbench.metrics import compute_metrics
 from distilbench.per_example import batched_score, mcnemar, per_example_test
 from distilbench.report import build_report
-from distilbench.store import ResultsStore, run_key
+from distilbench.store import ResultsStore
 from distilbench.tasks import get_task
+from rows import student_row
 
 
 def test_mcnemar_by_hand():
@@ -136,21 +136,11 @@ def _rows(with_predictions=True) -> list[dict]:
     rows = []
     for objective, right in (("none", 0.6), ("kd", 0.8), ("att-kl", 0.62)):
         for seed in (0, 1, 2):
-            identity = {"task": "rte", "task_version": "1.0", "objective": objective, "objective_version": "1.0",
-                        "objective_params": {}, "init": "layers:1,2,3", "student": "mpnet-base[layers:1,2,3]",
-                        "student_weights": None, "teacher": "mpnet-base", "teacher_key": "rte-t", "dev": "rte-dev",
-                        "hparams": {"epochs": 1.0}, "seed": seed}
             preds = [y if rng.random() < right else 1 - y for y in LABELS]
-            score = sum(p == y for p, y in zip(preds, LABELS)) / len(LABELS)
             extra = {"dev_predictions": preds, "dev_labels": LABELS} if with_predictions else {}
             if objective == "att-kl" and seed == 2 and with_predictions:
                 extra = {}  # one row from before predictions were kept: its pairs are n/a
-            rows.append({"run_key": run_key(identity), "kind": "student", "task": "rte", "task_version": "1.0",
-                         "objective": objective, "objective_version": "1.0", "init": "layers:1,2,3",
-                         "teacher": "mpnet-base", "student": identity["student"], "seed": seed,
-                         "config_hash": stable_hash({k: v for k, v in identity.items() if k != "seed"}),
-                         "score": score, "teacher_score": 0.7, "metrics": {"accuracy": score, "score": score},
-                         "params": identity, "extra": extra})
+            rows.append(student_row(objective, seed, preds, LABELS, extra, {"epochs": 1.0}))
     return rows
 
 
