@@ -789,7 +789,7 @@ def detectable_line(fam) -> str:
         diffs.append([a[s] - b[s] for s in sorted(a)])
     if not diffs:
         return "Smallest detectable paired difference: n/a (fewer than 2 shared seeds)."
-    n = len(diffs[0]) if len({len(d) for d in diffs}) == 1 else min(len(d) for d in diffs)
+    n = min(len(d) for d in diffs)
     sd = pooled_sd(diffs)
     mde = detectable_difference(sd, n)
     return (f"Smallest detectable paired difference: **{fnum(mde, 2)} points** (two-sided α = {A}, power {POWER}, "

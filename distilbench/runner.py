@@ -319,12 +319,13 @@ class Runner:
 
     def run_and_store(self, objective, seed, record, teacher_net, prefix: str = "") -> None:
         """Train one seed of one objective (unless stored) and write its row."""
-        key = run_key(self.identity(objective, record, seed))
+        identity = self.identity(objective, record, seed)
+        key = run_key(identity)
         if not self.cfg.force and self.plan.store.has(key):
             return
         if prefix:
             self.prefix = prefix
-        row = self.run_one(objective, seed, self.identity(objective, record, seed), key, record, teacher_net)
+        row = self.run_one(objective, seed, identity, key, record, teacher_net)
         if self.accelerator.is_main_process:
             self.plan.store.put(row, replace=self.cfg.force)
 

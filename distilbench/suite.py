@@ -243,11 +243,12 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     failed: list[str] = []
     from .workers import resolve
 
-    if resolve(configs[0].workers, 2)[0] > 1:  # every cell's runs into one pool of workers
+    pooled = resolve(configs[0].workers, 2)[0] > 1  # every cell's runs into one pool of workers
+    if pooled:
         cell_rows, failed = _run_pooled(configs, console)
         rows = [r for part in cell_rows for r in part]
         inits = [r["init"] for r in rows]
-    for i, cfg in enumerate(configs if resolve(configs[0].workers, 2)[0] == 1 else [], start=1):
+    for i, cfg in enumerate([] if pooled else configs, start=1):
         label = f"{cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}"
         console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}, seeds {cfg.seed_list}")
         try:

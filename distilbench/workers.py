@@ -14,7 +14,6 @@ order of float reductions, so a run's scores under another thread count can diff
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import traceback
 from dataclasses import dataclass
@@ -129,7 +128,7 @@ def _worker(index: int, todo, results, threads: int) -> None:
     import torch
     from rich.console import Console
 
-    from .config import RunConfig
+    from .config import RunConfig, stable_hash
     from .errors import TrainingDiverged
     from .runner import Runner
 
@@ -143,8 +142,6 @@ def _worker(index: int, todo, results, threads: int) -> None:
         k, job = item
         results.put(("start", k, index, ""))
         try:
-            from .config import stable_hash
-
             key = stable_hash(job.config)
             if current[0] != key:
                 current = ("", None)  # release the previous cell's teacher first
@@ -162,7 +159,3 @@ def _worker(index: int, todo, results, threads: int) -> None:
             results.put((DIVERGED, k, index, str(exc)))
         except Exception as exc:  # reported by the parent; the worker goes on with the next job
             results.put((FAILED, k, index, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"))
-
-
-def config_values(cfg) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
