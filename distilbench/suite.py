@@ -5,7 +5,8 @@ A suite file is plain YAML data::
     name: p002-table1                  # optional; default: the file name without .yaml
     description: one line on what the suite reproduces
     tasks: [rte, mrpc]                 # grid: tasks × teachers × inits × objectives, each with every seed
-    objectives: [none, kd, att-kl+hid-seq]
+    objectives: [none, kd, att-kl+hid-seq, {ted: {ted_teacher_filters: random}}]   # an entry {NAME: {options}}
+                                       # is one more cell of NAME with those RunConfig options (an ablation)
     inits: [every-k]                   # any --init spec: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL
     teachers: [mpnet-base]
     seeds: [0, 1, 2]                   # or a count: 3 (= 0, 1, 2)
@@ -18,7 +19,9 @@ A suite file is plain YAML data::
 
 A scale holds RunConfig options plus, optionally, its own ``tasks``, ``objectives``, ``inits``, ``teachers``,
 ``seeds`` and ``task_settings``. Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
-``task_settings`` (suite, then scale) < command-line flags < the grid (task, objective, init, teacher, seeds).
+``task_settings`` (suite, then scale) < command-line flags < the grid (task, objective and an objective entry's
+own options, init, teacher, seeds). Two entries of one objective are told apart in the report by the options that
+differ (``ted [ted_teacher_filters=random]``).
 The ``none`` baseline is a grid objective like any other (the runner's automatic baseline is off).
 
 Every cell is validated before anything trains (unknown objective, task, init, model, a layer out of range, bad
@@ -52,32 +55,68 @@ class Suite:
     scale: str
     description: str
     tasks: list[str]
-    objectives: list[str]
+    objectives: list[str]  # the objective names, in order, each once
     inits: list[str]
     teachers: list[str]
     seeds: list[int]
     settings: dict[str, Any]  # merged options of every cell (before task_settings)
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # command-line flags
+    entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (objective, its own options) per cell;
+    # default: each of ``objectives`` with none
+
+    def __post_init__(self):
+        self.entries = self.entries or [(name, {}) for name in self.objectives]
 
     def configs(self) -> list[RunConfig]:
         """One validated RunConfig per cell, in run order: task, teacher, init, objective (a teacher is fine-tuned
         once per task and reused by every cell after it)."""
+        return [cfg for _, cfg in self.cells()]
+
+    def cells(self) -> list[tuple[str, RunConfig]]:
+        """(label, RunConfig) per cell in run order; the label is task/objective [own options]/init/teacher."""
         out = []
         for task in self.tasks:
             for teacher in self.teachers:
                 for init in self.inits:
-                    for objective in self.objectives:
-                        values = {**self.settings, **self.task_settings.get(task, {}), **self.overrides,
+                    for objective, own in self.entries:
+                        values = {**self.settings, **self.task_settings.get(task, {}), **self.overrides, **own,
                                   "task": task, "objective": objective, "init": init, "teacher": teacher,
                                   "seed_list": ",".join(str(s) for s in self.seeds), "baseline": False}
                         if not _multi_teacher(objective):  # a suite's team (`teachers: A,B` in settings) is for those that use one
                             values.pop("teachers", None)
+                        label = f"{task}/{_entry_label(objective, own)}/{init}/{teacher}"
                         try:
-                            out.append(RunConfig(**values).validate())
+                            out.append((label, RunConfig(**values).validate()))
                         except UsageError as exc:
-                            raise UsageError(f"suite {self.path}, cell {task}/{objective}/{init}/{teacher}: {exc}") from None
+                            raise UsageError(f"suite {self.path}, cell {label}: {exc}") from None
         return out
+
+
+def _entry_label(objective: str, own: dict[str, Any]) -> str:
+    return objective + (f" [{', '.join(f'{k}={v}' for k, v in own.items())}]" if own else "")
+
+
+def _objective_entries(value: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """``objectives:`` items: a name, or ``{NAME: {option: value, ...}}`` (one more cell of NAME with its own options)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise UsageError(f"{where} must be a non-empty list of objective names or {{NAME: {{option: value}}}} entries "
+                         f"(got {value!r})")
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in value:
+        if isinstance(item, str) and item.strip():
+            entry = (item.strip(), {})
+        elif isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item)), str):
+            name, opts = next(iter(item.items()))
+            entry = (name.strip(), _options(_mapping(opts, f"{where}: {name}"), f"{where}: {name}")[0])
+        else:
+            raise UsageError(f"{where}: {item!r} is neither an objective name nor one {{NAME: {{option: value}}}} entry")
+        if entry in out:
+            raise UsageError(f"{where} lists {_entry_label(*entry)} twice")
+        out.append(entry)
+    return out
 
 
 def _multi_teacher(objective: str) -> bool:
@@ -180,19 +219,20 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
         raise UsageError(f"suite {path}: missing {', '.join(missing)} (the grid needs tasks, objectives, inits, "
                          f"teachers and seeds)")
     tasks = _str_list(grid["tasks"], f"suite {path}: tasks")
+    entries = _objective_entries(grid["objectives"], f"suite {path}: objectives")
     stray = sorted(set(task_settings) - set(tasks))
     if stray:
         raise UsageError(f"suite {path}: task_settings for {', '.join(stray)}, which is not in tasks ({', '.join(tasks)})")
     return Suite(name=str(data.get("name") or path.stem), path=path, scale=scale,
                  description=str(data.get("description") or "").strip(), tasks=tasks,
-                 objectives=_str_list(grid["objectives"], f"suite {path}: objectives"),
+                 objectives=list(dict.fromkeys(name for name, _ in entries)), entries=entries,
                  inits=_str_list(grid["inits"], f"suite {path}: inits"),
                  teachers=_str_list(grid["teachers"], f"suite {path}: teachers"),
                  seeds=_seeds(grid["seeds"], f"suite {path}: seeds"),
                  settings={**settings, **scale_options}, task_settings=task_settings, overrides=dict(overrides or {}))
 
 
-def validate(suite: Suite) -> list[RunConfig]:
+def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     """Check every name and every cell before anything trains; one UsageError naming all unknown objectives."""
     from . import runner  # lazy: building the CLI parser must not import torch
     from .objectives import OBJECTIVES, get_objective
@@ -212,14 +252,14 @@ def validate(suite: Suite) -> list[RunConfig]:
             get_task(task)
         except UsageError as exc:
             raise UsageError(f"suite {suite.path}: {exc}") from None
-    configs = suite.configs()
-    for cfg in configs:  # the runner's own checks (data, init, models, vocabularies), without training
+    cells = suite.cells()
+    for label, cfg in cells:  # the runner's own checks (data, init, models, vocabularies), without training
         try:
             plan = runner.plan_run(cfg)
         except UsageError as exc:
-            raise UsageError(f"suite {suite.path}, cell {cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}: {exc}") from None
+            raise UsageError(f"suite {suite.path}, cell {label}: {exc}") from None
         plan.store.close()
-    return configs
+    return cells
 
 
 def default_out(suite: Suite) -> Path:
@@ -235,7 +275,8 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     from .report import build_report
 
     console = console or Console(stderr=True)
-    configs = validate(suite)
+    cells = validate(suite)
+    configs = [cfg for _, cfg in cells]
     console.print(f"suite {suite.name} ({suite.scale} scale): {len(configs)} cells × {len(suite.seeds)} seeds "
                   f"= {len(configs) * len(suite.seeds)} runs, results in {configs[0].results}")
     rows: list[dict] = []
@@ -245,11 +286,10 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
 
     pooled = resolve(configs[0].workers, 2)[0] > 1  # every cell's runs into one pool of workers
     if pooled:
-        cell_rows, failed = _run_pooled(configs, console)
+        cell_rows, failed = _run_pooled(cells, console)
         rows = [r for part in cell_rows for r in part]
         inits = [r["init"] for r in rows]
-    for i, cfg in enumerate([] if pooled else configs, start=1):
-        label = f"{cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}"
+    for i, (label, cfg) in enumerate([] if pooled else cells, start=1):
         console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}, seeds {cfg.seed_list}")
         try:
             cell_rows = runner.Runner(cfg, console=console).run()
@@ -271,16 +311,15 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     return 0
 
 
-def _run_pooled(configs: list[RunConfig], console) -> tuple[list[list[dict]], list[str]]:
+def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
     """--workers N in a suite: each cell's teacher, caches and shared stages first, cell by cell in this process;
     then every cell's pending runs in one pool of workers; then each cell's stored rows."""
     from . import runner
     from .workers import resolve, run_jobs
 
     prepared, jobs = [], []
-    for i, cfg in enumerate(configs, start=1):
-        console.print(f"[bold]cell {i}/{len(configs)}[/]: {cfg.task}/{cfg.objective}/{cfg.init}/{cfg.teacher}, "
-                      f"seeds {cfg.seed_list}: teacher and shared parts")
+    for i, (label, cfg) in enumerate(cells, start=1):
+        console.print(f"[bold]cell {i}/{len(cells)}[/]: {label}, seeds {cfg.seed_list}: teacher and shared parts")
         r = runner.Runner(cfg, console=console)
         record, todo = r.pending()
         if todo:
@@ -288,7 +327,7 @@ def _run_pooled(configs: list[RunConfig], console) -> tuple[list[list[dict]], li
         prepared.append((r, record))
     failed: list[str] = []
     if jobs:
-        processes, threads = resolve(configs[0].workers, len(jobs))
+        processes, threads = resolve(cells[0][1].workers, len(jobs))
         outcome = run_jobs(jobs, processes, threads, console.print)
         failed = outcome["diverged"] + outcome["failed"] + [f"{x}: its worker died" for x in outcome["lost"]]
     out = []

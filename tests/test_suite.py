@@ -85,6 +85,12 @@ def test_unknown_objectives_are_all_named_up_front(tmp_path, tiny_teacher, glue_
     ({"inits": ["layers:1,2,9"]}, "out of range"),
     ({"task_settings": {"sst2": {"max_train_examples": 10}}}, "task_settings for sst2, which is not in tasks"),
     ({"objective": ["kd"]}, "unknown key(s) 'objective'"),
+    ({"objectives": ["kd", {"kd": {"temprature": 4}}]}, "objectives: kd: unknown option 'temprature'"),
+    ({"objectives": [{"kd": {"init": "first-k"}}]}, "'init' is set per cell by the suite grid"),
+    ({"objectives": ["kd", {"kd": {"temperature": 4}}, {"kd": {"temperature": 4.0}}]},
+     "lists kd [temperature=4.0] twice"),
+    ({"objectives": [{"kd": {}, "none": {}}]}, "is neither an objective name nor one {NAME: {option: value}} entry"),
+    ({"objectives": ["kd", {"kdd": {"temperature": 4}}]}, "1 objective(s) not available"),
 ])
 def test_bad_suite_files(over, expected, tmp_path, tiny_teacher, glue_dir, capfd, monkeypatch):
     path = tiny_suite(tmp_path, tiny_teacher, glue_dir, **over)
@@ -105,7 +111,7 @@ def test_shipped_suites_load(name):
     for scale in ("cpu", "paper"):
         suite = load_suite(REPO / "benchmarks" / f"{name}.yaml", scale)
         configs = suite.configs()
-        assert len(configs) == len(suite.tasks) * len(suite.objectives) * len(suite.inits) * len(suite.teachers)
+        assert len(configs) == len(suite.tasks) * len(suite.entries) * len(suite.inits) * len(suite.teachers)
         assert all(not c.baseline and c.seed_values() == suite.seeds for c in configs)
     cpu = load_suite(REPO / "benchmarks" / f"{name}.yaml", "cpu")
     # the cpu scale where students learn (issue 16): the QNLI-dev split, 2,000 examples, 2 + 2 epochs
@@ -114,6 +120,25 @@ def test_shipped_suites_load(name):
     paper = load_suite(REPO / "benchmarks" / f"{name}.yaml", "paper")
     assert paper.teachers != ["mpnet-base"] and all(c.epochs == 10 and c.max_train_examples is None
                                                      for c in paper.configs())
+
+
+def test_ted_suite_holds_table6_ablations_as_ted_cells_with_their_own_options():
+    suite = load_suite(REPO / "benchmarks" / "ted-table2.yaml", "cpu")
+    assert suite.objectives == ["none", "kd", "lwd", "ted"]
+    filters = [(c.objective, c.ted_teacher_filters, c.ted_student_filters) for c in suite.configs()]
+    assert filters == [("none", "trained", "copy"), ("kd", "trained", "copy"), ("lwd", "trained", "copy"),
+                       ("ted", "trained", "copy"), ("ted", "trained", "random"), ("ted", "random", "copy"),
+                       ("ted", "none", "copy")]
+    assert [label for label, _ in suite.cells()][4] == "qnli-devsplit/ted [ted_student_filters=random]/first-k/mpnet-base"
+    table6 = load_suite(REPO / "benchmarks" / "ted-table2.yaml", "paper-table6")
+    assert table6.tasks == ["mnli", "sst2", "rte"] and len(table6.configs()) == 12
+    assert all(c.epochs == 10 and c.student_layers == 6 and c.layer_map == "ted" for c in table6.configs())
+
+
+def test_objective_entry_options_beat_the_command_line(tmp_path, tiny_teacher, glue_dir):
+    path = tiny_suite(tmp_path, tiny_teacher, glue_dir, objectives=["kd", {"kd": {"temperature": 4}}])
+    suite = load_suite(path, overrides={"temperature": 2.0})
+    assert [c.temperature for c in suite.configs()] == [2.0, 4.0]
 
 
 def test_autoskd_suite_gives_its_team_to_multi_teacher_cells_only():
