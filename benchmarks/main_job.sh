@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # (e) The main job end to end: the README's first set-up command (install, then
-# `distilbench run --objective kd --task rte --seeds 4`) under /usr/bin/time -v, in this checkout.
+# `distilbench run --objective ted --task rte --seeds 4`) under /usr/bin/time -v, in this checkout.
 # Prints its wall time, peak resident memory (of the largest process: pip or the run) and the summary table.
 #   bash benchmarks/main_job.sh              # cold when the cache is empty: the teacher is fine-tuned first
 #   bash benchmarks/main_job.sh              # again: warm, trains nothing
