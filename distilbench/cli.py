@@ -63,6 +63,12 @@ def make_parser() -> argparse.ArgumentParser:
                                 "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "selection_fraction",
                                 "select_best_epoch", "max_train_examples", "max_eval_examples", "data_dir", "results",
                                 "cpu", "mixed_precision", "progress"))
+    export = sub.add_parser("export", allow_abbrev=False,
+                            help="the saved student of one stored run (--save-students), its model card rewritten; trains nothing")
+    export.add_argument("--results", default="runs/results.sqlite", help="SQLite results store (default: runs/results.sqlite)")
+    export.add_argument("--run-key", required=True, help="the run's key (the run_key column of the store)")
+    export.add_argument("--out", default=None, help="copy the student folder here (a new or empty folder); default: leave it "
+                        "where the run saved it")
     ls = sub.add_parser("ls", allow_abbrev=False, help="list what is registered, one name per line first")
     ls.add_argument("what", choices=["objectives", "tasks", "inits", "models"])
     from .report import _add_report_commands
@@ -103,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         if command == "ls":
             _ls(args["what"])
             return 0
+        if command == "export":
+            from .export import export
+
+            print(export(args["results"], args["run_key"], args["out"]))
+            return 0
         if command in ("report", "suite"):
             from .report import dispatch
             return dispatch(command, args, sys.argv[1:] if argv is None else argv)
@@ -114,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             opts = {k: args.pop(k) for k in ("trials", "storage", "study", "pruner", "sampler_seed", "heartbeat", "out")}
             fixed = set(args) | (set(load_yaml(yaml_path)) if yaml_path else set())  # what the user set is not searched
             cfg = build_config(args, yaml_path)
+            if cfg.save_students:  # trials are scored on the selection split and never kept
+                raise UsageError("--save-students is for `distilbench run` and `suite`; a search keeps no student: run the best "
+                                 "trial with `distilbench run --params best:STUDY --save-students DIR`")
             return run_search(cfg, fixed, opts["trials"], opts["storage"], opts["study"], opts["pruner"],
                               opts["sampler_seed"], opts["out"], opts["heartbeat"],
                               "distilbench " + " ".join(sys.argv[1:] if argv is None else argv))

@@ -68,6 +68,9 @@ class RunConfig:
     max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).")
     data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.")
     results: str = _f("runs/results.sqlite", "SQLite results store.")
+    save_students: str | None = _f(None, "keep each run's trained student: a transformers folder (weights, tokenizer, labels, model card "
+                                         "README.md, distilbench.json) under DIR/TASK/OBJECTIVE/INIT/seedK-RUNKEY; not part of the "
+                                         "run's identity (see `distilbench export`).")
     force: bool = _f(False, "rerun and replace rows that already exist.")
     baseline: bool = _f(True, "also run the `none` baseline (same student, no teacher) for the table.")
     cpu: bool = _f(False, "force the CPU even when an accelerator is present.")
@@ -117,6 +120,8 @@ class RunConfig:
             if self.init not in ("first-k", f"pretrained:{self.student}"):  # first-k is the default: --student overrides it
                 raise UsageError(f"--student {self.student} conflicts with --init {self.init}; give one of them")
             self.init = f"pretrained:{self.student}"
+        if self.save_students is not None:
+            check_folder("--save-students", self.save_students)
         from .workers import parse
 
         self.workers = parse(self.workers)
@@ -135,9 +140,23 @@ class RunConfig:
         return seeds
 
 
+def check_folder(flag: str, value: str) -> None:
+    """An output folder that can be created or written, checked without writing anything (bad input writes nothing)."""
+    path = Path(str(value)).expanduser()
+    if not str(value).strip():
+        raise UsageError(f"{flag} needs a folder path (got an empty one)")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {value} is a file; give a folder (it is created when missing)")
+    parent = path
+    while not parent.exists():  # the nearest existing ancestor is where the folder would be created
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {value}: cannot write in {parent}; give a writable folder")
+
+
 # what a run is (its cell and seeds) or where and how it runs and reports: never "settings" of what it measured
 _NOT_SETTINGS = ("task", "objective", "teacher", "student", "init", "seeds", "seed_list", "data_dir", "results", "force",
-                 "baseline", "progress", "cpu", "teachers", "workers")
+                 "baseline", "progress", "cpu", "teachers", "workers", "save_students")
 
 
 def nondefault_settings(cfg: RunConfig) -> dict[str, Any]:

@@ -354,6 +354,10 @@ class Runner:
                 for objective, seed in todo:
                     self.run_and_store(objective, seed, record, teacher_net)
         rows = self.rows(record)
+        if cfg.save_students and not cfg.force:
+            from .export import note_unsaved
+
+            note_unsaved(rows, self.log)
         plan.store.close()  # a suite runs many Runners: release each one's connection
         return rows
 
@@ -485,7 +489,7 @@ class Runner:
             teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
         self.log(f"{label}: dev {task.main_score} = {100 * dev_metrics['score']:.2f} (best epoch {result.best_epoch}, "
                  f"{result.examples_per_s:.1f} ex/s)")
-        return {"run_key": key, "kind": "student", "task": task.name, "task_version": task.version, "objective": objective.name,
+        row = {"run_key": key, "kind": "student", "task": task.name, "task_version": task.version, "objective": objective.name,
                 "objective_version": objective.version, "init": plan.init.spec, "teacher": cfg.teacher,
                 "student": identity["student"], "seed": seed, "config_hash": stable_hash({k: v for k, v in identity.items() if k != "seed"}),
                 "score": dev_metrics["score"], "teacher_score": teacher_metrics["score"], "metrics": dev_metrics,
@@ -501,6 +505,11 @@ class Runner:
                           # per-example dev predictions and labels in dev order: what the per-example paired tests
                           # (McNemar, bootstrap over examples: distilbench.per_example) between two runs need
                           "dev_predictions": _per_example(dev_preds, task.regression), "dev_labels": _per_example(dev_labels, task.regression)}}
+        if cfg.save_students and self.accelerator.is_main_process:  # here, where the model lives (a worker's process too)
+            from .export import save_student
+
+            self.log(f"{label}: student saved to {save_student(student, tokenizer, task.labels, cfg.max_length, row, cfg.save_students)}")
+        return row
 
     def _encode(self, tokenizer, examples: list[Example]) -> Encoded:
         """Tokenisation, cached per (tokenizer, examples, max length) for the life of the runner."""
