@@ -13,14 +13,18 @@ What it measures (issue #8), each as the time of one training epoch over the sam
     epoch ÷ its epoch;
 (f) harness overhead: our ``none`` epoch ÷ a bare PyTorch loop doing the same forward/backward/AdamW step on the same
     batches;
-(d) peak resident memory of this process.
+(d) peak resident memory of this process;
+(g) roofline: the student training step's achieved GFLOP/s (its FLOPs counted by ``torch.utils.flop_counter.
+    FlopCounterMode`` over one bare epoch's forward and backward passes, divided by the bare loop's and the ``none``
+    epoch's time), the machine's matmul peak measured in this process at the same threads (fp32, and bf16 where the
+    hardware has it: a CUDA device with bf16, a CPU with AMX-BF16 or AVX512-BF16), and achieved ÷ peak.
 
 Rows (a) and (f) are each timed ``--repeats`` times (default 3), interleaved, and the fastest epoch is kept: one epoch
 is ~30 s, and on a 2-core machine a single timing moved by ±10% from run to run.
 
 The teacher is the pretrained model with a fresh task head: its weights do not change its speed, so no fine-tuning is
-needed here. Everything runs in fp32 on the CPU unless a GPU is present. (e), the main job's wall time, is measured
-by ``benchmarks/main_job.sh``.
+needed here. Everything runs at the precision ``--mixed-precision auto`` resolves to (fp32 on a CPU without bf16
+hardware; printed in the header). (e), the main job's wall time, is measured by ``benchmarks/main_job.sh``.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from distilbench.harness import TeacherSource, fused_adamw, make_accelerator, mo
 from distilbench.inits import copy_layers  # noqa: E402
 from distilbench.models import load_classifier, load_tokenizer  # noqa: E402
 from distilbench.objectives import Context, Needs, get_objective  # noqa: E402
+from distilbench.precision import bf16_matmul_native, matmul_gflops, resolve  # noqa: E402
 from distilbench.tasks import get_task, load_split, resolve_data_dir  # noqa: E402
 from distilbench.teacher_cache import open_or_build, parts_for  # noqa: E402
 
@@ -62,6 +67,7 @@ def main() -> None:
     ap.add_argument("--objectives", default="kd,hid-seq,att-kl,val-kl,ted")
     ap.add_argument("--no-trainer", action="store_true", help="skip (c)")
     ap.add_argument("--repeats", type=int, default=3, help="time each row of (a) and (f) this many times, keep the fastest")
+    ap.add_argument("--peak-size", type=int, default=2048, help="(g): the square matmul (N x N times N x N) that measures the peak")
     args = ap.parse_args()
 
     data_dir = args.data_dir or os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
@@ -70,7 +76,8 @@ def main() -> None:
     examples = subsample(load_split(task, "train", resolve_data_dir(data_dir)), args.examples)
     select = examples[:16]  # each epoch ends with a selection pass: keep it tiny and equal for every row
     cfg = RunConfig(task=args.task, batch_size=args.batch_size, epochs=1, lr=5e-5, select_best_epoch=False, progress=False)
-    acc = make_accelerator(cfg)
+    precision, why = resolve(cfg.mixed_precision, cfg.cpu)
+    acc = make_accelerator(cfg, precision)
     tok = load_tokenizer(args.teacher)
     enc, sel = encode(tok, examples, cfg.max_length), encode(tok, select, cfg.max_length)
     torch.manual_seed(0)
@@ -90,7 +97,8 @@ def main() -> None:
     def logits_table() -> torch.Tensor:
         out = torch.zeros(max(e.idx for e in examples) + 1, task.num_labels)
         for ids, batch in zip(*(lambda b: (b, BatchLoader(enc, b, False)))(length_grouped_batches(enc.lengths(), 64, 0, 0))):
-            out[batch["idx"]] = model_outputs(teacher, {k: v.to(acc.device) for k, v in batch.items()}, Needs()).logits.float().cpu()
+            with acc.autocast():  # the run's precision, as the harness computes its caches
+                out[batch["idx"]] = model_outputs(teacher, {k: v.to(acc.device) for k, v in batch.items()}, Needs()).logits.float().cpu()
         return out
 
     rows: list[tuple[str, float, str]] = []
@@ -109,9 +117,11 @@ def main() -> None:
                 parts = parts_for(obj.needs)
                 if parts not in caches:
                     start = time.perf_counter()
-                    caches[parts] = open_or_build(tmp, "speed", enc, "speed", layers, parts, "fp32",
-                                                  lambda b: model_outputs(teacher, {k: v.to(acc.device) for k, v in b.items()}, obj.needs),
-                                                  teacher.config.num_hidden_layers, 64)
+                    def run_teacher(b):
+                        with acc.autocast():
+                            return model_outputs(teacher, {k: v.to(acc.device) for k, v in b.items()}, obj.needs)
+                    caches[parts] = open_or_build(tmp, "speed", enc, "speed", layers, parts, "fp32", run_teacher,
+                                                  teacher.config.num_hidden_layers, 64, precision=precision)
                     rows.append((f"cache build: {', '.join(parts)}", time.perf_counter() - start, "one-off"))
                 outputs = [caches[parts]]
             source = TeacherSource([teacher], obj.needs, [table] if cached else None, False, outputs, layers)
@@ -128,7 +138,8 @@ def main() -> None:
         start = time.perf_counter()
         for batch in BatchLoader(enc, length_grouped_batches(enc.lengths(), cfg.batch_size, 0, 0), task.regression):
             batch = {k: v.to(acc.device) for k, v in batch.items()}
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            with acc.autocast():
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             opt.step()
@@ -137,6 +148,13 @@ def main() -> None:
 
     names = [o for o in args.objectives.split(",") if o]
     epoch("none")  # warm-up: first-call allocations and kernel selection are not part of any row
+    # (g) the FLOPs of one epoch's training steps, counted (not timed: the counter slows what it watches) on a bare
+    # epoch over the same batches; it doubles as the bare loop's warm-up
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        bare_epoch()
+    step_flops = counter.get_total_flops()
     # ratio (a) compares epochs of ~30 s on a shared machine: every row is timed `repeats` times, interleaved (so a slow
     # minute hits every row alike), and the fastest is kept, as timeit does
     best: dict[str, tuple[float, object]] = {}
@@ -168,12 +186,35 @@ def main() -> None:
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{args.examples} {task.name} examples, batch {cfg.batch_size}, teacher {args.teacher}, student {args.student_layers} "
-          f"layers, device {acc.device}, torch threads {torch.get_num_threads()}\n")
+          f"layers, device {acc.device}, torch threads {torch.get_num_threads()}, precision {precision} ({why})\n")
     print(f"{'measurement':<{width}}  {'seconds':>8}  note")
     for name, secs, note in rows:
         print(f"{name:<{width}}  {secs:8.2f}  {note}")
     print(f"\n(a) distillation epoch / plain epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print(f"(d) peak resident memory of this process: {rss_mb():.0f} MiB")
+    steps = len(length_grouped_batches(enc.lengths(), cfg.batch_size, 0, 0))
+    roofline(step_flops, bare, plain, steps, acc.device, args.peak_size)
+
+
+def roofline(step_flops: int, bare_s: float, none_s: float, steps: int, device, size: int) -> None:
+    """(g): achieved GFLOP/s of the student's training steps against this process's measured matmul peak."""
+    shape = ((size, size, size),)
+    peaks = {"fp32": matmul_gflops(shape, False, device)}
+    native, why = bf16_matmul_native(device)
+    if native:
+        peaks["bf16"] = matmul_gflops(shape, True, device)
+    print(f"\n(g) roofline, torch threads {torch.get_num_threads()}, device {device}:")
+    print(f"    student training step: {step_flops / steps / 1e9:.2f} GFLOP per step (FlopCounterMode, forward + "
+          f"backward, mean of {steps} steps), {step_flops / 1e9:.1f} GFLOP per epoch")
+    for name, peak in peaks.items():
+        print(f"    matmul peak {name} ({size}x{size}x{size}): {peak:.1f} GFLOP/s")
+    if not native:
+        print(f"    matmul peak bf16: n/a ({why})")
+    # the none epoch also runs its selection pass (16 examples, forward only), whose FLOPs are not counted here
+    for label, secs in (("bare loop", bare_s), ("none epoch (harness)", none_s)):
+        achieved = step_flops / secs / 1e9
+        print(f"    achieved, {label}: {achieved:.1f} GFLOP/s = " + ", ".join(
+            f"{achieved / peak:.3f} of the {name} peak" for name, peak in peaks.items()))
 
 
 def trainer_kd(teacher, student, enc, task, cfg, tmp: Path, tokenizer) -> float:

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(cfg)
         rows = runner.run()
         from rich.console import Console
-        Console().print(summary_table(rows, runner.plan.task, cfg))
+        Console().print(summary_table(rows, runner.plan.task, cfg, runner.precision))
         if runner.lost:
             print(f"distilbench: {len(runner.lost)} run(s) lost with a worker that died ({', '.join(runner.lost)}); "
                   "rerun the same command to train them", file=sys.stderr)

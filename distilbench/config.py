@@ -74,7 +74,11 @@ class RunConfig:
     force: bool = _f(False, "rerun and replace rows that already exist.")
     baseline: bool = _f(True, "also run the `none` baseline (same student, no teacher) for the table.")
     cpu: bool = _f(False, "force the CPU even when an accelerator is present.")
-    mixed_precision: str = _f("auto", "auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16.")
+    mixed_precision: str = _f(os.environ.get("DISTILBENCH_MIXED_PRECISION", "auto"),
+                              "auto | no (= fp32) | fp32 | bf16 | fp16. auto: bf16 autocast on a CUDA device with bf16; on a CPU only with "
+                              "AMX-BF16 or AVX512-BF16 and a one-off probe measuring it faster (cached per machine); else fp32. "
+                              "The precision used is stored in every row and is part of the run identity (fp32 keys unchanged). "
+                              "Default: $DISTILBENCH_MIXED_PRECISION, else auto.")
     progress: bool = _f(True, "show a progress bar.")
     workers: str = _f(os.environ.get("DISTILBENCH_WORKERS", "auto"), "run independent (objective, seed) runs in N processes with the cores shared out among them, "
                            "or auto (CPU: one single-thread process per core, measured 1.18x faster than one 2-thread process "
@@ -114,8 +118,8 @@ class RunConfig:
             raise UsageError(f"--theta-lr must be > 0 and --candidates >= 1 (got {self.theta_lr}, {self.candidates})")
         if self.schedule not in ("joint", "sequential"):
             raise UsageError(f"--schedule must be joint or sequential (got {self.schedule!r})")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise UsageError(f"--mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
+        if self.mixed_precision not in ("auto", "no", "fp32", "bf16", "fp16"):
+            raise UsageError(f"--mixed-precision must be auto, no, fp32, bf16 or fp16 (got {self.mixed_precision!r})")
         if self.student is not None:
             if self.init not in ("first-k", f"pretrained:{self.student}"):  # first-k is the default: --student overrides it
                 raise UsageError(f"--student {self.student} conflicts with --init {self.init}; give one of them")
@@ -154,9 +158,12 @@ def check_folder(flag: str, value: str) -> None:
         raise UsageError(f"{flag} {value}: cannot write in {parent}; give a writable folder")
 
 
-# what a run is (its cell and seeds) or where and how it runs and reports: never "settings" of what it measured
+# what a run is (its cell and seeds) or where and how it runs and reports: never "settings" of what it measured.
+# --mixed-precision is a request (auto decides per machine): the precision it resolved to is what a row records
+# (``precision`` in its settings when not fp32, see runner.run_settings)
 _NOT_SETTINGS = ("task", "objective", "teacher", "student", "init", "seeds", "seed_list", "data_dir", "results", "force",
-                 "baseline", "progress", "cpu", "teachers", "workers", "save_students")
+                 "baseline", "progress", "cpu", "teachers", "workers", "mixed_precision",
+                 "save_students")
 
 
 def nondefault_settings(cfg: RunConfig) -> dict[str, Any]:

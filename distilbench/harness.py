@@ -27,18 +27,17 @@ from .data import BatchLoader, Encoded, eval_batches, holdout_positions, length_
 from .errors import TrainingDiverged
 from .metrics import compute_metrics
 from .objectives import Needs, Objective, Outputs, StepContext
+from .precision import ACCELERATE, resolve as resolve_precision
 from .tasks import Task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def make_accelerator(cfg: RunConfig) -> Accelerator:
-    """Device placement (and mixed precision on GPU) through accelerate: the same code on CPU, one GPU or several."""
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        cuda = torch.cuda.is_available() and not cfg.cpu
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"  # CPU bf16 was 2x slower here
-    return Accelerator(cpu=cfg.cpu, mixed_precision=precision)
+def make_accelerator(cfg: RunConfig, precision: str | None = None) -> Accelerator:
+    """Device placement and mixed precision through accelerate: the same code on CPU, one GPU or several.
+    ``precision`` (fp32 | bf16 | fp16) is the run's resolved precision; None resolves ``cfg.mixed_precision`` now."""
+    precision = precision or resolve_precision(cfg.mixed_precision, cfg.cpu)[0]
+    return Accelerator(cpu=cfg.cpu, mixed_precision=ACCELERATE[precision])
 
 
 def model_outputs(model: nn.Module, batch: dict, needs: Needs, prefix: str = "") -> Outputs:

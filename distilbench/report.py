@@ -188,14 +188,17 @@ def _avg_higher(cells) -> bool:
     return any(c.higher_is_better for c in cells) or not cells
 
 
-def _sections(cells, orders) -> list[tuple[tuple[str, str, str], list]]:
+def _sections(cells, orders) -> list[tuple[tuple[str, str, str, str, str], list]]:
     from .stats import init_order
 
-    groups: dict[tuple[str, str, str, str], list] = {}
-    for c in cells:  # a cut dev set (--max-eval-examples) is never ranked beside the full one: its own table
-        groups.setdefault((c.teacher, c.init, c.student, dict(c.settings).get("max_eval_examples", "")), []).append(c)
+    groups: dict[tuple[str, str, str, str, str], list] = {}
+    for c in cells:  # a cut dev set (--max-eval-examples), or another precision (bf16), is never ranked beside the
+        # full fp32 one: its own table ("" for both: rows stored before precision was recorded are fp32)
+        settings = dict(c.settings)
+        groups.setdefault((c.teacher, c.init, c.student, settings.get("max_eval_examples", ""), settings.get("precision", "")),
+                          []).append(c)
     ranked = init_order((k[1] for k in groups), orders.get("inits", ()))
-    return sorted(groups.items(), key=lambda kv: (kv[0][0], ranked.index(kv[0][1]), kv[0][2], kv[0][3]))
+    return sorted(groups.items(), key=lambda kv: (kv[0][0], ranked.index(kv[0][1]), kv[0][2], kv[0][3], kv[0][4]))
 
 
 def settings_heading(cells) -> str:
@@ -586,7 +589,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
            f"marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
            "", "## 1. Objectives × tasks", ""]
     multi = len(sections) > 1
-    for k, ((teacher, init, student, dev_cut), members) in enumerate(sections, start=1):
+    for k, ((teacher, init, student, *_), members) in enumerate(sections, start=1):
         heading = f"Teacher `{teacher}`, init `{init}`" + (f", student `{student}`" if student != f"{teacher}[{init}]" else "")
         cut = settings_heading(members)
         grid = objectives_table(heading + (f" ({cut})" if cut else ""), members, orders, modal_n)
@@ -664,7 +667,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
 
     # 4. plots
     score_plots: list[tuple[str, str]] = []
-    for k, ((teacher, init, student, dev_cut), members) in enumerate(sections, start=1):
+    for k, ((teacher, init, student, *_), members) in enumerate(sections, start=1):
         labels_all = objective_order((c.label for c in members), orders.get("objectives", ()))
         for task in _task_order((c.task for c in members), orders.get("tasks", ())):
             task_cells = [c for c in members if c.task == task]

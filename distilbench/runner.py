@@ -27,6 +27,7 @@ from .metrics import compute_metrics
 from .inits import InitPlan, build_student, copy_layers, parse_init
 from .models import load_classifier, load_tokenizer, model_config, model_fingerprint, resolve_model
 from .objectives import Context, Needs, Objective, get_objective
+from .precision import identity_part, resolve as resolve_precision
 from .store import ResultsStore, run_key
 from .tasks import Example, Task, get_task, load_split, resolve_data_dir
 from .teacher_cache import open_or_build, parts_for
@@ -169,7 +170,7 @@ def student_name(cfg: RunConfig, init: InitPlan) -> str:
 
 
 def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord, seed: int,
-                 team: list[TeacherRecord] | None = None) -> dict[str, Any]:
+                 team: list[TeacherRecord] | None = None, precision: str = "fp32") -> dict[str, Any]:
     cfg = plan.cfg
     return {"task": plan.task.name, "task_version": plan.task.version, "objective": objective.name,
             "objective_version": objective.version, "objective_params": objective.param_values(cfg),
@@ -180,15 +181,29 @@ def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord,
                                                       "max_grad_norm", "selection_fraction", "select_best_epoch", "max_train_examples")},
             **({"teacher_cache": "fp16"} if cfg.teacher_cache == "fp16" else {}),  # fp16 teacher outputs change results
             "dev": fingerprint(plan.dev), "seed": seed,
-            **({"team": [r.key for r in team]} if team else {})}
+            **({"team": [r.key for r in team]} if team else {}),
+            # bf16 changes results, so it makes another cell (never paired with fp32); absent for fp32, the precision
+            # of every row stored before it was recorded, so their keys hold
+            **identity_part(precision)}
+
+
+def run_settings(cfg: RunConfig, precision: str) -> dict[str, Any]:
+    """What a row's table titles and report headers must say about its numbers: the non-default settings, and the
+    precision when it is not fp32."""
+    return {**nondefault_settings(cfg), **identity_part(precision)}
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, console: Console | None = None, read_dev: bool = True):
+    def __init__(self, cfg: RunConfig, console: Console | None = None, read_dev: bool = True, precision: str | None = None):
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         self.plan = plan_run(cfg, read_dev)
-        self.accelerator = make_accelerator(cfg)
+        # resolved once per run; worker processes are handed the parent's (their thread count differs, and a probe
+        # there could decide otherwise)
+        self.precision, why = (precision, "the parent process's") if precision else resolve_precision(cfg.mixed_precision, cfg.cpu)
+        self.accelerator = make_accelerator(cfg, self.precision)
+        if self.precision != "fp32" or "probe" in why:  # fp32 without a probe is the plain case: no line
+            self.log(f"precision: {self.precision} ({why})")
         self.tokenizer = load_tokenizer(cfg.teacher)
         self.team_records: list[TeacherRecord] = []
         self.team: list[tuple] = []  # (record, loaded model, tokenizer) per member, see prepare_team
@@ -260,10 +275,10 @@ class Runner:
     def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
-        if self.accelerator.num_processes > 1 and not teacher_cached(cfg, name, task, self.plan.train_all):
+        if self.accelerator.num_processes > 1 and not teacher_cached(cfg, name, task, self.plan.train_all, self.precision):
             raise UsageError(f"teacher {name} is not fine-tuned for {task.name} yet: under accelerate launch, fine-tune it first in "
                              f"one process (`distilbench teacher --task {task.name} --model {name}` with the same options)")
-        record = ensure_teacher(cfg, name, task, self.plan.train_all, self._fine_tune_teacher, self.log)
+        record = ensure_teacher(cfg, name, task, self.plan.train_all, self._fine_tune_teacher, self.log, self.precision)
         if self.plan.dev is None:  # a search: dev stays unread; the teacher's own selection score is what is known
             self.log(f"teacher {name} on {task.name}: selection {task.main_score} = {100 * record.meta['select_score']:.2f}")
             return record
@@ -302,7 +317,8 @@ class Runner:
 
     def identity(self, objective, record, seed, team=None) -> dict:
         team = self.team_records if team is None else team
-        return run_identity(self.plan, objective, record, seed, team if getattr(objective, "multi_teacher", False) else None)
+        return run_identity(self.plan, objective, record, seed, team if getattr(objective, "multi_teacher", False) else None,
+                            self.precision)
 
     def teacher_net(self, record: TeacherRecord):
         return load_teacher(record, self.plan.task)
@@ -314,7 +330,7 @@ class Runner:
         for objective in dict.fromkeys(o for o, _ in todo):
             self.prepare(objective, record, teacher_net)
         values = dataclasses.asdict(self.cfg)
-        return [Job(values, self.plan.objectives.index(o), seed, f"{self.plan.task.name}/{o.name} seed {seed}")
+        return [Job(values, self.plan.objectives.index(o), seed, f"{self.plan.task.name}/{o.name} seed {seed}", self.precision)
                 for o, seed in todo]
 
     def run_and_store(self, objective, seed, record, teacher_net, prefix: str = "") -> None:
@@ -395,7 +411,7 @@ class Runner:
         plan, cfg = self.plan, self.cfg
         if multi:  # logits only: each member's logits over the whole train file, computed once on its own tokenisation
             caches = [teacher_logits(r, self._encode(tok, plan.train_all), plan.train_rows,
-                                     lambda enc, net=net: self._logits(net, enc), f"{r.key}:{cfg.max_length}")
+                                     lambda enc, net=net: self._logits(net, enc), f"{r.key}:{cfg.max_length}", self.precision)
                       for r, net, tok in self.team]
             return TeacherSource([net for _, net, _ in self.team], objective.needs, caches)
         if not objective.uses_teacher:
@@ -409,11 +425,12 @@ class Runner:
             # the teacher's key names its weights and tokenizer; hashing its folder would also hash the caches kept there
             tokenisation = f"{record.key}:{cfg.max_length}"
             enc_all = self._encode(self.tokenizer, plan.train_all)
-            cache = [teacher_logits(record, enc_all, plan.train_rows, lambda enc: self._logits(teacher_net, enc), tokenisation)]
+            cache = [teacher_logits(record, enc_all, plan.train_rows, lambda enc: self._logits(teacher_net, enc), tokenisation,
+                                    self.precision)]
             if not logits_only:
                 outputs = [open_or_build(record.path, record.key, enc_all, tokenisation, layers, parts_for(objective.needs),
                                          cfg.teacher_cache, lambda b: self._teacher_outputs(teacher_net, b, objective.needs),
-                                         teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log)]
+                                         teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log, self.precision)]
         return TeacherSource([teacher_net], objective.needs, cache, own_tokens, outputs, layers)
 
     def _shared(self, objective, record, tokenizer) -> SharedStages | None:
@@ -423,7 +440,8 @@ class Runner:
             return None
         teacher_part = split_for_teacher(cfg, plan.train_all)[0]
         return SharedStages(self._encode(tokenizer, teacher_part), cfg.teacher_seed, record.path / "stages",
-                            stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]))
+                            stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]
+                                        + ([self.precision] if self.precision != "fp32" else [])))
 
     def prepare(self, objective_cls, record, teacher_net) -> None:
         """Build, once, what every seed of ``objective_cls`` shares: the teacher-output caches and the shared stages
@@ -498,7 +516,8 @@ class Runner:
                 "extra": {"layer_mapping": mapping, "best_epoch": result.best_epoch, "history": result.history,
                           "select_score": result.best_select_score, "teacher_key": record.key,
                           "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
-                          "settings": nondefault_settings(cfg),  # what the table titles must say (cut-down data, ...)
+                          "settings": run_settings(cfg, self.precision),  # what the table titles must say (cut-down data, ...)
+                          "precision": self.precision,
                           "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
                           "student_params": sum(p.numel() for p in student.parameters()),
@@ -523,7 +542,8 @@ class Runner:
         from .harness import model_outputs
 
         net.eval().to(self.accelerator.device)
-        return model_outputs(net, {k: v.to(self.accelerator.device) for k, v in batch.items()}, needs)
+        with self.accelerator.autocast():  # the run's precision, as the live teacher would compute them (fp32: no-op)
+            return model_outputs(net, {k: v.to(self.accelerator.device) for k, v in batch.items()}, needs)
 
     @torch.no_grad()
     def _logits(self, net, enc: Encoded) -> torch.Tensor:
@@ -535,7 +555,8 @@ class Runner:
         out = torch.zeros(len(enc), self.plan.task.num_labels)
         for ids, batch in zip(batches, BatchLoader(enc, batches, self.plan.task.regression)):
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
-            out[ids] = model_outputs(net, batch, Needs()).logits.float().cpu()
+            with self.accelerator.autocast():  # the run's precision (fp32: no-op)
+                out[ids] = model_outputs(net, batch, Needs()).logits.float().cpu()
         return out
 
 
@@ -549,7 +570,7 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
-def summary_table(rows: list[dict], task: Task, cfg: RunConfig):
+def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str = "fp32"):
     """Per-seed dev scores of each objective side by side, mean ± std, the teacher's and the majority class's score,
     and the signal check: an objective not significantly above the majority class is marked "at chance"."""
     from rich.console import Group
@@ -562,7 +583,7 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig):
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["objective"], r["seed"]): r for r in rows}
     checks = {o: check_rows([r for r in rows if r["objective"] == o]) for o in objectives}
-    cut = settings_text(nondefault_settings(cfg))
+    cut = settings_text(run_settings(cfg, precision))
     title = f"{task.name} dev {task.main_score} (%), student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}"
     table = Table(title=escape(title) + (f"\n{escape(cut)}" if cut else ""))  # "mpnet-base[layers:1,2,3]" is not markup
     table.add_column("seed")

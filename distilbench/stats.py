@@ -9,7 +9,7 @@ so the test is on the per-seed differences. Two families are compared (paper 002
 
 * ``objectives``: every pair of cells with the same task, teacher, init, student and *setting* (the run identity
   without objective, objective version, objective parameters, a multi-teacher objective's team and seed: same
-  hyper-parameters, teacher weights, data).
+  hyper-parameters, teacher weights, data, precision: a bf16 cell is never paired with an fp32 one).
   ``none`` and ``kd`` are cells like any other, so every objective is compared with both.
 * ``inits``: every pair of cells with the same task, teacher, objective (name, version and parameters) and setting,
   differing only in the student initialisation (paper 002 Table 3).
@@ -207,8 +207,10 @@ def is_result(row: Mapping[str, Any]) -> bool:
 
 
 def _flat(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The run identity flattened to name -> value (``hparams.epochs`` -> ``epochs``, ``objective_version`` -> ``v``)."""
-    out: dict[str, Any] = {}
+    """The run identity flattened to name -> value (``hparams.epochs`` -> ``epochs``, ``objective_version`` -> ``v``).
+    An identity without ``precision`` is fp32's (fp32 is left out of it), so two precisions of one objective are
+    labelled ``[precision=bf16]`` and ``[precision=fp32]``."""
+    out: dict[str, Any] = {"precision": "fp32"}
     for k, v in params.items():
         if k in ("hparams", "objective_params") and isinstance(v, Mapping):
             out.update(v)

@@ -21,6 +21,7 @@ import torch
 from .config import RunConfig, stable_hash
 from .data import Encoded, encode, fingerprint, selection_split
 from .models import cache_dir, load_classifier, load_tokenizer, model_fingerprint
+from .precision import identity_part
 from .tasks import Example, Task
 
 TEACHER_FORMAT = "1"
@@ -37,14 +38,15 @@ class TeacherRecord:
         return self.meta.get("dev", {}).get(dev_fp)
 
 
-def teacher_identity(cfg: RunConfig, model: str, task: Task, train_fp: str) -> dict:
+def teacher_identity(cfg: RunConfig, model: str, task: Task, train_fp: str, precision: str = "fp32") -> dict:
     return {"format": TEACHER_FORMAT, "model": model, "weights": model_fingerprint(model.partition("@")[0]), "task": task.name,
             "task_version": task.version, "train": train_fp, "epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr,
             "batch_size": cfg.batch_size, "max_length": cfg.max_length, "warmup_ratio": cfg.warmup_ratio,
             "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm, "seed": cfg.teacher_seed,
             "selection_fraction": cfg.selection_fraction, "select_best_epoch": cfg.select_best_epoch,
             # micro-batches draw other dropout masks, so they make another teacher; absent when off (older keys hold)
-            **({"micro_batch": cfg.teacher_micro_batch} if cfg.teacher_micro_batch else {})}
+            **({"micro_batch": cfg.teacher_micro_batch} if cfg.teacher_micro_batch else {}),
+            **identity_part(precision)}  # a bf16 fine-tuning makes other weights; absent for fp32 (older keys hold)
 
 
 @contextmanager
@@ -72,21 +74,22 @@ def teacher_dir(model: str, task: Task, key: str) -> Path:
     return cache_dir() / "teachers" / f"{task.name}-{slug}-{key}"
 
 
-def teacher_location(cfg: RunConfig, model: str, task: Task, train_all: list[Example]) -> tuple[dict, str, Path]:
+def teacher_location(cfg: RunConfig, model: str, task: Task, train_all: list[Example],
+                     precision: str = "fp32") -> tuple[dict, str, Path]:
     """The teacher's identity, its cache key and its folder."""
-    identity = teacher_identity(cfg, model, task, fingerprint(train_all))
+    identity = teacher_identity(cfg, model, task, fingerprint(train_all), precision)
     key = stable_hash(identity)
     return identity, key, teacher_dir(model, task, key)
 
 
-def teacher_cached(cfg: RunConfig, model: str, task: Task, train_all: list[Example]) -> bool:
-    return (teacher_location(cfg, model, task, train_all)[2] / "meta.json").exists()
+def teacher_cached(cfg: RunConfig, model: str, task: Task, train_all: list[Example], precision: str = "fp32") -> bool:
+    return (teacher_location(cfg, model, task, train_all, precision)[2] / "meta.json").exists()
 
 
 def ensure_teacher(cfg: RunConfig, model: str, task: Task, train_all: list[Example], train_fn: Callable,
-                   log: Callable[[str], None]) -> TeacherRecord:
-    """Return the cached fine-tuned teacher, training it first (``train_fn``) when the cache misses."""
-    identity, key, path = teacher_location(cfg, model, task, train_all)
+                   log: Callable[[str], None], precision: str = "fp32") -> TeacherRecord:
+    """Return the cached fine-tuned teacher, training it first (``train_fn``, at ``precision``) when the cache misses."""
+    identity, key, path = teacher_location(cfg, model, task, train_all, precision)
     if not (path / "meta.json").exists():
         with file_lock(path.with_suffix(".lock")):
             if not (path / "meta.json").exists():  # another process may have trained it while we waited
@@ -118,12 +121,17 @@ def load_teacher(record: TeacherRecord, task: Task, attn_implementation: str | N
     return load_classifier(str(record.path), task.num_labels, task.regression, attn_implementation=attn_implementation)
 
 
+def logits_key(enc: Encoded, tokenisation: str, n_rows: int, precision: str = "fp32") -> str:
+    return stable_hash({"train": fingerprint(enc.examples), "tokenisation": tokenisation, "rows": n_rows,
+                        **identity_part(precision)})  # computed under bf16 autocast: other values; fp32 keys unchanged
+
+
 def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Callable[[Encoded], torch.Tensor],
-                   tokenisation: str) -> torch.Tensor:
+                   tokenisation: str, precision: str = "fp32") -> torch.Tensor:
     """Teacher logits for every example of the train file, indexed by the example's row (``Example.idx``), computed
-    once and stored beside the teacher. Keyed by the data and the tokenisation: a change computes them anew."""
-    key = stable_hash({"train": fingerprint(enc.examples), "tokenisation": tokenisation, "rows": n_rows})
-    path = record.path / f"logits-{key}.pt"
+    once (by ``compute``, at ``precision``) and stored beside the teacher. Keyed by the data, the tokenisation and
+    the precision: a change computes them anew."""
+    path = record.path / f"logits-{logits_key(enc, tokenisation, n_rows, precision)}.pt"
     if not path.exists():
         with file_lock(record.path.with_suffix(".lock")):
             if not path.exists():

@@ -40,6 +40,7 @@ import torch
 from .config import stable_hash
 from .data import BatchLoader, Encoded, eval_batches, fingerprint
 from .objectives import Needs, Outputs
+from .precision import identity_part
 from .teacher import file_lock
 
 FORMAT = "1"
@@ -100,28 +101,33 @@ class OutputCache:
         return Outputs(logits, tuple(hidden_states) if hidden_states is not None else None, attentions)
 
 
-def cache_key(teacher_key: str, enc: Encoded, tokenisation: str, layers: list[int], parts: tuple[str, ...], dtype: str) -> str:
+def cache_key(teacher_key: str, enc: Encoded, tokenisation: str, layers: list[int], parts: tuple[str, ...], dtype: str,
+              precision: str = "fp32") -> str:
+    """``dtype`` is how the values are stored (fp32 | fp16); ``precision`` how the teacher computed them (absent from
+    the key for fp32, so fp32 caches keep their folders)."""
     tokens = hashlib.sha256(json.dumps([enc.input_ids, enc.token_type_ids]).encode()).hexdigest()[:16]
     return stable_hash({"format": FORMAT, "teacher": teacher_key, "data": fingerprint(enc.examples), "tokens": tokens,
-                        "tokenisation": tokenisation, "layers": sorted(layers), "parts": sorted(parts), "dtype": dtype})
+                        "tokenisation": tokenisation, "layers": sorted(layers), "parts": sorted(parts), "dtype": dtype,
+                        **identity_part(precision)})
 
 
 def open_or_build(folder_root: Path, teacher_key: str, enc: Encoded, tokenisation: str, layers: list[int],
                   parts: tuple[str, ...], dtype: str, run_teacher: Callable[[dict], Outputs], n_layers_total: int,
-                  batch_size: int = 64, log: Callable[[str], None] = lambda m: None) -> OutputCache:
-    """Open the cache for these inputs, computing it first (``run_teacher(batch) -> Outputs`` on eval batches) when it
-    does not exist yet."""
+                  batch_size: int = 64, log: Callable[[str], None] = lambda m: None, precision: str = "fp32") -> OutputCache:
+    """Open the cache for these inputs, computing it first (``run_teacher(batch) -> Outputs`` on eval batches, which
+    computes at ``precision``) when it does not exist yet."""
     if dtype not in DTYPES:
         raise ValueError(f"teacher cache precision must be one of {', '.join(DTYPES)} (got {dtype!r})")
     layers = sorted(set(layers))
-    key = cache_key(teacher_key, enc, tokenisation, layers, parts, dtype)
+    key = cache_key(teacher_key, enc, tokenisation, layers, parts, dtype, precision)
     folder = folder_root / f"outputs-{key}"
     if not (folder / "index.json").exists():
         with file_lock(folder_root / f".outputs-{key}.lock"):
             if not (folder / "index.json").exists():
-                log(f"teacher-output cache: computing {', '.join(parts)} of layers {layers} for {len(enc)} examples ({dtype}) -> {folder}")
+                log(f"teacher-output cache: computing {', '.join(parts)} of layers {layers} for {len(enc)} examples "
+                    f"({dtype}{'' if precision == 'fp32' else f', computed in {precision}'}) -> {folder}")
                 _build(folder, enc, layers, parts, dtype, run_teacher, batch_size, {"key": key, "teacher": teacher_key,
-                       "tokenisation": tokenisation, "n_layers_total": n_layers_total})
+                       "tokenisation": tokenisation, "n_layers_total": n_layers_total, "precision": precision})
     return _open(folder)
 
 

@@ -28,6 +28,7 @@ class Job:
     objective: int  # index into the runner's plan.objectives
     seed: int
     label: str
+    precision: str = "fp32"  # resolved once, by the parent: every run of a configuration computes alike
 
 
 def cores() -> int:
@@ -142,11 +143,11 @@ def _worker(index: int, todo, results, threads: int) -> None:
         k, job = item
         results.put(("start", k, index, ""))
         try:
-            key = stable_hash(job.config)
+            key = stable_hash([job.config, job.precision])
             if current[0] != key:
                 current = ("", None)  # release the previous cell's teacher first
                 cfg = RunConfig(**{**job.config, "progress": False}).validate()
-                runner = Runner(cfg, console=Console(stderr=True, quiet=True))
+                runner = Runner(cfg, console=Console(stderr=True, quiet=True), precision=job.precision)
                 record = runner.teacher()  # cached by the parent: loaded, not trained
                 runner.prepare_team()
                 runner.console = console

@@ -10,6 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
 # one process per run unless a test asks for more: a spawned worker costs seconds of start-up, a tiny run less than one
 os.environ.setdefault("DISTILBENCH_WORKERS", "1")
+# fp32 unless a test asks for another precision: `auto` would decide per machine (bf16 on one with AMX), and the tests'
+# expected values and shared accelerate state assume one precision everywhere, subprocesses included
+os.environ.setdefault("DISTILBENCH_MIXED_PRECISION", "fp32")
 
 GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 
