@@ -162,16 +162,17 @@ def test_committed_rows_hold_no_precision():
     """The committed stores were trained in fp32 before precision was recorded: their identities lack the entry that
     fp32 leaves out, so each row's key is still the key of its identity."""
     stores = sorted(Path(__file__).resolve().parents[1].glob("reports/*/results.sqlite"))
-    assert stores
+    checked = 0
     for path in stores:
         store = ResultsStore(path)
         try:
             rows = [r for r in store.rows() if r.get("params")]
         finally:
             store.close()
-        assert rows
+        checked += len(rows)  # a store a suite has only begun may hold none yet
         for r in rows:
             assert "precision" not in r["params"] and run_key(r["params"]) == r["run_key"], (path, r["run_key"])
+    assert checked >= 18  # reports/p002-table1 alone holds 18 student rows
 
 
 # --------------------------------------------------------------------------- cells and reports
