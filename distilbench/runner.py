@@ -94,8 +94,13 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
                       if init.pretrained else init.num_layers)
     pairs = distillation_pairs(cfg.layer_map, init, student_layers, teacher_config.num_hidden_layers)
     team = plan_team(cfg, main, task)
+    train_all = subsample(train_file, cfg.max_train_examples)
+    if not selection_split(train_all, cfg.selection_fraction, 0)[0]:  # its size does not depend on the seed
+        raise UsageError(f"{len(train_all)} training example(s) leave none to train on once --selection-fraction "
+                         f"{cfg.selection_fraction} holds out the selection split; give at least 2 (--max-train-examples) "
+                         f"or a smaller --selection-fraction")
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
-    return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, subsample(train_file, cfg.max_train_examples),
+    return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, train_all,
                 dev, len(train_file), store, cfg.seed_values(), pairs, team)
 
 
