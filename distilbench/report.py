@@ -855,7 +855,9 @@ def theta_section(rows: list[dict], out: Path) -> tuple[list[str], list[Path]]:
 
 def _add_report_commands(sub) -> None:
     """The `report` and `suite` subcommands (called by ``cli.make_parser``)."""
-    from .cli import _add_config_flags
+    import argparse
+
+    from .cli import SUITE_EXAMPLES, _add_config_flags
     from .suite import SUITE_FLAGS
 
     report = sub.add_parser("report", allow_abbrev=False,
@@ -869,7 +871,9 @@ def _add_report_commands(sub) -> None:
                         help=f"bootstrap resamples of --per-example (default {BOOTSTRAP_SAMPLES}); a number > 0 implies "
                              "--per-example, 0 leaves the tests out of a report that had them")
     suite = sub.add_parser("suite", allow_abbrev=False,
-                           help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/")
+                           help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/",
+                           usage="%(prog)s SUITE.yaml [options]", epilog=SUITE_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     suite.add_argument("suite_file", metavar="SUITE.yaml", help="benchmark suite file, e.g. benchmarks/p002-table1.yaml")
     suite.add_argument("--scale", default="cpu", help="which `scales:` entry of the suite to run (default: cpu)")
     suite.add_argument("--out", default=None, help="report folder (default: reports/NAME, reports/NAME-SCALE for other scales)")
