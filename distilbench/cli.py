@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
         cfg = build_config(args, yaml_path)
-        from .runner import Runner, summary_table
+        from .runner import Runner, summary_table, time_breakdown
 
         if command == "teacher":
             cfg.baseline = False
@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(cfg)
         rows = runner.run()
         from rich.console import Console
-        Console().print(summary_table(rows, runner.plan.task, cfg))
+        console = Console()
+        for part in [*summary_table(rows, runner.plan.task, cfg), *time_breakdown(runner)]:
+            console.print(part, soft_wrap=isinstance(part, str))  # a line longer than the terminal is not cut by rich
         if runner.lost:
             print(f"distilbench: {len(runner.lost)} run(s) lost with a worker that died ({', '.join(runner.lost)}); "
                   "rerun the same command to train them", file=sys.stderr)

@@ -213,7 +213,8 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                 n_batches += 1
                 n_examples += len(batch["labels"])
                 if progress:
-                    progress(step, total_steps, {k: v / n_batches for k, v in sums.items()}, n_examples / (time.perf_counter() - t_start))
+                    progress(step, total_steps, {k: v / n_batches for k, v in sums.items()}, n_examples / (time.perf_counter() - t_start),
+                             stage)
             epoch += 1
             record = {"stage": stage.name, "epoch": epoch, **{k: v / max(1, n_batches) for k, v in sums.items()}}
             if last_stage and stage.train_student:
