@@ -10,7 +10,7 @@ import os
 import sys
 import typing
 
-from .config import RunConfig, build_config
+from .config import GROUPS, RunConfig, build_config
 from .errors import TrainingDiverged, UsageError
 
 
@@ -20,25 +20,46 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per RunConfig field (or per field in ``only``), under its field's `--help` section (config.GROUPS)."""
     hints = typing.get_type_hints(RunConfig)
-    for f in dataclasses.fields(RunConfig):
-        if only is not None and f.name not in only:
-            continue
+    fields = [f for f in dataclasses.fields(RunConfig) if only is None or f.name in only]
+    sections = {g: parser.add_argument_group(g, about) for g, about in GROUPS.items()
+                if any(f.metadata["group"] == g for f in fields)}
+    for f in fields:
+        section = sections[f.metadata["group"]]
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
         help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.name == "task":  # the task registry is YAML, cheap to read here (objectives import torch: `ls` lists them)
+            from .tasks import TASKS
+            help_text = f"{f.metadata['help']} Accepted: {', '.join(TASKS)}. (default: {f.default})"
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            section.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif "choices" in f.metadata:  # argparse refuses anything else in one line and shows {a,b} in the help
+            section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, choices=f.metadata["choices"])
         else:
-            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+            section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+
+
+RUN_EXAMPLES = """examples:
+  distilbench run --objective kd --task rte --seeds 4 --data-dir ../shared/data/glue
+  distilbench run --objective att-kl+hid-seq --task mrpc --init layers:1,3,6 --student-layers 3 --seeds 3
+  distilbench run --objective ted --task rte --seeds 4 --ted-filter mlp --teacher-cache fp16
+"""
+SUITE_EXAMPLES = """examples:
+  distilbench suite benchmarks/ted-table2.yaml --scale cpu
+  distilbench suite benchmarks/p002-table1.yaml --scale cpu --workers 2 --data-dir ../shared/data/glue
+  distilbench suite benchmarks/autoskd.yaml --scale paper --results runs/autoskd-paper.sqlite --out reports/autoskd-paper
+"""
 
 
 def make_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: `--epoch 3` must be refused, not silently read as `--epochs 3`
     parser = _Parser(prog="distilbench", description="Compare knowledge-distillation objectives under one harness.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", allow_abbrev=False, help="distil students (seeds paired), store every result, print the table")
+    run = sub.add_parser("run", allow_abbrev=False, help="distil students (seeds paired), store every result, print the table",
+                         usage="%(prog)s [options]", epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     run.add_argument("--params", default=None, metavar="best:STUDY",
                      help="take the hyper-parameters of a search's best trial (precedence: CLI > study > YAML > defaults)")
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
         cfg = build_config(args, yaml_path)
-        from .runner import Runner, summary_table
+        from .runner import Runner, summary_table, time_breakdown
 
         if command == "teacher":
             cfg.baseline = False
@@ -149,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(cfg)
         rows = runner.run()
         from rich.console import Console
-        Console().print(summary_table(rows, runner.plan.task, cfg, runner.precision))
+        console = Console()
+        for part in [*summary_table(rows, runner.plan.task, cfg, runner.precision), *time_breakdown(runner)]:
+            console.print(part, soft_wrap=isinstance(part, str))  # a line longer than the terminal is not cut by rich
         if runner.lost:
             print(f"distilbench: {len(runner.lost)} run(s) lost with a worker that died ({', '.join(runner.lost)}); "
                   "rerun the same command to train them", file=sys.stderr)

@@ -17,73 +17,89 @@ from typing import Any
 from .errors import UsageError
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+# The `--help` sections, in this order; every field names its own (``group=``), so a new flag lands in one of them.
+MODELS, TRAINING, OBJECTIVES, TED, AUTOSKD, DATA = "models", "training", "objectives", "TED", "AutoSKD", "data and output"
+GROUPS = {
+    MODELS: "the teacher, the student and how the teacher is fine-tuned and cached",
+    TRAINING: "the student's training, seeds and devices",
+    OBJECTIVES: "what the student learns from the teacher",
+    TED: "only for --objective ted and ted-kl: task-aware filters (Liang et al. 2023)",
+    AUTOSKD: "only for --objective autoskd, skd and avgkd: a team of teachers (AutoSKDBERT)",
+    DATA: "the task, how much of it, and where results go",
+}
+
+
+def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A RunConfig field: its help text, its `--help` section and, for a fixed set of values, the accepted ones."""
+    if group not in GROUPS:  # a typo in this file, not user input: fails at import
+        raise ValueError(f"unknown option group {group!r}; accepted: {', '.join(GROUPS)}")
+    return field(default=default, metadata={"help": help, "group": group, **({"choices": choices} if choices else {})})
 
 
 @dataclass
 class RunConfig:
-    task: str = _f("rte", "GLUE task name (see `distilbench ls tasks`).")
-    objective: str = _f("kd", "distillation objective (see `distilbench ls objectives`); `none` = plain fine-tuning.")
-    teacher: str = _f("mpnet-base", "teacher: an embedded alias (mpnet-base, minilm-l6), a hub id or a local path.")
-    student: str | None = _f(None, "student model: alias, hub id or path; shorthand for --init pretrained:MODEL.")
-    init: str = _f("first-k", "student initialisation: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL.")
-    student_layers: int = _f(3, "number of student layers for every-k / first-k / last-k / random.")
-    seeds: int = _f(1, "run seeds 0..N-1 (paired: seed k gives every objective the same data order and init).")
-    seed_list: str | None = _f(None, "comma-separated explicit seeds, instead of --seeds.")
-    epochs: float = _f(3.0, "student training epochs.")
-    lr: float = _f(5e-5, "student peak learning rate (AdamW, linear warm-up and decay).")
-    batch_size: int = _f(16, "training batch size.")
-    eval_batch_size: int = _f(64, "evaluation batch size.")
-    max_length: int = _f(128, "maximum tokens per example (dynamic padding below it).")
-    warmup_ratio: float = _f(0.1, "share of training steps for linear warm-up.")
-    weight_decay: float = _f(0.01, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off).")
-    layer_map: str = _f("init", "which teacher layer each student layer learns from: init | uniform | last | ted | 4,8,12.")
-    beta: float | None = _f(None, "weight of the intermediate-layer term(s) of layer objectives (joint schedule); default: the objective's own (1.0; TED 100).")
-    schedule: str = _f("joint", "layer objectives: joint (CE + KD + beta*intermediate) | sequential (intermediate, then prediction layer; --epochs each, paper 002).")
-    ted_filter: str = _f("linear", "TED filter architecture (paper 001 §6.5): linear | mlp (two layers, GeLU) | layer (init from the model's next layer).")
-    ted_student_filters: str = _f("copy", "TED student filters: copy (the trained teacher filter at M(k), A.4 case 2.2) | train (Stage I on the frozen student) | random (Table 6 ablation).")
-    ted_teacher_filters: str = _f("trained", "TED teacher filters: trained (Stage I) | random (untrained, Table 6 ablation) | none (no filters: LWD).")
-    ted_finetune_student: bool = _f(False, "TED: fine-tune the student on the task (--epochs, CE) before training its filters in Stage I (A.2.3; implies --ted-student-filters train, per seed).")
-    ted_filter_epochs: float = _f(1.0, "TED Stage I epochs (filters only, model frozen; paper 001 §5.2 trains one epoch).")
-    ted_filter_lr: float = _f(1e-3, "TED Stage I learning rate (filters start random; the model is frozen).")
-    teachers: str | None = _f(None, "multi-teacher objectives (autoskd, skd, avgkd): the team, comma-separated aliases, ids or paths; NAME@INIT is a truncated fine-tuned teacher, e.g. mpnet-base@first-3 (the student's own architecture, a weak teacher).")
-    theta_update: str = _f("sswo", "autoskd: how theta learns: sswo (only the sampled teacher's weight, paper 003 Eq. 7) | cr (continuous relaxation, Eq. 5).")
-    theta_lr: float = _f(3e-4, "autoskd: Adam learning rate of theta (weight decay 1e-3; the paper's range 3e-4 .. 1e-3).")
-    theta_init: str = _f("uniform", "skd: the fixed distribution: uniform | random (drawn from the seed; the paper's random baseline) | weights like 0.5,0.3,0.2.")
-    autoskd_m: int | None = _f(None, "autoskd: teachers discarded between the phases (Eq. 8); default: those no larger than the student (Appendix A.1's rule of thumb).")
-    candidates: int = _f(2, "autoskd: candidate distributions from phase 2, each retrained from scratch, best on the selection split (the paper used 25).")
-    autoskd_lookahead: str = _f("finite-difference", "autoskd: theta's look-ahead gradient: finite-difference (DARTS) | exact (second order) | first-order.")
-    teacher_cache: str = _f("fp32", "teacher-output cache (hidden states, attention scores, values of the mapped layers; computed once, memory-mapped): fp32 | fp16 | off (run the teacher every step).")
-    temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.")
-    alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.")
-    teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.")
-    teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.")
-    teacher_seed: int = _f(0, "seed of the (single, cached) teacher fine-tuning run.")
-    teacher_micro_batch: int = _f(4, "teacher fine-tuning: run each batch as micro-batches of at most this many examples whose gradients add up to the batch's (the same update in less memory: a base-size teacher's longest batches of 16 peaked at 4.5 GiB whole, 3.8 GiB in parts of 8, 3.1 GiB in parts of 4, which cost ~16%% of its speed); 0 = whole batches.")
-    selection_fraction: float = _f(0.1, "seeded held-out slice of train used for every selection (best epoch); dev is never used to select.")
-    select_best_epoch: bool = _f(True, "keep the epoch with the best selection-split score.")
-    max_train_examples: int | None = _f(None, "subsample train to N examples (fixed, reproducible sample).")
-    max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).")
-    data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.")
-    results: str = _f("runs/results.sqlite", "SQLite results store.")
+    task: str = _f("rte", "GLUE task name (see `distilbench ls tasks`).", group=DATA)
+    objective: str = _f("kd", "distillation objective (see `distilbench ls objectives`); `none` = plain fine-tuning.", group=OBJECTIVES)
+    teacher: str = _f("mpnet-base", "teacher: an embedded alias (mpnet-base, minilm-l6), a hub id or a local path.", group=MODELS)
+    student: str | None = _f(None, "student model: alias, hub id or path; shorthand for --init pretrained:MODEL.", group=MODELS)
+    init: str = _f("first-k", "student initialisation: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL.", group=MODELS)
+    student_layers: int = _f(3, "number of student layers for every-k / first-k / last-k / random.", group=MODELS)
+    seeds: int = _f(1, "run seeds 0..N-1 (paired: seed k gives every objective the same data order and init).", group=TRAINING)
+    seed_list: str | None = _f(None, "comma-separated explicit seeds, instead of --seeds.", group=TRAINING)
+    epochs: float = _f(3.0, "student training epochs.", group=TRAINING)
+    lr: float = _f(5e-5, "student peak learning rate (AdamW, linear warm-up and decay).", group=TRAINING)
+    batch_size: int = _f(16, "training batch size.", group=TRAINING)
+    eval_batch_size: int = _f(64, "evaluation batch size.", group=TRAINING)
+    max_length: int = _f(128, "maximum tokens per example (dynamic padding below it).", group=TRAINING)
+    warmup_ratio: float = _f(0.1, "share of training steps for linear warm-up.", group=TRAINING)
+    weight_decay: float = _f(0.01, "AdamW weight decay.", group=TRAINING)
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off).", group=TRAINING)
+    layer_map: str = _f("init", "which teacher layer each student layer learns from: init | uniform | last | ted | 4,8,12.", group=OBJECTIVES)
+    beta: float | None = _f(None, "weight of the intermediate-layer term(s) of layer objectives (joint schedule); default: the objective's own (1.0; TED 100).", group=OBJECTIVES)
+    schedule: str = _f("joint", "layer objectives: joint (CE + KD + beta*intermediate) | sequential (intermediate, then prediction layer; --epochs each, Wang et al. 2023).", group=OBJECTIVES, choices=('joint', 'sequential'))
+    ted_filter: str = _f("linear", "TED filter architecture (Liang et al. 2023 §6.5): linear | mlp (two layers, GeLU) | layer (init from the model's next layer).", group=TED, choices=('linear', 'mlp', 'layer'))
+    ted_student_filters: str = _f("copy", "TED student filters: copy (the trained teacher filter at M(k), A.4 case 2.2) | train (Stage I on the frozen student) | random (Table 6 ablation).", group=TED, choices=('copy', 'train', 'random'))
+    ted_teacher_filters: str = _f("trained", "TED teacher filters: trained (Stage I) | random (untrained, Table 6 ablation) | none (no filters: LWD).", group=TED, choices=('trained', 'random', 'none'))
+    ted_finetune_student: bool = _f(False, "TED: fine-tune the student on the task (--epochs, CE) before training its filters in Stage I (A.2.3; implies --ted-student-filters train, per seed).", group=TED)
+    ted_filter_epochs: float = _f(1.0, "TED Stage I epochs (filters only, model frozen; Liang et al. 2023 §5.2 train one epoch).", group=TED)
+    ted_filter_lr: float = _f(1e-3, "TED Stage I learning rate (filters start random; the model is frozen).", group=TED)
+    teachers: str | None = _f(None, "multi-teacher objectives (autoskd, skd, avgkd): the team, comma-separated aliases, ids or paths; NAME@INIT is a truncated fine-tuned teacher, e.g. mpnet-base@first-3 (the student's own architecture, a weak teacher).", group=AUTOSKD)
+    theta_update: str = _f("sswo", "autoskd: how theta learns: sswo (only the sampled teacher's weight, AutoSKDBERT Eq. 7) | cr (continuous relaxation, Eq. 5).", group=AUTOSKD, choices=('sswo', 'cr'))
+    theta_lr: float = _f(3e-4, "autoskd: Adam learning rate of theta (weight decay 1e-3; the paper's range 3e-4 .. 1e-3).", group=AUTOSKD)
+    theta_init: str = _f("uniform", "skd: the fixed distribution: uniform | random (drawn from the seed; the paper's random baseline) | weights like 0.5,0.3,0.2.", group=AUTOSKD)
+    autoskd_m: int | None = _f(None, "autoskd: teachers discarded between the phases (Eq. 8); default: those no larger than the student (Appendix A.1's rule of thumb).", group=AUTOSKD)
+    candidates: int = _f(2, "autoskd: candidate distributions from phase 2, each retrained from scratch, best on the selection split (the paper used 25).", group=AUTOSKD)
+    autoskd_lookahead: str = _f("finite-difference", "autoskd: theta's look-ahead gradient: finite-difference (DARTS) | exact (second order) | first-order.", group=AUTOSKD, choices=('finite-difference', 'exact', 'first-order'))
+    teacher_cache: str = _f("fp32", "teacher-output cache (hidden states, attention scores, values of the mapped layers; computed once, memory-mapped): fp32 | fp16 | off (run the teacher every step).", group=MODELS, choices=('fp32', 'fp16', 'off'))
+    temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.", group=OBJECTIVES)
+    alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.", group=OBJECTIVES)
+    teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.", group=MODELS)
+    teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.", group=MODELS)
+    teacher_seed: int = _f(0, "seed of the (single, cached) teacher fine-tuning run.", group=MODELS)
+    teacher_micro_batch: int = _f(4, "teacher fine-tuning: run each batch as micro-batches of at most this many examples whose gradients add up to the batch's (the same update in less memory: a base-size teacher's longest batches of 16 peaked at 4.5 GiB whole, 3.8 GiB in parts of 8, 3.1 GiB in parts of 4, which cost ~16%% of its speed); 0 = whole batches.", group=MODELS)
+    selection_fraction: float = _f(0.1, "seeded held-out slice of train used for every selection (best epoch); dev is never used to select.", group=TRAINING)
+    select_best_epoch: bool = _f(True, "keep the epoch with the best selection-split score.", group=TRAINING)
+    max_train_examples: int | None = _f(None, "subsample train to N examples (fixed, reproducible sample).", group=DATA)
+    max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).", group=DATA)
+    data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.", group=DATA)
+    results: str = _f("runs/results.sqlite", "SQLite results store.", group=DATA)
     save_students: str | None = _f(None, "keep each run's trained student: a transformers folder (weights, tokenizer, labels, model card "
                                          "README.md, distilbench.json) under DIR/TASK/OBJECTIVE/INIT/seedK-RUNKEY; not part of the "
-                                         "run's identity (see `distilbench export`).")
-    force: bool = _f(False, "rerun and replace rows that already exist.")
-    baseline: bool = _f(True, "also run the `none` baseline (same student, no teacher) for the table.")
-    cpu: bool = _f(False, "force the CPU even when an accelerator is present.")
+                                         "run's identity (see `distilbench export`).", group=DATA)
+    force: bool = _f(False, "rerun and replace rows that already exist.", group=DATA)
+    baseline: bool = _f(True, "also run the `none` baseline (same student, no teacher) for the table.", group=OBJECTIVES)
+    cpu: bool = _f(False, "force the CPU even when an accelerator is present.", group=TRAINING)
     mixed_precision: str = _f(os.environ.get("DISTILBENCH_MIXED_PRECISION", "auto"),
                               "auto | no (= fp32) | fp32 | bf16 | fp16. auto: bf16 autocast on a CUDA device with bf16; on a CPU only with "
                               "AMX-BF16 or AVX512-BF16 and a one-off probe measuring it faster (cached per machine); else fp32. "
                               "The precision used is stored in every row and is part of the run identity (fp32 keys unchanged). "
-                              "Default: $DISTILBENCH_MIXED_PRECISION, else auto.")
-    progress: bool = _f(True, "show a progress bar.")
+                              "Default: $DISTILBENCH_MIXED_PRECISION, else auto.", group=TRAINING,
+                              choices=("auto", "no", "fp32", "bf16", "fp16"))
+    progress: bool = _f(True, "show a progress bar.", group=DATA)
     workers: str = _f(os.environ.get("DISTILBENCH_WORKERS", "auto"), "run independent (objective, seed) runs in N processes with the cores shared out among them, "
                            "or auto (CPU: one single-thread process per core, measured 1.18x faster than one 2-thread process "
                            "on 2 cores; an accelerator: 1). Teachers, caches and TED's Stage I are built first, once. "
-                           "Default: $DISTILBENCH_WORKERS, else auto.")
+                           "Default: $DISTILBENCH_WORKERS, else auto.", group=TRAINING)
 
     def validate(self) -> "RunConfig":
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
@@ -104,22 +120,12 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
-        for name, value, accepted in (("ted_filter", self.ted_filter, ("linear", "mlp", "layer")),
-                                      ("ted_student_filters", self.ted_student_filters, ("copy", "train", "random")),
-                                      ("ted_teacher_filters", self.ted_teacher_filters, ("trained", "random", "none"))):
-            if value not in accepted:
-                raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(accepted)} (got {value!r})")
-        for name, value, accepted in (("theta_update", self.theta_update, ("sswo", "cr")),
-                                      ("teacher_cache", self.teacher_cache, ("fp32", "fp16", "off")),
-                                      ("autoskd_lookahead", self.autoskd_lookahead, ("finite-difference", "exact", "first-order"))):
-            if value not in accepted:
-                raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(accepted)} (got {value!r})")
+        for f in dataclasses.fields(self):  # the flags refuse these too; a YAML value arrives here unchecked
+            accepted = f.metadata.get("choices")
+            if accepted and getattr(self, f.name) not in accepted:
+                raise UsageError(f"--{f.name.replace('_', '-')} must be one of {', '.join(accepted)} (got {getattr(self, f.name)!r})")
         if self.theta_lr <= 0 or self.candidates < 1:
             raise UsageError(f"--theta-lr must be > 0 and --candidates >= 1 (got {self.theta_lr}, {self.candidates})")
-        if self.schedule not in ("joint", "sequential"):
-            raise UsageError(f"--schedule must be joint or sequential (got {self.schedule!r})")
-        if self.mixed_precision not in ("auto", "no", "fp32", "bf16", "fp16"):
-            raise UsageError(f"--mixed-precision must be auto, no, fp32, bf16 or fp16 (got {self.mixed_precision!r})")
         if self.student is not None:
             if self.init not in ("first-k", f"pretrained:{self.student}"):  # first-k is the default: --student overrides it
                 raise UsageError(f"--student {self.student} conflicts with --init {self.init}; give one of them")

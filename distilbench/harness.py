@@ -141,7 +141,7 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
         student.requires_grad_(stage.train_student)
         cached = shared.path(objective, stage, stage_epochs, stage_lr) if stage.shared and shared is not None else None
         if cached is not None and cached.exists():  # a shared stage another seed (or run) already trained
-            objective.load_state_dict(torch.load(cached, map_location=device))
+            objective.load_state_dict(torch.load(cached, map_location=device, weights_only=True))
             result.history.append({"stage": stage.name, "cached": str(cached)})
             continue
         stage_seed, enc = (shared.seed, shared.train_enc) if cached is not None else (seed, train_enc)
@@ -212,7 +212,8 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
                 n_batches += 1
                 n_examples += len(batch["labels"])
                 if progress:
-                    progress(step, total_steps, {k: v / n_batches for k, v in sums.items()}, n_examples / (time.perf_counter() - t_start))
+                    progress(step, total_steps, {k: v / n_batches for k, v in sums.items()}, n_examples / (time.perf_counter() - t_start),
+                             stage)
             epoch += 1
             record = {"stage": stage.name, "epoch": epoch, **{k: v / max(1, n_batches) for k, v in sums.items()}}
             if last_stage and stage.train_student:
@@ -241,7 +242,7 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
     result.examples_per_s = n_examples / result.train_time_s if result.train_time_s > 0 else 0.0
     if best_state is not None:
         if result.best_epoch != epoch:  # an earlier epoch was better than the last
-            student.load_state_dict(torch.load(best_state.name, map_location=device))
+            student.load_state_dict(torch.load(best_state.name, map_location=device, weights_only=True))
         best_state.close()  # deletes the file
     student.requires_grad_(True)
     result.peak_mem_mb = peak_memory_mb()

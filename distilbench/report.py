@@ -20,8 +20,11 @@ of the matrices.
 Everything is sorted and formatted with fixed precision, and the PNGs carry no timestamps, so rebuilding from the
 same results gives byte-identical files except the README's ``Date:`` line. ``report.json`` keeps what shaped the
 report besides the rows (the command that first wrote it, its title, the suite's order of tasks, objectives and
-inits): ``distilbench report --results R --out DIR`` on a folder whose ``report.json`` names the same results file
-reuses them, so a suite's committed report is rebuilt exactly by the ``Rebuild:`` line printed in its header.
+inits, the per-example resamples, the results store and the folder as they were named): ``distilbench report DIR``
+rebuilds the folder DIR from it exactly, wherever DIR now lies (another checkout, a copy), and that is the
+``Rebuild:`` line printed in its header. A results store that lay inside the report folder (committed reports keep
+theirs beside the README) is read from inside DIR; one outside it, by the path recorded. ``distilbench report
+--results R --out DIR`` on a folder whose ``report.json`` names the same results file reuses them too.
 Statistics: :mod:`distilbench.stats`.
 """
 from __future__ import annotations
@@ -536,13 +539,15 @@ def _slug(text: str) -> str:
 
 def build_report(rows: Any, out: str | Path, *, command: str, results: str | None = None,
                  orders: dict[str, Sequence[str]] | None = None, title: str | None = None,
-                 console=None, date: datetime | None = None, per_example: int = 0) -> Report:
+                 console=None, date: datetime | None = None, per_example: int = 0, folder: str | None = None) -> Report:
     """Write the report of ``rows`` (``ResultsStore.rows()`` or ``.dataframe()``) into ``out``.
 
     ``command``: the exact command line to print in the header. ``orders``: preferred order of ``tasks``,
     ``objectives`` and ``inits`` (a suite's), else none, kd, then alphabetical. ``console``: a rich Console for the
     terminal tables (None: stdout; False: print nothing). ``per_example``: bootstrap resamples for the per-example
-    tests of :mod:`distilbench.per_example` (section 3.3 and ``per_example.csv``); 0 leaves them out.
+    tests of :mod:`distilbench.per_example` (section 3.3 and ``per_example.csv``); 0 leaves them out. ``folder``: the
+    report folder as the ``Rebuild:`` line and ``report.json`` name it (default ``out``; a rebuild of a moved copy
+    passes the name it was first written under, so that every file comes out the same).
     """
     from .errors import UsageError
     from .stats import _row_dicts, by_family, cells_from_rows, compare, init_order, is_result, objective_order
@@ -572,8 +577,11 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     revs = sorted({str(r.get("git_rev")) for r in rows if r.get("git_rev")})
     md += [f"# {title or 'distilbench report'}", "",
            f"Command: `{command}`", ""]
+    folder = str(out) if folder is None else folder
     if results:
-        md += [f"Rebuild: `distilbench report --results {results} --out {out}`", ""]
+        import shlex
+
+        md += [f"Rebuild: `distilbench report {shlex.quote(folder)}`", ""]
     md += [f"Date: {date.strftime('%Y-%m-%d %H:%M:%S %Z').strip()}", "",
            f"- **Results:** `{results or '(rows given directly)'}`: {len(rows)} runs in {len(cells)} cells, "
            f"fingerprint `{fingerprint(rows)}` (sha256 of the sorted run keys and scores)",
@@ -703,7 +711,8 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     files += theta_files
 
     (out / "README.md").write_text("\n".join(md), encoding="utf-8")
-    inputs = {"command": command, "title": title, "results": results, "orders": {k: list(v) for k, v in sorted(orders.items())}}
+    inputs = {"command": command, "title": title, "results": results, "folder": folder,
+              "orders": {k: list(v) for k, v in sorted(orders.items())}}
     if per_example:
         inputs["per_example"] = per_example
         _write_csv(out / "per_example.csv", PER_EXAMPLE_HEADER, per_example_csv_rows(example_comparisons))
@@ -858,13 +867,18 @@ def theta_section(rows: list[dict], out: Path) -> tuple[list[str], list[Path]]:
 
 def _add_report_commands(sub) -> None:
     """The `report` and `suite` subcommands (called by ``cli.make_parser``)."""
-    from .cli import _add_config_flags
+    import argparse
+
+    from .cli import SUITE_EXAMPLES, _add_config_flags
     from .suite import SUITE_FLAGS
 
     report = sub.add_parser("report", allow_abbrev=False,
                             help="tables, paired significance tests and plots of stored results, written to a folder")
-    report.add_argument("--results", default="runs/results.sqlite", help="SQLite results store (default: runs/results.sqlite)")
-    report.add_argument("--out", default=DEFAULT_OUT, help=f"folder to write the report into (default: {DEFAULT_OUT})")
+    report.add_argument("folder", nargs="?", default=None, metavar="DIR",
+                        help="rebuild the report folder DIR exactly as its report.json says (title, order, options, "
+                             "results store); instead of --results/--out")
+    report.add_argument("--results", default=None, help="SQLite results store (default: runs/results.sqlite)")
+    report.add_argument("--out", default=None, help=f"folder to write the report into (default: {DEFAULT_OUT})")
     report.add_argument("--per-example", action="store_true",
                         help="add per-example paired tests on the stored dev predictions: bootstrap over examples and "
                              "McNemar per seed (section 3.3, per_example.csv)")
@@ -872,7 +886,9 @@ def _add_report_commands(sub) -> None:
                         help=f"bootstrap resamples of --per-example (default {BOOTSTRAP_SAMPLES}); a number > 0 implies "
                              "--per-example, 0 leaves the tests out of a report that had them")
     suite = sub.add_parser("suite", allow_abbrev=False,
-                           help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/")
+                           help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/",
+                           usage="%(prog)s SUITE.yaml [options]", epilog=SUITE_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     suite.add_argument("suite_file", metavar="SUITE.yaml", help="benchmark suite file, e.g. benchmarks/p002-table1.yaml")
     suite.add_argument("--scale", default="cpu", help="which `scales:` entry of the suite to run (default: cpu)")
     suite.add_argument("--out", default=None, help="report folder (default: reports/NAME, reports/NAME-SCALE for other scales)")
@@ -893,7 +909,14 @@ def dispatch(command: str, args: dict[str, Any], argv: Sequence[str]) -> int:
 
         raise UsageError(f"--bootstrap-samples must be a whole number >= 0, 0 meaning no per-example tests "
                          f"(got {args['bootstrap_samples']})")
-    return report_main(args["results"], args["out"], line, args.get("per_example", False), args.get("bootstrap_samples"))
+    if args.get("folder") is not None:
+        if args.get("results") is not None or args.get("out") is not None:
+            from .errors import UsageError
+
+            raise UsageError("give either a report folder DIR (rebuilt from its report.json) or --results/--out, not both")
+        return rebuild_main(args["folder"], line, args.get("per_example", False), args.get("bootstrap_samples"))
+    return report_main(args["results"] or "runs/results.sqlite", args["out"] or DEFAULT_OUT, line,
+                       args.get("per_example", False), args.get("bootstrap_samples"))
 
 
 def report_main(results: str, out: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
@@ -924,4 +947,52 @@ def report_main(results: str, out: str, command: str, per_example: bool = False,
     return 0
 
 
-__all__ = ["build_report", "report_main", "dispatch", "Report", "Grid", "DEFAULT_OUT"]
+def stored_results(folder: Path, inputs: dict) -> Path:
+    """The results store of the report in ``folder``, from its ``report.json``: a store that lay inside the report
+    folder it was written to (``results`` under ``folder``, both relative or both absolute) is read from inside
+    ``folder`` now, wherever that lies; any other by the path recorded (a relative one from the current folder)."""
+    import os
+
+    results, first = inputs.get("results"), inputs.get("folder")
+    if first is not None and Path(results).is_absolute() == Path(first).is_absolute():
+        inside = os.path.relpath(os.path.normpath(results), os.path.normpath(first))
+        if inside != os.pardir and not inside.startswith(os.pardir + os.sep):
+            return folder / inside
+    return Path(results)
+
+
+def rebuild_main(folder: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
+    """`distilbench report DIR`: rewrite the report in DIR from its report.json and its results store. The header's
+    command stays the one that first wrote it, unless this one changes the per-example tests (then it is ``command``)."""
+    from .errors import UsageError
+    from .store import ResultsStore
+
+    where = Path(folder)
+    try:
+        inputs = json.loads((where / "report.json").read_text(encoding="utf-8"))
+    except OSError:
+        raise UsageError(f"{where / 'report.json'} does not exist: `distilbench report DIR` rebuilds a report folder "
+                         f"written before; for a new report give --results RESULTS --out DIR") from None
+    except ValueError as exc:
+        raise UsageError(f"{where / 'report.json'} is not valid JSON ({exc}); rebuild it with --results RESULTS --out DIR") from None
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("results"), str) or not inputs.get("command"):
+        raise UsageError(f"{where / 'report.json'} names no results store and command; rebuild it with --results RESULTS --out DIR")
+    store = stored_results(where, inputs)
+    if not store.is_file():
+        raise UsageError(f"no results file at {store} (report.json's results {inputs['results']!r}, folder "
+                         f"{inputs.get('folder')!r}); pass --results PATH --out {folder} instead")
+    with ResultsStore(store) as db:
+        rows = db.rows()
+    samples = int(inputs.get("per_example") or 0)
+    if bootstrap_samples is not None:  # asked now: overrides what the folder's report had (0: leave them out)
+        samples = bootstrap_samples
+    elif per_example:
+        samples = samples or BOOTSTRAP_SAMPLES
+    if not per_example and bootstrap_samples is None:  # a changed per-example choice is a new command
+        command = inputs["command"]
+    build_report(rows, where, command=command, results=inputs["results"], title=inputs.get("title"),
+                 orders=inputs.get("orders"), per_example=samples, folder=inputs.get("folder", str(where)))
+    return 0
+
+
+__all__ = ["build_report", "report_main", "rebuild_main", "dispatch", "Report", "Grid", "DEFAULT_OUT"]

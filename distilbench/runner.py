@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -95,8 +96,13 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
                       if init.pretrained else init.num_layers)
     pairs = distillation_pairs(cfg.layer_map, init, student_layers, teacher_config.num_hidden_layers)
     team = plan_team(cfg, main, task)
+    train_all = subsample(train_file, cfg.max_train_examples)
+    if not selection_split(train_all, cfg.selection_fraction, 0)[0]:  # its size does not depend on the seed
+        raise UsageError(f"{len(train_all)} training example(s) leave none to train on once --selection-fraction "
+                         f"{cfg.selection_fraction} holds out the selection split; give at least 2 (--max-train-examples) "
+                         f"or a smaller --selection-fraction")
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
-    return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, subsample(train_file, cfg.max_train_examples),
+    return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, train_all,
                 dev, len(train_file), store, cfg.seed_values(), pairs, team)
 
 
@@ -195,6 +201,9 @@ def run_settings(cfg: RunConfig, precision: str) -> dict[str, Any]:
 
 class Runner:
     def __init__(self, cfg: RunConfig, console: Console | None = None, read_dev: bool = True, precision: str | None = None):
+        self.started = time.perf_counter()
+        # seconds spent per phase of run(), for the closing breakdown (see time_breakdown)
+        self.timings = {"teacher": 0.0, "caches": 0.0, "Stage I": 0.0, "students": 0.0}
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         self.plan = plan_run(cfg, read_dev)
@@ -213,45 +222,66 @@ class Runner:
     lost: list[str] = []  # runs lost with a worker process that died (--workers): a rerun trains them
 
     def log(self, message: str) -> None:
-        if self.accelerator.is_main_process:
-            self.console.print(self.prefix + message)
+        if self.accelerator.is_main_process:  # soft_wrap: a long path stays one line (the terminal wraps it, not rich)
+            self.console.print(self.prefix + message, soft_wrap=True)
 
     # -- progress -------------------------------------------------------------------------------------------------
-    def _progress(self, label: str):
+    def _progress(self, label: str, named_stages: bool = False):
+        """A live bar (a terminal) or a line every 10% (a log), per stage; ``named_stages``: each stage's bar and lines
+        say which stage they count (TED: "Stage I (filters)", then "Stage II (distil)"), since each starts at step 1."""
         if not self.cfg.progress or not self.accelerator.is_main_process:
             return None, None
-        if not self.console.is_terminal:  # a log file or CI: a plain line every 10% instead of a live bar
-            marks: set[int] = set()
 
-            def log_line(step, total, terms, speed):
+        def stage_label(stage) -> str:
+            if not named_stages or stage is None:
+                return label
+            return f"{label}, {stage.title} ({stage.name})" if stage.title else f"{label}, {stage.name}"
+
+        if not self.console.is_terminal:  # a log file or CI: a plain line every 10% instead of a live bar
+            marks: set[tuple[str, int]] = set()
+
+            def log_line(step, total, terms, speed, stage=None):
+                name = stage_label(stage)
                 mark = 10 * step // total
-                if mark not in marks and (step == total or mark > 0):
-                    marks.add(mark)
+                if (name, mark) not in marks and (step == total or mark > 0):
+                    marks.add((name, mark))
                     info = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
-                    self.console.print(f"{label}: step {step}/{total} {info} {speed:.1f} ex/s")
+                    self.console.print(f"{name}: step {step}/{total} {info} {speed:.1f} ex/s", soft_wrap=True)
 
             return None, log_line
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console, transient=False)
-        handle = bar.add_task(label, total=None, info="")
+        handles: dict[str, int] = {}
 
-        def update(step, total, terms, speed):
+        def update(step, total, terms, speed, stage=None):
+            name = stage_label(stage)
+            if name not in handles:  # a new stage gets its own bar; the finished one stays on screen
+                handles[name] = bar.add_task(name, total=None, info="")
             info = " ".join(f"{k}={v:.4f}" for k, v in terms.items()) + f" {speed:.1f} ex/s"
-            bar.update(handle, completed=step, total=total, info=info)
+            bar.update(handles[name], completed=step, total=total, info=info)
 
         return bar, update
 
     def _train(self, model, objective, teacher, train_enc, select_enc, seed, epochs, lr, label, teacher_train_enc=None, shared=None,
                micro_batch=0, only_shared=False):
-        bar, update = self._progress(label)
+        stages = objective.stages()
+        bar, update = self._progress(label, len(stages) > 1 or any(s.title for s in stages))
         if bar:
             bar.start()
         try:
-            return train(model, objective, teacher, train_enc, select_enc, self.plan.task, self.cfg, seed, self.accelerator,
-                         epochs, lr, update, teacher_train_enc, shared, micro_batch, only_shared=only_shared)
+            result = train(model, objective, teacher, train_enc, select_enc, self.plan.task, self.cfg, seed, self.accelerator,
+                           epochs, lr, update, teacher_train_enc, shared, micro_batch, only_shared=only_shared)
         finally:
             if bar:
                 bar.stop()
+        if shared is not None:  # shared stages trained here (not read from their cache) count as "Stage I", not students
+            self.timings["Stage I"] += sum(result.stage_times.get(s.name, 0.0) for s in stages if s.shared)
+        for entry in result.history:
+            if "cached" in entry:
+                stage = next((s for s in stages if s.name == entry["stage"]), None)
+                self.log(f"{label}: {stage.title + ' ' if stage and stage.title else ''}({entry['stage']}) "
+                         f"read from its cache {entry['cached']}")
+        return result
 
     # -- teacher --------------------------------------------------------------------------------------------------
     def _fine_tune_teacher(self, model_name: str, train_all: list[Example]):
@@ -354,10 +384,14 @@ class Runner:
         from .workers import resolve, run_jobs
 
         plan, cfg = self.plan, self.cfg
+        start = time.perf_counter()
         record, todo = self.pending()
         if todo:
             self.log(f"{len(todo)} run(s) to train")
             teacher_net = self.teacher_net(record)
+        self.timings["teacher"] += time.perf_counter() - start
+        start, before = time.perf_counter(), self.timings["caches"] + self.timings["Stage I"]
+        if todo:
             processes, threads = resolve(cfg.workers, len(todo), self.accelerator.device.type != "cpu")
             if processes > 1 and self.accelerator.num_processes == 1:
                 outcome = run_jobs(self.jobs(todo, record, teacher_net), processes, threads, self.log)
@@ -369,6 +403,8 @@ class Runner:
             else:
                 for objective, seed in todo:
                     self.run_and_store(objective, seed, record, teacher_net)
+        # the caches and Stage I were built inside this span (on the first seed, or before the workers started)
+        self.timings["students"] += time.perf_counter() - start - (self.timings["caches"] + self.timings["Stage I"] - before)
         rows = self.rows(record)
         if cfg.save_students and not cfg.force:
             from .export import note_unsaved
@@ -408,6 +444,13 @@ class Runner:
     def _teacher_source(self, objective, record, teacher_net, own_tokens: bool, multi: bool):
         """What the objective reads from its teacher(s): cached outputs where they cover it (built here, once, on
         first use), else the live teacher."""
+        start = time.perf_counter()
+        try:
+            return self._teacher_source_uncounted(objective, record, teacher_net, own_tokens, multi)
+        finally:
+            self.timings["caches"] += time.perf_counter() - start
+
+    def _teacher_source_uncounted(self, objective, record, teacher_net, own_tokens: bool, multi: bool):
         plan, cfg = self.plan, self.cfg
         if multi:  # logits only: each member's logits over the whole train file, computed once on its own tokenisation
             caches = [teacher_logits(r, self._encode(tok, plan.train_all), plan.train_rows,
@@ -570,10 +613,13 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
-def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str = "fp32"):
+def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str = "fp32") -> list:
     """Per-seed dev scores of each objective side by side, mean ± std, the teacher's and the majority class's score,
-    and the signal check: an objective not significantly above the majority class is marked "at chance"."""
-    from rich.console import Group
+    and the signal check: an objective not significantly above the majority class is marked "at chance".
+
+    What to print, in order: the table (a short title, never wrapped), then lines (markup strings) for a console to
+    print with ``soft_wrap``: the student, teacher and non-default settings, which can be longer than any terminal,
+    and the notes."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -584,8 +630,9 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str =
     by = {(r["objective"], r["seed"]): r for r in rows}
     checks = {o: check_rows([r for r in rows if r["objective"] == o]) for o in objectives}
     cut = settings_text(run_settings(cfg, precision))
-    title = f"{task.name} dev {task.main_score} (%), student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}"
-    table = Table(title=escape(title) + (f"\n{escape(cut)}" if cut else ""))  # "mpnet-base[layers:1,2,3]" is not markup
+    title = f"{task.name} dev {task.main_score} (%)"
+    caption = f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}" + (f"; settings: {cut}" if cut else "")
+    table = Table(title=title, min_width=len(title))  # the table at least as wide as its title: no wrapped title
     table.add_column("seed")
     for o in objectives:
         table.add_column(o, justify="right")
@@ -613,4 +660,14 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str =
     unchecked = [o for o in objectives if checks[o].applies and checks[o].at_chance is None]
     if unchecked:
         notes.append(f"not checked against the majority class: {', '.join(unchecked)} ({checks[unchecked[0]].reason})")
-    return Group(table, *notes) if notes else table
+    return [table, escape(caption), *notes]  # "mpnet-base[layers:1,2,3]" is not markup
+
+
+def time_breakdown(runner: Runner) -> list[str]:
+    """The closing lines of `distilbench run`: seconds in each phase. teacher: fine-tuning or reading it (and a team),
+    its dev score, loading it; caches: the teacher-output caches (built or opened); Stage I: shared stages trained
+    (TED's filters; read from their cache they cost nothing here); students: training, evaluating and storing each
+    run, less the two before; total: from the runner's start (reading the data included) to now."""
+    total = time.perf_counter() - runner.started
+    parts = [*runner.timings.items(), ("total", total)]
+    return ["time (s):", *(f"  {name:<9}{seconds:9.1f}" for name, seconds in parts)]

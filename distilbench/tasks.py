@@ -245,6 +245,9 @@ def _read_tsv(task: Task, path: Path) -> list[Example]:
         label = _parse_label(task, fields[label_idx], where)
         texts = [fields[i] for i in text_idx]
         examples.append(Example(len(examples), texts[0], texts[1] if len(texts) > 1 else None, label))
+    if not examples:  # nothing to train on or score: refused here, before a tokenizer fails on an empty batch
+        raise DataError(f"{path}: no examples{' below the header' if task.tsv_header else ''}; "
+                        f"a split needs at least one row")
     return examples
 
 
@@ -272,6 +275,8 @@ def _load_hub(task: Task, split: str) -> list[Example]:
             raise DataError(f"{where}: label {raw!r} is not a class id in 0..{task.num_labels - 1}")
         texts = [row[c] for c in task.text_columns]
         examples.append(Example(i, texts[0], texts[1] if len(texts) > 1 else None, label))
+    if not examples:
+        raise DataError(f"{name} split {task.hub_splits[split]}: no examples; a split needs at least one row")
     return examples
 
 

@@ -142,7 +142,7 @@ def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Ca
                 os.close(fd)
                 torch.save(table, tmp)
                 os.replace(tmp, path)
-    return torch.load(path)
+    return torch.load(path, weights_only=True)
 
 
 def split_for_teacher(cfg: RunConfig, train_all: list[Example]) -> tuple[list[Example], list[Example]]:

@@ -252,7 +252,7 @@ def test_cli_baselines_run_on_the_team(tiny_run_args, tiny_team, objective):
     (["--objective", "autoskd", "--teachers", "TINY,TINY@random"], "takes a layer-copying init"),
     (["--objective", "autoskd", "--teachers", "TINY,TINY@layers:9"], "out of range"),
     (["--objective", "autoskd", "--teachers", "TINY,nonexistent-model-xyz"], "nonexistent-model-xyz"),
-    (["--objective", "autoskd", "--teachers", "TINY,TINY@first-k", "--theta-update", "darts"], "--theta-update must be one of"),
+    (["--objective", "autoskd", "--teachers", "TINY,TINY@first-k", "--theta-update", "darts"], "--theta-update: invalid choice: 'darts'"),
     (["--objective", "autoskd", "--teachers", "TINY,TINY@first-k", "--task", "stsb"], "regression task"),
 ])
 def test_cli_bad_team_input_exits_2_with_one_line(tiny_run_args, tiny_teacher, capfd, monkeypatch, extra, message):

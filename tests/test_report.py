@@ -8,6 +8,7 @@ tests/test_report.py`` and review the diff.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -133,6 +134,9 @@ def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
         a, b = (first / name).read_bytes(), (second / name).read_bytes()
         if name == "README.md":
             assert without_date(a.decode(), folder_too=True) == without_date(b.decode(), folder_too=True)
+        elif name == "report.json":  # it names the folder it was written to, as the README's Rebuild line does
+            ja, jb = json.loads(a), json.loads(b)
+            assert (ja.pop("folder"), jb.pop("folder")) == (str(first), str(second)) and ja == jb
         else:
             assert a == b, f"{name} differs between two builds"
         if name.endswith(".png"):
@@ -242,8 +246,8 @@ def test_report_command(store_rows, tmp_path, capsys):
 
 
 def test_report_command_rebuilds_a_suite_report_exactly(store_rows, tmp_path, monkeypatch, capsys):
-    """A suite writes its report with its own title, order and command line; the report's `Rebuild:` command (plain
-    `distilbench report`) must give back the same files, except the Date line."""
+    """A suite writes its report with its own title, order and command line; the report's `Rebuild:` command
+    (`distilbench report DIR`) must give back the same files, except the Date line."""
     monkeypatch.chdir(tmp_path)  # the store behind store_rows is tmp_path/results.sqlite: use relative paths
     suite_cmd = "distilbench suite benchmarks/x.yaml --results results.sqlite"
     orders = {"tasks": ["rte", "mrpc"], "objectives": ["none", "att-kl", "kd"], "inits": ["layers:1,2,3"]}
@@ -252,8 +256,8 @@ def test_report_command_rebuilds_a_suite_report_exactly(store_rows, tmp_path, mo
     first = {p.name: p.read_bytes() for p in sorted(Path("reports/x").iterdir())}
     readme = first["README.md"].decode().splitlines()
     assert readme[0] == "# x (cpu scale): a suite" and readme[2] == f"Command: `{suite_cmd}`"
-    assert readme[4] == "Rebuild: `distilbench report --results results.sqlite --out reports/x`"
-    assert main(["report", "--results", "results.sqlite", "--out", "reports/x"]) == 0
+    assert readme[4] == "Rebuild: `distilbench report reports/x`"
+    assert main(["report", "reports/x"]) == 0
     second = {p.name: p.read_bytes() for p in sorted(Path("reports/x").iterdir())}
     assert sorted(second) == sorted(first) and "report.json" in second
     for name in first:

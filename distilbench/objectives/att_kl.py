@@ -111,7 +111,7 @@ class AttKL(LayerObjective):
 
     name = "att-kl"
     version = "1.0"
-    paper = "paper 002 §3 Att-KL (MiniLM, Wang et al. 2020): 1/(TH) sum_t sum_h KL(a^T_{t,h} || a^S_{t,h}) over real queries"
+    paper = "Wang et al. 2023 §3 Att-KL (MiniLM, Wang et al. 2020): 1/(TH) sum_t sum_h KL(a^T_{t,h} || a^S_{t,h}) over real queries"
     needs = Needs(logits=True, attentions=True, token_aligned=True)
 
     def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:

@@ -48,7 +48,7 @@ class AttMSE(LayerObjective):
 
     name = "att-mse"
     version = "1.0"
-    paper = "paper 002 §3 Att-MSE (TinyBERT, Jiao et al. 2020): 1/h sum_i MSE(A_i^S, A_i^T), pre-softmax scores, real pairs"
+    paper = "Wang et al. 2023 §3 Att-MSE (TinyBERT, Jiao et al. 2020): 1/h sum_i MSE(A_i^S, A_i^T), pre-softmax scores, real pairs"
     needs = Needs(logits=True, attentions=True, token_aligned=True)
 
     def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:

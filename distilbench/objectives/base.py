@@ -60,6 +60,7 @@ class Stage:
     lr: float | None = None
     shared: bool = False
     holdout: float = 0.0  # share of the stage's training data held out for the objective's outer step (AutoSKD's θ)
+    title: str = ""  # how progress lines name the stage beside ``name`` (TED: "Stage I"); display only, never a key
 
 
 @dataclass

@@ -27,7 +27,7 @@ class HidCLS(LayerObjective):
 
     name = "hid-cls"
     version = "1.0"
-    paper = "paper 002 §3 Hid-CLS (Sun et al. 2019b): sum over layer pairs of MSE(h_S[CLS] W_h, h_T[CLS])"
+    paper = "Wang et al. 2023 §3 Hid-CLS (Sun et al. 2019b): sum over layer pairs of MSE(h_S[CLS] W_h, h_T[CLS])"
     needs = Needs(logits=True, hidden_states=True, token_aligned=False)
 
     def __init__(self, ctx):

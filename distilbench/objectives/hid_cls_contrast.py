@@ -46,7 +46,7 @@ class HidCLSContrast(LayerObjective):
 
     name = "hid-cls-contrast"
     version = "1.0"
-    paper = "paper 002 §3 Hid-CLS-Contrast (CoDIR, Sun et al. 2020a): InfoNCE on normalised [CLS], tau=0.07"
+    paper = "Wang et al. 2023 §3 Hid-CLS-Contrast (CoDIR, Sun et al. 2020a): InfoNCE on normalised [CLS], tau=0.07"
     needs = Needs(logits=True, hidden_states=True, token_aligned=False)
     tau: float = 0.07  # InfoNCE temperature (CoDIR's nce_t)
     memory_size: int = 0  # FIFO bank of past teacher [CLS] vectors as extra negatives; 0 = in-batch negatives only

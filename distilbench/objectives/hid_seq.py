@@ -44,7 +44,7 @@ class HidSeq(LayerObjective):
 
     name = "hid-seq"
     version = "1.0"
-    paper = "paper 002 §3 Hid-Seq (Jiao et al. 2020): sum over layer pairs of MSE(H_S W_h, H_T) over real tokens"
+    paper = "Wang et al. 2023 §3 Hid-Seq (Jiao et al. 2020): sum over layer pairs of MSE(H_S W_h, H_T) over real tokens"
     needs = Needs(logits=True, hidden_states=True, token_aligned=True)
 
     def __init__(self, ctx):

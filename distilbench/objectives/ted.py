@@ -21,6 +21,7 @@ k <= K/2, else 2k. Filter architectures (§6.5, Table 8): ``linear`` (default), 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -112,12 +113,12 @@ class TED(LayerObjective):
     # -- stages -----------------------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         cfg = self.ctx.config
-        distil = super().stages()
+        distil = [dataclasses.replace(s, title="Stage II") for s in super().stages()]  # the paper's names, in progress lines
         if cfg.ted_teacher_filters != "trained" and self.student_mode != "train":
             return distil  # nothing to train in Stage I
         # Stage I is shared by every seed, unless the student was first fine-tuned (per seed) before its filters train
         filters = Stage("filters", epochs=cfg.ted_filter_epochs, lr=cfg.ted_filter_lr, train_student=False,
-                        needs_student=self.student_mode == "train", shared=not cfg.ted_finetune_student)
+                        needs_student=self.student_mode == "train", shared=not cfg.ted_finetune_student, title="Stage I")
         finetune = [Stage("finetune")] if cfg.ted_finetune_student else []
         return finetune + [filters] + distil
 

@@ -52,7 +52,7 @@ class ValKL(LayerObjective):
 
     name = "val-kl"
     version = "1.0"
-    paper = "MiniLM (Wang et al. 2020) value relation, paper 002 §3 Val-KL: KL(softmax(V_T V_T^T/sqrt d) || softmax(V_S V_S^T/sqrt d))"
+    paper = "MiniLM (Wang et al. 2020) value relation, Wang et al. 2023 §3 Val-KL: KL(softmax(V_T V_T^T/sqrt d) || softmax(V_S V_S^T/sqrt d))"
     needs = Needs(logits=True, attentions=True, token_aligned=True)
 
     def __init__(self, ctx: Context):
