@@ -67,7 +67,7 @@ class RunConfig:
     max_train_examples: int | None = _f(None, "subsample train to N examples (fixed, reproducible sample).")
     max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).")
     data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.")
-    results: str = _f("runs/results.sqlite", "SQLite results store.")
+    results: str = _f("runs/results.sqlite", "results store: an SQLite file, or a PostgreSQL URL (postgresql+psycopg2://USER@HOST:PORT/DB) that processes on several machines share, dividing the runs between them.")
     force: bool = _f(False, "rerun and replace rows that already exist.")
     baseline: bool = _f(True, "also run the `none` baseline (same student, no teacher) for the table.")
     cpu: bool = _f(False, "force the CPU even when an accelerator is present.")
