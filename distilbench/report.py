@@ -877,7 +877,7 @@ def _add_report_commands(sub) -> None:
     report.add_argument("folder", nargs="?", default=None, metavar="DIR",
                         help="rebuild the report folder DIR exactly as its report.json says (title, order, options, "
                              "results store); instead of --results/--out")
-    report.add_argument("--results", default=None, help="SQLite results store (default: runs/results.sqlite)")
+    report.add_argument("--results", default=None, help="results store: an SQLite file or a postgresql+psycopg2:// URL (default: runs/results.sqlite)")
     report.add_argument("--out", default=None, help=f"folder to write the report into (default: {DEFAULT_OUT})")
     report.add_argument("--per-example", action="store_true",
                         help="add per-example paired tests on the stored dev predictions: bootstrap over examples and "
@@ -920,13 +920,15 @@ def dispatch(command: str, args: dict[str, Any], argv: Sequence[str]) -> int:
 
 
 def report_main(results: str, out: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
+    from .backends import display, is_url
     from .errors import UsageError
     from .store import ResultsStore
 
-    if not Path(results).is_file():
+    if not is_url(results) and not Path(results).is_file():
         raise UsageError(f"no results file at {results}; run `distilbench run` first or pass --results PATH")
     with ResultsStore(results) as store:
         rows = store.rows()
+    results = display(results)  # a URL's password never reaches the report
     title, orders, samples = None, None, 0
     previous = Path(out) / "report.json"
     if previous.is_file():  # rebuilding a report (a suite's): keep what shaped it, so the rebuild is exact

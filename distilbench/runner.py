@@ -9,6 +9,7 @@ import dataclasses
 import platform
 import subprocess
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,8 @@ from .store import ResultsStore, run_key
 from .tasks import Example, Task, get_task, load_split, resolve_data_dir
 from .teacher_cache import open_or_build, parts_for
 from .teacher import TeacherRecord, ensure_teacher, teacher_cached, load_teacher, record_dev_metrics, split_for_teacher, teacher_logits
+
+STORED, DONE, HELD = "stored", "done", "held"  # what run_and_store did with one run
 
 
 @lru_cache(maxsize=1)
@@ -220,6 +223,7 @@ class Runner:
 
     prefix = ""  # a worker process's tag on its lines ("w1: ")
     lost: list[str] = []  # runs lost with a worker process that died (--workers): a rerun trains them
+    held: list[tuple] = []  # (objective, seed) runs another worker was training, left by run(wait=False)
 
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:  # soft_wrap: a long path stays one line (the terminal wraps it, not rich)
@@ -342,7 +346,7 @@ class Runner:
                     todo.append((objective, seed))
         done = len(plan.objectives) * len(plan.seeds) - len(todo)
         if done:
-            self.log(f"{done} run(s) already stored in {cfg.results}, skipped")
+            self.log(f"{done} run(s) already stored in {plan.store.location}, skipped")
         return record, todo
 
     def identity(self, objective, record, seed, team=None) -> dict:
@@ -363,29 +367,87 @@ class Runner:
         return [Job(values, self.plan.objectives.index(o), seed, f"{self.plan.task.name}/{o.name} seed {seed}", self.precision)
                 for o, seed in todo]
 
-    def run_and_store(self, objective, seed, record, teacher_net, prefix: str = "") -> None:
-        """Train one seed of one objective (unless stored) and write its row."""
+    def run_label(self, objective, seed: int) -> str:
+        return f"{self.plan.task.name}/{objective.name}/{self.plan.init.spec} seed {seed}"
+
+    def run_and_store(self, objective, seed, record, teacher_net, prefix: str = "", quiet: bool = False) -> str:
+        """Train one seed of one objective and write its row, under a lease (:mod:`distilbench.leases`) so that
+        processes sharing the store never train it twice. Returns ``STORED``, ``DONE`` (its row exists) or ``HELD``
+        (another live worker is training it: skipped; said unless ``quiet``)."""
         identity = self.identity(objective, record, seed)
         key = run_key(identity)
-        if not self.cfg.force and self.plan.store.has(key):
-            return
+        store, label = self.plan.store, self.run_label(objective, seed)
+        if not self.cfg.force and store.has(key):
+            return DONE
         if prefix:
             self.prefix = prefix
-        row = self.run_one(objective, seed, identity, key, record, teacher_net)
-        if self.accelerator.is_main_process:
-            self.plan.store.put(row, replace=self.cfg.force)
+        # under accelerate launch every process trains the same run together: there is nothing to divide
+        leased = self.accelerator.num_processes == 1
+        if leased:
+            claim = store.claim(key, label)
+            if not claim.claimed:
+                if not quiet:
+                    self.log(f"{label}: another worker ({claim.holder}) is training it; skipped for now")
+                return HELD
+            if claim.previous is not None:
+                self.log(f"{label}: taking it over from {claim.previous.holder}, whose lease ran out or who died")
+            if not self.cfg.force and store.has(key):  # its holder finished it between our check and our claim
+                store.release(key)
+                return DONE
+        beat = nullcontext()
+        if leased:
+            beat = store.heartbeat(key, on_lost=lambda: self.log(
+                f"[bold red]{label}: lost its lease to another worker (this one stalled past {store.lease_s:g} s); "
+                "training goes on, and the first row written is kept[/]"),
+                on_error=lambda exc: self.log(f"{label}: lease renewal failed ({type(exc).__name__}); retried at the next beat"))
+        try:
+            with beat:
+                row = self.run_one(objective, seed, identity, key, record, teacher_net)
+                if self.accelerator.is_main_process:
+                    row["extra"]["worker"] = store.holder  # who trained it, for the record
+                    store.put(row, replace=self.cfg.force)  # ends the lease in the same transaction
+        except BaseException:
+            if leased:  # a failed or interrupted run: free it at once for the next worker or a rerun
+                try:
+                    store.release(key)
+                except Exception:  # noqa: BLE001 - the run's own error is the one to report; the lease expires
+                    pass
+            raise
+        return STORED
+
+    def finish_held(self, held: list[tuple], record: TeacherRecord, teacher_net) -> None:
+        """Wait for the runs other workers hold, so that this process's table and report include them: each one is
+        either stored by its holder, or its lease runs out (the holder died) and it is trained here. Says which runs
+        it waits for, and who holds them."""
+        store = self.plan.store
+        said = None
+        while held:
+            held = [(o, s) for o, s in held if self.run_and_store(o, s, record, teacher_net, quiet=True) == HELD]
+            if not held:
+                break
+            holders = {lease.label: lease.holder for lease in store.live_leases()}
+            labels = [self.run_label(o, s) for o, s in held]
+            message = (f"waiting for {len(held)} run(s) that other workers are training: "
+                       + "; ".join(f"{lb} ({holders.get(lb, 'finishing')})" for lb in labels))
+            if message != said:
+                self.log(message)
+                said = message
+            time.sleep(min(5.0, store.lease_s / 4))
 
     def rows(self, record: TeacherRecord) -> list[dict]:
         plan = self.plan
         rows = [plan.store.get(run_key(self.identity(o, record, s))) for o in plan.objectives for s in plan.seeds]
         return [r for r in rows if r is not None]
 
-    def run(self) -> list[dict]:
+    def run(self, wait: bool = True) -> list[dict]:
+        """Train every pending run and return the stored rows. Runs another worker holds are skipped; with ``wait``
+        this process then waits for them (:meth:`finish_held`), else they are left in ``self.held``."""
         from .workers import resolve, run_jobs
 
         plan, cfg = self.plan, self.cfg
         start = time.perf_counter()
         record, todo = self.pending()
+        self.held = []
         if todo:
             self.log(f"{len(todo)} run(s) to train")
             teacher_net = self.teacher_net(record)
@@ -394,15 +456,21 @@ class Runner:
         if todo:
             processes, threads = resolve(cfg.workers, len(todo), self.accelerator.device.type != "cpu")
             if processes > 1 and self.accelerator.num_processes == 1:
-                outcome = run_jobs(self.jobs(todo, record, teacher_net), processes, threads, self.log)
+                jobs = self.jobs(todo, record, teacher_net)
+                outcome = run_jobs(jobs, processes, threads, self.log)
                 if outcome["diverged"]:
                     raise TrainingDiverged("; ".join(outcome["diverged"]))
                 if outcome["failed"]:
                     raise RuntimeError("worker run(s) failed: " + "; ".join(outcome["failed"]))
                 self.lost = outcome["lost"]
+                self.held = [(plan.objectives[jobs[k].objective], jobs[k].seed) for k in outcome["held"]]
             else:
                 for objective, seed in todo:
-                    self.run_and_store(objective, seed, record, teacher_net)
+                    if self.run_and_store(objective, seed, record, teacher_net) == HELD:
+                        self.held.append((objective, seed))
+            if self.held and wait:
+                self.finish_held(self.held, record, teacher_net)
+                self.held = []
         # the caches and Stage I were built inside this span (on the first seed, or before the workers started)
         self.timings["students"] += time.perf_counter() - start - (self.timings["caches"] + self.timings["Stage I"] - before)
         rows = self.rows(record)

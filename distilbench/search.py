@@ -10,7 +10,8 @@ selection split (held out of train), never on dev.
 - The sampler is TPE, seeded (``--sampler-seed``). ``--trials N`` is the study's total of finished trials (complete or
   pruned), so a rerun with the same ``--study`` continues where it stopped, and several workers — processes or
   machines sharing one ``--storage`` database URL (PostgreSQL) — together finish N.
-- Storage: an embedded SQLite file by default, any SQLAlchemy URL otherwise; heartbeats mark a killed worker's trial
+- Storage: an embedded SQLite file beside an SQLite ``--results`` by default (a database ``--results`` holds the study
+  too), any SQLAlchemy URL otherwise; heartbeats mark a killed worker's trial
   failed after the grace period, and the retry callback enqueues its parameters again.
 - The report (``reports/search-STUDY/`` by default): best parameters and the command that reproduces them
   (``distilbench run ... --params best:STUDY``), the trials table (Markdown and CSV), the optimisation history and the
@@ -52,8 +53,15 @@ def suggest(trial, space: dict[str, tuple], fixed: set[str]) -> dict[str, Any]:
 
 
 def storage_url(storage: str | None, results: str) -> str:
+    """``--storage``, else search.sqlite beside an SQLite ``--results``, else the results database itself (Optuna's
+    tables do not clash with the store's)."""
+    from .backends import is_url
+
     if storage:
         return storage
+    if is_url(results):
+        return f"sqlite:///{Path(results[len('sqlite:///'):]).expanduser().with_name('search.sqlite').resolve()}" \
+            if results.startswith("sqlite:///") else results
     path = Path(results).expanduser().with_name("search.sqlite")
     return f"sqlite:///{path.resolve()}"
 
@@ -120,6 +128,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     import optuna
     from rich.console import Console
 
+    from .backends import display
     from .objectives import get_objective
     from .runner import Runner
 
@@ -170,14 +179,14 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
-    console.print(f"study {name} in {url}: {done} of {trials} trials finished; searching {', '.join(free) or 'nothing'}"
+    console.print(f"study {name} in {display(url)}: {done} of {trials} trials finished; searching {', '.join(free) or 'nothing'}"
                   + (f" (fixed by flags: {', '.join(sorted(k for k in space if k in fixed))})" if fixed & set(space) else ""))
     if done < trials:
         study.optimize(trial_fn, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
                        catch=(), gc_after_trial=True)
     runner.plan.store.close()
     out_dir = Path(out) if out else Path("reports") / f"search-{name}"
-    write_report(study, out_dir, command, url, objective_cls.name, free)
+    write_report(study, out_dir, command, display(url), objective_cls.name, free)
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         console.print(f"best selection score {100 * study.best_value:.2f} with {study.best_params}; report in {out_dir}/README.md")
     return 0

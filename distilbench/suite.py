@@ -27,7 +27,10 @@ The ``none`` baseline is a grid objective like any other (the runner's automatic
 Every cell is validated before anything trains (unknown objective, task, init, model, a layer out of range, bad
 data: one error line naming every unknown objective). Then each cell runs through
 ``distilbench.runner.Runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
-suite resumes where it stopped. Finally the report of exactly the suite's rows is written to ``reports/NAME/``
+suite resumes where it stopped. Several suite processes sharing one store (a PostgreSQL ``--results`` on many
+machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.leases`), a run another process is
+training is skipped, and once every other cell is done the process waits for those runs (or takes over one whose
+holder died), so that each process's report holds the whole grid. Finally the report of exactly the suite's rows is written to ``reports/NAME/``
 (``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build_report`.
 """
 from __future__ import annotations
@@ -272,13 +275,14 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     from rich.console import Console
 
     from . import runner
+    from .backends import display
     from .report import build_report
 
     console = console or Console(stderr=True)
     cells = validate(suite)
     configs = [cfg for _, cfg in cells]
     console.print(f"suite {suite.name} ({suite.scale} scale): {len(configs)} cells × {len(suite.seeds)} seeds "
-                  f"= {len(configs) * len(suite.seeds)} runs, results in {configs[0].results}")
+                  f"= {len(configs) * len(suite.seeds)} runs, results in {display(configs[0].results)}")
     rows: list[dict] = []
     inits: list[str] = []
     failed: list[str] = []
@@ -289,19 +293,33 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
         cell_rows, failed = _run_pooled(cells, console)
         rows = [r for part in cell_rows for r in part]
         inits = [r["init"] for r in rows]
+    by_cell: dict[int, list[dict]] = {}
+    held: list[int] = []  # cells with runs another worker was training: waited for after every other cell
     for i, (label, cfg) in enumerate([] if pooled else cells, start=1):
         console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}, seeds {cfg.seed_list}")
         try:
-            cell_rows = runner.Runner(cfg, console=console).run()
+            cell = runner.Runner(cfg, console=console)
+            by_cell[i] = cell.run(wait=False)
         except TrainingDiverged as exc:
             failed.append(f"{label}: {exc}")
             console.print(f"[bold red]cell {label} diverged: {exc}; going on with the next cell[/]")
             continue
-        rows.extend(cell_rows)
-        inits.extend(r["init"] for r in cell_rows)
+        if cell.held:
+            held.append(i)
+    for i in held:
+        label, cfg = cells[i - 1]
+        console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}: runs other workers were training")
+        try:
+            by_cell[i] = runner.Runner(cfg, console=console).run()
+        except TrainingDiverged as exc:
+            failed.append(f"{label}: {exc}")
+            console.print(f"[bold red]cell {label} diverged: {exc}[/]")
+    for i in sorted(by_cell):
+        rows.extend(by_cell[i])
+        inits.extend(r["init"] for r in by_cell[i])
     out = Path(out) if out is not None else default_out(suite)
     if rows:
-        build_report(rows, out, command=command, results=configs[0].results,
+        build_report(rows, out, command=command, results=display(configs[0].results),
                      title=f"{suite.name} ({suite.scale} scale)" + (f": {suite.description}" if suite.description else ""),
                      orders={"tasks": suite.tasks, "objectives": suite.objectives, "inits": list(dict.fromkeys(inits))},
                      console=Console() if console.stderr else console)
@@ -317,19 +335,29 @@ def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[
     from . import runner
     from .workers import resolve, run_jobs
 
-    prepared, jobs = [], []
+    prepared, jobs, owners = [], [], []
     for i, (label, cfg) in enumerate(cells, start=1):
         console.print(f"[bold]cell {i}/{len(cells)}[/]: {label}, seeds {cfg.seed_list}: teacher and shared parts")
         r = runner.Runner(cfg, console=console)
         record, todo = r.pending()
         if todo:
             jobs += r.jobs(todo, record, r.teacher_net(record))
+            owners += [(r, record)] * len(todo)
         prepared.append((r, record))
     failed: list[str] = []
     if jobs:
         processes, threads = resolve(cells[0][1].workers, len(jobs))
         outcome = run_jobs(jobs, processes, threads, console.print)
         failed = outcome["diverged"] + outcome["failed"] + [f"{x}: its worker died" for x in outcome["lost"]]
+        held: dict[int, list] = {}  # runs another process sharing the store was training, by cell
+        for k in outcome["held"]:
+            held.setdefault(id(owners[k][0]), []).append(k)
+        for ks in held.values():
+            r, record = owners[ks[0]]
+            try:
+                r.finish_held([(r.plan.objectives[jobs[k].objective], jobs[k].seed) for k in ks], record, r.teacher_net(record))
+            except TrainingDiverged as exc:
+                failed.append(str(exc))
     out = []
     for r, record in prepared:
         out.append(r.rows(record))

@@ -5,8 +5,9 @@ every teacher and built everything the runs share (teacher-output caches, TED's 
 a worker only reads them. Workers are spawned (not forked: a forked process inherits torch's thread pools in an
 undefined state), each with ``threads`` intra-op threads, and take jobs from one queue: a worker that finishes
 early takes the next job, and a worker that dies (SIGKILL, out of memory) loses only the run it was training. Each
-worker writes its rows to the results store itself (SQLite serialises writers; a row is one transaction), so a
-rerun skips every finished run and completes the rest.
+worker claims its run's lease and writes its row to the results store itself (a row is one transaction), so a
+rerun skips every finished run and completes the rest, and a run that another process sharing the store is
+training is handed back to the caller as held (:meth:`Runner.finish_held` waits for it).
 
 Why processes, on a CPU: a 3-layer student's matmuls are small (batch 16 × ~60 tokens × 768), so two threads on
 one run keep the cores busy less of the time than one thread on each of two runs. The thread count changes the
@@ -19,7 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-DONE, DIVERGED, FAILED = "done", "diverged", "failed"
+DONE, DIVERGED, FAILED, HELD = "done", "diverged", "failed", "held"  # HELD: another process sharing the store has it
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,10 @@ def parse(value: str) -> str:
     return str(n)
 
 
-def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str], None]) -> dict[str, list[str]]:
+def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str], None]) -> dict[str, list]:
     """Run ``jobs`` in ``processes`` spawned workers; returns the labels of the jobs that diverged or failed, and of
-    those lost with a worker that died ({"diverged": [...], "failed": [...], "lost": [...]})."""
+    those lost with a worker that died, and the indices of those another process sharing the store was training
+    ({"diverged": [...], "failed": [...], "lost": [...], "held": [k, ...]})."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -92,7 +94,7 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    outcome: dict[str, list[str]] = {DIVERGED: [], FAILED: [], "lost": []}
+    outcome: dict[str, list] = {DIVERGED: [], FAILED: [], "lost": [], HELD: []}
     started: dict[int, int] = {}  # job -> worker, until it ends
     ended: set[int] = set()
     alive = set(range(processes))
@@ -116,7 +118,9 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
             started[k] = w
             continue
         ended.add(k)
-        if kind != DONE:
+        if kind == HELD:
+            outcome[HELD].append(k)
+        elif kind != DONE:
             outcome[kind].append(f"{jobs[k].label}: {message}")
             log(f"[bold red]{jobs[k].label} {kind}: {message}[/]")
     for p in procs:
@@ -153,9 +157,9 @@ def _worker(index: int, todo, results, threads: int) -> None:
                 runner.console = console
                 current = (key, (runner, record, runner.teacher_net(record)))
             runner, record, teacher_net = current[1]
-            runner.run_and_store(runner.plan.objectives[job.objective], job.seed, record, teacher_net,
-                                 prefix=f"w{index}: ")
-            results.put((DONE, k, index, ""))
+            status = runner.run_and_store(runner.plan.objectives[job.objective], job.seed, record, teacher_net,
+                                          prefix=f"w{index}: ")
+            results.put((HELD if status == HELD else DONE, k, index, ""))
         except TrainingDiverged as exc:
             results.put((DIVERGED, k, index, str(exc)))
         except Exception as exc:  # reported by the parent; the worker goes on with the next job

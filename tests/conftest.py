@@ -1,8 +1,15 @@
 """Shared fixtures: the real GLUE data beside the repo, tiny models built from configs, an isolated cache."""
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -49,3 +56,73 @@ def tiny_run_args(tiny_teacher, glue_dir, tmp_path):
     return ["--teacher", str(tiny_teacher), "--task", "rte", "--data-dir", str(glue_dir), "--max-train-examples", "48",
             "--max-eval-examples", "24", "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "8",
             "--results", str(tmp_path / "results.sqlite"), "--no-progress"]
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
+    return versions[0] if versions else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server on loopback: $DISTILBENCH_TEST_POSTGRES (`.ci/run` starts one), else a throwaway server
+    from the installed binaries (Debian's postgresql package), else the test is skipped and says why."""
+    url = os.environ.get("DISTILBENCH_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server: DISTILBENCH_TEST_POSTGRES is unset and initdb/pg_ctl (Debian package "
+                    "postgresql) are not installed")
+    root = Path(tempfile.mkdtemp(prefix="distilbench-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("no PostgreSQL server: running as root and there is no `postgres` user to start one as")
+        shutil.chown(root, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    db = root / "db"
+    try:
+        subprocess.run([*prefix, initdb, "-D", str(db), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([*prefix, pg_ctl, "-D", str(db), "-l", str(root / "log"), "-w", "-t", "60", "-o",
+                        f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        out = getattr(exc, "stderr", b"") or b""
+        pytest.skip(f"no PostgreSQL server: could not start one ({out.decode(errors='replace').strip()[:200] or exc})")
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*prefix, pg_ctl, "-D", str(db), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(postgres_url):
+    """A fresh, empty database on the PostgreSQL server for one test (dropped after it): tests never see each
+    other's tables."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    name = f"distilbench_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()

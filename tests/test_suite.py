@@ -176,11 +176,13 @@ def test_grid_order_precedence_and_report(tmp_path, tiny_teacher, glue_dir, monk
     seen = []
 
     class FakeRunner:
+        held = []  # no run held by another worker sharing the store
+
         def __init__(self, cfg, console=None):
             seen.append(cfg)
             self.cfg = cfg
 
-        def run(self):
+        def run(self, wait=True):
             c = self.cfg
             bonus = {"none": 0.0, "kd": 0.02, "dummy-kd": 0.03}[c.objective]
             return [{"run_key": f"{c.task}-{c.objective}-{c.init}-{s}", "kind": "student", "task": c.task,
