@@ -112,7 +112,7 @@ def test_a_yaml_value_outside_the_choices_is_refused(tmp_path):
 
     config = tmp_path / "c.yaml"
     config.write_text("mixed_precision: fp8\n")
-    with pytest.raises(UsageError, match=r"^--mixed-precision must be one of auto, no, bf16, fp16 \(got 'fp8'\)$"):
+    with pytest.raises(UsageError, match=r"^--mixed-precision must be one of auto, no, fp32, bf16, fp16 \(got 'fp8'\)$"):
         build_config({}, str(config))
 
 

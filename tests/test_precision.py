@@ -120,7 +120,8 @@ def test_bad_mixed_precision_is_refused(tmp_path, capfd):
     capfd.readouterr()
     assert main(["run", "--mixed-precision", "fp8", "--results", str(results)]) == 2
     err = capfd.readouterr().err.splitlines()
-    assert err == ["distilbench: error: --mixed-precision must be auto, no, fp32, bf16 or fp16 (got 'fp8')"]
+    assert err == ["distilbench: error: argument --mixed-precision: invalid choice: 'fp8' (choose from 'auto', 'no', "
+                   "'fp32', 'bf16', 'fp16') (see `distilbench run --help`)"]
     assert not results.exists()
 
 
