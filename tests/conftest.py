@@ -126,3 +126,15 @@ def pg_database(postgres_url):
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models and tensors: one intra-op thread is several times faster than the default on shared cores (thread
+    contention). A test file opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -15,12 +15,7 @@ from distilbench.errors import UsageError
 IDS = [[5, 7, 9, 11, 6, 3], [5, 8, 4, 3, None, None], [5, 6, 3, None, None, None]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _classes(kind):

@@ -38,12 +38,7 @@ LAYER_MAPPING = [f"student layer {k} <- teacher layer {k}" for k in (1, 2, 3)]  
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 class TrainingStarted(AssertionError):

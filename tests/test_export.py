@@ -30,12 +30,7 @@ def _no_training(*args, **kwargs):
     raise TrainingStarted("distilbench.runner.train was called")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _args(teacher: Path, glue: Path, results: Path) -> list[str]:

@@ -27,14 +27,7 @@ CLS_ONLY = {"hid-cls", "hid-cls-contrast"}
 TAU = 0.07
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors and a tiny model: one intra-op thread is several times faster than the default on shared cores
-    (thread contention), which keeps this file's end-to-end runs to a few seconds."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _ctx(ds=DS, dt=DT, **cfg):

@@ -12,19 +12,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from distilbench.cli import main
 from distilbench.report import build_report, stored_results
 from distilbench.store import ResultsStore
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

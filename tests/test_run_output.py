@@ -10,19 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from distilbench.cli import main
 
 PHASES = ("teacher", "caches", "Stage I", "students", "total")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def breakdown(out: str) -> dict[str, float]:
