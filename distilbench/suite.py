@@ -324,14 +324,17 @@ def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[
         record, todo = r.pending()
         if todo:
             jobs += r.jobs(todo, record, r.teacher_net(record))
-        prepared.append((r, record))
+        prepared.append((r, record, bool(todo)))
     failed: list[str] = []
     if jobs:
         processes, threads = resolve(cells[0][1].workers, len(jobs))
+        for r, record, pending in prepared:  # latency with the workers' thread count, timed before they start (cached)
+            if pending:
+                r.profile_models(record, threads=threads)
         outcome = run_jobs(jobs, processes, threads, console.print)
         failed = outcome["diverged"] + outcome["failed"] + [f"{x}: its worker died" for x in outcome["lost"]]
     out = []
-    for r, record in prepared:
+    for r, record, _ in prepared:
         out.append(r.rows(record))
         r.plan.store.close()
     return out, failed

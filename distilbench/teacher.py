@@ -122,19 +122,26 @@ def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Ca
                    tokenisation: str) -> torch.Tensor:
     """Teacher logits for every example of the train file, indexed by the example's row (``Example.idx``), computed
     once and stored beside the teacher. Keyed by the data and the tokenisation: a change computes them anew."""
-    key = stable_hash({"train": fingerprint(enc.examples), "tokenisation": tokenisation, "rows": n_rows})
-    path = record.path / f"logits-{key}.pt"
+    path = logits_path(record, enc, n_rows, tokenisation)
     if not path.exists():
         with file_lock(record.path.with_suffix(".lock")):
             if not path.exists():
+                start = time.perf_counter()
                 values = compute(enc)
                 table = torch.full((n_rows, values.shape[-1]), float("nan"))
                 table[torch.tensor([e.idx for e in enc.examples])] = values
                 fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".tmp-", suffix=".pt")
                 os.close(fd)
                 torch.save(table, tmp)
+                # the seconds beside the logits: a shared part of every run that reads them (distilbench.cost)
+                atomic_write_json(path.with_suffix(".json"), {"seconds": time.perf_counter() - start})
                 os.replace(tmp, path)
     return torch.load(path)
+
+
+def logits_path(record: TeacherRecord, enc: Encoded, n_rows: int, tokenisation: str) -> Path:
+    key = stable_hash({"train": fingerprint(enc.examples), "tokenisation": tokenisation, "rows": n_rows})
+    return record.path / f"logits-{key}.pt"
 
 
 def split_for_teacher(cfg: RunConfig, train_all: list[Example]) -> tuple[list[Example], list[Example]]:
