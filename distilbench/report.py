@@ -6,16 +6,21 @@
    in it, the runs' git revisions and package versions, the packages that built the report;
 1. objectives × tasks (paper 002 Table 1 style), one table per teacher/student/init: dev main score × 100,
    "mean ± std" over seeds, an Avg column (only for rows with every task), the best per column in bold, the teacher;
+   beside each, the cells' size, speed, retained share and training cost per run (:mod:`distilbench.leaderboard`,
+   from each row's stored ``extra.profile``; ``n/a`` for rows stored before it was recorded);
 2. objective × init × task (paper 002 Table 3 style), for objectives run with more than one init;
 3. pairwise significance matrices per task: Holm-corrected paired t-test p-values with the direction
    ("↑ 0.012": the row's mean is higher than the column's); with ``--per-example``, 3.3: per pair, the paired
    bootstrap over dev examples (Δ, CI, Holm p) and McNemar per seed (:mod:`distilbench.per_example`);
-4. the plots; 5. every cell with its seeds and config hash.
+4. the plots, with per task the Pareto plots of score against latency and against training cost; 5. every cell
+   with its seeds and config hash.
 
 ``cells.csv`` (one row per cell) and ``comparisons.csv`` (one row per compared pair) hold the same numbers unrounded
-(4 decimals, p-values 6 significant digits); ``per_example.csv`` the per-example tests, with ``--per-example``.
+(4 decimals, p-values 6 significant digits; ``cells.csv`` ends with the size/speed/cost columns of
+:data:`distilbench.leaderboard.CSV_HEADER`, empty where not stored); ``per_example.csv`` the per-example tests, with
+``--per-example``.
 ``scores-<task>.png``: per-seed points, mean and 95% CI per objective; ``significance-<task>-<kind>.png``: heat maps
-of the matrices.
+of the matrices; ``pareto-latency-<task>.png``, ``pareto-cost-<task>.png``: the Pareto plots.
 
 Everything is sorted and formatted with fixed precision, and the PNGs carry no timestamps, so rebuilding from the
 same results gives byte-identical files except the README's ``Date:`` line. ``report.json`` keeps what shaped the
@@ -45,7 +50,7 @@ BOOTSTRAP_SAMPLES = 2000  # = per_example.BOOTSTRAP_SAMPLES (not imported: `repo
 ALPHA = 0.05
 _GENERATED = ("README.md", "cells.csv", "comparisons.csv", "report.json")
 _OPTIONAL = ("per_example.csv",)  # written only with --per-example; removed on a rebuild without it
-_GENERATED_GLOBS = ("scores-*.png", "significance-*.png", "theta-*.png")
+_GENERATED_GLOBS = ("scores-*.png", "significance-*.png", "theta-*.png", "pareto-*.png")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -118,6 +123,7 @@ class Report:
     comparisons: list  # list[stats.Comparison]
     tables: list[Grid]  # table 1 sections, then table 2
     files: list[Path]
+    pareto: dict = field(default_factory=dict)  # Pareto plot file name -> the points it plots (leaderboard.Point)
 
 
 def _task_order(tasks, preferred: Sequence[str]) -> list[str]:
@@ -429,15 +435,24 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def cells_csv_rows(cells) -> list[list[str]]:
+def cells_csv_rows(cells, profiles: dict | None = None) -> list[list[str]]:
+    from .leaderboard import csv_values
+
     out = []
     for c in cells:
         s = c.stats
         out.append([c.task, c.objective, c.label, c.init, c.teacher, c.student, c.config_hash, c.setting, c.main_score,
                     str(s["n"]), " ".join(str(x) for x in c.seeds), fcsv(s["mean"]), fcsv(s["std"]), fcsv(s["ci_low"]),
                     fcsv(s["ci_high"]), " ".join(fcsv(c.scores[x]) for x in c.seeds),
-                    " ".join(fcsv(t) for t in c.teacher_scores), *_chance_csv(c)])
+                    " ".join(fcsv(t) for t in c.teacher_scores), *_chance_csv(c),
+                    *csv_values((profiles or {}).get(c.key))])  # size, speed, cost: appended, old columns keep their place
     return out
+
+
+def _cells_header() -> list[str]:
+    from .leaderboard import CSV_HEADER
+
+    return CELLS_HEADER + CSV_HEADER
 
 
 CELLS_HEADER = ["task", "objective", "label", "init", "teacher", "student", "config_hash", "setting", "main_score", "n",
@@ -550,6 +565,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     passes the name it was first written under, so that every file comes out the same).
     """
     from .errors import UsageError
+    from .leaderboard import cell_profiles
     from .stats import _row_dicts, by_family, cells_from_rows, compare, init_order, is_result, objective_order
 
     orders = dict(orders or {})
@@ -559,6 +575,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
         raise UsageError(f"no finished student runs in {results or 'the given rows'}: nothing to report; "
                          "run `distilbench run` or `distilbench suite` first")
     cells = with_checks(cells, rows)
+    profiles = cell_profiles(cells, rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in _GENERATED + _OPTIONAL:
@@ -597,6 +614,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
            f"marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
            "", "## 1. Objectives × tasks", ""]
     multi = len(sections) > 1
+    defined = False  # the size/speed definitions are printed under the first such table
     for k, ((teacher, init, student, *_), members) in enumerate(sections, start=1):
         heading = f"Teacher `{teacher}`, init `{init}`" + (f", student `{student}`" if student != f"{teacher}[{init}]" else "")
         cut = settings_heading(members)
@@ -606,6 +624,8 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
         md += [f"Settings that differ from the defaults: {cut}.", ""] if cut else []
         md += ["**Bold**: best in the column among cells above chance. Avg: mean over the tasks, only for rows with "
                "every task.", "", grid.markdown(), "", *chance_notes(members, orders)]
+        md += size_speed_section(members, profiles, orders, defined)
+        defined = defined or any(profiles[c.key].runs for c in members)
 
     # 2. inits
     md += ["## 2. Student initialisation", ""]
@@ -692,6 +712,9 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     md += ["Significance heat maps (signed −log10 of the Holm-corrected p; red: the row is higher).", ""]
     for name, caption in plots:
         md += [f"![{caption.replace('`', '')}]({name})", ""]
+    pareto_md, pareto = pareto_plots(out, cells, profiles, orders)
+    md += pareto_md
+    files += [out / name for name in pareto]
 
     # 5. cells
     md += ["## 5. Cells", "",
@@ -717,7 +740,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
         inputs["per_example"] = per_example
         _write_csv(out / "per_example.csv", PER_EXAMPLE_HEADER, per_example_csv_rows(example_comparisons))
     (out / "report.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    _write_csv(out / "cells.csv", CELLS_HEADER, cells_csv_rows(cells))
+    _write_csv(out / "cells.csv", _cells_header(), cells_csv_rows(cells, profiles))
     _write_csv(out / "comparisons.csv", COMPARISONS_HEADER, comparisons_csv_rows(comparisons))
     files = [out / n for n in _GENERATED] + ([out / "per_example.csv"] if per_example else []) + files
 
@@ -739,7 +762,60 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
             console.print(f"per-example bootstrap {family}: {significant} of {len(fam)} pairs significant "
                           f"(Holm p < {ALPHA})" + (f", {len(fam) - len(tested)} n/a" if len(tested) < len(fam) else ""))
         console.print(f"report written to {out}/README.md")
-    return Report(out, cells, comparisons, tables, files)
+    return Report(out, cells, comparisons, tables, files, pareto)
+
+
+def size_speed_section(members, profiles: dict, orders: dict, defined: bool) -> list[str]:
+    """Beside a score table: its cells' size, speed, retained share and training cost (:mod:`distilbench.leaderboard`)."""
+    from .leaderboard import DEFINITIONS, size_speed_grid
+    from .stats import objective_order
+
+    tasks = _task_order((c.task for c in members), orders.get("tasks", ()))
+    labels = objective_order((c.label for c in members), orders.get("objectives", ()))
+    found = size_speed_grid(members, profiles, tasks, labels)
+    if found is None:
+        return ["Size, speed and training cost: n/a (these runs were stored before runs recorded them).", ""]
+    header, rows, notes = found
+    grid = Grid("Size, speed and cost", header, rows, align="llr")
+    return (["**Size, speed and cost.**" + ("" if defined else f" {DEFINITIONS}"), "", grid.markdown(), ""]
+            + [line for note in notes for line in (note, "")])
+
+
+def pareto_plots(out: Path, cells, profiles: dict, orders: dict) -> tuple[list[str], dict]:
+    """Per task (and cut dev set), score against CPU batch-1 latency and against training cost per run, with the
+    Pareto front: the Markdown, and {file name: the points plotted}."""
+    from .leaderboard import pareto_points, plot_pareto
+
+    groups: dict[tuple[str, str], list] = {}
+    for c in cells:
+        groups.setdefault((c.task, dict(c.settings).get("max_eval_examples", "")), []).append(c)
+    md, plotted = [], {}
+    tasks = _task_order({t for t, _ in groups}, orders.get("tasks", ()))
+    for task, cut in sorted(groups, key=lambda k: (tasks.index(k[0]), k[1])):
+        members = groups[(task, cut)]
+        teachers, inits = {c.teacher for c in members}, {(c.init, c.student) for c in members}
+
+        def label_of(c) -> str:
+            return c.label + (f" · {c.init}" if len(inits) > 1 else "") + (f" · {c.teacher}" if len(teachers) > 1 else "")
+
+        cuts = sorted(k for t, k in groups if t == task)
+        suffix = f"-{cuts.index(cut) + 1}" if len(cuts) > 1 else ""
+        what = task + (f" (max_eval_examples={cut})" if cut else "")
+        ylabel = f"{members[0].main_score} × 100"
+        for axis, xlabel, title in (("latency", "latency, batch 1, CPU (ms)", "latency"),
+                                    ("cost", "training cost per run (s)", "training cost")):
+            points = pareto_points(members, profiles, axis, label_of)
+            if not points:
+                continue
+            name = f"pareto-{axis}-{_slug(task)}{suffix}.png"
+            plotted[name] = plot_pareto(out / name, f"{what}: score against {title}", points, xlabel, ylabel,
+                                        members[0].higher_is_better, _plt(), _save)
+            md += [f"![{what}: score against {title}]({name})", ""]
+    if md:
+        md = ["Score (cell mean) against latency and against training cost per run (defined under the first size "
+              "table), the teacher as a star; the line joins the Pareto front: the points no other point beats on "
+              "both axes.", ""] + md
+    return md, plotted
 
 
 def with_checks(cells, rows) -> list:

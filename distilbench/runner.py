@@ -29,11 +29,13 @@ from .metrics import compute_metrics
 from .inits import InitPlan, build_student, copy_layers, parse_init
 from .models import load_classifier, load_tokenizer, model_config, model_fingerprint, resolve_model
 from .objectives import Context, Needs, Objective, get_objective
+from . import cost
 from .precision import identity_part, resolve as resolve_precision
+from .profile import model_profile, row_profile
 from .store import ResultsStore, run_key
 from .tasks import Example, Task, get_task, load_split, resolve_data_dir
 from .teacher_cache import open_or_build, parts_for
-from .teacher import TeacherRecord, ensure_teacher, teacher_cached, load_teacher, record_dev_metrics, split_for_teacher, teacher_logits
+from .teacher import TeacherRecord, ensure_teacher, teacher_cached, load_teacher, logits_path, record_dev_metrics, split_for_teacher, teacher_logits
 
 STORED, DONE, HELD = "stored", "done", "held"  # what run_and_store did with one run
 
@@ -455,7 +457,9 @@ class Runner:
         start, before = time.perf_counter(), self.timings["caches"] + self.timings["Stage I"]
         if todo:
             processes, threads = resolve(cfg.workers, len(todo), self.accelerator.device.type != "cpu")
-            if processes > 1 and self.accelerator.num_processes == 1:
+            pooled = processes > 1 and self.accelerator.num_processes == 1
+            self.profile_models(record, teacher_net, threads if pooled else torch.get_num_threads())
+            if pooled:
                 jobs = self.jobs(todo, record, teacher_net)
                 outcome = run_jobs(jobs, processes, threads, self.log)
                 if outcome["diverged"]:
@@ -480,6 +484,32 @@ class Runner:
             note_unsaved(rows, self.log)
         plan.store.close()  # a suite runs many Runners: release each one's connection
         return rows
+
+    def profile_models(self, record: TeacherRecord, teacher_net=None, threads: int | None = None) -> None:
+        """Size and speed of the teacher and of the student's architecture with ``threads`` CPU threads (the runs'),
+        measured here once per machine and cached (distilbench.profile): before worker processes start, since a
+        latency timed beside training workers would measure their contention; the runs read the cache."""
+        if not self.accelerator.is_main_process:
+            return
+        plan, task = self.plan, self.plan.task
+        threads = threads or torch.get_num_threads()
+        teacher_net = teacher_net if teacher_net is not None else self.teacher_net(record)
+        student, _ = build_student(plan.init, teacher_net, plan.seeds[0],
+                                   lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
+        found = self._profiles(student, teacher_net, threads)
+        if None not in found:
+            self.log(f"size and speed (batch 1 on the cpu, {threads} thread(s)): " + ", ".join(
+                f"{who} {p['params'] / 1e6:.2f}M params, {p['latency']['cpu']['b1']['ms']:.1f} ms"
+                for who, p in zip(("student", "teacher"), found)))
+
+    def _profiles(self, student, teacher_net, threads: int) -> list:
+        """[student's, teacher's] size and speed (distilbench.profile); [None, None] when measuring fails: a finished
+        run is never lost to its measurement, its row then reads n/a there."""
+        try:
+            return [model_profile(student, threads), model_profile(teacher_net, threads)]
+        except Exception as exc:  # noqa: BLE001 - out of memory on a GPU, an unwritable cache, ...
+            self.log(f"[bold red]size and speed not measured: {type(exc).__name__}: {exc}[/]")
+            return [None, None]
 
     def prepare_team(self) -> list[TeacherRecord]:
         """A multi-teacher objective's team: every member fine-tuned (or reused) and scored, then loaded once with its
@@ -509,21 +539,25 @@ class Runner:
                                           seed=seed, team=team_info, student_params=sum(p.numel() for p in student.parameters())))
         return student, tokenizer, objective, mapping, multi
 
-    def _teacher_source(self, objective, record, teacher_net, own_tokens: bool, multi: bool):
+    def _teacher_source(self, objective, record, teacher_net, own_tokens: bool, multi: bool, parts: list | None = None):
         """What the objective reads from its teacher(s): cached outputs where they cover it (built here, once, on
-        first use), else the live teacher."""
+        first use), else the live teacher. ``parts``: gets the shared parts read (their cost: distilbench.cost)."""
         start = time.perf_counter()
         try:
-            return self._teacher_source_uncounted(objective, record, teacher_net, own_tokens, multi)
+            return self._teacher_source_uncounted(objective, record, teacher_net, own_tokens, multi, parts)
         finally:
             self.timings["caches"] += time.perf_counter() - start
 
-    def _teacher_source_uncounted(self, objective, record, teacher_net, own_tokens: bool, multi: bool):
+    def _teacher_source_uncounted(self, objective, record, teacher_net, own_tokens: bool, multi: bool, parts: list | None):
         plan, cfg = self.plan, self.cfg
+        parts = [] if parts is None else parts
         if multi:  # logits only: each member's logits over the whole train file, computed once on its own tokenisation
             caches = [teacher_logits(r, self._encode(tok, plan.train_all), plan.train_rows,
                                      lambda enc, net=net: self._logits(net, enc), f"{r.key}:{cfg.max_length}", self.precision)
                       for r, net, tok in self.team]
+            for r, _, tok in self.team:
+                parts += [cost.teacher_part(r), cost.logits_part(r, logits_path(r, self._encode(tok, plan.train_all), plan.train_rows,
+                                                                                 f"{r.key}:{cfg.max_length}", self.precision))]
             return TeacherSource([net for _, net, _ in self.team], objective.needs, caches)
         if not objective.uses_teacher:
             return None
@@ -538,10 +572,12 @@ class Runner:
             enc_all = self._encode(self.tokenizer, plan.train_all)
             cache = [teacher_logits(record, enc_all, plan.train_rows, lambda enc: self._logits(teacher_net, enc), tokenisation,
                                     self.precision)]
+            parts.append(cost.logits_part(record, logits_path(record, enc_all, plan.train_rows, tokenisation, self.precision)))
             if not logits_only:
                 outputs = [open_or_build(record.path, record.key, enc_all, tokenisation, layers, parts_for(objective.needs),
                                          cfg.teacher_cache, lambda b: self._teacher_outputs(teacher_net, b, objective.needs),
                                          teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log, self.precision)]
+                parts.append(cost.outputs_part(record, outputs[0].folder, outputs[0].build_s))
         return TeacherSource([teacher_net], objective.needs, cache, own_tokens, outputs, layers)
 
     def _shared(self, objective, record, tokenizer) -> SharedStages | None:
@@ -565,8 +601,9 @@ class Runner:
         shared = self._shared(objective, record, tokenizer)
         if shared is not None:
             train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
-            self._train(student, objective, teacher, self._encode(tokenizer, train_part), self._encode(tokenizer, select_part),
-                        seed, cfg.epochs, cfg.lr, f"{objective.name} shared stages", None, shared, only_shared=True)
+            result = self._train(student, objective, teacher, self._encode(tokenizer, train_part), self._encode(tokenizer, select_part),
+                                 seed, cfg.epochs, cfg.lr, f"{objective.name} shared stages", None, shared, only_shared=True)
+            cost.stage_parts(objective, shared, result, cfg.epochs, cfg.lr, record.path.parent, self.accelerator.is_main_process)
 
     def fit(self, objective_cls, seed, record, teacher_net):
         """Build seed ``seed``'s student and objective, train them (and an objective's candidates), choosing on the
@@ -575,12 +612,16 @@ class Runner:
         train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
         student, tokenizer, objective, mapping, multi = self._build(objective_cls, seed, teacher_net)
         own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
-        teacher = self._teacher_source(objective, record, teacher_net, own_tokens, multi)
+        # the teacher's fine-tuning is part of the cost of every run whose student was copied from it or reads it
+        parts = [cost.teacher_part(record)] if objective.uses_teacher or multi or plan.init.pretrained is None else []
+        teacher = self._teacher_source(objective, record, teacher_net, own_tokens, multi, parts)
         teacher_train_enc = self._encode(self.tokenizer, train_part) if own_tokens and teacher and not teacher.covered(0) else None
         label = f"{objective.name} seed {seed}"
         shared = self._shared(objective, record, tokenizer)
         train_enc, select_enc = self._encode(tokenizer, train_part), self._encode(tokenizer, select_part)
         result = self._train(student, objective, teacher, train_enc, select_enc, seed, cfg.epochs, cfg.lr, label, teacher_train_enc, shared)
+        stage_parts, stage_s = cost.stage_parts(objective, shared, result, cfg.epochs, cfg.lr, record.path.parent,
+                                                self.accelerator.is_main_process)
         candidates = objective.candidates()
         if candidates:  # retrain a fresh student (same seed, same init) with each; keep the best on the selection split
             self.log(f"{label}: {len(candidates)} candidate(s) to retrain: " + "; ".join(
@@ -605,11 +646,13 @@ class Runner:
         summary = objective.summary()
         if summary:
             self.log("\n".join(f"{label}: {line}" for line in summary.splitlines()))
-        return student, tokenizer, objective, result, mapping, multi, label
+        # a shared stage trained here is a shared part, not this run's own time; a teacher in the team is listed once
+        spent = {"own_s": result.train_time_s - stage_s, "shared": list({p["id"]: p for p in parts + stage_parts}.values())}
+        return student, tokenizer, objective, result, mapping, multi, label, spent
 
     def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:
         plan, cfg, task = self.plan, self.cfg, self.plan.task
-        student, tokenizer, objective, result, mapping, multi, label = self.fit(objective_cls, seed, record, teacher_net)
+        student, tokenizer, objective, result, mapping, multi, label, spent = self.fit(objective_cls, seed, record, teacher_net)
         dev_preds = predict(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
         dev_labels = np.array([e.label for e in plan.dev])
         dev_metrics = compute_metrics(task, dev_preds, dev_labels)
@@ -618,6 +661,10 @@ class Runner:
             teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
         self.log(f"{label}: dev {task.main_score} = {100 * dev_metrics['score']:.2f} (best epoch {result.best_epoch}, "
                  f"{result.examples_per_s:.1f} ex/s)")
+        profile = None
+        if self.accelerator.is_main_process:  # measured by profile_models before the runs; read from its cache here
+            models = self._profiles(student, teacher_net, torch.get_num_threads())
+            profile = row_profile(*models, dev_metrics["score"], teacher_metrics["score"], task.higher_is_better, spent)
         row = {"run_key": key, "kind": "student", "task": task.name, "task_version": task.version, "objective": objective.name,
                 "objective_version": objective.version, "init": plan.init.spec, "teacher": cfg.teacher,
                 "student": identity["student"], "seed": seed, "config_hash": stable_hash({k: v for k, v in identity.items() if k != "seed"}),
@@ -632,6 +679,8 @@ class Runner:
                           "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
                           "student_params": sum(p.numel() for p in student.parameters()),
+                          # size, speed, retained share and training cost (distilbench.profile, distilbench.cost)
+                          "profile": profile,
                           # per-example dev predictions and labels in dev order: what the per-example paired tests
                           # (McNemar, bootstrap over examples: distilbench.per_example) between two runs need
                           "dev_predictions": _per_example(dev_preds, task.regression), "dev_labels": _per_example(dev_labels, task.regression)}}

@@ -343,10 +343,13 @@ def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[
         if todo:
             jobs += r.jobs(todo, record, r.teacher_net(record))
             owners += [(r, record)] * len(todo)
-        prepared.append((r, record))
+        prepared.append((r, record, bool(todo)))
     failed: list[str] = []
     if jobs:
         processes, threads = resolve(cells[0][1].workers, len(jobs))
+        for r, record, pending in prepared:  # latency with the workers' thread count, timed before they start (cached)
+            if pending:
+                r.profile_models(record, threads=threads)
         outcome = run_jobs(jobs, processes, threads, console.print)
         failed = outcome["diverged"] + outcome["failed"] + [f"{x}: its worker died" for x in outcome["lost"]]
         held: dict[int, list] = {}  # runs another process sharing the store was training, by cell
@@ -359,7 +362,7 @@ def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[
             except TrainingDiverged as exc:
                 failed.append(str(exc))
     out = []
-    for r, record in prepared:
+    for r, record, _ in prepared:
         out.append(r.rows(record))
         r.plan.store.close()
     return out, failed

@@ -131,18 +131,25 @@ def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Ca
     """Teacher logits for every example of the train file, indexed by the example's row (``Example.idx``), computed
     once (by ``compute``, at ``precision``) and stored beside the teacher. Keyed by the data, the tokenisation and
     the precision: a change computes them anew."""
-    path = record.path / f"logits-{logits_key(enc, tokenisation, n_rows, precision)}.pt"
+    path = logits_path(record, enc, n_rows, tokenisation, precision)
     if not path.exists():
         with file_lock(record.path.with_suffix(".lock")):
             if not path.exists():
+                start = time.perf_counter()
                 values = compute(enc)
                 table = torch.full((n_rows, values.shape[-1]), float("nan"))
                 table[torch.tensor([e.idx for e in enc.examples])] = values
                 fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".tmp-", suffix=".pt")
                 os.close(fd)
                 torch.save(table, tmp)
+                # the seconds beside the logits: a shared part of every run that reads them (distilbench.cost)
+                atomic_write_json(path.with_suffix(".json"), {"seconds": time.perf_counter() - start})
                 os.replace(tmp, path)
     return torch.load(path, weights_only=True)
+
+
+def logits_path(record: TeacherRecord, enc: Encoded, n_rows: int, tokenisation: str, precision: str = "fp32") -> Path:
+    return record.path / f"logits-{logits_key(enc, tokenisation, n_rows, precision)}.pt"
 
 
 def split_for_teacher(cfg: RunConfig, train_all: list[Example]) -> tuple[list[Example], list[Example]]:

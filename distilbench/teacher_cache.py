@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,6 +66,7 @@ class OutputCache:
     lengths: np.ndarray
     score_offset: np.ndarray
     arrays: dict[str, np.memmap]
+    build_s: float | None = None  # seconds it took to compute (a shared part of every run reading it: distilbench.cost)
 
     def covers(self, needs: Needs, layers: list[int]) -> bool:
         return set(parts_for(needs)) <= set(self.parts) and set(layers) <= set(self.layers)
@@ -134,6 +136,7 @@ def open_or_build(folder_root: Path, teacher_key: str, enc: Encoded, tokenisatio
 def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...], dtype: str,
            run_teacher: Callable[[dict], Outputs], batch_size: int, meta: dict) -> None:
     np_dtype, suffix = DTYPES[dtype]
+    start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
     try:
         lengths = enc.lengths()
@@ -174,7 +177,8 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
             a.flush()
         index = {**meta, "format": FORMAT, "layers": layers, "parts": list(parts), "dtype": dtype, "suffix": suffix,
                  "heads": heads, "hidden": hidden, "idx": [e.idx for e in enc.examples], "lengths": lengths.tolist(),
-                 "tok_offset": tok_offset.tolist(), "score_offset": score_offset.tolist()}
+                 "tok_offset": tok_offset.tolist(), "score_offset": score_offset.tolist(),
+                 "build_s": time.perf_counter() - start}
         (tmp / "index.json").write_text(json.dumps(index))
         del arrays
         os.replace(tmp, folder)  # atomic: the folder appears complete or not at all
@@ -188,4 +192,4 @@ def _open(folder: Path) -> OutputCache:
               (["hidden"] if "hidden" in index["parts"] else []) + (["scores", "v"] if "scores" in index["parts"] else [])}
     return OutputCache(folder, index["layers"], tuple(index["parts"]), index["heads"], index["hidden"], index["n_layers_total"],
                        {int(i): p for p, i in enumerate(index["idx"])}, np.array(index["tok_offset"]), np.array(index["lengths"]),
-                       np.array(index["score_offset"]), arrays)
+                       np.array(index["score_offset"]), arrays, index.get("build_s"))
