@@ -62,7 +62,8 @@ def test_a_tied_tensor_is_counted_and_saved_once():
     assert P.serialized_bytes(model) == len(save({k: state[k].contiguous() for k in ("a.weight", "a.bias", "b.bias")}))
 
 
-def test_latency_is_measured_once_then_read_from_the_cache(tiny_model, monkeypatch):
+def test_latency_is_measured_once_then_read_from_the_cache(tiny_model, monkeypatch, tmp_path):
+    monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))  # the session's cache holds other tests' profiles
     measured = P.model_profile(tiny_model, threads=1)
     cpu = measured["latency"]["cpu"]
     assert cpu["threads"] == 1 and cpu["seq_len"] == 128

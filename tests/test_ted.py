@@ -151,7 +151,8 @@ def test_ablations_change_what_stage_one_trains():
         assert t.t_filters[0].arch == arch
 
 
-def test_cli_stage_one_runs_once_and_is_reused(tiny_run_args, tmp_path):
+def test_cli_stage_one_runs_once_and_is_reused(tiny_run_args, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))  # not a Stage I another test left in the session's cache
     args = ["run", "--objective", "ted", "--seeds", "2", "--no-baseline", "--init", "layers:1,3", *tiny_run_args]
     assert main(args) == 0
     rows = ResultsStore(tmp_path / "results.sqlite").rows(objective="ted")
