@@ -116,7 +116,7 @@ def plan_team(cfg: RunConfig, objective: type[Objective], task: Task) -> list[st
     INIT's layers of NAME's pretrained weights, then fine-tuned) is written canonically (``mpnet-base@layers:1,2,3``)
     so that its cache key does not depend on other flags."""
 
-    if not getattr(objective, "multi_teacher", False):
+    if not objective.multi_teacher:
         if cfg.teachers:
             raise UsageError(f"--teachers is for multi-teacher objectives (autoskd, skd, avgkd); {objective.name} learns from --teacher")
         return []
@@ -353,7 +353,7 @@ class Runner:
 
     def identity(self, objective, record, seed, team=None) -> dict:
         team = self.team_records if team is None else team
-        return run_identity(self.plan, objective, record, seed, team if getattr(objective, "multi_teacher", False) else None,
+        return run_identity(self.plan, objective, record, seed, team if objective.multi_teacher else None,
                             self.precision)
 
     def teacher_net(self, record: TeacherRecord):
@@ -527,7 +527,7 @@ class Runner:
         if log:
             for line in mapping:
                 self.log(f"  init: {line}")
-        multi = getattr(objective_cls, "multi_teacher", False)
+        multi = objective_cls.multi_teacher
         team_nets = [net for _, net, _ in self.team] if multi else []
         team_info = [{"name": r.name, "params": sum(p.numel() for p in net.parameters()),
                       "select_score": r.meta.get("select_score")}

@@ -126,7 +126,7 @@ def _multi_teacher(objective: str) -> bool:
     from .objectives import get_objective
 
     try:
-        return bool(getattr(get_objective(objective), "multi_teacher", False))
+        return get_objective(objective).multi_teacher
     except (UsageError, KeyError, ValueError):
         return False  # an unknown objective is reported by the cell's validation
 

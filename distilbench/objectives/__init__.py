@@ -1,29 +1,27 @@
-"""Objective registry. A built-in objective is one module in this package defining an ``Objective`` subclass with a
-``name``; third-party objectives register through the ``distilbench.objectives`` entry-point group
-(``name = "package.module:Class"``)."""
+"""Objective registry.
+
+A built-in objective is an ``Objective`` subclass registered where it is defined, with
+``@register_objective("name")``; the modules below are imported here by name, so every built-in objective is visible
+in code (adding one means adding its module to that import). Third-party objectives register through the
+``distilbench.objectives`` entry-point group (``name = "package.module:Class"``), resolved on first use.
+
+Layout: one module per objective, except two families that share their machinery: ``ted`` (ted, ted-kl: the same
+filters and stages) and ``autoskd`` (autoskd and its baselines skd, avgkd: the same team and L_d). Beside them:
+``base`` (the contract and the registry), ``layerwise`` (the frame of the intermediate-layer objectives: the loop over
+layer pairs, the prediction term, the schedules, ``+`` combinations) and ``functional`` (the masked losses they share,
+with keyword-only ``student=`` / ``teacher=``).
+"""
 from __future__ import annotations
 
-import importlib
-import inspect
-import pkgutil
 from importlib.metadata import entry_points
 
-from ..registry import Registry
-from .base import Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext
+from .base import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, register_objective
 
-OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+# the built-in objectives: importing a module registers what it defines
+from . import att_kl, att_mse, autoskd, hid_cls, hid_cls_contrast, hid_seq, kd, lwd, none, ted, val_kl  # noqa: F401
 
-
-def _discover() -> None:
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name in ("base", "layerwise"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, Objective) and cls.__module__ == module.__name__ and getattr(cls, "name", None):
-                OBJECTIVES.register(cls.name, cls)
-    for ep in entry_points(group="distilbench.objectives"):
-        OBJECTIVES.register(ep.name, ep.value)
+for _ep in entry_points(group="distilbench.objectives"):
+    OBJECTIVES.register(_ep.name, _ep.value)
 
 
 def get_objective(name: str) -> type[Objective]:
@@ -34,6 +32,5 @@ def get_objective(name: str) -> type[Objective]:
     return OBJECTIVES.get(name)
 
 
-_discover()
-
-__all__ = ["OBJECTIVES", "Context", "LossOutput", "Needs", "Objective", "Outputs", "Stage", "StepContext", "get_objective"]
+__all__ = ["OBJECTIVES", "Context", "LossOutput", "Needs", "Objective", "Outputs", "Stage", "StepContext", "get_objective",
+           "register_objective"]

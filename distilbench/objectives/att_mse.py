@@ -1,30 +1,16 @@
+"""Att-MSE (paper 002 §3, "Attention and Value Transfer"; TinyBERT, Jiao et al. 2020):
+``L_att = 1/h * sum_{i=1..h} MSE(A_i^S, A_i^T)`` on the pre-softmax attention scores, over real (query, key) pairs.
+Conventions shared with att-kl and val-kl (padding, head counts): :mod:`distilbench.objectives.att_kl`."""
 from __future__ import annotations
 
 import torch
 
-from .att_kl import check_aligned
-from .base import Needs, Outputs
+from .base import Needs, Outputs, register_objective
+from .functional import check_aligned, masked_score_mse
 from .layerwise import LayerObjective
 
 
-def masked_score_mse(scores_s: torch.Tensor, scores_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the real (query, key) pairs and the heads of the squared score error::
-
-        1 / (P * H) * sum_{(b,i,j): m[b,i]=m[b,j]=1} sum_h (A_S[b,h,i,j] - A_T[b,h,i,j])^2,   P = sum_b n_b^2
-
-    ``scores_*`` ``[B, H, L, L]``. With ``H_s != H_t`` each side is first averaged over its own heads
-    (``Abar = 1/H * sum_h A[h]``) and ``H = 1``. Pairs with a padded query or key are dropped by indexing."""
-    keep = mask.bool()
-    pairs = keep[:, :, None] & keep[:, None, :]  # [B, L, L]
-    s = scores_s.float().permute(0, 2, 3, 1)[pairs]  # [P, H_s]
-    t = scores_t.float().permute(0, 2, 3, 1)[pairs]  # [P, H_t]
-    if s.shape[0] == 0:
-        return s.new_zeros(())
-    if s.shape[1] != t.shape[1]:
-        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
-    return (s - t).pow(2).mean()
-
-
+@register_objective("att-mse")
 class AttMSE(LayerObjective):
     """Att-MSE: mean squared error between the teacher's and the student's attention scores BEFORE softmax
     (paper 002 §3, "Attention and Value Transfer"; TinyBERT, Jiao et al. 2020).
@@ -46,16 +32,11 @@ class AttMSE(LayerObjective):
     Shared conventions (padding, head counts): see :mod:`distilbench.objectives.att_kl`.
     """
 
-    name = "att-mse"
     version = "1.0"
     paper = "Wang et al. 2023 §3 Att-MSE (TinyBERT, Jiao et al. 2020): 1/h sum_i MSE(A_i^S, A_i^T), pre-softmax scores, real pairs"
     needs = Needs(logits=True, attentions=True, token_aligned=True)
 
-    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        total = student.logits.new_zeros((), dtype=torch.float32)
-        for s, t in self.ctx.layer_map:
-            a_s, a_t = student.attentions[s - 1]["scores"], teacher.attentions[t - 1]["scores"].detach()
-            check_aligned(self.name, a_s, a_t, mask)
-            total = total + masked_score_mse(a_s, a_t, mask)
-        return total
+    def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
+        a_s, a_t, mask = student.attentions[s - 1]["scores"], teacher.attentions[t - 1]["scores"], batch["attention_mask"]
+        check_aligned(self.name, student=a_s, teacher=a_t, mask=mask)
+        return masked_score_mse(student=a_s, teacher=a_t, mask=mask)

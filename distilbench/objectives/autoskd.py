@@ -19,7 +19,7 @@ import torch
 
 from .. import autoskd as A
 from ..errors import UsageError
-from .base import Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext
+from .base import Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, register_objective
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -56,12 +56,12 @@ class _Team(Objective):
         return A.distill_loss(student.logits.float(), teacher_logits.detach().float(), theta_i)
 
 
+@register_objective("skd")
 class SKD(_Team):
     """Stochastic KD with a fixed categorical distribution (paper 003, Eq. 3): each step draws one teacher
     ``i ~ Cat(θ)`` and trains the student on ``L_d(θ_i · f_{T_i}(x), f_S(x; w))``. ``--theta-init uniform`` is uniform
     stochastic KD; ``random`` is the paper's random-distribution baseline (§4.3); explicit weights fix θ."""
 
-    name = "skd"
     version = "1.0"
     paper = "AutoSKDBERT Eq. 3 with a fixed Cat(theta): uniform, random (the paper's baseline) or given weights"
     params = ("teachers", "theta_init")
@@ -86,11 +86,11 @@ class SKD(_Team):
                 "team": [t.get("name") for t in self.ctx.team]}
 
 
+@register_objective("avgkd")
 class AvgKD(_Team):
     """AvgKD, the multi-teacher baseline of paper 003 (§4): every step, the student learns from the uniform average of
     all teachers' logits, ``L_d((1/n) Σ_i f_{T_i}(x), f_S(x; w))`` — Eq. 4's continuous relaxation at uniform θ."""
 
-    name = "avgkd"
     version = "1.0"
     paper = "AutoSKDBERT's AvgKD baseline: L_d against the mean of all teachers' logits"
     params = ("teachers",)
@@ -104,6 +104,7 @@ class AvgKD(_Team):
         return LossOutput(loss, {"ld": loss.detach()})
 
 
+@register_objective("autoskd")
 class AutoSKD(_Team):
     """AutoSKD (paper 003, Algorithm 1). Search: the training split is halved (§3.2) into a distillation subset
     (student, Eq. 3) and a validation subset (θ). Each step draws ``i ~ Cat(θ)``, updates θ by the one-step
@@ -120,7 +121,6 @@ class AutoSKD(_Team):
     The look-ahead runs the student in eval mode (dropout would make L_train and L_val different functions).
     """
 
-    name = "autoskd"
     version = "1.0"
     paper = "AutoSKDBERT (Alg. 1): teacher ~ Cat(theta), theta by SSWO/CR look-ahead, Eq. 8 selection, candidates"
     params = ("teachers", "theta_update", "theta_lr", "autoskd_m", "candidates", "autoskd_lookahead")

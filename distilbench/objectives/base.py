@@ -6,15 +6,21 @@ the loss with its unweighted terms; it never owns a training loop. What it needs
 several stages (TED) declare them in ``stages()``; methods with several teachers (AutoSKD) pick one per step in
 ``choose_teacher()``. Its own learnable parameters (projections, filters) are the module's parameters: the harness
 trains them with the student and never saves them with the student.
+
+A built-in objective is registered where it is defined, with ``@register_objective(name)`` (the shape of the init
+strategies' ``@INITS.register``); third-party ones through the ``distilbench.objectives`` entry-point group.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..registry import Registry
+from .functional import logit_kl
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -108,6 +114,7 @@ class Objective(nn.Module):
     paper: ClassVar[str]  # short reference shown by `distilbench ls objectives`
     needs: ClassVar[Needs] = Needs()
     uses_teacher: ClassVar[bool] = True
+    multi_teacher: ClassVar[bool] = False  # learns from a team (--teachers), each step's teacher(s) from choose_teacher()
     separable: ClassVar[bool] = False  # the loss is a mean of per-example losses, so a batch may run as micro-batches
     teacher_cache: ClassVar[bool] = True  # the teacher's outputs may come from the on-disk cache (False: run it every step)
     params: ClassVar[tuple[str, ...]] = ()  # RunConfig fields this objective reads: they enter the result's identity
@@ -182,15 +189,35 @@ class Objective(nn.Module):
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The prediction-layer term and its scale: KL(softmax(z_T/T) || softmax(z_S/T)) averaged over the batch, scaled by
         T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1."""
-        zs, zt = student_logits.float(), teacher_logits.detach().float()  # the teacher never learns
         if self.task.regression:
-            return F.mse_loss(zs, zt), 1.0
+            return F.mse_loss(student_logits.float(), teacher_logits.detach().float()), 1.0  # the teacher never learns
         t = self.ctx.config.temperature
-        kl = F.kl_div(F.log_softmax(zs / t, -1), F.log_softmax(zt / t, -1), reduction="batchmean", log_target=True)
-        return kl, t * t
+        return logit_kl(student=student_logits, teacher=teacher_logits, temperature=t), t * t
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy for classification, MSE for regression (STS-B)."""
         if self.task.regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return F.cross_entropy(logits.float(), labels)
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+O = TypeVar("O", bound=type[Objective])
+
+
+def register_objective(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[O], O]:
+    """Class decorator: register an ``Objective`` subclass as ``--objective name`` (and its ``aliases``).
+
+    The name is written once, here: the decorator sets ``cls.name``, which enters every result's identity. A class that
+    also sets ``name`` itself must set the same one; a name or alias taken twice is refused (``Registry``)."""
+
+    def add(cls: O) -> O:
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise TypeError(f"@register_objective({name!r}) decorates Objective subclasses, not {cls!r}")
+        if vars(cls).get("name", name) != name:
+            raise ValueError(f"@register_objective({name!r}) on {cls.__name__}, whose name is {vars(cls)['name']!r}")
+        cls.name = name
+        OBJECTIVES.register(name, cls, aliases=aliases)
+        return cls
+
+    return add

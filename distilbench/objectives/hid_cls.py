@@ -1,12 +1,15 @@
+"""Hid-CLS (paper 002 §3, "Hidden States Transfer"; Sun et al. 2019b): ``L_hid = MSE(h^S W_h, h^T)`` on the [CLS]
+hidden states of each layer pair, summed over the pairs."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import Needs, Outputs
+from .base import Needs, Outputs, register_objective
 from .layerwise import LayerObjective
 
 
+@register_objective("hid-cls")
 class HidCLS(LayerObjective):
     """Hid-CLS: hidden-state transfer on the [CLS] token (paper 002 §3, "Hidden States Transfer"; Sun et al. 2019b).
 
@@ -25,7 +28,6 @@ class HidCLS(LayerObjective):
     Full loss (joint schedule): ``CE + alpha_kd * T^2 * KL + beta * I`` (see ``layerwise``).
     """
 
-    name = "hid-cls"
     version = "1.0"
     paper = "Wang et al. 2023 §3 Hid-CLS (Sun et al. 2019b): sum over layer pairs of MSE(h_S[CLS] W_h, h_T[CLS])"
     needs = Needs(logits=True, hidden_states=True, token_aligned=False)
@@ -34,10 +36,7 @@ class HidCLS(LayerObjective):
         super().__init__(ctx)
         self.proj = self.projections()
 
-    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
-        total = student.logits.new_zeros((), dtype=torch.float32)
-        for w, (s, t) in zip(self.proj, self.ctx.layer_map):
-            h_s = student.hidden_states[s][:, 0]
-            h_t = teacher.hidden_states[t][:, 0].detach()
-            total = total + F.mse_loss(w(h_s).float(), h_t.float())
-        return total
+    def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
+        h_s = student.hidden_states[s][:, 0]
+        h_t = teacher.hidden_states[t][:, 0].detach()
+        return F.mse_loss(self.proj[k](h_s).float(), h_t.float())

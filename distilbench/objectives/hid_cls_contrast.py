@@ -1,13 +1,16 @@
+"""Hid-CLS-Contrast (paper 002 §3, which reuses CoDIR's code, Sun et al. 2020a): InfoNCE between the student's
+projected, normalised [CLS] and its own example's teacher [CLS] against in-batch negatives, tau = 0.07, per layer pair."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Context, Needs, Outputs
+from .base import Context, Needs, Outputs, register_objective
 from .layerwise import LayerObjective
 
 
+@register_objective("hid-cls-contrast")
 class HidCLSContrast(LayerObjective):
     """Hid-CLS-Contrast: contrastive transfer of the [CLS] hidden states (paper 002 §3, which "inherited" the code of
     CoDIR, Sun et al. 2020a, "Contrastive Distillation on Intermediate Representations", EMNLP 2020).
@@ -44,7 +47,6 @@ class HidCLSContrast(LayerObjective):
     Full loss (joint schedule): ``CE + alpha_kd * T^2 * KL + beta * I`` (see ``layerwise``).
     """
 
-    name = "hid-cls-contrast"
     version = "1.0"
     paper = "Wang et al. 2023 §3 Hid-CLS-Contrast (CoDIR, Sun et al. 2020a): InfoNCE on normalised [CLS], tau=0.07"
     needs = Needs(logits=True, hidden_states=True, token_aligned=False)
@@ -63,28 +65,31 @@ class HidCLSContrast(LayerObjective):
         self.bank_filled = 0  # slots holding a vector (<= memory_size)
 
     def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
-        use_bank = self.memory_size > 0 and self.training
-        idx = batch.get("idx")
-        total = student.logits.new_zeros((), dtype=torch.float32)
-        keys = []
-        for p, (w, (s, t)) in enumerate(zip(self.proj, self.ctx.layer_map)):
-            z_raw = w(student.hidden_states[s][:, 0])
-            # similarities in float32 even under autocast: a bf16 matmul would round cosines before the 1/tau scaling
-            with torch.autocast(z_raw.device.type, enabled=False):
-                z = F.normalize(z_raw.float(), dim=-1)  # [B, d_t]
-                k = F.normalize(teacher.hidden_states[t][:, 0].detach().float(), dim=-1)  # [B, d_t]
-                logits = z @ k.T / self.tau  # [B, B]; the positive is on the diagonal
-                if use_bank and self.bank_filled:
-                    extra = z @ self.bank[p, : self.bank_filled].T / self.tau  # [B, filled]
-                    if idx is not None:  # the anchor's own example is no negative
-                        same = idx.view(-1, 1).to(self.bank_idx.device) == self.bank_idx[: self.bank_filled].view(1, -1)
-                        extra = extra.masked_fill(same, float("-inf"))
-                    logits = torch.cat([logits, extra], 1)
-                total = total + F.cross_entropy(logits, torch.arange(len(z), device=z.device))
-            keys.append(k)
-        if use_bank:
-            self._push(torch.stack(keys), idx)
+        total = super().intermediate(student, teacher, batch)
+        if self.memory_size > 0 and self.training:  # only after every pair read the bank: no example is its own negative
+            self._push(torch.stack([self._key(teacher, t) for _, t in self.ctx.layer_map]), batch.get("idx"))
         return total
+
+    @staticmethod
+    def _key(teacher: Outputs, t: int) -> torch.Tensor:
+        """The normalised teacher [CLS] of layer ``t`` ``[B, d_t]``, in float32 even under autocast."""
+        with torch.autocast(teacher.hidden_states[t].device.type, enabled=False):
+            return F.normalize(teacher.hidden_states[t][:, 0].detach().float(), dim=-1)
+
+    def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
+        idx = batch.get("idx")
+        z_raw = self.proj[k](student.hidden_states[s][:, 0])
+        # similarities in float32 even under autocast: a bf16 matmul would round cosines before the 1/tau scaling
+        with torch.autocast(z_raw.device.type, enabled=False):
+            z = F.normalize(z_raw.float(), dim=-1)  # [B, d_t]
+            logits = z @ self._key(teacher, t).T / self.tau  # [B, B]; the positive is on the diagonal
+            if self.memory_size > 0 and self.training and self.bank_filled:
+                extra = z @ self.bank[k, : self.bank_filled].T / self.tau  # [B, filled]
+                if idx is not None:  # the anchor's own example is no negative
+                    same = idx.view(-1, 1).to(self.bank_idx.device) == self.bank_idx[: self.bank_filled].view(1, -1)
+                    extra = extra.masked_fill(same, float("-inf"))
+                logits = torch.cat([logits, extra], 1)
+            return F.cross_entropy(logits, torch.arange(len(z), device=z.device))
 
     @torch.no_grad()
     def _push(self, keys: torch.Tensor, idx: torch.Tensor | None) -> None:

@@ -1,29 +1,16 @@
+"""Hid-Seq (paper 002 §3, "Hidden States Transfer"; Jiao et al. 2020): ``L_hid = MSE(H^S W_h, H^T)`` on the whole
+sequence's hidden states, over real tokens, summed over the layer pairs. ``lwd`` reuses it with W always learnable."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import Needs, Outputs
+from .base import Needs, Outputs, register_objective
+from .functional import masked_mse
 from .layerwise import LayerObjective
 
 
-def masked_mse(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the real tokens (``mask == 1``) of the squared error averaged over the hidden dimension:
-    ``1/N * sum_{(b,i): mask[b,i]=1} 1/d * sum_j (h_s[b,i,j] - h_t[b,i,j])^2`` with ``N = sum_{b,i} mask[b,i]``.
-
-    Padded positions are dropped by indexing (not multiplied by 0), so whatever they hold, even inf or NaN, changes
-    neither the value nor any gradient. ``h_s`` and ``h_t`` are ``[B, L, d]`` (``h_s`` already projected)."""
-    if h_s.shape[:2] != h_t.shape[:2] or h_s.shape[:2] != mask.shape:
-        raise ValueError(f"token-aligned hidden-state loss needs student {tuple(h_s.shape[:2])}, teacher "
-                         f"{tuple(h_t.shape[:2])} and attention mask {tuple(mask.shape)} to cover the same [B, L] positions "
-                         "(teacher and student must share a tokenizer)")
-    keep = mask.bool()
-    if not keep.any():
-        return h_s.new_zeros((), dtype=torch.float32)
-    diff = h_s[keep].float() - h_t[keep].float()  # [N, d]
-    return diff.pow(2).mean()
-
-
+@register_objective("hid-seq")
 class HidSeq(LayerObjective):
     """Hid-Seq: hidden-state transfer on the whole sequence (paper 002 §3, "Hidden States Transfer"; Jiao et al. 2020).
 
@@ -42,18 +29,18 @@ class HidSeq(LayerObjective):
     Full loss (joint schedule): ``CE + alpha_kd * T^2 * KL + beta * I`` (see ``layerwise``).
     """
 
-    name = "hid-seq"
     version = "1.0"
     paper = "Wang et al. 2023 §3 Hid-Seq (Jiao et al. 2020): sum over layer pairs of MSE(H_S W_h, H_T) over real tokens"
     needs = Needs(logits=True, hidden_states=True, token_aligned=True)
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.proj: nn.ModuleList = self.projections()
+        self.proj: nn.ModuleList = self.make_projections()
 
-    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        total = student.logits.new_zeros((), dtype=torch.float32)
-        for w, (s, t) in zip(self.proj, self.ctx.layer_map):
-            total = total + masked_mse(w(student.hidden_states[s]), teacher.hidden_states[t].detach(), mask)
-        return total
+    def make_projections(self) -> nn.ModuleList:
+        """``W_h`` per pair: learnable where the hidden sizes differ, the identity where they agree."""
+        return self.projections()
+
+    def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
+        w = self.proj[k]
+        return masked_mse(student=w(student.hidden_states[s]), teacher=teacher.hidden_states[t], mask=batch["attention_mask"])

@@ -1,8 +1,11 @@
+"""Vanilla KD (Hinton et al. 2015): ``CE + alpha_kd * T^2 * KL(softmax(z_T/T) || softmax(z_S/T))``; paper 002's
+prediction-layer transfer, which every layer objective also carries."""
 from __future__ import annotations
 
-from .base import LossOutput, Objective, Outputs, Stage
+from .base import LossOutput, Objective, Outputs, Stage, register_objective
 
 
+@register_objective("kd")
 class KD(Objective):
     """Vanilla knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
 
@@ -12,7 +15,6 @@ class KD(Objective):
     teacher's entropy, a constant for the student. Regression (STS-B): ``L = MSE(z_S, y) + alpha_kd * MSE(z_S, z_T)``.
     """
 
-    name = "kd"
     version = "1.0"
     separable = True  # CE and the batch-mean KL are means over examples
     paper = "Hinton et al. 2015, soft targets with temperature T: CE + alpha*T^2*KL"

@@ -7,9 +7,15 @@ Every intermediate objective also carries the prediction-layer term, as paper 00
   then stage ``prediction`` minimises ``CE + alpha_kd * T^2 * KL(pred)`` for ``--epochs``; the best epoch is chosen in
   the last stage.
 
-A subclass implements ``intermediate()``, the unweighted intermediate term summed over the layer pairs
-``ctx.layer_map`` ((student layer, teacher layer), 1-based). A combination such as ``att-kl+0.5*hid-seq`` is the
-weighted sum of its parts' intermediate terms plus one prediction term; each part's term is logged.
+The intermediate term is the unweighted sum over the layer pairs ``ctx.layer_map`` ((student layer, teacher layer),
+1-based)::
+
+    I = sum_{k, (s, t) in enumerate(layer_map)} pair_loss(student, teacher, s, t, k, batch)
+
+The loop lives here, once: a subclass writes ``pair_loss()`` for one pair (``k`` indexes its per-pair modules, e.g.
+the projection ``W_k``); a term that is not such a sum overrides ``intermediate()`` instead. A combination such as
+``att-kl+0.5*hid-seq`` is the weighted sum of its parts' intermediate terms plus one prediction term; each part's term
+is logged.
 """
 from __future__ import annotations
 
@@ -39,7 +45,15 @@ class LayerObjective(Objective):
         return self.param_values(self.ctx.config)["beta"]
 
     def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
-        raise NotImplementedError
+        """The unweighted intermediate term ``I``: the sum of :meth:`pair_loss` over the layer pairs, in float32."""
+        total = student.logits.new_zeros((), dtype=torch.float32)
+        for k, (s, t) in enumerate(self.ctx.layer_map):
+            total = total + self.pair_loss(student, teacher, s, t, k, batch)
+        return total
+
+    def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
+        """The loss of one layer pair: student layer ``s`` against teacher layer ``t`` (1-based), the ``k``-th pair."""
+        raise NotImplementedError(f"{type(self).__name__} must define pair_loss() or intermediate()")
 
     def intermediate_terms(self, student: Outputs, teacher: Outputs, batch: dict) -> dict[str, torch.Tensor]:
         return {self.name: self.intermediate(student, teacher, batch)}

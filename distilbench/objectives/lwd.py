@@ -1,14 +1,16 @@
+"""LWD, the layer-wise distillation baseline of TED (paper 001, Liang et al. 2023, §2 Eq. 2-3):
+``D_layer = sum_k MSE(H_t^{M(k)}, H_s^k W_s^k)`` with ``W_s^k`` always learnable: hid-seq's loss, another projection."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import Needs, Outputs
-from .hid_seq import masked_mse
-from .layerwise import LayerObjective
+from .base import Needs, register_objective
+from .hid_seq import HidSeq
 
 
-class LWD(LayerObjective):
+@register_objective("lwd")
+class LWD(HidSeq):
     """LWD: layer-wise distillation, the baseline of the TED paper (paper 001, Liang et al. 2023, §2 Eq. 2-3).
 
     Eq. 2: ``D_layer = sum_{k=1..K} MSE(H_t^{M(k)}, H_s^k W_s^k)``, ``W_s^k in R^{d_s x d_t}`` learnable.
@@ -28,26 +30,20 @@ class LWD(LayerObjective):
     starts from the plain masked MSE between the hidden states (a student copied from the teacher's layers starts near
     its target instead of being pushed towards a random rotation of it), and only moves away from it as it learns.
     When the sizes differ it keeps ``nn.Linear``'s default random initialisation, as in the paper.
-    The difference from ``hid-seq`` is only that ``W`` is learnable (and identity-initialised) for equal sizes too.
+    The difference from ``hid-seq`` is only that ``W`` is learnable (and identity-initialised) for equal sizes too, so
+    LWD is a ``HidSeq`` with its own projections: the per-pair loss is hid-seq's.
     Token-aligned: teacher and student must share a tokenizer. The teacher side is detached.
     """
 
-    name = "lwd"
     version = "1.0"
     paper = "Liang et al. 2023 (TED) Eq. 2-3: CE + a1*KD + a2*sum_k MSE(H_t^M(k), H_s^k W_s^k), W learnable"
     needs = Needs(logits=True, hidden_states=True, token_aligned=True)
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self.proj: nn.ModuleList = self.projections(always=True)
-        if ctx.student_hidden == ctx.teacher_hidden:
+    def make_projections(self) -> nn.ModuleList:
+        """``W_s^k`` per pair, always learnable (Eq. 2); identity-initialised where the hidden sizes agree."""
+        proj = self.projections(always=True)
+        if self.ctx.student_hidden == self.ctx.teacher_hidden:
             with torch.no_grad():
-                for w in self.proj:
+                for w in proj:
                     nn.init.eye_(w.weight)
-
-    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        total = student.logits.new_zeros((), dtype=torch.float32)
-        for w, (k, mk) in zip(self.proj, self.ctx.layer_map):
-            total = total + masked_mse(w(student.hidden_states[k]), teacher.hidden_states[mk].detach(), mask)
-        return total
+        return proj

@@ -1,12 +1,13 @@
+"""The no-teacher baseline: the student fine-tuned on the task loss alone (CE, or MSE for regression)."""
 from __future__ import annotations
 
-from .base import LossOutput, Objective, Outputs, Stage
+from .base import LossOutput, Objective, Outputs, Stage, register_objective
 
 
+@register_objective("none")
 class NoTeacher(Objective):
     """The baseline every table needs: the same student, fine-tuned on the task loss alone, with no teacher."""
 
-    name = "none"
     version = "1.0"
     paper = "baseline: plain fine-tuning of the student (CE, or MSE for regression)"
     uses_teacher = False

@@ -10,7 +10,7 @@ frozen student in Stage I instead (required when d_s != d_t); ``random`` is the 
 Stage II (Eq. 6-7): heads removed, teacher and its filters frozen, student and its filters trained on
 ``L + alpha_1 * T^2 * KL(pred) + alpha_2 * sum_k MSE(g_t^k(H_t^{M(k)}), g_s^k(H_s^k))`` with alpha_1 = ``--alpha-kd``,
 alpha_2 = ``--beta``. MSE: per pair, the squared error averaged over the d_t features and over the real (non-padded)
-tokens of the batch (padded positions dropped: hid-seq's ``masked_mse``); summed over pairs. ``ted-kl`` (Remark 3.2, §6.6) keeps the heads and penalises
+tokens of the batch (padded positions dropped: ``functional.masked_mse``); summed over pairs. ``ted-kl`` (Remark 3.2, §6.6) keeps the heads and penalises
 ``sum_k KL(softmax(head_t(g_t)) || softmax(head_s(g_s)))`` at the [CLS] position instead (MSE for regression).
 
 Ablations (Table 6): ``--ted-teacher-filters random`` (untrained teacher filters), ``none`` (no filters: LWD with a
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from .base import Context, Needs, Outputs, Stage
-from .hid_seq import masked_mse
+from .base import Context, LossOutput, Needs, Outputs, Stage, register_objective
+from .functional import logit_kl, masked_mse
 from .layerwise import LayerObjective
 
 
@@ -65,9 +65,9 @@ class _Filter(nn.Module):
         return self.net(h, mask) if self.arch == "layer" else self.net(h)
 
 
+@register_objective("ted")
 class TED(LayerObjective):
     __doc__ = __doc__
-    name = "ted"
     version = "1.0"
     paper = "Liang et al. 2023 (TED), Eq. 4-7: task-aware filters (Stage I), then L + a1*KD + a2*sum_k MSE(g_t, g_s)"
     needs = Needs(logits=True, hidden_states=True, token_aligned=True)
@@ -147,9 +147,7 @@ class TED(LayerObjective):
         self.s_heads.requires_grad_(self.use_kl)  # Stage II removes the heads, except in ted-kl
 
     # -- losses -----------------------------------------------------------------------------------------------------
-    def forward(self, student: Outputs | None, teacher: Outputs | None, batch: dict, stage: Stage):
-        from .base import LossOutput
-
+    def forward(self, student: Outputs | None, teacher: Outputs | None, batch: dict, stage: Stage) -> LossOutput:
         if stage.name == "finetune":  # A.2.3: the student learns the task before its filters are trained on it
             ce = self.task_loss(student.logits, batch["labels"])
             return LossOutput(ce, {"ce": ce.detach()})
@@ -167,20 +165,16 @@ class TED(LayerObjective):
         loss = sum(terms.values())
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
 
-    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
+    def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
         mask = batch["attention_mask"]
-        total = student.logits.new_zeros(())
-        for (s, t), ft, fs, ht, hs in zip(self.ctx.layer_map, self.t_filters, self.s_filters, self.t_heads, self.s_heads):
-            gt = ft(teacher.hidden_states[t], mask).detach()  # the teacher side is frozen in Stage II
-            gs = fs(student.hidden_states[s], mask)
-            if not self.use_kl:
-                total = total + masked_mse(gs, gt, mask)
-            elif self.task.regression:
-                total = total + F.mse_loss(hs(gs[:, 0]).float(), ht(gt[:, 0]).float())
-            else:
-                total = total + F.kl_div(F.log_softmax(hs(gs[:, 0]).float(), -1), F.log_softmax(ht(gt[:, 0]).float(), -1),
-                                         reduction="batchmean", log_target=True)
-        return total
+        gt = self.t_filters[k](teacher.hidden_states[t], mask).detach()  # the teacher side is frozen in Stage II
+        gs = self.s_filters[k](student.hidden_states[s], mask)
+        if not self.use_kl:  # Eq. 6: MSE(g_t^k, g_s^k)
+            return masked_mse(student=gs, teacher=gt, mask=mask)
+        zs, zt = self.s_heads[k](gs[:, 0]), self.t_heads[k](gt[:, 0])  # Remark 3.2: the heads' predictions at [CLS]
+        if self.task.regression:
+            return F.mse_loss(zs.float(), zt.float())
+        return logit_kl(student=zs, teacher=zt)
 
     def report(self) -> dict:
         n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())
@@ -191,10 +185,10 @@ class TED(LayerObjective):
                 "student_filter_mode": self.student_mode}
 
 
+@register_objective("ted-kl")
 class TEDKL(TED):
     """TED with the filters' task heads kept in Stage II, penalising KL between their predictions (Remark 3.2, §6.6)."""
 
-    name = "ted-kl"
     paper = "Liang et al. 2023 (TED) Remark 3.2: KL between the filters' head predictions instead of MSE"
     use_kl = True
 

@@ -1,3 +1,7 @@
+"""Val-KL: value-relation transfer (MiniLM, Wang et al. 2020; paper 002 §3 "Val-KL"):
+``L_VR = 1/(A_h |x|) sum_a sum_t KL(VR^T_{a,t} || VR^S_{a,t})``, ``VR = softmax(V V^T / sqrt(d_k))``, over real
+tokens, in MiniLMv2's relation heads when the head counts differ. Conventions shared with att-mse and att-kl:
+:mod:`distilbench.objectives.att_kl`."""
 from __future__ import annotations
 
 import math
@@ -5,8 +9,8 @@ import math
 import torch
 
 from ..errors import UsageError
-from .att_kl import check_aligned, masked_row_kl
-from .base import Context, Needs, Outputs
+from .base import Context, Needs, Outputs, register_objective
+from .functional import check_aligned, masked_row_kl
 from .layerwise import LayerObjective
 
 
@@ -29,6 +33,7 @@ def value_relation(v: torch.Tensor) -> torch.Tensor:
     return torch.matmul(v, v.transpose(-1, -2)) / math.sqrt(v.shape[-1])
 
 
+@register_objective("val-kl")
 class ValKL(LayerObjective):
     """Val-KL: value-relation transfer (MiniLM, Wang et al. 2020, "value-relation transfer"; named Val-KL in paper 002
     §3, "Attention and Value Transfer", which refers to MiniLM for the details).
@@ -50,7 +55,6 @@ class ValKL(LayerObjective):
     Shared conventions (padding, head counts): see :mod:`distilbench.objectives.att_kl`.
     """
 
-    name = "val-kl"
     version = "1.0"
     paper = "MiniLM (Wang et al. 2020) value relation, Wang et al. 2023 §3 Val-KL: KL(softmax(V_T V_T^T/sqrt d) || softmax(V_S V_S^T/sqrt d))"
     needs = Needs(logits=True, attentions=True, token_aligned=True)
@@ -63,14 +67,10 @@ class ValKL(LayerObjective):
                              f"in head count, so values are compared in {ht} relation heads (MiniLMv2), which needs the "
                              f"student's hidden size to be divisible by {ht}")
 
-    def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        total = student.logits.new_zeros((), dtype=torch.float32)
-        for s, t in self.ctx.layer_map:
-            v_s, v_t = student.attentions[s - 1]["v"], teacher.attentions[t - 1]["v"].detach()
-            check_aligned(self.name, v_s, v_t, mask)
-            r = v_t.shape[1]
-            rel_s = value_relation(relation_heads(v_s, mask, r, "student"))
-            rel_t = value_relation(relation_heads(v_t, mask, r, "teacher"))
-            total = total + masked_row_kl(rel_t, rel_s, mask)
-        return total
+    def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
+        v_s, v_t, mask = student.attentions[s - 1]["v"], teacher.attentions[t - 1]["v"].detach(), batch["attention_mask"]
+        check_aligned(self.name, student=v_s, teacher=v_t, mask=mask)
+        r = v_t.shape[1]  # the teacher's heads are the relation heads (MiniLMv2)
+        rel_s = value_relation(relation_heads(v_s, mask, r, "student"))
+        rel_t = value_relation(relation_heads(v_t, mask, r, "teacher"))
+        return masked_row_kl(student=rel_s, teacher=rel_t, mask=mask)
