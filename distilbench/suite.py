@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape  # a cell label such as "ted [beta=1.0]" is text, not console markup
+
 from .config import RunConfig, _coerce
 from .errors import TrainingDiverged, UsageError
 
@@ -296,24 +298,24 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     by_cell: dict[int, list[dict]] = {}
     held: list[int] = []  # cells with runs another worker was training: waited for after every other cell
     for i, (label, cfg) in enumerate([] if pooled else cells, start=1):
-        console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}, seeds {cfg.seed_list}")
+        console.print(f"[bold]cell {i}/{len(configs)}[/]: {escape(label)}, seeds {cfg.seed_list}")
         try:
             cell = runner.Runner(cfg, console=console)
             by_cell[i] = cell.run(wait=False)
         except TrainingDiverged as exc:
             failed.append(f"{label}: {exc}")
-            console.print(f"[bold red]cell {label} diverged: {exc}; going on with the next cell[/]")
+            console.print(f"[bold red]cell {escape(label)} diverged: {exc}; going on with the next cell[/]")
             continue
         if cell.held:
             held.append(i)
     for i in held:
         label, cfg = cells[i - 1]
-        console.print(f"[bold]cell {i}/{len(configs)}[/]: {label}: runs other workers were training")
+        console.print(f"[bold]cell {i}/{len(configs)}[/]: {escape(label)}: runs other workers were training")
         try:
             by_cell[i] = runner.Runner(cfg, console=console).run()
         except TrainingDiverged as exc:
             failed.append(f"{label}: {exc}")
-            console.print(f"[bold red]cell {label} diverged: {exc}[/]")
+            console.print(f"[bold red]cell {escape(label)} diverged: {exc}[/]")
     for i in sorted(by_cell):
         rows.extend(by_cell[i])
         inits.extend(r["init"] for r in by_cell[i])
@@ -337,7 +339,7 @@ def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[
 
     prepared, jobs, owners = [], [], []
     for i, (label, cfg) in enumerate(cells, start=1):
-        console.print(f"[bold]cell {i}/{len(cells)}[/]: {label}, seeds {cfg.seed_list}: teacher and shared parts")
+        console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}, seeds {cfg.seed_list}: teacher and shared parts")
         r = runner.Runner(cfg, console=console)
         record, todo = r.pending()
         if todo:
