@@ -16,6 +16,7 @@ order of float reductions, so a run's scores under another thread count can diff
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -128,8 +129,26 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
     return outcome
 
 
+def exit_with_parent(interval_s: float = 2.0) -> None:
+    """End this process when the one that started it is gone. A parent killed by a signal never terminates its
+    ``daemon`` children (that happens at its normal exit only), and an orphaned worker would go on training and
+    writing rows beside the rerun that is meant to take over (found when a stopped suite's workers ran on)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:  # re-parented: the parent has died
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker(index: int, todo, results, threads: int) -> None:
     """One worker process: runners are built once per configuration and reused for its later jobs."""
+    exit_with_parent()
     import torch
     from rich.console import Console
 

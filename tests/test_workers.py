@@ -111,3 +111,35 @@ def test_a_suite_with_two_workers_stores_what_one_stores(tmp_path, tiny_teacher,
     for k in got["1"]:
         assert got["1"][k][1] == pytest.approx(got["2"][k][1], abs=1e-9)
     assert (tmp_path / "r2" / "README.md").exists()
+
+
+def _sleep_under_watch(pid_file: str) -> None:
+    from distilbench.workers import exit_with_parent
+
+    exit_with_parent(interval_s=0.2)
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def test_a_worker_whose_parent_is_killed_exits(tmp_path):
+    """A suite stopped by a signal must not leave its workers training on (they would write rows beside a rerun)."""
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import multiprocessing as mp, os, signal, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_workers import _sleep_under_watch\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=_sleep_under_watch, args=(sys.argv[1],), daemon=True)\n"
+        "    p.start()\n"
+        "    while not os.path.exists(sys.argv[1]): time.sleep(0.05)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(pid_file)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists() and \
+            Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.1)
+    assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z", \
+        "the worker outlived its killed parent"
