@@ -491,11 +491,10 @@ class Runner:
         latency timed beside training workers would measure their contention; the runs read the cache."""
         if not self.accelerator.is_main_process:
             return
-        plan, task = self.plan, self.plan.task
+        plan = self.plan
         threads = threads or torch.get_num_threads()
         teacher_net = teacher_net if teacher_net is not None else self.teacher_net(record)
-        student, _ = build_student(plan.init, teacher_net, plan.seeds[0],
-                                   lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
+        student, _ = self._new_student(plan.seeds[0], teacher_net)
         found = self._profiles(student, teacher_net, threads)
         if None not in found:
             self.log(f"size and speed (batch 1 on the cpu, {threads} thread(s)): " + ", ".join(
@@ -518,11 +517,16 @@ class Runner:
         self.team = [(r, load_teacher(r, self.plan.task), load_tokenizer(str(r.path))) for r in self.team_records]
         return self.team_records
 
+    def _new_student(self, seed, teacher_net):
+        """Seed ``seed``'s student built from its init, and the layer mapping it was copied with."""
+        task = self.plan.task
+        return build_student(self.plan.init, teacher_net, seed,
+                             lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
+
     def _build(self, objective_cls, seed, teacher_net, log: bool = True):
         """Seed ``seed``'s student (built from its init), its tokenizer, and the objective instance for it."""
         plan, cfg, task = self.plan, self.cfg, self.plan.task
-        student, mapping = build_student(plan.init, teacher_net, seed,
-                                         lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
+        student, mapping = self._new_student(seed, teacher_net)
         tokenizer = load_tokenizer(plan.init.pretrained) if plan.init.pretrained else self.tokenizer
         if log:
             for line in mapping:
@@ -628,8 +632,7 @@ class Runner:
                 "[" + ", ".join(f"{float(x):.3f}" for x in c) + "]" for c in candidates))
             spent, best = result.train_time_s, None
             for k, candidate in enumerate(candidates):
-                fresh, _ = build_student(plan.init, teacher_net, seed,
-                                         lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
+                fresh, _ = self._new_student(seed, teacher_net)
                 objective.use_candidate(k, candidate)
                 r = self._train(fresh, objective, teacher, train_enc, select_enc, seed, cfg.epochs, cfg.lr,
                                 f"{label} candidate {k + 1}/{len(candidates)}", teacher_train_enc, None)
