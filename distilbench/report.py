@@ -19,7 +19,8 @@
 (4 decimals, p-values 6 significant digits; ``cells.csv`` ends with the size/speed/cost columns of
 :data:`distilbench.leaderboard.CSV_HEADER`, empty where not stored); ``per_example.csv`` the per-example tests, with
 ``--per-example``.
-``scores-<task>.png``: per-seed points, mean and 95% CI per objective; ``significance-<task>-<kind>.png``: heat maps
+``scores-<task>.png``: per-seed points, mean and 95% CI per objective; ``inits-<task>.png`` instead, where a task was
+run from several student inits: per objective, the inits side by side; ``significance-<task>-<kind>.png``: heat maps
 of the matrices; ``pareto-latency-<task>.png``, ``pareto-cost-<task>.png``: the Pareto plots.
 
 Everything is sorted and formatted with fixed precision, and the PNGs carry no timestamps, so rebuilding from the
@@ -50,7 +51,7 @@ BOOTSTRAP_SAMPLES = 2000  # = per_example.BOOTSTRAP_SAMPLES (not imported: `repo
 ALPHA = 0.05
 _GENERATED = ("README.md", "cells.csv", "comparisons.csv", "report.json")
 _OPTIONAL = ("per_example.csv",)  # written only with --per-example; removed on a rebuild without it
-_GENERATED_GLOBS = ("scores-*.png", "significance-*.png", "theta-*.png", "pareto-*.png")
+_GENERATED_GLOBS = ("scores-*.png", "inits-*.png", "significance-*.png", "theta-*.png", "pareto-*.png")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -352,21 +353,9 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=100, metadata={"Software": None})  # no version/date in the PNG: rebuilds are identical
 
 
-def plot_scores(path: Path, title: str, cells, labels: list[str]) -> None:
-    """Per-seed points, mean (black bar) and 95% t CI per objective, for one task and one teacher/init."""
-    plt = _plt()
-    by = {c.label: c for c in cells}
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.6))
-    for x, label in enumerate(labels):
-        cell = by[label]
-        seeds = cell.seeds
-        offsets = [(k - (len(seeds) - 1) / 2) * 0.08 for k in range(len(seeds))]
-        ax.scatter([x + o for o in offsets], [cell.scores[s] for s in seeds], s=14, color="tab:blue", alpha=0.7, zorder=3)
-        s = cell.stats
-        ax.hlines(s["mean"], x - 0.25, x + 0.25, color="black", linewidth=2, zorder=4)
-        if not math.isnan(s["ci_low"]):
-            ax.errorbar(x + 0.3, s["mean"], yerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]], fmt="none",
-                        ecolor="black", capsize=3, linewidth=1)
+def _reference_lines(ax, cells) -> None:
+    """The teacher's score (dashed red) and the dev set's majority class (dotted grey), when one value each; the legend
+    goes outside the axes, right of the data."""
     teacher = sorted({t for c in cells for t in c.teacher_scores})
     if len(teacher) == 1:
         ax.axhline(teacher[0], color="tab:red", linestyle="--", linewidth=1, label="teacher")
@@ -374,8 +363,60 @@ def plot_scores(path: Path, title: str, cells, labels: list[str]) -> None:
                        if c.chance is not None and c.chance.applies and not math.isnan(c.chance.majority)})
     if len(majority) == 1:
         ax.axhline(majority[0], color="tab:gray", linestyle=":", linewidth=1.2, label="majority class")
-    if len(teacher) == 1 or len(majority) == 1:
+
+
+def _seed_points(ax, x: float, cell, color: str, spread: float = 0.08) -> None:
+    """One cell at x: its per-seed points, the mean (black bar) and the 95% t CI as a whisker through the bar."""
+    seeds = cell.seeds
+    offsets = [(k - (len(seeds) - 1) / 2) * spread for k in range(len(seeds))]
+    s = cell.stats
+    if not math.isnan(s["ci_low"]):  # drawn on the bar itself, under the points
+        ax.errorbar(x, s["mean"], yerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]], fmt="none",
+                    ecolor="black", capsize=4, linewidth=1, zorder=2)
+    ax.hlines(s["mean"], x - 0.22, x + 0.22, color="black", linewidth=2, zorder=4)
+    ax.scatter([x + o for o in offsets], [cell.scores[sd] for sd in seeds], s=14, color=color, alpha=0.75, zorder=3)
+
+
+def plot_scores(path: Path, title: str, cells, labels: list[str]) -> None:
+    """Per-seed points, mean (black bar) and 95% t CI per objective, for one task and one teacher/init."""
+    plt = _plt()
+    by = {c.label: c for c in cells}
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.6))
+    for x, label in enumerate(labels):
+        _seed_points(ax, x, by[label], "tab:blue")
+    _reference_lines(ax, cells)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the data
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_ylabel(f"{cells[0].main_score} × 100")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+INIT_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def plot_inits(path: Path, title: str, cells, labels: list[str], inits: list[str]) -> None:
+    """Paper 002 Table 3's question in one figure: per objective (groups along x), the student inits side by side
+    (one colour each), each with per-seed points, mean bar and 95% t CI; teacher and majority-class lines."""
+    plt = _plt()
+    by = {(c.label, c.init): c for c in cells}
+    width = 0.8 / len(inits)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(labels) * len(inits) + 2.5), 3.8))
+    for x, label in enumerate(labels):
+        for k, init in enumerate(inits):
+            cell = by.get((label, init))
+            if cell is not None:
+                _seed_points(ax, x + (k - (len(inits) - 1) / 2) * width, cell, INIT_COLOURS[k % len(INIT_COLOURS)],
+                             spread=min(0.05, width / 6))
+    for k, init in enumerate(inits):  # legend entries for the init colours
+        ax.scatter([], [], s=14, color=INIT_COLOURS[k % len(INIT_COLOURS)], label=f"init {init}")
+    _reference_lines(ax, cells)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the data
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel(f"{cells[0].main_score} × 100")
@@ -405,17 +446,21 @@ def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> 
                 direction = np.sign(sign * cmp.result.mean_diff)
                 values[i, j] = direction * strength
                 text[i][j] = f"{arrow(sign * cmp.result.mean_diff)}{fp(cmp.holm_p)}"
-    size = max(3.5, 0.75 * n + 1.8)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    import textwrap
+
+    shown = ["\n".join(textwrap.wrap(name, 18, break_long_words=False)) or name for name in names]  # long labels (`ted [beta=1.0]`) wrap
+    size = max(3.5, 1.0 * n + 2.2)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-3, vmax=3)
     for i in range(n):
         for j in range(n):
-            if text[i][j]:
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+            if text[i][j]:  # dark cells get white text
+                colour = "white" if not np.isnan(values[i, j]) and abs(values[i, j]) > 2 else "black"
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(n))
-    ax.set_xticklabels(names, rotation=40, ha="right")
+    ax.set_xticklabels(shown, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(n))
-    ax.set_yticklabels(names)
+    ax.set_yticklabels(shown, fontsize=8)
     ax.set_title(title, fontsize=9)
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label("± -log10(Holm p); + = row higher")
@@ -695,9 +740,13 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
 
     # 4. plots
     score_plots: list[tuple[str, str]] = []
+    by_init, init_plots = _init_figures(out, sections, orders)  # one figure per task where the student init varies
+    files += [out / name for name, _ in init_plots]
     for k, ((teacher, init, student, *_), members) in enumerate(sections, start=1):
         labels_all = objective_order((c.label for c in members), orders.get("objectives", ()))
         for task in _task_order((c.task for c in members), orders.get("tasks", ())):
+            if (task, teacher) in by_init:
+                continue
             task_cells = [c for c in members if c.task == task]
             labels = [lb for lb in labels_all if any(c.label == lb for c in task_cells)]
             name = f"scores-{_slug(task)}-{k}.png" if multi else f"scores-{_slug(task)}.png"
@@ -708,6 +757,11 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     md += ["## 4. Plots", "", "Per-seed scores (points), mean (bar) and 95% t confidence interval per objective; the "
            "dashed red line is the teacher, the dotted grey line the majority class.", ""]
     for name, caption in score_plots:
+        md += [f"![{caption}]({name})", ""]
+    if init_plots:
+        md += ["Student initialisation (paper 002 Table 3): per objective, the inits side by side, each with its "
+               "per-seed points, mean and 95% CI.", ""]
+    for name, caption in init_plots:
         md += [f"![{caption}]({name})", ""]
     md += ["Significance heat maps (signed −log10 of the Holm-corrected p; red: the row is higher).", ""]
     for name, caption in plots:
@@ -763,6 +817,33 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
                           f"(Holm p < {ALPHA})" + (f", {len(fam) - len(tested)} n/a" if len(tested) < len(fam) else ""))
         console.print(f"report written to {out}/README.md")
     return Report(out, cells, comparisons, tables, files, pareto)
+
+
+def _init_figures(out: Path, sections, orders: dict) -> tuple[set, list[tuple[str, str]]]:
+    """Where one task was run from several student inits (same teacher and settings), one `inits-<task>.png`
+    holding them all replaces the per-init score figures. Returns the (task, teacher) slots it covers and the
+    (file, caption) pairs."""
+    from .stats import init_order, objective_order
+
+    groups: dict[tuple, list] = {}
+    for (teacher, init, student, *rest), members in sections:
+        for c in members:
+            groups.setdefault((c.task, teacher, *rest), []).append(c)  # the student's name includes its init
+    covered, plots, numbered = set(), [], {}
+    tasks = _task_order({key[0] for key in groups}, orders.get("tasks", ()))
+    for key, cells in sorted(groups.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0])):
+        inits = init_order({c.init for c in cells}, orders.get("inits", ()))
+        if len(inits) < 2:
+            continue
+        task, teacher = key[:2]
+        covered.add((task, teacher))
+        numbered[task] = numbered.get(task, 0) + 1
+        name = f"inits-{_slug(task)}" + (f"-{numbered[task]}" if numbered[task] > 1 else "") + ".png"
+        labels = objective_order({c.label for c in cells}, orders.get("objectives", ()))
+        caption = f"{task}: teacher {teacher}, by student init"
+        plot_inits(out / name, caption, cells, labels, inits)
+        plots.append((name, caption))
+    return covered, plots
 
 
 def size_speed_section(members, profiles: dict, orders: dict, defined: bool) -> list[str]:
@@ -920,7 +1001,7 @@ def theta_section(rows: list[dict], out: Path) -> tuple[list[str], list[Path]]:
         per_task[task] = per_task.get(task, 0) + 1
         name = f"theta-{_slug(task)}" + (f"-{per_task[task]}" if per_task[task] > 1 else "") + ".png"
         plt = _plt()
-        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(team), 3.2))
+        fig, ax = plt.subplots(figsize=(2.8 + 1.3 * len(team), 3.2))
         width = 0.8 / len(stats)
         x = np.arange(len(team))
         for k, (label, (m, sd)) in enumerate(stats.items()):
@@ -928,8 +1009,8 @@ def theta_section(rows: list[dict], out: Path) -> tuple[list[str], list[Path]]:
         ax.set_xticks(x, [Path(t).name if "/" in t else t for t in team], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("θ")
         ax.set_ylim(0, 1)
-        ax.set_title(f"AutoSKD θ on {task}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"AutoSKD θ on {task}: bar = mean, whisker = ± 1 std over {len(reps)} seeds", fontsize=9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the bars
         fig.tight_layout()
         _save(fig, out / name)
         plt.close(fig)

@@ -128,8 +128,9 @@ def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
     build(list(reversed(store_rows)), second)  # row order must not matter
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
-    assert {"README.md", "cells.csv", "comparisons.csv", "scores-mrpc-1.png", "scores-rte-2.png",
+    assert {"README.md", "cells.csv", "comparisons.csv", "inits-mrpc.png", "inits-rte.png",
             "significance-rte-objectives-1.png", "significance-mrpc-inits-3.png"} <= set(names)
+    assert not [n for n in names if n.startswith("scores-")]  # each task's two inits share one figure
     for name in names:
         a, b = (first / name).read_bytes(), (second / name).read_bytes()
         if name == "README.md":
@@ -146,6 +147,24 @@ def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
     build(store_rows, first)
     assert not (first / "scores-old-1.png").exists()
     assert sorted(p.name for p in first.iterdir()) == names
+
+
+def test_one_init_figure_per_task_holds_every_cell(store_rows, tmp_path, monkeypatch):
+    """Paper 002 Table 3's question: per task one figure with every objective × init cell, inits in suite order."""
+    import distilbench.report as report
+
+    drawn = {}
+    monkeypatch.setattr(report, "plot_inits", lambda path, title, cells, labels, inits:
+                        drawn.setdefault(path.name, (title, sorted((c.label, c.init, len(c.seeds)) for c in cells),
+                                                     labels, inits)))
+    build(store_rows, tmp_path / "r")
+    assert sorted(drawn) == ["inits-mrpc.png", "inits-rte.png"]
+    title, cells, labels, inits = drawn["inits-mrpc.png"]
+    assert title == "mrpc: teacher mpnet-base, by student init"
+    assert labels == ["none", "kd", "att-kl"] and set(inits) == set(INITS)
+    assert cells == sorted((o, i, 2 if (o, i) == ("att-kl", "layers:4,8,12") else 3) for o in OBJECTIVES for i in INITS)
+    readme = (tmp_path / "r" / "README.md").read_text()
+    assert "![mrpc" in readme and "(inits-mrpc.png)" in readme and "scores-mrpc" not in readme
 
 
 # --------------------------------------------------------------------------- what the report says
