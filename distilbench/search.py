@@ -123,38 +123,28 @@ def best_params(study_name: str, storage: str | None, results: str) -> dict[str,
         raise UsageError(f"--params best:{study_name}: the study has no finished trial yet") from None
 
 
-def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None, study_name: str | None,
-               pruner: str, sampler_seed: int, out: str | None, heartbeat: int, command: str) -> int:
+def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: str):
     import optuna
-    from rich.console import Console
 
-    from .backends import display
-    from .objectives import get_objective
-    from .runner import Runner
-
-    if trials < 1:
-        raise UsageError(f"--trials must be >= 1 (got {trials})")
-    if pruner not in PRUNERS:
-        raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)} (got {pruner!r})")
-    objective_cls = get_objective(cfg.objective)
-    space = objective_cls.space()
-    free = [k for k in space if k not in fixed]
-    console = Console(stderr=True)
-    # validate everything (task, models, data, seeds) before the study exists; dev is never opened (read_dev=False)
-    cfg.baseline = False
-    runner = Runner(cfg, console, read_dev=False)
-    url = storage_url(storage, cfg.results)
-    name = study_name or default_study_name(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
-                                load_if_exists=True)
-    study.set_user_attr("objective", objective_cls.name)
-    study.set_user_attr("task", cfg.task)
-    record = runner.teacher()  # fine-tuned once (cached) before any trial, so trials time only the student
-    runner.prepare_team()  # a multi-teacher objective's team, likewise (nothing for single-teacher objectives)
+    return optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="maximize",
+                               sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
+                               load_if_exists=True)
+
+
+def _optimize(study, runner, fixed: set[str], trials: int) -> None:
+    """Run trials until the study has ``trials`` finished (complete or pruned) ones, in this process. Each trial trains
+    the objective on every seed of the runner's plan with the trial's hyper-parameters and reports seed by seed."""
+    import optuna
+
+    from .objectives import get_objective
     from .teacher import load_teacher
 
+    objective_cls = get_objective(runner.cfg.objective)
+    space = objective_cls.space()
+    base_cfg = runner.cfg
+    record = runner.teacher()  # fine-tuned once (cached) before any trial, so trials time only the student
+    runner.prepare_team()  # a multi-teacher objective's team, likewise (nothing for single-teacher objectives)
     teacher_net = load_teacher(record, runner.plan.task)
     seeds = runner.plan.seeds
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -162,8 +152,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     def trial_fn(trial: optuna.Trial) -> float:
         params = suggest(trial, space, fixed)
         trial.set_user_attr("worker", worker)
-        trial_cfg = replace(cfg, **params).validate()
-        runner.cfg = trial_cfg  # the same plan (data, teacher, init); only the hyper-parameters change
+        runner.cfg = replace(base_cfg, **params).validate()  # the same plan (data, teacher, init); only hyper-parameters change
         scores = []
         for k, seed in enumerate(seeds):
             _, _, _, result, *_ = runner.fit(objective_cls, seed, record, teacher_net)
@@ -178,18 +167,102 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
         return sum(scores) / len(scores)
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    console.print(f"study {name} in {display(url)}: {done} of {trials} trials finished; searching {', '.join(free) or 'nothing'}"
-                  + (f" (fixed by flags: {', '.join(sorted(k for k in space if k in fixed))})" if fixed & set(space) else ""))
-    if done < trials:
+    if len(study.get_trials(deepcopy=False, states=finished)) < trials:
         study.optimize(trial_fn, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
                        catch=(), gc_after_trial=True)
+
+
+def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url: str, name: str, pruner: str,
+                   sampler_seed: int, heartbeat: int, threads: int) -> None:
+    """One `--workers` process: its own runner (the teacher and team are read from the caches the parent filled) and
+    its own sampler seed (sampler_seed + index: equal seeds would propose the same first trials), on the shared study."""
+    from .workers import exit_with_parent
+
+    exit_with_parent()
+    import torch
+    from rich.console import Console
+
+    from .runner import Runner
+
+    torch.set_num_threads(threads)
+    runner = Runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
+    runner.console = Console(stderr=True)
+    _optimize(_open_study(url, name, heartbeat, sampler_seed + index, pruner), runner, fixed, trials)
     runner.plan.store.close()
+
+
+def _spawn_workers(processes: int, threads: int, args: tuple) -> list[int]:
+    """Run ``_search_worker`` in ``processes`` spawned processes × ``threads`` threads; returns their exit codes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: str(threads) for k in old})  # the spawned interpreter reads them at start
+    try:
+        procs = [ctx.Process(target=_search_worker, args=(w, *args, threads), daemon=True) for w in range(processes)]
+        for proc in procs:
+            proc.start()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for proc in procs:
+        proc.join()
+    return [proc.exitcode for proc in procs]
+
+
+def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None, study_name: str | None,
+               pruner: str, sampler_seed: int, out: str | None, heartbeat: int, command: str) -> int:
+    """Validate, open (or continue) the study, fill the caches, run the trials (in ``--workers`` processes when more
+    than one: independent trials, the cores shared out), then write the report."""
+    import optuna
+    from rich.console import Console
+
+    from .backends import display
+    from .objectives import get_objective
+    from .runner import Runner
+    from .workers import resolve
+
+    if trials < 1:
+        raise UsageError(f"--trials must be >= 1 (got {trials})")
+    if pruner not in PRUNERS:
+        raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)} (got {pruner!r})")
+    objective_cls = get_objective(cfg.objective)
+    space = objective_cls.space()
+    free = [k for k in space if k not in fixed]
+    console = Console(stderr=True)
+    # validate everything (task, models, data, seeds) before the study exists; dev is never opened (read_dev=False)
+    cfg.baseline = False
+    runner = Runner(cfg, console, read_dev=False)
+    url = storage_url(storage, cfg.results)
+    name = study_name or default_study_name(cfg)
+    study = _open_study(url, name, heartbeat, sampler_seed, pruner)
+    study.set_user_attr("objective", objective_cls.name)
+    study.set_user_attr("task", cfg.task)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    processes, threads = resolve(cfg.workers, max(1, trials - done), runner.accelerator.device.type != "cpu")
+    console.print(f"study {name} in {display(url)}: {done} of {trials} trials finished; searching {', '.join(free) or 'nothing'}"
+                  + (f" (fixed by flags: {', '.join(sorted(k for k in space if k in fixed))})" if fixed & set(space) else "")
+                  + (f"; {processes} worker processes × {threads} thread(s)" if processes > 1 and done < trials else ""))
+    codes: list[int] = []
+    if done < trials and processes > 1 and runner.accelerator.num_processes == 1:
+        runner.teacher()  # fine-tuned and cached here, once, before any worker starts; the workers load it
+        runner.prepare_team()
+        codes = _spawn_workers(processes, threads, (cfg, fixed, trials, url, name, pruner, sampler_seed, heartbeat))
+        if any(code != 0 for code in codes):
+            console.print(f"[bold red]search worker exit codes {codes}: a rerun with the same --study continues[/]")
+    elif done < trials:
+        _optimize(study, runner, fixed, trials)
+    runner.plan.store.close()
+    study = _open_study(url, name, heartbeat, sampler_seed, pruner)  # re-read: the workers' trials
     out_dir = Path(out) if out else Path("reports") / f"search-{name}"
     write_report(study, out_dir, command, display(url), objective_cls.name, free)
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         console.print(f"best selection score {100 * study.best_value:.2f} with {study.best_params}; report in {out_dir}/README.md")
-    return 0
+    return 1 if any(code != 0 for code in codes) else 0
 
 
 def _fmt(v: Any) -> str:

@@ -225,3 +225,23 @@ def test_two_workers_share_one_study_in_postgres(postgres_url, tiny_run_args, tm
     assert len(workers) == 2, workers  # both processes did trials
     for t in got:  # each trial's value is exactly what its worker computed from its seeds
         assert t.value == pytest.approx((t.user_attrs["seed_0"] + t.user_attrs["seed_1"]) / 2)
+
+
+def test_workers_2_share_the_study_in_two_processes(tiny_run_args, tmp_path, capsys):
+    """`search --workers 2`: two spawned processes × 1 thread run trials of one study (the teacher is cached first, by
+    the parent); every trial is stored once, with the value its worker computed, and the report counts them all."""
+    trials = 4
+    assert main(_args(tiny_run_args, tmp_path, "pool", trials, "--seeds", "2", "--pruner", "none", "--workers", "2")) == 0
+    assert "2 worker processes × 1 thread(s)" in capsys.readouterr().err
+    got = _study(_storage(tiny_run_args), "pool").trials
+    assert [t.number for t in got] == list(range(len(got))) and trials <= len(got) <= trials + 1
+    assert all(t.state.name == "COMPLETE" for t in got)
+    for t in got:
+        assert t.value == pytest.approx((t.user_attrs["seed_0"] + t.user_attrs["seed_1"]) / 2)
+    workers = {t.user_attrs["worker"] for t in got}
+    assert len(workers) == 2 and os.getpid() not in {int(w.rsplit(":", 1)[1]) for w in workers}
+    firsts = {}  # each worker's own sampler seed: their first proposals differ
+    for t in got:
+        firsts.setdefault(t.user_attrs["worker"], t.params)
+    assert len({tuple(sorted(p.items())) for p in firsts.values()}) == 2
+    assert f"Trials: {len(got)} ({len(got)} complete" in (tmp_path / "report-pool" / "README.md").read_text()
