@@ -145,3 +145,56 @@ def test_run_waits_for_a_run_another_worker_holds_then_takes_it_over(tiny_run_ar
         assert store.live_leases() == []
     assert sorted((r["objective"], r["seed"]) for r in rows) == [("kd", 0), ("none", 0)]
     assert all(r["extra"]["worker"] == store.holder for r in rows)
+
+
+def test_workers_2_skip_a_held_run_then_the_parent_waits_and_takes_it_over(tiny_run_args, monkeypatch, capsys):
+    """Under `--workers 2` a run another machine's worker holds is skipped by the spawned worker that meets it (HELD),
+    the others are trained, and the calling process waits for it, naming it, until its lease runs out; then it trains
+    it itself. Nothing is trained twice."""
+    import threading
+
+    import distilbench.runner as runner_mod
+    from distilbench.store import run_key
+
+    monkeypatch.setenv("DISTILBENCH_LEASE_S", "2")  # read by the spawned workers too
+    other = "another-machine:4242:0000abcd"
+    results = tiny_run_args[tiny_run_args.index("--results") + 1]
+    original_jobs, held = runner_mod.Runner.jobs, {}
+
+    def jobs(self, todo, record, teacher_net):  # after the caches, before the workers start: kd seed 0 is taken elsewhere
+        kd = next(o for o in self.plan.objectives if o.name == "kd")
+        held["key"] = run_key(self.identity(kd, record, 0))
+        assert self.plan.store.claim(held["key"], self.run_label(kd, 0), holder=other).claimed
+        threading.Thread(target=renew, daemon=True).start()
+        return original_jobs(self, todo, record, teacher_net)
+
+    def renew():  # the other worker renews its lease until the calling process has begun to wait for it
+        with ResultsStore(results) as store:
+            deadline = time.time() + 300
+            while time.time() < min(deadline, held.get("waiting", deadline) + 1.0):
+                assert store.renew(held["key"], holder=other)
+                time.sleep(0.3)
+        held["stopped"] = True  # then it dies: its lease runs out 2 s later
+
+    original_finish = runner_mod.Runner.finish_held
+
+    def finish_held(self, runs, record, teacher_net):
+        held["waiting"] = time.time()
+        held["rows_then"] = len(self.plan.store.rows())  # the workers had stored the three other runs by then
+        return original_finish(self, runs, record, teacher_net)
+
+    monkeypatch.setattr(runner_mod.Runner, "jobs", jobs)
+    monkeypatch.setattr(runner_mod.Runner, "finish_held", finish_held)
+    assert main(["run", "--objective", "kd", "--seeds", "2", "--workers", "2", *tiny_run_args]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    label = "rte/kd/layers:1,2,3 seed 0"
+    assert "4 run(s) in 2 worker process(es) × 1 thread(s)" in err
+    assert f"waiting for 1 run(s) that other workers are training: {label} ({other})" in err
+    assert f"{label}: taking it over from {other}" in err and held.get("stopped") and held["rows_then"] == 3
+    with ResultsStore(results) as store:
+        rows = store.rows()
+        assert store.live_leases() == []
+    assert sorted((r["objective"], r["seed"]) for r in rows) == [("kd", 0), ("kd", 1), ("none", 0), ("none", 1)]
+    trained_by = {(r["objective"], r["seed"]): r["extra"]["worker"] for r in rows}
+    assert trained_by[("kd", 0)] == store.holder  # the calling process took it over
+    assert len(set(trained_by.values()) - {store.holder}) == 2  # the other three were trained by the two workers
