@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distilbench import precision  # noqa: E402
+from distilbench.training import precision  # noqa: E402
 
 
 def probe_figures(repeats: int) -> None:
@@ -50,9 +50,9 @@ def probe_figures(repeats: int) -> None:
 
 
 def paired(args, run_flags: list[str]) -> None:
-    from distilbench.config import stable_hash
-    from distilbench.stats import paired_test
-    from distilbench.store import ResultsStore
+    from distilbench.hashing import stable_hash
+    from distilbench.results.stats import paired_test
+    from distilbench.results.store import ResultsStore
 
     for p in ("fp32", "bf16"):
         cmd = [sys.executable, "-m", "distilbench", "run", "--task", args.task, "--objective", args.objective,

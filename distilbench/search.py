@@ -55,7 +55,7 @@ def suggest(trial, space: dict[str, tuple], fixed: set[str]) -> dict[str, Any]:
 def storage_url(storage: str | None, results: str) -> str:
     """``--storage``, else search.sqlite beside an SQLite ``--results``, else the results database itself (Optuna's
     tables do not clash with the store's)."""
-    from .backends import is_url
+    from .results.backends import is_url
 
     if storage:
         return storage
@@ -128,9 +128,9 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     import optuna
     from rich.console import Console
 
-    from .backends import display
+    from .results.backends import display
     from .objectives import get_objective
-    from .runner import Runner
+    from .training.runner import Runner
 
     if trials < 1:
         raise UsageError(f"--trials must be >= 1 (got {trials})")
@@ -153,7 +153,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     study.set_user_attr("task", cfg.task)
     record = runner.teacher()  # fine-tuned once (cached) before any trial, so trials time only the student
     runner.prepare_team()  # a multi-teacher objective's team, likewise (nothing for single-teacher objectives)
-    from .teacher import load_teacher
+    from .training.teacher import load_teacher
 
     teacher_net = load_teacher(record, runner.plan.task)
     seeds = runner.plan.seeds
@@ -201,7 +201,7 @@ def _fmt(v: Any) -> str:
 def write_report(study, out: Path, command: str, url: str, objective: str, free: list[str]) -> None:
     import optuna
 
-    from .report import _plt, _save
+    from .report.plotting import pyplot as _plt, save as _save
 
     out.mkdir(parents=True, exist_ok=True)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)

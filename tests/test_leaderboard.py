@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from distilbench.leaderboard import pareto_front
-from distilbench.profile import row_profile
-from distilbench.report import CELLS_HEADER, build_report
-from distilbench.store import ResultsStore
+from distilbench.report.leaderboard import pareto_front
+from distilbench.training.profile import row_profile
+from distilbench.report.build import CELLS_HEADER, build_report
+from distilbench.results.store import ResultsStore
 from rows import student_row
 
 LABELS = [0, 1] * 10

@@ -10,16 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from distilbench import leases
+from conftest import REPO
+from distilbench.results import leases
 from distilbench.errors import UsageError
-from distilbench.store import ResultsStore
+from distilbench.results.store import ResultsStore
 from test_store import make_row
 
-REPO = Path(__file__).resolve().parents[1]
 LEASE = 120.0
 
 
