@@ -6,7 +6,7 @@
         --data-dir ../shared/data/glue -- --init layers:4,8,12 --epochs 3   # flags after -- go to `distilbench run`
 
 The probe part measures afresh (the cached result that ``auto`` reads is printed beside it): each of
-``distilbench.precision.PROBE_SHAPES`` (a base-size layer's matmuls on 1,024 tokens) fp32 and under bf16 autocast,
+``distilbench.training.precision.PROBE_SHAPES`` (a base-size layer's matmuls on 1,024 tokens) fp32 and under bf16 autocast,
 fastest of ``--repeats``, at this process's thread count (``--threads``).
 
 ``--paired`` trains the cell twice through ``distilbench run`` into one results store: ``--mixed-precision fp32``,

@@ -1,7 +1,7 @@
 """Typed run configuration. Precedence, in one place: CLI flag > YAML file (``--config``) > the defaults below.
 
 Every field carries its help text; ``validate`` raises :class:`UsageError` (a ``ValueError``) with a message
-that names the bad value and what is accepted, never ``assert``.
+that names the bad value and what is accepted, never ``assert``. Bottom layer: imports only ``errors``.
 """
 from __future__ import annotations
 

@@ -26,12 +26,12 @@ The ``none`` baseline is a grid objective like any other (the runner's automatic
 
 Every cell is validated before anything trains (unknown objective, task, init, model, a layer out of range, bad
 data: one error line naming every unknown objective). Then each cell runs through
-``distilbench.runner.Runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
+``distilbench.training.runner.Runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
 suite resumes where it stopped. Several suite processes sharing one store (a PostgreSQL ``--results`` on many
-machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.leases`), a run another process is
+machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.results.leases`), a run another process is
 training is skipped, and once every other cell is done the process waits for those runs (or takes over one whose
 holder died), so that each process's report holds the whole grid. Finally the report of exactly the suite's rows is written to ``reports/NAME/``
-(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build_report`.
+(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build.build_report`.
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ class TrainingStarted(AssertionError):
 
 def no_training(*args, **kwargs):
     """Patched over ``distilbench.training.runner.train``: a test that must refuse before training fails if it trains."""
-    raise TrainingStarted("distilbench.runner.train was called")
+    raise TrainingStarted("distilbench.training.runner.train was called")
 
 
 def read_csv(path: Path) -> list[dict]:

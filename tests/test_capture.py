@@ -1,4 +1,4 @@
-"""Attention capture (``distilbench.capture``) on tiny BERT and MPNet built from configs, checked against the models'
+"""Attention capture (``distilbench.models.capture``) on tiny BERT and MPNet built from configs, checked against the models'
 own eager attention, against scores rebuilt by hand from the projections, and end to end through the CLI."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The signal check (distilbench.chance): at-chance cells are marked and never ranked; the detectable difference."""
+"""The signal check (distilbench.results.chance): at-chance cells are marked and never ranked; the detectable difference."""
 from __future__ import annotations
 
 import csv

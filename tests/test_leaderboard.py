@@ -1,4 +1,4 @@
-"""The report's size/speed/cost table, its cells.csv columns and its Pareto plots (``distilbench.leaderboard``), on
+"""The report's size/speed/cost table, its cells.csv columns and its Pareto plots (``distilbench.report.leaderboard``), on
 hand-made rows with stored profiles beside rows stored before profiles were (which read n/a): every number equals a
 hand computation, the plotted points equal cells.csv, and the report rebuilds byte for byte."""
 from __future__ import annotations

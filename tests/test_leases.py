@@ -1,4 +1,4 @@
-"""Leases on runs (distilbench.leases through ResultsStore): claim, renew, expire, take over, release, a finished row
+"""Leases on runs (distilbench.results.leases through ResultsStore): claim, renew, expire, take over, release, a finished row
 ending its lease, the heartbeat thread, and concurrent claimers, on SQLite and on PostgreSQL (skipped, saying why,
 where no server can be started). Times are passed explicitly (``now=``), so nothing here depends on the clock."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-example paired tests (distilbench.per_example): McNemar and the paired bootstrap recomputed by hand, the
+"""Per-example paired tests (distilbench.results.per_example): McNemar and the paired bootstrap recomputed by hand, the
 vectorised metrics against the plain ones, refusals, and the report's --per-example section."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`--mixed-precision auto` decided per machine (distilbench.precision), and the precision as part of a run's identity.
+"""`--mixed-precision auto` decided per machine (distilbench.training.precision), and the precision as part of a run's identity.
 
 What is pinned: auto picks fp32 on a CPU without bf16 instructions (the probe never runs), fp32 when the probe says
 bf16 is not faster, bf16 when it is; the probe runs once per machine and thread count (cached on disk); fp32 run,

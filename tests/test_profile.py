@@ -1,4 +1,4 @@
-"""Size, speed, retained share and training cost (``distilbench.profile``, ``distilbench.cost``): computed on a tiny
+"""Size, speed, retained share and training cost (``distilbench.training.profile``, ``distilbench.training.cost``): computed on a tiny
 model they equal hand computations, latency is measured once per architecture and read from its cache after, a run
 stores all of it in its row (not in its identity), and shared costs are divided among the rows that used them.
 No test asserts a speed: only that latencies exist, are positive, and that quantities derived from them are exact."""

@@ -1,4 +1,4 @@
-"""Tests for distilbench.stats: paired tests against scipy and hand computations, Holm, cells, labels, families."""
+"""Tests for distilbench.results.stats: paired tests against scipy and hand computations, Holm, cells, labels, families."""
 from __future__ import annotations
 
 import math

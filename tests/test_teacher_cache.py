@@ -1,4 +1,4 @@
-"""The teacher-output cache (``distilbench.teacher_cache``): cached hidden states, scores and values equal the live
+"""The teacher-output cache (``distilbench.training.teacher_cache``): cached hidden states, scores and values equal the live
 teacher's at every real position (tiny BERT and MPNet), the teacher does not run when the cache covers a step, the key
 changes with everything the values depend on, two concurrent fills build once, fp16 stays close."""
 from __future__ import annotations

@@ -6,18 +6,18 @@
    in it, the runs' git revisions and package versions, the packages that built the report;
 1. objectives × tasks (paper 002 Table 1 style), one table per teacher/student/init: dev main score × 100,
    "mean ± std" over seeds, an Avg column (only for rows with every task), the best per column in bold, the teacher;
-   beside each, the cells' size, speed, retained share and training cost per run (:mod:`distilbench.leaderboard`,
+   beside each, the cells' size, speed, retained share and training cost per run (:mod:`distilbench.report.leaderboard`,
    from each row's stored ``extra.profile``; ``n/a`` for rows stored before it was recorded);
 2. objective × init × task (paper 002 Table 3 style), for objectives run with more than one init;
 3. pairwise significance matrices per task: Holm-corrected paired t-test p-values with the direction
    ("↑ 0.012": the row's mean is higher than the column's); with ``--per-example``, 3.3: per pair, the paired
-   bootstrap over dev examples (Δ, CI, Holm p) and McNemar per seed (:mod:`distilbench.per_example`);
+   bootstrap over dev examples (Δ, CI, Holm p) and McNemar per seed (:mod:`distilbench.results.per_example`);
 4. the plots, with per task the Pareto plots of score against latency and against training cost; 5. every cell
    with its seeds and config hash.
 
 ``cells.csv`` (one row per cell) and ``comparisons.csv`` (one row per compared pair) hold the same numbers unrounded
 (4 decimals, p-values 6 significant digits; ``cells.csv`` ends with the size/speed/cost columns of
-:data:`distilbench.leaderboard.CSV_HEADER`, empty where not stored); ``per_example.csv`` the per-example tests, with
+:data:`distilbench.report.leaderboard.CSV_HEADER`, empty where not stored); ``per_example.csv`` the per-example tests, with
 ``--per-example``.
 ``scores-<task>.png``: per-seed points, mean and 95% CI per objective; ``significance-<task>-<kind>.png``: heat maps
 of the matrices; ``pareto-latency-<task>.png``, ``pareto-cost-<task>.png``: the Pareto plots.
@@ -30,7 +30,7 @@ rebuilds the folder DIR from it exactly, wherever DIR now lies (another checkout
 ``Rebuild:`` line printed in its header. A results store that lay inside the report folder (committed reports keep
 theirs beside the README) is read from inside DIR; one outside it, by the path recorded. ``distilbench report
 --results R --out DIR`` on a folder whose ``report.json`` names the same results file reuses them too.
-Statistics: :mod:`distilbench.stats`.
+Statistics: :mod:`distilbench.results.stats`.
 """
 from __future__ import annotations
 
@@ -546,7 +546,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     ``command``: the exact command line to print in the header. ``orders``: preferred order of ``tasks``,
     ``objectives`` and ``inits`` (a suite's), else none, kd, then alphabetical. ``console``: a rich Console for the
     terminal tables (None: stdout; False: print nothing). ``per_example``: bootstrap resamples for the per-example
-    tests of :mod:`distilbench.per_example` (section 3.3 and ``per_example.csv``); 0 leaves them out. ``folder``: the
+    tests of :mod:`distilbench.results.per_example` (section 3.3 and ``per_example.csv``); 0 leaves them out. ``folder``: the
     report folder as the ``Rebuild:`` line and ``report.json`` name it (default ``out``; a rebuild of a moved copy
     passes the name it was first written under, so that every file comes out the same).
     """
@@ -752,7 +752,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
 
 
 def size_speed_section(members, profiles: dict, orders: dict, defined: bool) -> list[str]:
-    """Beside a score table: its cells' size, speed, retained share and training cost (:mod:`distilbench.leaderboard`)."""
+    """Beside a score table: its cells' size, speed, retained share and training cost (:mod:`distilbench.report.leaderboard`)."""
     from .leaderboard import DEFINITIONS, size_speed_grid
     from ..results.stats import objective_order
 
@@ -805,7 +805,7 @@ def pareto_plots(out: Path, cells, profiles: dict, orders: dict) -> tuple[list[s
 
 
 def with_checks(cells, rows) -> list:
-    """The cells with their signal check (:mod:`distilbench.chance`) and non-default settings, from their rows."""
+    """The cells with their signal check (:mod:`distilbench.results.chance`) and non-default settings, from their rows."""
     import dataclasses
 
     from ..results.chance import check_rows

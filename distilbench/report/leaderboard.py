@@ -1,7 +1,7 @@
 """What distillation buys, in the report: each cell's size, speed and training cost beside its score.
 
-Read from each row's ``extra.profile``, written at run time (:mod:`distilbench.profile` for sizes, latencies and
-the retained share; :mod:`distilbench.cost` for the training cost); nothing is measured here, so a report rebuilds
+Read from each row's ``extra.profile``, written at run time (:mod:`distilbench.training.profile` for sizes, latencies and
+the retained share; :mod:`distilbench.results.cost` for the training cost); nothing is measured here, so a report rebuilds
 the same from the same store. Per cell, a quantity is the mean over the cell's rows that stored it (size and latency
 are those of one architecture on one machine, the same in every row; the cost is not). A cell none of whose rows
 stored a profile (runs from before it was recorded) reads ``n/a``.

@@ -51,7 +51,7 @@ class ChanceResult:
 
 
 def majority_label(labels: Sequence[int]) -> int:
-    """The most frequent label id (ties: the lowest id), as :meth:`distilbench.tasks.Task.majority_score` uses."""
+    """The most frequent label id (ties: the lowest id), as :meth:`distilbench.data.tasks.Task.majority_score` uses."""
     values, counts = np.unique(np.asarray(labels, dtype=int), return_counts=True)
     return int(values[np.argmax(counts)])
 

@@ -1,6 +1,6 @@
 """Per-example paired tests between two cells on their stored dev predictions (`distilbench report --per-example`).
 
-The seed-level tests of :mod:`distilbench.stats` answer "does objective A beat B over training randomness?". With 3-5
+The seed-level tests of :mod:`distilbench.results.stats` answer "does objective A beat B over training randomness?". With 3-5
 seeds they have little power, and they ignore that the dev set itself is a sample. These tests look at the examples:
 
 * **Paired bootstrap over dev examples** (Koehn 2004; Berg-Kirkpatrick et al. 2012), seeds averaged. One resample
@@ -16,7 +16,7 @@ seeds they have little power, and they ignore that the dev set itself is a sampl
   (``scipy.stats.binomtest``). It tests accuracy, whatever the task's main score; one p per seed, uncorrected.
 
 Pairs are made within the seed-level families (same task, teacher, init, student, setting) and only on the same
-seed set: different seed sets are refused ("seeds differ"), as in :func:`distilbench.stats.paired_test`. Rows
+seed set: different seed sets are refused ("seeds differ"), as in :func:`distilbench.results.stats.paired_test`. Rows
 without stored predictions (written before predictions were kept) or without labels give "n/a" with the reason.
 Holm–Bonferroni runs over the bootstrap p-values of one family.
 """
@@ -54,7 +54,7 @@ def _nan(seeds=(), n=0, reason="", mismatched=False) -> ExampleTest:
 
 def batched_score(metrics: Sequence[str], main: str, preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The main score of each row of ``preds``/``labels`` (shape R × N), on the 0-1 scale; the same numbers as
-    :func:`distilbench.metrics.compute_metrics` row by row (a test checks it), vectorised where it matters."""
+    :func:`distilbench.data.metrics.compute_metrics` row by row (a test checks it), vectorised where it matters."""
     from ..data import metrics as M
 
     def one(name: str) -> np.ndarray:
@@ -100,7 +100,7 @@ def per_example_test(a: Mapping[int, Sequence[float]], b: Mapping[int, Sequence[
                      seed: int = BOOTSTRAP_SEED) -> ExampleTest:
     """Paired bootstrap over examples (seeds averaged) and exact McNemar per seed; ``a``/``b``: {seed: predictions
     in dev order}; ``labels``: the dev labels in the same order; ``metrics``/``main``: the task's (as in
-    :class:`distilbench.tasks.Task`)."""
+    :class:`distilbench.data.tasks.Task`)."""
     if set(a) != set(b):
         return _nan(reason=f"seeds differ (only in a: {sorted(set(a) - set(b))}, only in b: {sorted(set(b) - set(a))})",
                     mismatched=True)
@@ -183,7 +183,7 @@ class ExampleComparison:
 
 
 def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: int = BOOTSTRAP_SAMPLES) -> list[ExampleComparison]:
-    """The per-example tests of every objective comparison in ``comparisons`` (:func:`distilbench.stats.compare`
+    """The per-example tests of every objective comparison in ``comparisons`` (:func:`distilbench.results.stats.compare`
     output, same order), Holm-corrected over the bootstrap p-values of each family."""
     from .stats import _row_dicts, by_family, holm, is_result
 

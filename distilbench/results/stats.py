@@ -24,7 +24,7 @@ matrix (one task, one teacher/init/setting for objectives; one task/teacher/obje
 Wilcoxon signed-rank p-values are reported uncorrected beside them; with fewer than 6 seeds its exact two-sided
 p-value can never fall below 0.05 (n=3: 0.25, n=4: 0.125, n=5: 0.0625).
 
-**Per-example tests** (paired bootstrap over dev examples, McNemar per seed) live in :mod:`distilbench.per_example`
+**Per-example tests** (paired bootstrap over dev examples, McNemar per seed) live in :mod:`distilbench.results.per_example`
 and run on the per-example dev predictions and labels each student row stores (``extra.dev_predictions``,
 ``extra.dev_labels``): ``distilbench report --per-example``.
 """
@@ -159,7 +159,7 @@ class Cell:
     higher_is_better: bool
     scores: dict[int, float] = field(hash=False)  # seed -> score (scaled)
     teacher_scores: tuple[float, ...] = ()  # distinct teacher dev scores of the rows (scaled)
-    # set by the report (dataclasses.replace): the signal check (distilbench.chance.ChanceResult) and the settings
+    # set by the report (dataclasses.replace): the signal check (distilbench.results.chance.ChanceResult) and the settings
     # that differ from the defaults ({name: value}), from the cell's rows
     chance: Any = field(default=None, hash=False, compare=False)
     settings: tuple[tuple[str, str], ...] = field(default=(), hash=False, compare=False)

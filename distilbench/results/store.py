@@ -1,10 +1,10 @@
 """The results store: one row per finished run, safe against SIGKILL and concurrent writers, and the runs' leases.
 
 ``--results`` is an SQLite file (the default) or a PostgreSQL URL that workers on several machines share
-(:mod:`distilbench.backends`). Each row is written in one short transaction: a committed row survives the process
+(:mod:`distilbench.results.backends`). Each row is written in one short transaction: a committed row survives the process
 being killed at any instant, a half-written one is rolled back, and concurrent writers wait for each other instead
 of failing. Rows are insert-only; ``replace=True`` (``--force``) is the only way to overwrite one. Writing a row ends
-its run's lease (:mod:`distilbench.leases`) in the same transaction.
+its run's lease (:mod:`distilbench.results.leases`) in the same transaction.
 
 An SQLite file's ``leases`` table is created by the first claim, not on open: opening a store only to read it
 (``distilbench report`` on a committed store) leaves the file as it was.
@@ -192,7 +192,7 @@ class ResultsStore:
         base = [c for c in COLUMNS if c not in ("metrics", "extra")]
         return pandas.DataFrame(flat, columns=base + sorted({k for r in flat for k in r} - set(base)))
 
-    # -- leases (distilbench.leases) ------------------------------------------------------------------------------
+    # -- leases (distilbench.results.leases) ------------------------------------------------------------------------------
     def _has_leases(self, q) -> bool:
         if not self._leases_made:
             self._leases_made = self._db.has_table(q, "leases")

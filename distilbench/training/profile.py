@@ -95,7 +95,7 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     """What the forward pass's cost depends on: the model class, its config without names and labels (the label
     count stays: it sizes the head) and the parameters' dtype. Not the attention implementation: every model here
     loads with transformers' default, and the capturing one that attention objectives switch a student to while it
-    trains (:mod:`distilbench.capture`) hands over to it; the trained student is the architecture measured before."""
+    trains (:mod:`distilbench.models.capture`) hands over to it; the trained student is the architecture measured before."""
     config = model.config.to_dict()
     return {"class": type(model).__name__, "num_labels": int(model.config.num_labels),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -246,7 +246,7 @@ def ratios(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
 def row_profile(student: dict[str, Any] | None, teacher: dict[str, Any] | None, score: float, teacher_score: float | None,
                 higher_is_better: bool, cost: dict[str, Any]) -> dict[str, Any]:
     """``extra.profile`` of a student row: both models' size and speed, the ratios, the retained share and the
-    training cost (:mod:`distilbench.cost`)."""
+    training cost (:mod:`distilbench.training.cost`)."""
     out: dict[str, Any] = {"format": FORMAT, "student": student, "teacher": teacher,
                            "retained": retained(score, teacher_score, higher_is_better), "cost": cost}
     if student is not None and teacher is not None:

@@ -374,7 +374,7 @@ class Runner:
         return f"{self.plan.task.name}/{objective.name}/{self.plan.init.spec} seed {seed}"
 
     def run_and_store(self, objective, seed, record, teacher_net, prefix: str = "", quiet: bool = False) -> str:
-        """Train one seed of one objective and write its row, under a lease (:mod:`distilbench.leases`) so that
+        """Train one seed of one objective and write its row, under a lease (:mod:`distilbench.results.leases`) so that
         processes sharing the store never train it twice. Returns ``STORED``, ``DONE`` (its row exists) or ``HELD``
         (another live worker is training it: skipped; said unless ``quiet``)."""
         identity = self.identity(objective, record, seed)
@@ -488,7 +488,7 @@ class Runner:
 
     def profile_models(self, record: TeacherRecord, teacher_net=None, threads: int | None = None) -> None:
         """Size and speed of the teacher and of the student's architecture with ``threads`` CPU threads (the runs'),
-        measured here once per machine and cached (distilbench.profile): before worker processes start, since a
+        measured here once per machine and cached (distilbench.training.profile): before worker processes start, since a
         latency timed beside training workers would measure their contention; the runs read the cache."""
         if not self.accelerator.is_main_process:
             return
@@ -503,7 +503,7 @@ class Runner:
                 for who, p in zip(("student", "teacher"), found)))
 
     def _profiles(self, student, teacher_net, threads: int) -> list:
-        """[student's, teacher's] size and speed (distilbench.profile); [None, None] when measuring fails: a finished
+        """[student's, teacher's] size and speed (distilbench.training.profile); [None, None] when measuring fails: a finished
         run is never lost to its measurement, its row then reads n/a there."""
         try:
             return [model_profile(student, threads), model_profile(teacher_net, threads)]
@@ -546,7 +546,7 @@ class Runner:
 
     def _teacher_source(self, objective, record, teacher_net, own_tokens: bool, multi: bool, parts: list | None = None):
         """What the objective reads from its teacher(s): cached outputs where they cover it (built here, once, on
-        first use), else the live teacher. ``parts``: gets the shared parts read (their cost: distilbench.cost)."""
+        first use), else the live teacher. ``parts``: gets the shared parts read (their cost: distilbench.training.cost)."""
         start = time.perf_counter()
         try:
             return self._teacher_source_uncounted(objective, record, teacher_net, own_tokens, multi, parts)
@@ -683,10 +683,10 @@ class Runner:
                           "device": str(self.accelerator.device), "main_score": task.main_score, "team": plan.team if multi else None,
                           "stage_times_s": result.stage_times, "objective_report": objective.report(),
                           "student_params": sum(p.numel() for p in student.parameters()),
-                          # size, speed, retained share and training cost (distilbench.profile, distilbench.cost)
+                          # size, speed, retained share and training cost (distilbench.training.profile, distilbench.training.cost)
                           "profile": profile,
                           # per-example dev predictions and labels in dev order: what the per-example paired tests
-                          # (McNemar, bootstrap over examples: distilbench.per_example) between two runs need
+                          # (McNemar, bootstrap over examples: distilbench.results.per_example) between two runs need
                           "dev_predictions": _per_example(dev_preds, task.regression), "dev_labels": _per_example(dev_labels, task.regression)}}
         if cfg.save_students and self.accelerator.is_main_process:  # here, where the model lives (a worker's process too)
             from .export import save_student

@@ -144,7 +144,7 @@ def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Ca
                 fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".tmp-", suffix=".pt")
                 os.close(fd)
                 torch.save(table, tmp)
-                # the seconds beside the logits: a shared part of every run that reads them (distilbench.cost)
+                # the seconds beside the logits: a shared part of every run that reads them (distilbench.training.cost)
                 atomic_write_json(path.with_suffix(".json"), {"seconds": time.perf_counter() - start})
                 os.replace(tmp, path)
     return torch.load(path, weights_only=True)

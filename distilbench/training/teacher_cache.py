@@ -66,7 +66,7 @@ class OutputCache:
     lengths: np.ndarray
     score_offset: np.ndarray
     arrays: dict[str, np.memmap]
-    build_s: float | None = None  # seconds it took to compute (a shared part of every run reading it: distilbench.cost)
+    build_s: float | None = None  # seconds it took to compute (a shared part of every run reading it: distilbench.training.cost)
 
     def covers(self, needs: Needs, layers: list[int]) -> bool:
         return set(parts_for(needs)) <= set(self.parts) and set(layers) <= set(self.layers)

@@ -2,7 +2,7 @@
 (stochastic KD with a fixed categorical distribution: uniform, random, or given) and ``avgkd`` (the teachers' averaged
 logits). Single-teacher KD from each teacher is ``kd --teacher NAME``.
 
-The maths (Eq. 3–8, SSWO, CR, the one-step look-ahead, candidates) lives in :mod:`distilbench.autoskd`; these modules
+The maths (Eq. 3–8, SSWO, CR, the one-step look-ahead, candidates) lives in :mod:`distilbench.objectives.autoskd.core`; these modules
 only connect it to the harness's hooks: ``choose_teacher`` draws ``i ~ Cat(θ)`` (only teacher ``i``'s outputs are
 fetched), ``outer_step`` updates θ on a batch of the validation subset (``Stage(holdout=0.5)``: §3.2 splits train
 fifty-fifty), and ``candidates`` hands the phase-2 snapshots of θ to the runner, which retrains a fresh student with
