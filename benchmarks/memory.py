@@ -28,11 +28,11 @@ def one(args) -> dict:
     import torch
 
     from distilbench.config import RunConfig
-    from distilbench.data import encode
-    from distilbench.harness import make_accelerator, train
-    from distilbench.models import load_classifier, load_tokenizer
+    from distilbench.data.batching import encode
+    from distilbench.training.harness import make_accelerator, train
+    from distilbench.models.loading import load_classifier, load_tokenizer
     from distilbench.objectives import Context, get_objective
-    from distilbench.tasks import get_task, load_split, resolve_data_dir
+    from distilbench.data.tasks import get_task, load_split, resolve_data_dir
 
     task = get_task(args.task)
     tok = load_tokenizer(args.model)

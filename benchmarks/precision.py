@@ -6,7 +6,7 @@
         --data-dir ../shared/data/glue -- --init layers:4,8,12 --epochs 3   # flags after -- go to `distilbench run`
 
 The probe part measures afresh (the cached result that ``auto`` reads is printed beside it): each of
-``distilbench.precision.PROBE_SHAPES`` (a base-size layer's matmuls on 1,024 tokens) fp32 and under bf16 autocast,
+``distilbench.training.precision.PROBE_SHAPES`` (a base-size layer's matmuls on 1,024 tokens) fp32 and under bf16 autocast,
 fastest of ``--repeats``, at this process's thread count (``--threads``).
 
 ``--paired`` trains the cell twice through ``distilbench run`` into one results store: ``--mixed-precision fp32``,
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distilbench import precision  # noqa: E402
+from distilbench.training import precision  # noqa: E402
 
 
 def probe_figures(repeats: int) -> None:
@@ -50,9 +50,9 @@ def probe_figures(repeats: int) -> None:
 
 
 def paired(args, run_flags: list[str]) -> None:
-    from distilbench.config import stable_hash
-    from distilbench.stats import paired_test
-    from distilbench.store import ResultsStore
+    from distilbench.hashing import stable_hash
+    from distilbench.results.stats import paired_test
+    from distilbench.results.store import ResultsStore
 
     for p in ("fp32", "bf16"):
         cmd = [sys.executable, "-m", "distilbench", "run", "--task", args.task, "--objective", args.objective,

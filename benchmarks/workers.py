@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distilbench.store import ResultsStore  # noqa: E402
-from distilbench.workers import cores  # noqa: E402
+from distilbench.results.store import ResultsStore  # noqa: E402
+from distilbench.training.workers import cores  # noqa: E402
 
 
 def main() -> None:

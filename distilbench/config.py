@@ -1,14 +1,12 @@
 """Typed run configuration. Precedence, in one place: CLI flag > YAML file (``--config``) > the defaults below.
 
 Every field carries its help text; ``validate`` raises :class:`UsageError` (a ``ValueError``) with a message
-that names the bad value and what is accepted, never ``assert``.
+that names the bad value and what is accepted, never ``assert``. Bottom layer: imports only ``errors``.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,9 +130,7 @@ class RunConfig:
             self.init = f"pretrained:{self.student}"
         if self.save_students is not None:
             check_folder("--save-students", self.save_students)
-        from .workers import parse
-
-        self.workers = parse(self.workers)
+        self.workers = parse_workers(self.workers)
         self.seed_values()
         return self
 
@@ -223,13 +219,21 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         raise UsageError(f"{where}: {name} must be {base.__name__} (got {value!r})") from None
 
 
+def parse_workers(value: str) -> str:
+    """Validate a --workers value: a positive integer or auto."""
+    if str(value) == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UsageError(f"--workers must be a positive integer or auto (got {value!r})")
+    return str(n)
+
+
 def build_config(cli: dict[str, Any], yaml_path: str | None = None) -> RunConfig:
     """Merge defaults < YAML < explicitly given CLI flags, then validate."""
     values = load_yaml(yaml_path) if yaml_path else {}
     values.update(cli)
     return RunConfig(**values).validate()
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:n]

@@ -55,7 +55,7 @@ def suggest(trial, space: dict[str, tuple], fixed: set[str]) -> dict[str, Any]:
 def storage_url(storage: str | None, results: str) -> str:
     """``--storage``, else search.sqlite beside an SQLite ``--results``, else the results database itself (Optuna's
     tables do not clash with the store's)."""
-    from .backends import is_url
+    from .results.backends import is_url
 
     if storage:
         return storage
@@ -138,7 +138,7 @@ def _optimize(study, runner, fixed: set[str], trials: int) -> None:
     import optuna
 
     from .objectives import get_objective
-    from .teacher import load_teacher
+    from .training.teacher import load_teacher
 
     objective_cls = get_objective(runner.cfg.objective)
     space = objective_cls.space()
@@ -176,13 +176,13 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
                    sampler_seed: int, heartbeat: int, threads: int) -> None:
     """One `--workers` process: its own runner (the teacher and team are read from the caches the parent filled) and
     its own sampler seed (sampler_seed + index: equal seeds would propose the same first trials), on the shared study."""
-    from .workers import exit_with_parent
+    from .training.workers import exit_with_parent
 
     exit_with_parent()
     import torch
     from rich.console import Console
 
-    from .runner import Runner
+    from .training.runner import Runner
 
     torch.set_num_threads(threads)
     runner = Runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
@@ -220,10 +220,10 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     import optuna
     from rich.console import Console
 
-    from .backends import display
+    from .results.backends import display
     from .objectives import get_objective
-    from .runner import Runner
-    from .workers import resolve
+    from .training.runner import Runner
+    from .training.workers import resolve
 
     if trials < 1:
         raise UsageError(f"--trials must be >= 1 (got {trials})")
@@ -274,7 +274,7 @@ def _fmt(v: Any) -> str:
 def write_report(study, out: Path, command: str, url: str, objective: str, free: list[str]) -> None:
     import optuna
 
-    from .report import _plt, _save
+    from .report.plotting import pyplot as _plt, save as _save
 
     out.mkdir(parents=True, exist_ok=True)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)

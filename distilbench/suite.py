@@ -26,12 +26,12 @@ The ``none`` baseline is a grid objective like any other (the runner's automatic
 
 Every cell is validated before anything trains (unknown objective, task, init, model, a layer out of range, bad
 data: one error line naming every unknown objective). Then each cell runs through
-``distilbench.runner.Runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
+``distilbench.training.runner.Runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
 suite resumes where it stopped. Several suite processes sharing one store (a PostgreSQL ``--results`` on many
-machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.leases`), a run another process is
+machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.results.leases`), a run another process is
 training is skipped, and once every other cell is done the process waits for those runs (or takes over one whose
 holder died), so that each process's report holds the whole grid. Finally the report of exactly the suite's rows is written to ``reports/NAME/``
-(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build_report`.
+(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build.build_report`.
 """
 from __future__ import annotations
 
@@ -239,9 +239,9 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
 
 def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     """Check every name and every cell before anything trains; one UsageError naming all unknown objectives."""
-    from . import runner  # lazy: building the CLI parser must not import torch
+    from .training import runner  # lazy: building the CLI parser must not import torch
     from .objectives import OBJECTIVES, get_objective
-    from .tasks import get_task
+    from .data.tasks import get_task
 
     problems = []
     for name in suite.objectives:
@@ -276,9 +276,9 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     1 when a cell's training diverged (the other cells still run; the report shows what finished)."""
     from rich.console import Console
 
-    from . import runner
-    from .backends import display
-    from .report import build_report
+    from .training import runner
+    from .results.backends import display
+    from .report.build import build_report
 
     console = console or Console(stderr=True)
     cells = validate(suite)
@@ -288,7 +288,7 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     rows: list[dict] = []
     inits: list[str] = []
     failed: list[str] = []
-    from .workers import resolve
+    from .training.workers import resolve
 
     pooled = resolve(configs[0].workers, 2)[0] > 1  # every cell's runs into one pool of workers
     if pooled:
@@ -334,8 +334,8 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
 def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
     """--workers N in a suite: each cell's teacher, caches and shared stages first, cell by cell in this process;
     then every cell's pending runs in one pool of workers; then each cell's stored rows."""
-    from . import runner
-    from .workers import resolve, run_jobs
+    from .training import runner
+    from .training.workers import resolve, run_jobs
 
     prepared, jobs, owners = [], [], []
     for i, (label, cfg) in enumerate(cells, start=1):

@@ -21,7 +21,40 @@ os.environ.setdefault("DISTILBENCH_WORKERS", "1")
 # expected values and shared accelerate state assume one precision everywhere, subprocesses included
 os.environ.setdefault("DISTILBENCH_MIXED_PRECISION", "fp32")
 
-GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+REPO = Path(__file__).resolve().parents[1]  # the repository root
+GLUE = REPO.parent / "shared" / "data" / "glue"
+
+
+# ------------------------------------------------------------------------------------------------ shared helpers
+# plain functions the test modules import (`from conftest import ...`) instead of each keeping a copy
+
+
+class TrainingStarted(AssertionError):
+    pass
+
+
+def no_training(*args, **kwargs):
+    """Patched over ``distilbench.training.runner.train``: a test that must refuse before training fails if it trains."""
+    raise TrainingStarted("distilbench.training.runner.train was called")
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel"
+
+
+def write_rte(root: Path, train_rows: list[str], dev_rows: list[str]) -> Path:
+    """A GLUE folder under ``root`` holding only RTE, with these train and dev rows (under RTE's header)."""
+    folder = root / "RTE"
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_text("\n".join([RTE_HEADER, *train_rows]) + "\n", encoding="utf-8")
+    (folder / "dev.tsv").write_text("\n".join([RTE_HEADER, *dev_rows]) + "\n", encoding="utf-8")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,7 @@
 """Hand-made results-store rows for report and statistics tests (no training)."""
 from __future__ import annotations
 
-from distilbench.config import stable_hash
-from distilbench.store import run_key
+from distilbench.hashing import run_key, stable_hash
 
 
 def student_row(objective: str, seed: int, preds: list, labels: list, extra: dict, hparams: dict,

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from distilbench.autoskd import (CategoricalTeachers, batch_loss_fn, candidate_distributions, candidate_steps,
-                                 cr_mixture, default_m, distill_loss, lookahead_theta_grad, make_theta_optimizer,
-                                 phase_of, random_distribution, search_step, split_distill_val, theta_step,
-                                 uniform_distribution)
+from autoskd_reference import phase_of, search_step, split_distill_val
+from distilbench.objectives.autoskd.core import (CategoricalTeachers, batch_loss_fn, candidate_distributions,
+                                                 candidate_steps, cr_mixture, default_m, distill_loss,
+                                                 lookahead_theta_grad, make_theta_optimizer, random_distribution,
+                                                 theta_step, uniform_distribution)
 
 D = torch.float64
 

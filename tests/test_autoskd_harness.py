@@ -15,11 +15,11 @@ from torch import nn
 
 from distilbench.cli import main
 from distilbench.config import RunConfig
-from distilbench.data import encode, subsample
-from distilbench.harness import TeacherSource, make_accelerator, train
-from distilbench.models import load_classifier, load_tokenizer
+from distilbench.data.batching import encode, subsample
+from distilbench.training.harness import TeacherSource, make_accelerator, train
+from distilbench.models.loading import load_classifier, load_tokenizer
 from distilbench.objectives import Context, Outputs, Stage, get_objective
-from distilbench.tasks import get_task, load_split
+from distilbench.data.tasks import get_task, load_split
 
 torch.set_num_threads(1)
 

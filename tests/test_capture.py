@@ -1,4 +1,4 @@
-"""Attention capture (``distilbench.capture``) on tiny BERT and MPNet built from configs, checked against the models'
+"""Attention capture (``distilbench.models.capture``) on tiny BERT and MPNet built from configs, checked against the models'
 own eager attention, against scores rebuilt by hand from the projections, and end to end through the CLI."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from distilbench.capture import IMPLEMENTATION, capture, prepare
+from distilbench.models.capture import IMPLEMENTATION, capture, prepare
 from distilbench.errors import UsageError
 
 IDS = [[5, 7, 9, 11, 6, 3], [5, 8, 4, 3, None, None], [5, 6, 3, None, None, None]]
@@ -184,7 +184,7 @@ def test_model_without_head_count_is_refused_clearly():
 @pytest.mark.parametrize("name", ["att-mse", "att-kl", "val-kl"])
 def test_cli_run_stores_a_row(name, tiny_run_args):
     from distilbench.cli import main
-    from distilbench.store import ResultsStore
+    from distilbench.results.store import ResultsStore
 
     args = ["run", "--objective", name, "--seeds", "1", "--no-baseline", "--init", "layers:1,3", *tiny_run_args]
     assert main(args) == 0

@@ -1,4 +1,4 @@
-"""The signal check (distilbench.chance): at-chance cells are marked and never ranked; the detectable difference."""
+"""The signal check (distilbench.results.chance): at-chance cells are marked and never ranked; the detectable difference."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from distilbench.chance import check, check_rows, detectable_difference, example_test, pooled_sd, seed_test
-from distilbench.report import build_report
+from distilbench.results.chance import check, check_rows, detectable_difference, example_test, pooled_sd, seed_test
+from distilbench.report.build import build_report
 from rows import student_row
 
 N = 200

@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 import torch
 
-import distilbench.runner as runner_mod
+import distilbench.training.runner as runner_mod
+from conftest import no_training, REPO, TrainingStarted, write_rte
 from distilbench.cli import main
-from distilbench.data import encode, length_grouped_batches, selection_split, subsample
-from distilbench.harness import train as real_train
-from distilbench.inits import INITS
-from distilbench.models import MODELS, load_tokenizer
+from distilbench.data.batching import encode, length_grouped_batches, selection_split, subsample
+from distilbench.training.harness import train as real_train
+from distilbench.models.inits import INITS
+from distilbench.models.loading import MODELS, load_tokenizer
 from distilbench.objectives import OBJECTIVES, LossOutput, Needs, Objective
-from distilbench.store import ResultsStore
-from distilbench.tasks import TASKS, get_task, load_split
+from distilbench.results.store import ResultsStore
+from distilbench.data.tasks import TASKS, get_task, load_split
 
-REPO = Path(__file__).resolve().parents[1]
 LAYER_MAPPING = [f"student layer {k} <- teacher layer {k}" for k in (1, 2, 3)]  # default first-k, 3 of 4 layers
 
 
@@ -39,14 +39,6 @@ LAYER_MAPPING = [f"student layer {k} <- teacher layer {k}" for k in (1, 2, 3)]  
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
-
-
-class TrainingStarted(AssertionError):
-    pass
-
-
-def _no_training(*args, **kwargs):
-    raise TrainingStarted("distilbench.runner.train was called")
 
 
 def opt(args: list[str], flag: str) -> str:
@@ -108,7 +100,7 @@ def start_cli(argv: list[str], log: Path) -> subprocess.Popen:
 
 def expect_usage_error(argv: list[str], results: Path, capfd, monkeypatch) -> str:
     """Run ``main(argv)`` expecting a refusal: exit 2, one ``distilbench: error:`` line, nothing stored, no training."""
-    monkeypatch.setattr(runner_mod, "train", _no_training)
+    monkeypatch.setattr(runner_mod, "train", no_training)
     capfd.readouterr()
     try:
         rc = main(argv)
@@ -121,15 +113,6 @@ def expect_usage_error(argv: list[str], results: Path, capfd, monkeypatch) -> st
     assert lines[0].startswith("distilbench: error: "), lines[0]
     assert_nothing_stored(results)
     return lines[0]
-
-
-def write_rte(root: Path, train_rows: list[str], dev_rows: list[str]) -> Path:
-    folder = root / "RTE"
-    folder.mkdir(parents=True)
-    header = "index\tsentence1\tsentence2\tlabel"
-    (folder / "train.tsv").write_text("\n".join([header, *train_rows]) + "\n", encoding="utf-8")
-    (folder / "dev.tsv").write_text("\n".join([header, *dev_rows]) + "\n", encoding="utf-8")
-    return root
 
 
 GOOD_ROWS = [f"{i}\tA man walks a dog number {i}.\tA person is outside.\t{'entailment' if i % 2 else 'not_entailment'}"
@@ -342,7 +325,7 @@ def test_run_stores_skips_and_forces(tiny_run_args, capsys, monkeypatch):
     assert len(hashes["kd"]) == 1 and len(hashes["none"]) == 1 and hashes["kd"] != hashes["none"]
 
     # the same command again trains nothing and leaves every row as it was
-    monkeypatch.setattr(runner_mod, "train", _no_training)
+    monkeypatch.setattr(runner_mod, "train", no_training)
     start = time.perf_counter()
     assert main(argv) == 0
     assert time.perf_counter() - start < 15

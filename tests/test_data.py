@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distilbench.data import (collate, encode, eval_batches, length_grouped_batches, selection_split, subsample)
-from distilbench.tasks import Example
+from distilbench.data.batching import (collate, encode, eval_batches, length_grouped_batches, selection_split, subsample)
+from distilbench.data.tasks import Example
 
 
 def _examples(n):
@@ -53,7 +53,7 @@ def test_eval_batches_sorted_and_complete():
 
 
 def test_collate_pads_dynamically_and_keeps_file_rows():
-    from distilbench.models import load_tokenizer
+    from distilbench.models.loading import load_tokenizer
 
     tok = load_tokenizer("minilm-l6")
     ex = [Example(40, "a short one", "b", 1), Example(7, "a much longer sentence with many more words", "c", 0)]

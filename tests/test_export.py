@@ -13,21 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import distilbench.runner as runner_mod
-from distilbench.chance import check_rows
+import distilbench.training.runner as runner_mod
+from conftest import no_training
+from distilbench.results.chance import check_rows
 from distilbench.cli import main
-from distilbench.data import encode
-from distilbench.models import load_tokenizer
-from distilbench.store import ResultsStore
-from distilbench.tasks import get_task, load_split
-
-
-class TrainingStarted(AssertionError):
-    pass
-
-
-def _no_training(*args, **kwargs):
-    raise TrainingStarted("distilbench.runner.train was called")
+from distilbench.data.batching import encode
+from distilbench.models.loading import load_tokenizer
+from distilbench.results.store import ResultsStore
+from distilbench.data.tasks import get_task, load_split
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
@@ -124,7 +117,7 @@ def test_saved_folder_loads_offline_and_predicts_the_stored_labels(saved, glue_d
     stored = load_file(folder / "model.safetensors")
     assert set(stored) <= set(weights) and "classifier.weight" in stored
     assert all(torch.equal(stored[k], weights[k]) for k in stored), [k for k in stored if not torch.equal(stored[k], weights[k])]
-    from distilbench.models import cache_dir
+    from distilbench.models.loading import cache_dir
 
     (teacher,) = (cache_dir() / "teachers").glob(f"rte-*-{row['extra']['teacher_key']}")
     init = load_file(teacher / "model.safetensors")  # the student started from these (layers 1-3, embeddings, head)
@@ -167,7 +160,7 @@ def test_model_card_and_json_say_what_produced_the_student(saved, tiny_teacher):
 def test_card_command_is_the_same_run(saved, glue_dir, monkeypatch):
     """The card's command, given the data folder and the results store, is the stored run: it trains nothing."""
     _, results, row, _, _ = saved
-    monkeypatch.setattr(runner_mod, "train", _no_training)
+    monkeypatch.setattr(runner_mod, "train", no_training)
     command = shlex.split(json.loads((Path(row["extra"]["saved_student"]) / "distilbench.json").read_text())["command"])
     assert main([*command[1:], "--data-dir", str(glue_dir), "--results", str(results), "--no-progress"]) == 0
     assert _rows(results) == [row]
@@ -186,7 +179,7 @@ def test_saving_leaves_the_run_identity_alone(saved, unsaved):
 
 def test_a_stored_unsaved_run_is_named_not_retrained(unsaved, tmp_path, capfd, monkeypatch):
     args, results, row = unsaved
-    monkeypatch.setattr(runner_mod, "train", _no_training)
+    monkeypatch.setattr(runner_mod, "train", no_training)
     assert main(["run", *args, "--save-students", str(tmp_path / "students")]) == 0
     err = " ".join(capfd.readouterr().err.split())  # rich wraps long lines
     assert f"1 stored run(s) were not retrained, so their students are not saved ({row['run_key']}): add --force" in err

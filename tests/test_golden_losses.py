@@ -10,7 +10,7 @@ import torch
 
 from distilbench.config import RunConfig
 from distilbench.objectives import OBJECTIVES, Context, Outputs, get_objective
-from distilbench.tasks import get_task
+from distilbench.data.tasks import get_task
 
 B, L, DS, DT, H = 3, 5, 8, 12, 2
 PAIRS = [(1, 2), (2, 4), (3, 6)]

@@ -12,20 +12,12 @@ from pathlib import Path
 import pytest
 
 import distilbench
-import distilbench.runner as runner_mod
+import distilbench.training.runner as runner_mod
+from conftest import write_rte
 from distilbench.cli import main
 
-HEADER = "index\tsentence1\tsentence2\tlabel"
 ROWS = [f"{i}\tA man walks a dog number {i}.\tA person is outside.\t{'entailment' if i % 2 else 'not_entailment'}"
         for i in range(6)]
-
-
-def write_rte(root: Path, train_rows: list[str], dev_rows: list[str]) -> Path:
-    folder = root / "RTE"
-    folder.mkdir(parents=True)
-    (folder / "train.tsv").write_text("\n".join([HEADER, *train_rows]) + "\n", encoding="utf-8")
-    (folder / "dev.tsv").write_text("\n".join([HEADER, *dev_rows]) + "\n", encoding="utf-8")
-    return root
 
 
 @pytest.fixture
@@ -72,14 +64,14 @@ def test_max_eval_examples_zero(refuse):
     assert "--max-eval-examples must be >= 1 (got 0)" in line
 
 
-def test_max_train_examples_leaving_no_training_part(refuse):
+def test_max_train_examples_leavingno_training_part(refuse):
     # one example: the selection split holds it out, so the student would train on nothing
     line = refuse(ROWS, ROWS, "--max-train-examples", "1")
     assert "1 training example(s) leave none to train on" in line
     assert "--selection-fraction 0.1" in line and "at least 2" in line
 
 
-def test_selection_fraction_leaving_no_training_part(refuse):
+def test_selection_fraction_leavingno_training_part(refuse):
     # 2 rows at a fraction of 0.9: round(1.8) = 2 held out, none left
     line = refuse(ROWS[:2], ROWS, "--selection-fraction", "0.9")
     assert "2 training example(s) leave none to train on" in line

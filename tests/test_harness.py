@@ -10,8 +10,8 @@ import torch
 from distilbench.cli import main
 from distilbench.config import RunConfig
 from distilbench.objectives import OBJECTIVES, LossOutput, Objective
-from distilbench.tasks import Example, get_task
-from distilbench.teacher import ensure_teacher
+from distilbench.data.tasks import Example, get_task
+from distilbench.training.teacher import ensure_teacher
 
 
 class _NaNLoss(Objective):
@@ -30,7 +30,7 @@ def test_nan_loss_stops_with_clear_error_and_stores_nothing(tiny_run_args, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith("distilbench: training diverged: loss became nan at stage distil, epoch 1, step 1")
-    from distilbench.store import ResultsStore
+    from distilbench.results.store import ResultsStore
     assert ResultsStore(tmp_path / "results.sqlite").rows() == []
 
 

@@ -117,7 +117,7 @@ def test_a_yaml_value_outside_the_choices_is_refused(tmp_path):
 
 
 def test_the_task_help_lists_the_registered_tasks(capsys):
-    from distilbench.tasks import TASKS
+    from distilbench.data.tasks import TASKS
 
     text = " ".join(help_text("run", capsys).split())
     assert f"Accepted: {', '.join(TASKS)}." in text

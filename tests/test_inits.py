@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from distilbench.errors import UsageError
-from distilbench.inits import build_student, copy_layers, layer_list, parse_init
+from distilbench.models.inits import build_student, copy_layers, layer_list, parse_init
 
 
 def _teacher(kind="bert", layers=6):

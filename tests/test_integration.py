@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distilbench.cli import main
-from distilbench.store import ResultsStore
+from distilbench.results.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

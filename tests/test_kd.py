@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from distilbench.config import RunConfig
-from distilbench.harness import TeacherSource, model_outputs
+from distilbench.training.harness import TeacherSource, model_outputs
 from distilbench.objectives import Context, Needs, Outputs, Stage, get_objective
-from distilbench.tasks import get_task
+from distilbench.data.tasks import get_task
 
 
 def _objective(name, task="rte", **cfg):

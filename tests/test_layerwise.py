@@ -6,11 +6,11 @@ import torch
 
 from distilbench.config import RunConfig
 from distilbench.errors import UsageError
-from distilbench.inits import parse_init
+from distilbench.models.inits import parse_init
 from distilbench.objectives import OBJECTIVES, Context, Needs, Outputs, Stage, get_objective
 from distilbench.objectives.layerwise import LayerObjective
-from distilbench.runner import distillation_pairs
-from distilbench.tasks import get_task
+from distilbench.training.runner import distillation_pairs
+from distilbench.data.tasks import get_task
 
 
 @pytest.mark.parametrize("spec,init,expected", [

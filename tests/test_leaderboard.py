@@ -1,4 +1,4 @@
-"""The report's size/speed/cost table, its cells.csv columns and its Pareto plots (``distilbench.leaderboard``), on
+"""The report's size/speed/cost table, its cells.csv columns and its Pareto plots (``distilbench.report.leaderboard``), on
 hand-made rows with stored profiles beside rows stored before profiles were (which read n/a): every number equals a
 hand computation, the plotted points equal cells.csv, and the report rebuilds byte for byte."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from distilbench.leaderboard import pareto_front
-from distilbench.profile import row_profile
-from distilbench.report import CELLS_HEADER, build_report
-from distilbench.store import ResultsStore
+from distilbench.report.leaderboard import pareto_front
+from distilbench.training.profile import row_profile
+from distilbench.report.build import CELLS_HEADER, build_report
+from distilbench.results.store import ResultsStore
 from rows import student_row
 
 LABELS = [0, 1] * 10

@@ -1,4 +1,4 @@
-"""Leases on runs (distilbench.leases through ResultsStore): claim, renew, expire, take over, release, a finished row
+"""Leases on runs (distilbench.results.leases through ResultsStore): claim, renew, expire, take over, release, a finished row
 ending its lease, the heartbeat thread, and concurrent claimers, on SQLite and on PostgreSQL (skipped, saying why,
 where no server can be started). Times are passed explicitly (``now=``), so nothing here depends on the clock."""
 from __future__ import annotations
@@ -10,16 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from distilbench import leases
+from conftest import REPO
+from distilbench.results import leases
 from distilbench.errors import UsageError
-from distilbench.store import ResultsStore
+from distilbench.results.store import ResultsStore
 from test_store import make_row
 
-REPO = Path(__file__).resolve().parents[1]
 LEASE = 120.0
 
 

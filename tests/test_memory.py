@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import distilbench.harness as harness
+import distilbench.training.harness as harness
 from distilbench.cli import main
 from distilbench.config import RunConfig
-from distilbench.data import Encoded
-from distilbench.harness import TeacherSource, make_accelerator, micro_batches, train
+from distilbench.data.batching import Encoded
+from distilbench.training.harness import TeacherSource, make_accelerator, micro_batches, train
 from distilbench.objectives import Context, get_objective
-from distilbench.tasks import Example, get_task
-from distilbench.teacher import teacher_identity
+from distilbench.data.tasks import Example, get_task
+from distilbench.training.teacher import teacher_identity
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from distilbench.errors import UsageError
-from distilbench.metrics import METRICS, accuracy, compute_metrics, f1, matthews, pearson, spearman
-from distilbench.tasks import get_task
+from distilbench.data.metrics import METRICS, accuracy, compute_metrics, f1, matthews, pearson, spearman
+from distilbench.data.tasks import get_task
 
 PREDS = [1, 0, 1, 1, 0, 1, 0, 0, 1, 1]
 LABELS = [1, 0, 0, 1, 0, 1, 1, 0, 1, 0]

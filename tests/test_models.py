@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from distilbench import models as M
+from distilbench.models import loading as M
 from distilbench.errors import UsageError
 
 MINILM_PIN = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

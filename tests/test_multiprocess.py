@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from distilbench.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_accelerate_launch_two_processes_one_row_per_seed(tiny_run_args, tmp_path, capfd):

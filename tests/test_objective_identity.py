@@ -11,7 +11,7 @@ import torch
 
 from distilbench.config import RunConfig
 from distilbench.objectives import OBJECTIVES, Context, Needs, get_objective
-from distilbench.tasks import get_task
+from distilbench.data.tasks import get_task
 
 PAIRS = [(1, 2), (2, 4), (3, 6)]
 COMBOS = ["att-kl+hid-seq", "att-kl+0.5*val-kl", "hid-seq+lwd+0.25*att-mse"]

@@ -8,7 +8,7 @@ from distilbench.config import RunConfig
 from distilbench.objectives import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, register_objective
 from distilbench.objectives import functional as Fn
 from distilbench.objectives.layerwise import LayerObjective
-from distilbench.tasks import get_task
+from distilbench.data.tasks import get_task
 
 
 @pytest.fixture

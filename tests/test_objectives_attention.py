@@ -14,7 +14,7 @@ import torch
 from distilbench.config import RunConfig
 from distilbench.errors import UsageError
 from distilbench.objectives import Context, Needs, Outputs, Stage, get_objective
-from distilbench.tasks import get_task
+from distilbench.data.tasks import get_task
 
 LENGTHS = (6, 4, 3)
 B, L = 3, 6

@@ -13,8 +13,8 @@ from torch import nn
 
 from distilbench.config import RunConfig
 from distilbench.objectives import Context, Needs, Outputs, Stage, get_objective
-from distilbench.store import ResultsStore
-from distilbench.tasks import get_task
+from distilbench.results.store import ResultsStore
+from distilbench.data.tasks import get_task
 
 B, L, DS, DT = 3, 6, 8, 12
 PAIRS = [(1, 2), (2, 4)]  # (student layer, teacher layer), 1-based: hidden_states[0] is the embeddings

@@ -1,4 +1,4 @@
-"""Per-example paired tests (distilbench.per_example): McNemar and the paired bootstrap recomputed by hand, the
+"""Per-example paired tests (distilbench.results.per_example): McNemar and the paired bootstrap recomputed by hand, the
 vectorised metrics against the plain ones, refusals, and the report's --per-example section."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from distilbench.cli import main
-from distilbench.metrics import compute_metrics
-from distilbench.per_example import batched_score, mcnemar, per_example_test
-from distilbench.report import build_report
-from distilbench.store import ResultsStore
-from distilbench.tasks import get_task
+from distilbench.data.metrics import compute_metrics
+from distilbench.results.per_example import batched_score, mcnemar, per_example_test
+from distilbench.report.build import build_report
+from distilbench.results.store import ResultsStore
+from distilbench.data.tasks import get_task
 from rows import student_row
 
 
@@ -165,8 +165,9 @@ def test_report_per_example_section_and_csv(tmp_path):
     assert row["seeds"] == "0 1 2" and row["n_examples"] == "80"
     assert row["mcnemar"] == " ".join(f"{s}:{a}/{b}:{p:.6g}" for s, a, b, p in direct.mcnemar)
     assert json.loads((tmp_path / "r" / "report.json").read_text())["per_example"] == 300
-    # the CLI's default (kept in report.py so that building the parser imports no numpy) is the module's
-    from distilbench import per_example, report
+    # the CLI's default (kept in cli/report.py so that building the parser imports no numpy) is the module's
+    from distilbench.results import per_example
+    from distilbench.cli import report
     assert report.BOOTSTRAP_SAMPLES == per_example.BOOTSTRAP_SAMPLES
 
 

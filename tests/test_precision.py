@@ -1,4 +1,4 @@
-"""`--mixed-precision auto` decided per machine (distilbench.precision), and the precision as part of a run's identity.
+"""`--mixed-precision auto` decided per machine (distilbench.training.precision), and the precision as part of a run's identity.
 
 What is pinned: auto picks fp32 on a CPU without bf16 instructions (the probe never runs), fp32 when the probe says
 bf16 is not faster, bf16 when it is; the probe runs once per machine and thread count (cached on disk); fp32 run,
@@ -15,14 +15,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distilbench import precision, runner, teacher, teacher_cache
-from distilbench.config import RunConfig, stable_hash
-from distilbench.data import Encoded
-from distilbench.inits import parse_init
+from distilbench.training import precision, runner, teacher, teacher_cache
+from distilbench.config import RunConfig
+from distilbench.hashing import run_key, stable_hash
+from distilbench.data.batching import Encoded
+from distilbench.models.inits import parse_init
 from distilbench.objectives import get_objective
-from distilbench.stats import cells_from_rows, compare
-from distilbench.store import ResultsStore, run_key
-from distilbench.tasks import Example, get_task
+from distilbench.results.stats import cells_from_rows, compare
+from distilbench.results.store import ResultsStore
+from distilbench.data.tasks import Example, get_task
 
 AMX = ("AMD EPYC 9999", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
 AVX2 = ("AMD EPYC", frozenset({"avx2", "fma"}))
@@ -192,7 +193,7 @@ def _row(objective: str, seed: int, score: float, precision_: str) -> dict:
 
 
 def test_two_precisions_are_two_cells_never_paired_and_never_in_one_table():
-    from distilbench.report import _sections, with_checks
+    from distilbench.report.build import _sections, with_checks
 
     rows = [_row(o, s, 0.6 + 0.01 * s + (0.02 if o == "kd" else 0) + (0.005 if p == "bf16" else 0), p)
             for p in ("fp32", "bf16") for o in ("kd", "none") for s in (0, 1, 2)]
@@ -254,7 +255,7 @@ def test_a_worker_runs_at_the_precision_its_job_carries(monkeypatch):
     """Workers never resolve `auto` again: at their own thread count a probe could decide otherwise."""
     import queue
 
-    from distilbench import workers
+    from distilbench.training import workers
 
     made = []
 

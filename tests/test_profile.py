@@ -1,4 +1,4 @@
-"""Size, speed, retained share and training cost (``distilbench.profile``, ``distilbench.cost``): computed on a tiny
+"""Size, speed, retained share and training cost (``distilbench.training.profile``, ``distilbench.training.cost``): computed on a tiny
 model they equal hand computations, latency is measured once per architecture and read from its cache after, a run
 stores all of it in its row (not in its identity), and shared costs are divided among the rows that used them.
 No test asserts a speed: only that latencies exist, are positive, and that quantities derived from them are exact."""
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from distilbench import profile as P
-from distilbench.cost import training_costs
-from distilbench.models import cache_dir, load_classifier
+from distilbench.training import profile as P
+from distilbench.results.cost import training_costs
+from distilbench.models.loading import cache_dir, load_classifier
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_latency_is_measured_once_then_read_from_the_cache(tiny_model, monkeypat
     assert P.model_profile(tiny_model, threads=1) == measured
     # the weights do not matter, the architecture does; nor does the capturing attention an attention objective
     # switches its student to while it trains (it hands over to the default one)
-    from distilbench.capture import prepare
+    from distilbench.models.capture import prepare
 
     with torch.no_grad():
         for p in tiny_model.parameters():
@@ -93,7 +93,7 @@ def test_latency_is_measured_once_then_read_from_the_cache(tiny_model, monkeypat
     assert P.model_profile(tiny_model, threads=1) == measured
     # another thread count or another architecture is another measurement
     assert P.model_profile(tiny_model, threads=3, measure_missing=False) is None
-    from distilbench.inits import copy_layers
+    from distilbench.models.inits import copy_layers
 
     student, _ = copy_layers(tiny_model, [1, 2], 0)
     assert P.arch_fingerprint(student) != measured["arch"]
@@ -140,8 +140,8 @@ def test_shared_costs_are_divided_among_the_rows_that_used_them():
 
 def test_a_run_stores_size_speed_retained_and_cost(tiny_run_args, tmp_path, monkeypatch):
     from distilbench.cli import main
-    from distilbench.inits import copy_layers
-    from distilbench.store import ResultsStore
+    from distilbench.models.inits import copy_layers
+    from distilbench.results.store import ResultsStore
 
     monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))  # a fresh cache: the measurements happen here
     calls = []
@@ -196,7 +196,7 @@ def test_a_run_stores_size_speed_retained_and_cost(tiny_run_args, tmp_path, monk
 
 def test_ted_stage_one_is_a_shared_part_of_both_seeds(tiny_run_args, tmp_path):
     from distilbench.cli import main
-    from distilbench.store import ResultsStore
+    from distilbench.results.store import ResultsStore
 
     assert main(["run", "--objective", "ted", "--seeds", "2", "--no-baseline", "--init", "layers:1,3", *tiny_run_args]) == 0
     with ResultsStore(tmp_path / "results.sqlite") as store:
@@ -218,7 +218,7 @@ def test_a_team_run_counts_each_teacher_once(tiny_run_args, tiny_teacher, tmp_pa
     from tiny import tiny_bert
 
     from distilbench.cli import main
-    from distilbench.store import ResultsStore
+    from distilbench.results.store import ResultsStore
 
     small = tiny_bert(tmp_path / "tiny-bert-small", layers=2, hidden=16, heads=2, seed=1)
     assert main(["run", "--objective", "skd", "--teachers", f"{tiny_teacher},{small}", "--no-baseline", *tiny_run_args]) == 0
@@ -235,8 +235,8 @@ def test_workers_read_what_the_calling_process_measured(tiny_run_args, tmp_path,
     """--workers 2: latency is measured in the calling process with the workers' thread count before they start;
     a worker that measured instead would have to write another profile file (its key names arch and threads)."""
     from distilbench.cli import main
-    from distilbench.store import ResultsStore
-    from distilbench.workers import resolve
+    from distilbench.results.store import ResultsStore
+    from distilbench.training.workers import resolve
 
     monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))
     assert main(["run", "--objective", "kd", "--seeds", "2", "--workers", "2", *tiny_run_args]) == 0

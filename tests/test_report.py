@@ -3,11 +3,11 @@ rebuilds, what the tables and matrices say, and the command line.
 
 The results are 2 tasks × 3 objectives × 2 inits × 3 seeds of hand-made rows (no training), plus one cell that
 misses a seed. Regenerate the golden files after an intended change with ``DISTILBENCH_UPDATE_GOLDEN=1 pytest
-tests/test_report.py`` and review the diff.
+tests/test_report.py`` and review the diff: the golden test rewrites the files that differ and fails, saying so; rerun
+without the variable.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_csv
 from distilbench.cli import main
-from distilbench.config import stable_hash
-from distilbench.report import _builder_versions, build_report
-from distilbench.stats import holm
-from distilbench.store import ResultsStore, run_key
+from distilbench.hashing import run_key, stable_hash
+from distilbench.report.build import _builder_versions, build_report
+from distilbench.results.stats import holm
+from distilbench.results.store import ResultsStore
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 COMMAND = "distilbench report --results runs/golden.sqlite --out reports/golden"
@@ -79,11 +80,6 @@ def without_date(text: str, folder_too: bool = False) -> list[str]:
     return [line for line in lines if not (folder_too and line.startswith("Rebuild: "))]
 
 
-def read_csv(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def build(rows, out: Path):
     return build_report(rows, out, command=COMMAND, results="runs/golden.sqlite", console=False)
 
@@ -98,9 +94,22 @@ def test_golden_markdown_and_csv(store_rows, tmp_path, monkeypatch):
     built = {name: (out / name).read_text(encoding="utf-8") for name in ("README.md", "cells.csv", "comparisons.csv")}
     builder_line = f"- **Report built with:** {_builder_versions()}"
     if os.environ.get("DISTILBENCH_UPDATE_GOLDEN"):
-        GOLDEN.mkdir(parents=True, exist_ok=True)
-        for name, text in built.items():
-            (GOLDEN / name).write_text(text, encoding="utf-8")
+        def same(name: str) -> bool:  # as the assertions below compare: the README without its date and builders
+            if not (GOLDEN / name).is_file():
+                return False
+            old, text = (GOLDEN / name).read_text(encoding="utf-8"), built[name]
+            if name != "README.md":
+                return old == text
+            drop = lambda lines: [x for x in lines if not x.startswith("- **Report built with:**")]
+            return drop(without_date(old)) == drop(without_date(text))
+
+        changed = [name for name in built if not same(name)]
+        if changed:  # rewritten, and still a failure: an update is never a silent pass
+            GOLDEN.mkdir(parents=True, exist_ok=True)
+            for name in changed:
+                (GOLDEN / name).write_text(built[name], encoding="utf-8")
+            pytest.fail(f"DISTILBENCH_UPDATE_GOLDEN: rewrote {', '.join(changed)} in {GOLDEN}; review the diff and rerun "
+                        "without DISTILBENCH_UPDATE_GOLDEN")
     golden = {name: (GOLDEN / name).read_text(encoding="utf-8") for name in built}
     assert built["cells.csv"] == golden["cells.csv"]
     assert built["comparisons.csv"] == golden["comparisons.csv"]
@@ -151,7 +160,7 @@ def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
 
 def test_one_init_figure_per_task_holds_every_cell(store_rows, tmp_path, monkeypatch):
     """Paper 002 Table 3's question: per task one figure with every objective × init cell, inits in suite order."""
-    import distilbench.report as report
+    import distilbench.report.build as report
 
     drawn = {}
     monkeypatch.setattr(report, "plot_inits", lambda path, title, cells, labels, inits:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from distilbench.cli import main
-from distilbench.report import build_report, stored_results
-from distilbench.store import ResultsStore
+from distilbench.cli.report import stored_results
+from distilbench.report.build import build_report
+from distilbench.results.store import ResultsStore
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py

@@ -16,13 +16,13 @@ import optuna
 import pytest
 import torch
 
-import distilbench.runner as runner_mod
+import distilbench.training.runner as runner_mod
+from conftest import REPO
 from distilbench.cli import main
 from distilbench.config import RunConfig
 from distilbench.objectives import OBJECTIVES, get_objective
 from distilbench.search import open_storage, suggest
 
-REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
@@ -77,7 +77,7 @@ def test_search_never_reads_dev_and_a_rerun_continues_the_study(tiny_run_args, t
         return real(task, split, data_dir)
 
     monkeypatch.setattr(runner_mod, "load_split", guarded)
-    import distilbench.harness as harness_mod
+    import distilbench.training.harness as harness_mod
     evaluated = []
     real_eval = harness_mod.evaluate
     monkeypatch.setattr(harness_mod, "evaluate", lambda model, enc, *a, **k: evaluated.append(len(enc)) or real_eval(model, enc, *a, **k))

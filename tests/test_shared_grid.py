@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from distilbench.cli import main
-from distilbench.store import ResultsStore
+from distilbench.results.store import ResultsStore
 from test_suite import tiny_suite
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Loaded into both worker processes: logs each run's start, holds each process's first run until both processes have
 # started one (so both take part, whatever their start-up times), and SIGKILLs the process as its Nth run starts
 # (after its claim: the run is leased to a process that is gone).
 HOOK = '''
 import os, signal, time
-import distilbench.runner as R
+import distilbench.training.runner as R
 _run_one, _count = R.Runner.run_one, [0]
 def run_one(self, objective, seed, *a, **k):
     d = os.environ["DISTILBENCH_TEST_DIR"]
@@ -153,8 +153,8 @@ def test_workers_2_skip_a_held_run_then_the_parent_waits_and_takes_it_over(tiny_
     it itself. Nothing is trained twice."""
     import threading
 
-    import distilbench.runner as runner_mod
-    from distilbench.store import run_key
+    import distilbench.training.runner as runner_mod
+    from distilbench.hashing import run_key
 
     monkeypatch.setenv("DISTILBENCH_LEASE_S", "2")  # read by the spawned workers too
     other = "another-machine:4242:0000abcd"

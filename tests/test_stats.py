@@ -1,4 +1,4 @@
-"""Tests for distilbench.stats: paired tests against scipy and hand computations, Holm, cells, labels, families."""
+"""Tests for distilbench.results.stats: paired tests against scipy and hand computations, Holm, cells, labels, families."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import statistics
 import pytest
 from scipy import stats as sps
 
-from distilbench.stats import (Cell, cells_from_rows, compare, describe, families, holm, init_order, objective_order,
+from distilbench.results.stats import (Cell, cells_from_rows, compare, describe, families, holm, init_order, objective_order,
                                paired_test, t_interval)
 
 T_975_DF4 = 2.7764451051977987  # two-sided 95% t quantile, 4 degrees of freedom (printed t tables: 2.776)
@@ -133,7 +133,7 @@ def row(task="rte", objective="kd", init="layers:1,2,3", seed=0, score=0.6, teac
                 "objective_params": objective_params if objective_params is not None else {}, "init": init,
                 "student": f"{teacher}[{init}]", "student_weights": None, "teacher": teacher, "teacher_key": f"{task}-t",
                 "hparams": {"epochs": epochs}, "dev": f"{task}-dev", "seed": seed}
-    from distilbench.config import stable_hash
+    from distilbench.hashing import stable_hash
 
     return {"run_key": stable_hash(identity), "kind": "student", "task": task, "objective": objective, "init": init,
             "teacher": teacher, "student": identity["student"], "seed": seed,

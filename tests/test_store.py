@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from distilbench.errors import UsageError
-from distilbench.store import SCHEMA_VERSION, ResultsStore, run_key
+from distilbench.hashing import run_key
+from distilbench.results.store import SCHEMA_VERSION, ResultsStore
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_row(key: str, seed: int = 0, **over) -> dict:
@@ -109,7 +110,7 @@ KILLED_WRITER = """
 import os, signal, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from test_store import make_row
-from distilbench.store import ResultsStore
+from distilbench.results.store import ResultsStore
 store = ResultsStore({path!r})
 for i in range(5):
     store.put(make_row(f"k{{i}}", seed=i))

@@ -3,30 +3,21 @@ precedence (a fake runner), and a real interrupted suite on the tiny teacher tha
 Torch is held to one thread, as in test_cli.py."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import yaml
 
-import distilbench.runner as runner_mod
+import distilbench.training.runner as runner_mod
+from conftest import no_training, read_csv, REPO
 from distilbench.cli import main
 from distilbench.objectives import OBJECTIVES
-from distilbench.store import ResultsStore
+from distilbench.results.store import ResultsStore
 from distilbench.suite import load_suite
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
-
-
-class TrainingStarted(AssertionError):
-    pass
-
-
-def _no_training(*args, **kwargs):
-    raise TrainingStarted("distilbench.runner.train was called")
 
 
 def tiny_suite(tmp_path: Path, tiny_teacher: Path, glue_dir: Path, **over) -> Path:
@@ -42,13 +33,8 @@ def tiny_suite(tmp_path: Path, tiny_teacher: Path, glue_dir: Path, **over) -> Pa
     return path
 
 
-def read_csv(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def one_error_line(argv: list[str], capfd, monkeypatch) -> str:
-    monkeypatch.setattr(runner_mod, "train", _no_training)
+    monkeypatch.setattr(runner_mod, "train", no_training)
     capfd.readouterr()
     assert main(argv) == 2
     err = capfd.readouterr().err.splitlines()
@@ -188,7 +174,7 @@ def test_grid_order_precedence_and_report(tmp_path, tiny_teacher, glue_dir, monk
                     for s in c.seed_values()]
 
     monkeypatch.setattr(runner_mod, "Runner", FakeRunner)
-    monkeypatch.setattr(runner_mod, "train", _no_training)
+    monkeypatch.setattr(runner_mod, "train", no_training)
     path = tiny_suite(tmp_path, tiny_teacher, glue_dir, tasks=["rte", "wnli"], objectives=["kd", "none", "dummy-kd"],
                       seeds=3, task_settings={"wnli": {"epochs": 4, "lr": 1e-4}},
                       scales={"cpu": {"epochs": 2, "lr": 3e-5, "task_settings": {"wnli": {"lr": 2e-4}}}})

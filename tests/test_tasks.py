@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from distilbench.errors import DataError, UsageError
-from distilbench.tasks import TASKS, Example, Task, _task_dir, _tsv_lines, get_task, load_split, resolve_data_dir
+from distilbench.data.tasks import TASKS, Example, Task, _task_dir, _tsv_lines, get_task, load_split, resolve_data_dir
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data/glue)")
@@ -271,7 +271,7 @@ def test_task_is_frozen() -> None:
 def test_qnli_devsplit_is_a_fixed_disjoint_split_of_qnli_dev(glue_dir):
     """Both splits come from GLUE QNLI dev (no train split offline): 2,000 test rows, the rest train, disjoint, the
     same every time, and the task says where its data comes from."""
-    from distilbench.tasks import get_task, load_split
+    from distilbench.data.tasks import get_task, load_split
 
     task, qnli = get_task("qnli-devsplit"), get_task("qnli")
     dev = load_split(qnli, "dev", glue_dir)

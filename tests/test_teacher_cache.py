@@ -1,4 +1,4 @@
-"""The teacher-output cache (``distilbench.teacher_cache``): cached hidden states, scores and values equal the live
+"""The teacher-output cache (``distilbench.training.teacher_cache``): cached hidden states, scores and values equal the live
 teacher's at every real position (tiny BERT and MPNet), the teacher does not run when the cache covers a step, the key
 changes with everything the values depend on, two concurrent fills build once, fp16 stays close."""
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from distilbench.config import RunConfig
-from distilbench.data import BatchLoader, Encoded, length_grouped_batches
-from distilbench.harness import TeacherSource, make_accelerator, model_outputs, train
+from distilbench.data.batching import BatchLoader, Encoded, length_grouped_batches
+from distilbench.training.harness import TeacherSource, make_accelerator, model_outputs, train
 from distilbench.objectives import Context, Needs, get_objective
-from distilbench.tasks import Example, get_task
-from distilbench.teacher_cache import cache_key, open_or_build, parts_for
+from distilbench.data.tasks import Example, get_task
+from distilbench.training.teacher_cache import cache_key, open_or_build, parts_for
 
 torch.set_num_threads(1)
 NEEDS = Needs(logits=True, hidden_states=True, attentions=True, token_aligned=True)
@@ -140,7 +140,7 @@ def test_every_seed_and_objective_reuses_one_cache(tiny_run_args, tmp_path, monk
     """Seeds after the first read the logits and outputs computed for the first: one file of each in the teacher's
     folder (a fingerprint of the folder's files would change with every cache written into it)."""
     from distilbench.cli import main
-    from distilbench.models import cache_dir
+    from distilbench.models.loading import cache_dir
 
     monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))  # this test's own cache: count its files only
     assert main(["run", *tiny_run_args, "--objective", "hid-seq", "--seeds", "2"]) == 0  # hid-seq and the none baseline

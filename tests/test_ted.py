@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 from distilbench.cli import main
 from distilbench.config import RunConfig
-from distilbench.data import encode
-from distilbench.harness import TeacherSource, make_accelerator, train
-from distilbench.models import load_tokenizer
+from distilbench.data.batching import encode
+from distilbench.training.harness import TeacherSource, make_accelerator, train
+from distilbench.models.loading import load_tokenizer
 from distilbench.objectives import Context, Outputs, Stage, get_objective
-from distilbench.store import ResultsStore
-from distilbench.tasks import Example, get_task
+from distilbench.results.store import ResultsStore
+from distilbench.data.tasks import Example, get_task
 
 
 def _models():
@@ -22,7 +22,7 @@ def _models():
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32)
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(cfg)
-    from distilbench.inits import copy_layers
+    from distilbench.models.inits import copy_layers
     student, _ = copy_layers(teacher, (1, 3), seed=0)
     return tok, teacher, student
 

@@ -11,7 +11,7 @@ import torch
 def tiny_bert(path: Path, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
-    from distilbench.models import load_tokenizer
+    from distilbench.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer("minilm-l6")
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,

@@ -6,10 +6,14 @@ in code (adding one means adding its module to that import). Third-party objecti
 ``distilbench.objectives`` entry-point group (``name = "package.module:Class"``), resolved on first use.
 
 Layout: one module per objective, except two families that share their machinery: ``ted`` (ted, ted-kl: the same
-filters and stages) and ``autoskd`` (autoskd and its baselines skd, avgkd: the same team and L_d). Beside them:
+filters and stages) and the package ``autoskd/`` (autoskd and its baselines skd, avgkd: the same team and L_d;
+``core.py`` the maths of paper 003, ``objective.py`` the three objectives). Beside them:
 ``base`` (the contract and the registry), ``layerwise`` (the frame of the intermediate-layer objectives: the loop over
 layer pairs, the prediction term, the schedules, ``+`` combinations) and ``functional`` (the masked losses they share,
 with keyword-only ``student=`` / ``teacher=``).
+
+May import: ``models`` (the layers of a model), ``data`` and the bottom layer (``config``, ``errors``, ``plugins``,
+``hashing``); never ``training``, ``results``, ``report`` or above.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Att-KL (paper 002 §3, "Attention and Value Transfer"; MiniLM, Wang et al. 2020), and the conventions shared by
 the attention-transfer objectives att-mse, att-kl and val-kl.
 
-Inputs: ``Outputs.attentions`` from :mod:`distilbench.capture`, one dict per layer with ``scores`` (pre-softmax,
+Inputs: ``Outputs.attentions`` from :mod:`distilbench.models.capture`, one dict per layer with ``scores`` (pre-softmax,
 pre-mask, scaled; MPNet's relative position bias included) ``[B, H, L, L]`` and ``v`` ``[B, H, L, d_h]``. Layer pairs
 ``(s, t)`` of ``ctx.layer_map`` are 1-based: student ``attentions[s - 1]`` against teacher ``attentions[t - 1]``; the
 intermediate term is the SUM over the pairs of the per-pair losses (``LayerObjective.pair_loss``). Padding: real

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Registry
+from ..plugins import Registry
 from .functional import logit_kl
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..tasks import Task
+    from ..data.tasks import Task
 
 
 @dataclass(frozen=True)

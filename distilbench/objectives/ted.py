@@ -91,7 +91,7 @@ class TED(LayerObjective):
         s_arch = "linear" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
         layers = None
         if cfg.ted_filter == "layer" and cfg.ted_teacher_filters != "none":
-            from ..inits import layer_list
+            from ..models.inits import layer_list
             layers = layer_list(ctx.teacher_model)[1]
         nxt = lambda t: layers[min(t, len(layers) - 1)] if layers is not None else None  # the layer after M(k) (0-based t)
         # Filters that Stage I trains are shared by every seed: initialise them from the teacher's seed, not the run's.

@@ -1,0 +1,60 @@
+"""The `distilbench` command: one module per command, each with ``add_parser`` (or two) and ``main``. The only place
+that builds parsers. Flags are generated from :class:`RunConfig` (``flags``), so help text lives in one place.
+
+Bad input ends with one line ``distilbench: error: ...`` on stderr and exit code 2, before anything is written.
+
+May import everything below it (``suite``, ``search``, ``training``, ``report``, ...), lazily where it is heavy:
+building the parser and `distilbench report` import no torch.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import TrainingDiverged, UsageError
+from . import export, ls, report, run, search, suite
+from .flags import Parser, add_config_flags  # noqa: F401 - the flags every command shares
+from .run import RUN_EXAMPLES  # noqa: F401
+from .suite import SUITE_EXAMPLES  # noqa: F401
+
+
+def make_parser() -> Parser:
+    # allow_abbrev=False everywhere: `--epoch 3` must be refused, not silently read as `--epochs 3`
+    parser = Parser(prog="distilbench", description="Compare knowledge-distillation objectives under one harness.", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run.add_run_parser(sub)
+    search.add_parser(sub)
+    run.add_teacher_parser(sub)
+    export.add_parser(sub)
+    ls.add_parser(sub)
+    report.add_parser(sub)
+    suite.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = vars(make_parser().parse_args(argv))
+        command = args.pop("command")
+        given = sys.argv[1:] if argv is None else argv
+        if command == "ls":
+            return ls.main(args["what"])
+        if command == "export":
+            return export.main(args)
+        if command == "report":
+            return report.main(args, given)
+        if command == "suite":
+            return suite.main(args, given)
+        if command == "search":
+            return search.main(args, given)
+        return run.main(command, args)
+    except UsageError as exc:
+        print(f"distilbench: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"distilbench: training diverged: {exc}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["main", "make_parser"]

@@ -1,0 +1,40 @@
+"""The parser class every `distilbench` command uses, and the flags generated from :class:`RunConfig`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from ..config import GROUPS, RunConfig
+from ..errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2 (argparse would print the whole usage)
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per RunConfig field (or per field in ``only``), under its field's `--help` section (config.GROUPS)."""
+    hints = typing.get_type_hints(RunConfig)
+    fields = [f for f in dataclasses.fields(RunConfig) if only is None or f.name in only]
+    sections = {g: parser.add_argument_group(g, about) for g, about in GROUPS.items()
+                if any(f.metadata["group"] == g for f in fields)}
+    for f in fields:
+        section = sections[f.metadata["group"]]
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.name == "task":  # the task registry is YAML, cheap to read here (objectives import torch: `ls` lists them)
+            from ..data.tasks import TASKS
+            help_text = f"{f.metadata['help']} Accepted: {', '.join(TASKS)}. (default: {f.default})"
+        if base is bool:
+            section.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif "choices" in f.metadata:  # argparse refuses anything else in one line and shows {a,b} in the help
+            section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, choices=f.metadata["choices"])
+        else:
+            section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+
+
+__all__ = ["Parser", "add_config_flags"]

@@ -1,0 +1,38 @@
+"""`distilbench ls`: what is registered (objectives, tasks, inits, models), one name per line first."""
+from __future__ import annotations
+
+from ..errors import UsageError
+
+
+def add_parser(sub) -> None:
+    ls = sub.add_parser("ls", allow_abbrev=False, help="list what is registered, one name per line first")
+    ls.add_argument("what", choices=["objectives", "tasks", "inits", "models"])
+
+
+def main(what: str) -> int:
+    if what == "objectives":
+        from ..objectives import OBJECTIVES
+        for name in OBJECTIVES:
+            cls = OBJECTIVES.get(name)
+            print(f"{name}\tv{cls.version}\t{cls.paper}")
+    elif what == "tasks":
+        from ..data.tasks import TASKS
+        for name in TASKS:
+            t = TASKS.get(name)
+            print(f"{name}\tv{t.version}\t{'regression' if t.regression else f'{t.num_labels} labels'}\tmain score: {t.main_score}")
+    elif what == "inits":
+        from ..models.inits import INITS
+        for name in INITS:
+            print(f"{name}\t{(INITS.get(name).__doc__ or '').strip()}")
+    else:
+        from ..models.loading import MODELS, describe
+        for name in MODELS:
+            try:
+                d = describe(name)
+                print(f"{name}\t{d.get('architecture')}\t{d.get('layers')} layers\thidden {d.get('hidden')}\t{d.get('path')}")
+            except UsageError as exc:
+                print(f"{name}\tnot installed: {exc}")
+    return 0
+
+
+__all__ = ["add_parser", "main"]

@@ -1,0 +1,130 @@
+"""`distilbench report`: tables, paired significance and plots from the results store, written to one folder
+(:mod:`distilbench.report.build` writes it). ``distilbench report DIR`` rebuilds the folder DIR from its
+``report.json``; ``--results R --out DIR`` writes a new one (reusing what DIR's ``report.json`` says, if it names
+the same results store).
+
+Importing this module, and running the command, imports no torch (a test says so).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import UsageError
+
+DEFAULT_OUT = "reports/latest"
+BOOTSTRAP_SAMPLES = 2000  # = results.per_example.BOOTSTRAP_SAMPLES (not imported: `report --help` stays light)
+
+
+def add_parser(sub) -> None:
+    report = sub.add_parser("report", allow_abbrev=False,
+                            help="tables, paired significance tests and plots of stored results, written to a folder")
+    report.add_argument("folder", nargs="?", default=None, metavar="DIR",
+                        help="rebuild the report folder DIR exactly as its report.json says (title, order, options, "
+                             "results store); instead of --results/--out")
+    report.add_argument("--results", default=None, help="results store: an SQLite file or a postgresql+psycopg2:// URL (default: runs/results.sqlite)")
+    report.add_argument("--out", default=None, help=f"folder to write the report into (default: {DEFAULT_OUT})")
+    report.add_argument("--per-example", action="store_true",
+                        help="add per-example paired tests on the stored dev predictions: bootstrap over examples and "
+                             "McNemar per seed (section 3.3, per_example.csv)")
+    report.add_argument("--bootstrap-samples", type=int, default=None, metavar="N",
+                        help=f"bootstrap resamples of --per-example (default {BOOTSTRAP_SAMPLES}); a number > 0 implies "
+                             "--per-example, 0 leaves the tests out of a report that had them")
+
+
+def main(args: dict[str, Any], argv: Sequence[str]) -> int:
+    """Run `report` with the parsed flags; the exact command line goes into the report header."""
+    line = shlex.join(["distilbench", *argv])
+    if args.get("bootstrap_samples") is not None and args["bootstrap_samples"] < 0:
+        raise UsageError(f"--bootstrap-samples must be a whole number >= 0, 0 meaning no per-example tests "
+                         f"(got {args['bootstrap_samples']})")
+    if args.get("folder") is not None:
+        if args.get("results") is not None or args.get("out") is not None:
+            raise UsageError("give either a report folder DIR (rebuilt from its report.json) or --results/--out, not both")
+        return rebuild_main(args["folder"], line, args.get("per_example", False), args.get("bootstrap_samples"))
+    return report_main(args["results"] or "runs/results.sqlite", args["out"] or DEFAULT_OUT, line,
+                       args.get("per_example", False), args.get("bootstrap_samples"))
+
+
+def report_main(results: str, out: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
+    from ..results.backends import display, is_url
+    from ..results.store import ResultsStore
+
+    if not is_url(results) and not Path(results).is_file():
+        raise UsageError(f"no results file at {results}; run `distilbench run` first or pass --results PATH")
+    with ResultsStore(results) as store:
+        rows = store.rows()
+    results = display(results)  # a URL's password never reaches the report
+    title, orders, samples = None, None, 0
+    previous = Path(out) / "report.json"
+    if previous.is_file():  # rebuilding a report (a suite's): keep what shaped it, so the rebuild is exact
+        try:
+            inputs = json.loads(previous.read_text(encoding="utf-8"))
+        except ValueError:
+            inputs = {}
+        if isinstance(inputs, dict) and inputs.get("results") == str(results):
+            if not per_example and bootstrap_samples is None:  # a changed per-example choice is a new command
+                command = inputs.get("command") or command
+            title, orders = inputs.get("title"), inputs.get("orders")
+            samples = int(inputs.get("per_example") or 0)
+    if bootstrap_samples is not None:  # asked now: overrides what the folder's report had (0: leave them out)
+        samples = bootstrap_samples
+    elif per_example:
+        samples = samples or BOOTSTRAP_SAMPLES
+    from ..report.build import build_report
+
+    build_report(rows, out, command=command, results=results, title=title, orders=orders, per_example=samples)
+    return 0
+
+
+def stored_results(folder: Path, inputs: dict) -> Path:
+    """The results store of the report in ``folder``, from its ``report.json``: a store that lay inside the report
+    folder it was written to (``results`` under ``folder``, both relative or both absolute) is read from inside
+    ``folder`` now, wherever that lies; any other by the path recorded (a relative one from the current folder)."""
+    results, first = inputs.get("results"), inputs.get("folder")
+    if first is not None and Path(results).is_absolute() == Path(first).is_absolute():
+        inside = os.path.relpath(os.path.normpath(results), os.path.normpath(first))
+        if inside != os.pardir and not inside.startswith(os.pardir + os.sep):
+            return folder / inside
+    return Path(results)
+
+
+def rebuild_main(folder: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
+    """`distilbench report DIR`: rewrite the report in DIR from its report.json and its results store. The header's
+    command stays the one that first wrote it, unless this one changes the per-example tests (then it is ``command``)."""
+    from ..results.store import ResultsStore
+
+    where = Path(folder)
+    try:
+        inputs = json.loads((where / "report.json").read_text(encoding="utf-8"))
+    except OSError:
+        raise UsageError(f"{where / 'report.json'} does not exist: `distilbench report DIR` rebuilds a report folder "
+                         f"written before; for a new report give --results RESULTS --out DIR") from None
+    except ValueError as exc:
+        raise UsageError(f"{where / 'report.json'} is not valid JSON ({exc}); rebuild it with --results RESULTS --out DIR") from None
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("results"), str) or not inputs.get("command"):
+        raise UsageError(f"{where / 'report.json'} names no results store and command; rebuild it with --results RESULTS --out DIR")
+    store = stored_results(where, inputs)
+    if not store.is_file():
+        raise UsageError(f"no results file at {store} (report.json's results {inputs['results']!r}, folder "
+                         f"{inputs.get('folder')!r}); pass --results PATH --out {folder} instead")
+    with ResultsStore(store) as db:
+        rows = db.rows()
+    samples = int(inputs.get("per_example") or 0)
+    if bootstrap_samples is not None:  # asked now: overrides what the folder's report had (0: leave them out)
+        samples = bootstrap_samples
+    elif per_example:
+        samples = samples or BOOTSTRAP_SAMPLES
+    if not per_example and bootstrap_samples is None:  # a changed per-example choice is a new command
+        command = inputs["command"]
+    from ..report.build import build_report
+
+    build_report(rows, where, command=command, results=inputs["results"], title=inputs.get("title"),
+                 orders=inputs.get("orders"), per_example=samples, folder=inputs.get("folder", str(where)))
+    return 0
+
+
+__all__ = ["DEFAULT_OUT", "BOOTSTRAP_SAMPLES", "add_parser", "main", "report_main", "rebuild_main", "stored_results"]

@@ -1,0 +1,73 @@
+"""`distilbench run` (distil students, store every result, print the table) and `distilbench teacher` (fine-tune and
+cache a teacher)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..config import RunConfig, build_config
+from ..errors import UsageError
+from .flags import add_config_flags
+
+RUN_EXAMPLES = """examples:
+  distilbench run --objective kd --task rte --seeds 4 --data-dir ../shared/data/glue
+  distilbench run --objective att-kl+hid-seq --task mrpc --init layers:1,3,6 --student-layers 3 --seeds 3
+  distilbench run --objective ted --task rte --seeds 4 --ted-filter mlp --teacher-cache fp16
+"""
+
+TEACHER_FLAGS = ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "teacher_micro_batch", "batch_size", "eval_batch_size",
+                 "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "selection_fraction",
+                 "select_best_epoch", "max_train_examples", "max_eval_examples", "data_dir", "results",
+                 "cpu", "mixed_precision", "progress")
+
+
+def add_run_parser(sub) -> None:
+    run = sub.add_parser("run", allow_abbrev=False, help="distil students (seeds paired), store every result, print the table",
+                         usage="%(prog)s [options]", epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
+    run.add_argument("--params", default=None, metavar="best:STUDY",
+                     help="take the hyper-parameters of a search's best trial (precedence: CLI > study > YAML > defaults)")
+    run.add_argument("--storage", default=None, help="the search database of --params (default: search.sqlite beside --results)")
+    add_config_flags(run)
+
+
+def add_teacher_parser(sub) -> None:
+    teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score")
+    teacher.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
+    teacher.add_argument("--model", dest="teacher", default=argparse.SUPPRESS, help="teacher alias, hub id or path")
+    add_config_flags(teacher, TEACHER_FLAGS)
+
+
+def main(command: str, args: dict[str, Any]) -> int:
+    """`run` or `teacher`, with the parsed flags (``command`` already taken out)."""
+    yaml_path = args.pop("config", None)
+    params, storage = args.pop("params", None), args.pop("storage", None)
+    if params is not None:
+        if not params.startswith("best:") or not params[5:]:
+            raise UsageError(f"--params must be best:STUDY, the name of a search study (got {params!r})")
+        from ..search import best_params
+
+        args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
+    cfg = build_config(args, yaml_path)
+    from ..training.runner import Runner, summary_table, time_breakdown
+
+    if command == "teacher":
+        cfg.baseline = False
+        cfg.objective = "none"
+        Runner(cfg).teacher()
+        return 0
+    runner = Runner(cfg)
+    rows = runner.run()
+    from rich.console import Console
+    console = Console()
+    for part in [*summary_table(rows, runner.plan.task, cfg, runner.precision), *time_breakdown(runner)]:
+        console.print(part, soft_wrap=isinstance(part, str))  # a line longer than the terminal is not cut by rich
+    if runner.lost:
+        print(f"distilbench: {len(runner.lost)} run(s) lost with a worker that died ({', '.join(runner.lost)}); "
+              "rerun the same command to train them", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["RUN_EXAMPLES", "add_run_parser", "add_teacher_parser", "main"]

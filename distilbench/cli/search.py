@@ -1,0 +1,43 @@
+"""`distilbench search`: tune an objective with Optuna on the selection split (never dev)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..config import build_config
+from ..errors import UsageError
+from .flags import add_config_flags
+
+OPTIONS = ("trials", "storage", "study", "pruner", "sampler_seed", "heartbeat", "out")
+
+
+def add_parser(sub) -> None:
+    search = sub.add_parser("search", allow_abbrev=False,
+                            help="tune an objective with Optuna on the selection split (never dev); resumable, multi-worker")
+    search.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
+    search.add_argument("--trials", type=int, default=20, help="finished trials the study should have (per objective; default 20)")
+    search.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite search.sqlite beside --results); "
+                        "a PostgreSQL URL lets workers on several machines share one study")
+    search.add_argument("--study", default=None, help="study name (default: OBJECTIVE-TASK-TEACHER-INIT); an existing study continues")
+    search.add_argument("--pruner", default="median", help="median | wilcoxon | none (each seed's score is reported as one step)")
+    search.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    search.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats; a silent trial fails after twice that and is retried")
+    search.add_argument("--out", default=None, help="report folder (default reports/search-STUDY)")
+    add_config_flags(search)
+
+
+def main(args: dict[str, Any], argv: Sequence[str]) -> int:
+    from ..config import load_yaml
+    from ..search import run_search
+
+    yaml_path = args.pop("config", None)
+    opts = {k: args.pop(k) for k in OPTIONS}
+    fixed = set(args) | (set(load_yaml(yaml_path)) if yaml_path else set())  # what the user set is not searched
+    cfg = build_config(args, yaml_path)
+    if cfg.save_students:  # trials are scored on the selection split and never kept
+        raise UsageError("--save-students is for `distilbench run` and `suite`; a search keeps no student: run the best "
+                         "trial with `distilbench run --params best:STUDY --save-students DIR`")
+    return run_search(cfg, fixed, opts["trials"], opts["storage"], opts["study"], opts["pruner"],
+                      opts["sampler_seed"], opts["out"], opts["heartbeat"], "distilbench " + " ".join(argv))
+
+
+__all__ = ["add_parser", "main"]

@@ -1,0 +1,40 @@
+"""`distilbench suite`: run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/
+(:mod:`distilbench.suite` runs it)."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any, Sequence
+
+from .flags import add_config_flags
+
+SUITE_EXAMPLES = """examples:
+  distilbench suite benchmarks/ted-table2.yaml --scale cpu
+  distilbench suite benchmarks/p002-table1.yaml --scale cpu --workers 2 --data-dir ../shared/data/glue
+  distilbench suite benchmarks/autoskd.yaml --scale paper --results runs/autoskd-paper.sqlite --out reports/autoskd-paper
+"""
+
+
+def add_parser(sub) -> None:
+    from ..suite import SUITE_FLAGS
+
+    suite = sub.add_parser("suite", allow_abbrev=False,
+                           help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/",
+                           usage="%(prog)s SUITE.yaml [options]", epilog=SUITE_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    suite.add_argument("suite_file", metavar="SUITE.yaml", help="benchmark suite file, e.g. benchmarks/p002-table1.yaml")
+    suite.add_argument("--scale", default="cpu", help="which `scales:` entry of the suite to run (default: cpu)")
+    suite.add_argument("--out", default=None, help="report folder (default: reports/NAME, reports/NAME-SCALE for other scales)")
+    add_config_flags(suite, SUITE_FLAGS)
+
+
+
+
+def main(args: dict[str, Any], argv: Sequence[str]) -> int:
+    """Run `suite` with the parsed flags; the exact command line goes into the report header."""
+    from ..suite import main as suite_main
+
+    return suite_main(args, shlex.join(["distilbench", *argv]))
+
+
+__all__ = ["SUITE_EXAMPLES", "add_parser", "main"]

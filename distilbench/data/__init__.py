@@ -1,0 +1,9 @@
+"""Data: tasks, their examples, batches and metrics.
+
+- ``tasks``: the task registry (``registry/tasks/*.yaml``) and reading a task's TSV files;
+- ``batching``: tokenising, splitting, subsampling and batching examples (torch tensors);
+- ``metrics``: GLUE metrics with numpy, scipy and scikit-learn.
+
+May import: the bottom layer only (``config``, ``errors``, ``plugins``, ``hashing``). Importing this package imports
+neither torch nor numpy: ``tasks`` is YAML, and ``distilbench report`` reads it.
+"""
