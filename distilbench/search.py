@@ -272,20 +272,13 @@ def _fmt(v: Any) -> str:
 
 
 def write_report(study, out: Path, command: str, url: str, objective: str, free: list[str]) -> None:
+    """The study's folder: ``trials.csv``, and ``README.md`` with the best trial, every trial and the plots."""
     import optuna
-
-    from .report.plotting import pyplot as _plt, save as _save
 
     out.mkdir(parents=True, exist_ok=True)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     names = sorted({k for t in trials for k in t.params})
-    seed_keys = sorted({k for t in trials for k in t.user_attrs if k.startswith("seed_")}, key=lambda k: int(k[5:]))
-    header = ["number", "state", "value", *names, *seed_keys, "worker", "retry_of"]
-    rows = []
-    for t in trials:
-        rows.append([t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}",
-                     *[_fmt(t.params.get(k, "")) for k in names], *[_fmt(t.user_attrs.get(k, "")) for k in seed_keys],
-                     t.user_attrs.get("worker", ""), t.system_attrs.get("failed_trial", "")])
+    header, rows = _trial_rows(trials, names)
     with open(out / "trials.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
@@ -307,6 +300,30 @@ def write_report(study, out: Path, command: str, url: str, objective: str, free:
     md += ["## Trials", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     md.append("")
+    md += _search_plots(study, out, complete, names)
+    (out / "README.md").write_text("\n".join(md), encoding="utf-8")
+
+
+def _trial_rows(trials, names: list[str]) -> tuple[list[str], list[list]]:
+    """(header, one row per trial) of ``trials.csv`` and the README's trial table."""
+    seed_keys = sorted({k for t in trials for k in t.user_attrs if k.startswith("seed_")}, key=lambda k: int(k[5:]))
+    header = ["number", "state", "value", *names, *seed_keys, "worker", "retry_of"]
+    rows = []
+    for t in trials:
+        rows.append([t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}",
+                     *[_fmt(t.params.get(k, "")) for k in names], *[_fmt(t.user_attrs.get(k, "")) for k in seed_keys],
+                     t.user_attrs.get("worker", ""), t.system_attrs.get("failed_trial", "")])
+    return header, rows
+
+
+def _search_plots(study, out: Path, complete: list, names: list[str]) -> list[str]:
+    """``history.png`` (with a complete trial) and ``importance.png`` (fANOVA, with 3 complete trials and 2 searched
+    parameters): the README's plots section."""
+    import optuna
+
+    from .report.plotting import pyplot as _plt, save as _save
+
+    md: list[str] = []
     plt = _plt()
     for stale in ("history.png", "importance.png"):
         (out / stale).unlink(missing_ok=True)
@@ -342,4 +359,4 @@ def write_report(study, out: Path, command: str, url: str, objective: str, free:
         md += ["![parameter importances](importance.png)", ""]
     elif complete:
         md += ["Parameter importances need at least 3 complete trials and 2 searched parameters.", ""]
-    (out / "README.md").write_text("\n".join(md), encoding="utf-8")
+    return md

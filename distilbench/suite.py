@@ -31,7 +31,8 @@ suite resumes where it stopped. Several suite processes sharing one store (a Pos
 machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.results.leases`), a run another process is
 training is skipped, and once every other cell is done the process waits for those runs (or takes over one whose
 holder died), so that each process's report holds the whole grid. Finally the report of exactly the suite's rows is written to ``reports/NAME/``
-(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build.build_report`.
+(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build.build_report`; `distilbench suite`
+(:mod:`distilbench.cli.suite`) prints its tables.
 """
 from __future__ import annotations
 
@@ -271,34 +272,59 @@ def default_out(suite: Suite) -> Path:
     return Path("reports") / (suite.name if suite.scale == DEFAULT_SCALE else f"{suite.name}-{suite.scale}")
 
 
-def run_suite(suite: Suite, command: str, out: str | Path | None = None, console=None) -> int:
-    """Validate, run every cell (stored seeds are skipped), write the report of the suite's rows. Exit code: 0, or
-    1 when a cell's training diverged (the other cells still run; the report shows what finished)."""
+@dataclass
+class SuiteResult:
+    """What a suite run leaves: the report of its rows (None when nothing finished) and the cells that diverged."""
+
+    report: Any = None  # report.build.Report
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def code(self) -> int:
+        """Exit code: 0, or 1 when a cell's training diverged."""
+        return 1 if self.failed else 0
+
+
+def run_suite(suite: Suite, command: str, out: str | Path | None = None, console=None) -> SuiteResult:
+    """Validate, run every cell (stored seeds are skipped), write the report of the suite's rows. A cell whose
+    training diverged does not stop the others; the report shows what finished. Progress goes to ``console``
+    (default stderr); the report's tables are the caller's to print (``cli.suite``)."""
     from rich.console import Console
 
-    from .training import runner
     from .results.backends import display
     from .report.build import build_report
+    from .training.workers import resolve
 
     console = console or Console(stderr=True)
     cells = validate(suite)
     configs = [cfg for _, cfg in cells]
     console.print(f"suite {suite.name} ({suite.scale} scale): {len(configs)} cells × {len(suite.seeds)} seeds "
                   f"= {len(configs) * len(suite.seeds)} runs, results in {display(configs[0].results)}")
-    rows: list[dict] = []
-    inits: list[str] = []
-    failed: list[str] = []
-    from .training.workers import resolve
-
-    pooled = resolve(configs[0].workers, 2)[0] > 1  # every cell's runs into one pool of workers
-    if pooled:
+    if resolve(configs[0].workers, 2)[0] > 1:  # every cell's runs into one pool of workers
         cell_rows, failed = _run_pooled(cells, console)
-        rows = [r for part in cell_rows for r in part]
-        inits = [r["init"] for r in rows]
+    else:
+        cell_rows, failed = _run_cells(cells, console)
+    rows = [r for part in cell_rows for r in part]
+    out = Path(out) if out is not None else default_out(suite)
+    report = None
+    if rows:
+        report = build_report(rows, out, command=command, results=display(configs[0].results),
+                              title=f"{suite.name} ({suite.scale} scale)" + (f": {suite.description}" if suite.description else ""),
+                              orders={"tasks": suite.tasks, "objectives": suite.objectives,
+                                      "inits": list(dict.fromkeys(r["init"] for r in rows))})
+    return SuiteResult(report, failed)
+
+
+def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
+    """Cell by cell in this process; cells with runs another worker was training are waited for after every other
+    cell. Returns each finished cell's rows, in cell order, and the cells that diverged."""
+    from .training import runner
+
     by_cell: dict[int, list[dict]] = {}
     held: list[int] = []  # cells with runs another worker was training: waited for after every other cell
-    for i, (label, cfg) in enumerate([] if pooled else cells, start=1):
-        console.print(f"[bold]cell {i}/{len(configs)}[/]: {escape(label)}, seeds {cfg.seed_list}")
+    failed: list[str] = []
+    for i, (label, cfg) in enumerate(cells, start=1):
+        console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}, seeds {cfg.seed_list}")
         try:
             cell = runner.Runner(cfg, console=console)
             by_cell[i] = cell.run(wait=False)
@@ -310,25 +336,13 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
             held.append(i)
     for i in held:
         label, cfg = cells[i - 1]
-        console.print(f"[bold]cell {i}/{len(configs)}[/]: {escape(label)}: runs other workers were training")
+        console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}: runs other workers were training")
         try:
             by_cell[i] = runner.Runner(cfg, console=console).run()
         except TrainingDiverged as exc:
             failed.append(f"{label}: {exc}")
             console.print(f"[bold red]cell {escape(label)} diverged: {exc}[/]")
-    for i in sorted(by_cell):
-        rows.extend(by_cell[i])
-        inits.extend(r["init"] for r in by_cell[i])
-    out = Path(out) if out is not None else default_out(suite)
-    if rows:
-        build_report(rows, out, command=command, results=display(configs[0].results),
-                     title=f"{suite.name} ({suite.scale} scale)" + (f": {suite.description}" if suite.description else ""),
-                     orders={"tasks": suite.tasks, "objectives": suite.objectives, "inits": list(dict.fromkeys(inits))},
-                     console=Console() if console.stderr else console)
-    if failed:
-        console.print(f"[bold red]{len(failed)} cell(s) diverged:[/]\n" + "\n".join(failed))
-        return 1
-    return 0
+    return [by_cell[i] for i in sorted(by_cell)], failed
 
 
 def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
@@ -368,11 +382,3 @@ def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[
         out.append(r.rows(record))
         r.plan.store.close()
     return out, failed
-
-
-def main(args: dict[str, Any], command: str) -> int:
-    """`distilbench suite` (from ``cli.main``): ``args`` are the parsed flags."""
-    args = dict(args)
-    path, scale, out = args.pop("suite_file"), args.pop("scale"), args.pop("out")
-    suite = load_suite(path, scale, overrides=args)
-    return run_suite(suite, command, out)

@@ -95,7 +95,7 @@ def test_detectable_difference_matches_a_hand_computation():
 
 def test_report_marks_at_chance_never_bolds_it_and_states_what_it_could_detect(tmp_path):
     rows = _rows((("none", 0.0), ("kd", 0.0), ("att-kl", 0.9)))
-    report = build_report(rows, tmp_path / "r", command="x", results="r.sqlite", console=False)
+    report = build_report(rows, tmp_path / "r", command="x", results="r.sqlite")
     grid = report.tables[0]
     names = [r[0] for r in grid.rows]
     assert names[-2:] == ["teacher", "majority class"]
@@ -117,7 +117,7 @@ def test_report_marks_at_chance_never_bolds_it_and_states_what_it_could_detect(t
 
 def test_report_says_nothing_can_be_ranked_when_every_cell_is_at_chance(tmp_path):
     rows = _rows((("none", 0.0), ("kd", 0.0)))
-    report = build_report(rows, tmp_path / "r", command="x", results="r.sqlite", console=False)
+    report = build_report(rows, tmp_path / "r", command="x", results="r.sqlite")
     assert not report.tables[0].bold
     readme = (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
     assert "rte: every student cell is at chance: no objective can be ranked on this task at this size." in readme
@@ -130,7 +130,7 @@ def test_a_cut_dev_set_gets_its_own_table(tmp_path):
             r["extra"]["settings"] = {**r["extra"]["settings"], "max_eval_examples": 100}
             r["params"] = {**r["params"], "dev": "rte-dev-100"}
             r["config_hash"] = r["config_hash"][::-1]
-    report = build_report(rows, tmp_path / "r", command="x", results="r.sqlite", console=False)
+    report = build_report(rows, tmp_path / "r", command="x", results="r.sqlite")
     firsts = [[row[0] for row in g.rows if row[0] not in ("teacher", "majority class")] for g in report.tables]
     assert sorted(firsts) == [["kd"], ["none"]]
     assert any("max_eval_examples=100" in g.title for g in report.tables)

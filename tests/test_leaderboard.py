@@ -52,7 +52,7 @@ def stored(tmp_path) -> Path:
 
 
 def build(rows, out: Path):
-    return build_report(rows, out, command="distilbench report", results="results.sqlite", console=False)
+    return build_report(rows, out, command="distilbench report", results="results.sqlite")
 
 
 def read_cells(out: Path) -> dict[str, dict]:

@@ -146,7 +146,7 @@ def _rows(with_predictions=True) -> list[dict]:
 
 def test_report_per_example_section_and_csv(tmp_path):
     rows = _rows()
-    build_report(rows, tmp_path / "r", command="x", results="r.sqlite", console=False, per_example=300)
+    build_report(rows, tmp_path / "r", command="x", results="r.sqlite", per_example=300)
     readme = (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
     assert "### 3.3 Per-example tests on the dev predictions" in readme and "300 resamples" in readme
     with (tmp_path / "r" / "per_example.csv").open(newline="", encoding="utf-8") as f:
@@ -193,7 +193,7 @@ def test_report_command_per_example_is_kept_on_rebuild_and_validated(tmp_path, m
 
 
 def test_report_without_predictions_says_na(tmp_path):
-    build_report(_rows(with_predictions=False), tmp_path / "r", command="x", console=False, per_example=50)
+    build_report(_rows(with_predictions=False), tmp_path / "r", command="x", per_example=50)
     with (tmp_path / "r" / "per_example.csv").open(newline="", encoding="utf-8") as f:
         notes = [r["note"] for r in csv.DictReader(f)]
     assert len(notes) == 3 and all(n.startswith("no per-example predictions stored") for n in notes)

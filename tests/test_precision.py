@@ -193,7 +193,8 @@ def _row(objective: str, seed: int, score: float, precision_: str) -> dict:
 
 
 def test_two_precisions_are_two_cells_never_paired_and_never_in_one_table():
-    from distilbench.report.build import _sections, with_checks
+    from distilbench.report.build import with_checks
+    from distilbench.report.tables import score_sections as _sections
 
     rows = [_row(o, s, 0.6 + 0.01 * s + (0.02 if o == "kd" else 0) + (0.005 if p == "bf16" else 0), p)
             for p in ("fp32", "bf16") for o in ("kd", "none") for s in (0, 1, 2)]

@@ -81,7 +81,7 @@ def without_date(text: str, folder_too: bool = False) -> list[str]:
 
 
 def build(rows, out: Path):
-    return build_report(rows, out, command=COMMAND, results="runs/golden.sqlite", console=False)
+    return build_report(rows, out, command=COMMAND, results="runs/golden.sqlite")
 
 
 # --------------------------------------------------------------------------- golden files
@@ -160,7 +160,7 @@ def test_rebuild_is_byte_identical_except_the_date(store_rows, tmp_path):
 
 def test_one_init_figure_per_task_holds_every_cell(store_rows, tmp_path, monkeypatch):
     """Paper 002 Table 3's question: per task one figure with every objective × init cell, inits in suite order."""
-    import distilbench.report.build as report
+    import distilbench.report.plots as report  # init_figures draws with this module's plot_inits
 
     drawn = {}
     monkeypatch.setattr(report, "plot_inits", lambda path, title, cells, labels, inits:
@@ -280,7 +280,7 @@ def test_report_command_rebuilds_a_suite_report_exactly(store_rows, tmp_path, mo
     suite_cmd = "distilbench suite benchmarks/x.yaml --results results.sqlite"
     orders = {"tasks": ["rte", "mrpc"], "objectives": ["none", "att-kl", "kd"], "inits": ["layers:1,2,3"]}
     build_report(store_rows, "reports/x", command=suite_cmd, results="results.sqlite", title="x (cpu scale): a suite",
-                 orders=orders, console=False)
+                 orders=orders)
     first = {p.name: p.read_bytes() for p in sorted(Path("reports/x").iterdir())}
     readme = first["README.md"].decode().splitlines()
     assert readme[0] == "# x (cpu scale): a suite" and readme[2] == f"Command: `{suite_cmd}`"

@@ -65,7 +65,7 @@ def suite_like_report(tiny_store: Path, root: Path) -> Path:
     build_report(rows, folder, command="distilbench suite benchmarks/tiny.yaml --results reports/tiny/results.sqlite",
                  results="reports/tiny/results.sqlite", title="tiny (cpu scale): kd against the baseline",
                  orders={"tasks": ["rte"], "objectives": ["kd", "none"], "inits": ["layers:1,2,3"]}, per_example=200,
-                 console=False, folder="reports/tiny")
+                 folder="reports/tiny")
     return folder
 
 

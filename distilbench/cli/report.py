@@ -1,7 +1,7 @@
 """`distilbench report`: tables, paired significance and plots from the results store, written to one folder
-(:mod:`distilbench.report.build` writes it). ``distilbench report DIR`` rebuilds the folder DIR from its
-``report.json``; ``--results R --out DIR`` writes a new one (reusing what DIR's ``report.json`` says, if it names
-the same results store).
+(:mod:`distilbench.report.build` writes it; :func:`print_report` prints its tables). ``distilbench report DIR``
+rebuilds the folder DIR from its ``report.json``; ``--results R --out DIR`` writes a new one (reusing what DIR's
+``report.json`` says, if it names the same results store).
 
 Importing this module, and running the command, imports no torch (a test says so).
 """
@@ -76,7 +76,8 @@ def report_main(results: str, out: str, command: str, per_example: bool = False,
         samples = samples or BOOTSTRAP_SAMPLES
     from ..report.build import build_report
 
-    build_report(rows, out, command=command, results=results, title=title, orders=orders, per_example=samples)
+    print_report(build_report(rows, out, command=command, results=results, title=title, orders=orders,
+                              per_example=samples))
     return 0
 
 
@@ -122,9 +123,48 @@ def rebuild_main(folder: str, command: str, per_example: bool = False, bootstrap
         command = inputs["command"]
     from ..report.build import build_report
 
-    build_report(rows, where, command=command, results=inputs["results"], title=inputs.get("title"),
-                 orders=inputs.get("orders"), per_example=samples, folder=inputs.get("folder", str(where)))
+    print_report(build_report(rows, where, command=command, results=inputs["results"], title=inputs.get("title"),
+                              orders=inputs.get("orders"), per_example=samples, folder=inputs.get("folder", str(where))))
     return 0
 
 
-__all__ = ["DEFAULT_OUT", "BOOTSTRAP_SAMPLES", "add_parser", "main", "report_main", "rebuild_main", "stored_results"]
+def rich_table(grid):
+    """A report table (:class:`~distilbench.report.format.Grid`) as a rich Table: the cells of its Markdown."""
+    from rich.table import Table
+
+    table = Table(title=grid.title.replace("`", ""))
+    for i, h in enumerate(grid.header):
+        table.add_column(h, justify="right" if grid.right(i) else "left")
+    for r, row in enumerate(grid.rows):
+        table.add_row(*[f"[bold]{t}[/]" if (r, c) in grid.bold else t for c, t in enumerate(row)])
+    return table
+
+
+def print_report(report, console=None) -> None:
+    """The terminal summary of a written report: its tables, per family how many pairs are significant, where it is."""
+    import math
+
+    from rich.console import Console
+
+    from ..report.format import ALPHA
+    from ..results.stats import by_family
+
+    console = console or Console()
+    for grid in report.tables:
+        console.print(rich_table(grid))
+    for kind in ("objectives", "inits"):
+        for family, fam in sorted(by_family(report.comparisons, kind).items()):
+            significant = sum(1 for x in fam if not math.isnan(x.holm_p) and x.holm_p < ALPHA)
+            mismatched = sum(1 for x in fam if x.result.mismatched_seeds)
+            console.print(f"{kind} {family}: {significant} of {len(fam)} pairs significant "
+                          f"(Holm p < {ALPHA})" + (f", {mismatched} with different seeds" if mismatched else ""))
+    for family, fam in sorted(by_family(report.example_comparisons).items()):
+        tested = [x for x in fam if not math.isnan(x.holm_p)]
+        significant = sum(1 for x in tested if x.holm_p < ALPHA)
+        console.print(f"per-example bootstrap {family}: {significant} of {len(fam)} pairs significant "
+                      f"(Holm p < {ALPHA})" + (f", {len(fam) - len(tested)} n/a" if len(tested) < len(fam) else ""))
+    console.print(f"report written to {report.out}/README.md")
+
+
+__all__ = ["DEFAULT_OUT", "BOOTSTRAP_SAMPLES", "add_parser", "main", "print_report", "report_main", "rebuild_main",
+           "rich_table", "stored_results"]

@@ -1,5 +1,5 @@
 """`distilbench suite`: run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/
-(:mod:`distilbench.suite` runs it)."""
+(:mod:`distilbench.suite` runs it; this module prints the report's tables)."""
 from __future__ import annotations
 
 import argparse
@@ -28,13 +28,22 @@ def add_parser(sub) -> None:
     add_config_flags(suite, SUITE_FLAGS)
 
 
-
-
 def main(args: dict[str, Any], argv: Sequence[str]) -> int:
-    """Run `suite` with the parsed flags; the exact command line goes into the report header."""
-    from ..suite import main as suite_main
+    """Run `suite` with the parsed flags (the exact command line goes into the report header), then print the
+    report's tables and the cells that diverged. Exit code: 0, or 1 when a cell's training diverged."""
+    from rich.console import Console
 
-    return suite_main(args, shlex.join(["distilbench", *argv]))
+    from ..suite import load_suite, run_suite
+    from .report import print_report
+
+    args = dict(args)
+    path, scale, out = args.pop("suite_file"), args.pop("scale"), args.pop("out")
+    result = run_suite(load_suite(path, scale, overrides=args), shlex.join(["distilbench", *argv]), out)
+    if result.report is not None:
+        print_report(result.report)
+    if result.failed:
+        Console(stderr=True).print(f"[bold red]{len(result.failed)} cell(s) diverged:[/]\n" + "\n".join(result.failed))
+    return result.code
 
 
 __all__ = ["SUITE_EXAMPLES", "add_parser", "main"]

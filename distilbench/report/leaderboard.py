@@ -31,8 +31,8 @@ CSV_HEADER = ["params", "params_no_embeddings", "size_bytes",
               "train_cost_complete", "profile_runs", "profile_threads", "profile_cpu", "profile_gpu"]
 
 DEFINITIONS = (
-    "Measured when each run finished and stored with it (`distilbench.profile`, "
-    "`distilbench.cost`); per cell, the mean over its runs. **Params**: all parameters, and without the embedding "
+    "Measured when each run finished and stored with it (`distilbench.training.profile`, "
+    "`distilbench.training.cost`); per cell, the mean over its runs. **Params**: all parameters, and without the embedding "
     "tables (`nn.Embedding`); **MB**: bytes of the weights as one safetensors file / 10^6. **ms**: median forward "
     "time of a batch of 1 or 32 sequences of 128 tokens (`torch.inference_mode`, in the weights' dtype, after a warm-up), on the CPU "
     "with the runs' thread count (and on the GPU where one was present); **ex/s**: batch × 1000 / ms. **Speed-up**: "
@@ -104,12 +104,10 @@ def _teacher_seconds(profile: dict, teacher_key: str | None) -> float | None:
 def cell_profiles(cells, rows: Sequence[dict]) -> dict[tuple, CellProfile]:
     """{cell key: CellProfile} for every cell (``runs`` 0 where no row stored a profile)."""
     from ..results.cost import training_costs
-    from ..results.stats import CELL_KEYS
+    from ..results.rows import rows_by_cell
 
     costs = training_costs(rows)
-    by: dict[tuple, list[dict]] = {}
-    for r in rows:
-        by.setdefault(tuple(str(r.get(k)) for k in CELL_KEYS), []).append(r)
+    by = rows_by_cell(rows)
     out = {}
     for c in cells:
         members = sorted(by.get(c.key, []), key=lambda r: int(r["seed"]))

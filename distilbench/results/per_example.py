@@ -185,10 +185,11 @@ class ExampleComparison:
 def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: int = BOOTSTRAP_SAMPLES) -> list[ExampleComparison]:
     """The per-example tests of every objective comparison in ``comparisons`` (:func:`distilbench.results.stats.compare`
     output, same order), Holm-corrected over the bootstrap p-values of each family."""
-    from .stats import _row_dicts, by_family, holm, is_result
+    from .rows import is_result, row_dicts
+    from .stats import by_family, holm
 
     by_cell: dict[tuple, list[dict]] = {}
-    for r in _row_dicts(rows):
+    for r in row_dicts(rows):
         if is_result(r):
             by_cell.setdefault((str(r.get("task")), str(r.get("config_hash"))), []).append(r)
     out: list[ExampleComparison] = []

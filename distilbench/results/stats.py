@@ -38,7 +38,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-CELL_KEYS = ("task", "objective", "init", "teacher", "student", "config_hash")
+from .rows import CELL_KEYS, is_result, rows_by_cell  # noqa: F401 - CELL_KEYS, is_result: as before
+
 CONFIDENCE = 0.95
 # parts of the run identity that make a cell's setting: everything except these
 # (a multi-teacher objective's team is part of that objective, as its parameters are: AutoSKD and AvgKD are compared
@@ -182,30 +183,6 @@ class Cell:
         return (self.task, self.objective, self.init, self.teacher, self.student, self.config_hash)
 
 
-def _row_dicts(rows: Any) -> list[dict]:
-    """Store rows as dicts: a list from ``ResultsStore.rows()`` or a DataFrame from ``.dataframe()``."""
-    if hasattr(rows, "to_dict"):
-        rows = rows.to_dict("records")
-    out = []
-    for r in rows:
-        r = dict(r)
-        for col in ("params", "extra"):
-            if isinstance(r.get(col), str):
-                r[col] = json.loads(r[col])
-        if not isinstance(r.get("extra"), dict):  # a flat dataframe: extra.<name> columns
-            r["extra"] = {k[6:]: v for k, v in r.items() if k.startswith("extra.")}
-        out.append(r)
-    return out
-
-
-def is_result(row: Mapping[str, Any]) -> bool:
-    """A finished student run: a finite score, kind ``student`` (or unset)."""
-    score, kind = row.get("score"), row.get("kind")
-    if score is None or (isinstance(score, float) and math.isnan(score)):
-        return False
-    return not isinstance(kind, str) or kind == "student"
-
-
 def _flat(params: Mapping[str, Any]) -> dict[str, Any]:
     """The run identity flattened to name -> value (``hparams.epochs`` -> ``epochs``, ``objective_version`` -> ``v``).
     An identity without ``precision`` is fp32's (fp32 is left out of it), so two precisions of one objective are
@@ -248,11 +225,7 @@ def cells_from_rows(rows: Any, scale: float = 100.0) -> list[Cell]:
     """Group student rows into cells (sorted by task, objective, init, teacher, student, config_hash), scores ×
     ``scale`` (100: the percentages of the tables). Rows without a score and non-student rows are ignored; two rows
     of one cell with the same seed are refused (the store's keys make that impossible unless rows were edited)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in _row_dicts(rows):
-        if not is_result(r):
-            continue
-        groups.setdefault(tuple(str(r.get(k)) for k in CELL_KEYS), []).append(r)
+    groups = rows_by_cell(rows)
     raw = []
     for key in sorted(groups):
         members = groups[key]

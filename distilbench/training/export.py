@@ -33,8 +33,9 @@ from ..errors import UsageError
 CARD, META = "README.md", "distilbench.json"
 FORMAT = 1
 BOOTSTRAP_TEST = ("one-sided paired bootstrap over the dev examples of this run's predictions against the majority-class "
-                  "predictor ({samples} resamples, seed {seed}; distilbench.chance.example_test). The seed-level t-test of "
-                  "`run` and the reports needs more than one seed, so a single student is judged by this test alone.")
+                  "predictor ({samples} resamples, seed {seed}; distilbench.results.chance.example_test). The seed-level "
+                  "t-test of `run` and the reports needs more than one seed, so a single student is judged by this test "
+                  "alone.")
 
 
 def _part(text: str) -> str:
