@@ -45,8 +45,8 @@ def one(args) -> dict:
     net = load_classifier(args.model, task.num_labels, task.regression, attn_implementation=None)
     none = get_objective("none")(Context(task, cfg, [], net.config.hidden_size, None))
     start = time.perf_counter()
-    result = train(net, none, None, enc, select, task, cfg, 0, make_accelerator(cfg), args.epochs, cfg.teacher_lr,
-                   micro_batch=args.one)
+    result = train(net, none, None, train_enc=enc, select_enc=select, task=task, cfg=cfg, seed=0,
+                   accelerator=make_accelerator(cfg), epochs=args.epochs, lr=cfg.teacher_lr, micro_batch=args.one)
     return {"micro": args.one, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "examples_per_s": result.examples_per_s, "seconds": time.perf_counter() - start,
             "tokens_per_batch": args.batch_size * max(len(enc.input_ids[i]) for i in range(len(enc)))}

@@ -125,7 +125,8 @@ def main() -> None:
                     rows.append((f"cache build: {', '.join(parts)}", time.perf_counter() - start, "one-off"))
                 outputs = [caches[parts]]
             source = TeacherSource([teacher], obj.needs, [table] if cached else None, False, outputs, layers)
-        result = train(student(), obj, source, enc, sel, task, cfg, 0, acc, 1, cfg.lr)
+        result = train(student(), obj, source, train_enc=enc, select_enc=sel, task=task, cfg=cfg, seed=0, accelerator=acc,
+                       epochs=1, lr=cfg.lr)
         stage = [s for s in result.stage_times if s != "filters"][-1]
         return result.stage_times[stage], result
 

@@ -162,7 +162,7 @@ def check_folder(flag: str, value: str) -> None:
 
 # what a run is (its cell and seeds) or where and how it runs and reports: never "settings" of what it measured.
 # --mixed-precision is a request (auto decides per machine): the precision it resolved to is what a row records
-# (``precision`` in its settings when not fp32, see runner.run_settings)
+# (``precision`` in its settings when not fp32, see training.plan.run_settings)
 _NOT_SETTINGS = ("task", "objective", "teacher", "student", "init", "seeds", "seed_list", "data_dir", "results", "force",
                  "baseline", "progress", "cpu", "teachers", "workers", "mixed_precision",
                  "save_students")

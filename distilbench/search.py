@@ -155,7 +155,7 @@ def _optimize(study, runner, fixed: set[str], trials: int) -> None:
         runner.cfg = replace(base_cfg, **params).validate()  # the same plan (data, teacher, init); only hyper-parameters change
         scores = []
         for k, seed in enumerate(seeds):
-            _, _, _, result, *_ = runner.fit(objective_cls, seed, record, teacher_net)
+            result = runner.fit(objective_cls, seed, record, teacher_net).result
             score = float(result.best_select_score)
             if not math.isfinite(score):
                 raise optuna.TrialPruned(f"seed {seed}: no finite selection score")

@@ -132,7 +132,8 @@ def _run_search(rte_slice, mode="sswo", epochs=2.0, **cfg):
 
     obj.choose_teacher, obj.outer_step = spy_choose, spy_outer
     source = TeacherSource(teachers, obj.needs)  # no cache: teachers really run
-    result = train(student, obj, source, train_enc, select_enc, task, config, 0, make_accelerator(config), epochs, config.lr)
+    result = train(student, obj, source, train_enc=train_enc, select_enc=select_enc, task=task, cfg=config, seed=0,
+                   accelerator=make_accelerator(config), epochs=epochs, lr=config.lr)
     return obj, result, ran, chosen, thetas
 
 

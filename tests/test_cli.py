@@ -414,9 +414,9 @@ def test_resume_after_sigkill(tiny_run_args, tmp_path, monkeypatch):
     assert 2 <= len(before) < 6, f"{len(before)} rows survived the kill"
 
     calls: list[tuple[str, int]] = []
-    def spy(model, objective, teacher, train_enc, select_enc, task, cfg, seed, *args, **kwargs):
+    def spy(model, objective, teacher, *, seed, **kwargs):
         calls.append((objective.name, seed))
-        return real_train(model, objective, teacher, train_enc, select_enc, task, cfg, seed, *args, **kwargs)
+        return real_train(model, objective, teacher, seed=seed, **kwargs)
 
     monkeypatch.setattr(runner_mod, "train", spy)
     assert main(argv) == 0

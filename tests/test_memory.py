@@ -53,7 +53,8 @@ def test_micro_batched_training_makes_the_same_update_as_whole_batches(objective
         student = _bert()
         obj = get_objective(objective)(Context(task, cfg, [], 16, 16))
         source = TeacherSource([_bert(1)], obj.needs, [logits]) if obj.uses_teacher else None
-        result = train(student, obj, source, enc, select, task, cfg, 0, make_accelerator(cfg), 2, 1e-3, micro_batch=micro)
+        result = train(student, obj, source, train_enc=enc, select_enc=select, task=task, cfg=cfg, seed=0,
+                       accelerator=make_accelerator(cfg), epochs=2, lr=1e-3, micro_batch=micro)
         trained.append(student.state_dict())
         histories.append(result.history)
     start = _bert().state_dict()
@@ -71,7 +72,8 @@ def test_an_objective_that_is_not_a_mean_over_examples_refuses_micro_batches():
     task, cfg = get_task("rte"), RunConfig(batch_size=8)
     obj = get_objective("hid-cls-contrast")(Context(task, cfg, [(1, 1)], 16, 16))  # in-batch negatives
     with pytest.raises(ValueError, match="hid-cls-contrast cannot run in micro-batches"):
-        train(_bert(), obj, None, _enc(8), _enc(4), task, cfg, 0, make_accelerator(cfg), 1, 1e-3, micro_batch=2)
+        train(_bert(), obj, None, train_enc=_enc(8), select_enc=_enc(4), task=task, cfg=cfg, seed=0,
+              accelerator=make_accelerator(cfg), epochs=1, lr=1e-3, micro_batch=2)
 
 
 def test_teacher_micro_batch_makes_another_teacher_and_is_absent_from_the_key_when_off(tiny_teacher):
@@ -98,8 +100,8 @@ def test_best_epoch_weights_come_back_from_disk_and_the_file_is_removed(monkeypa
     monkeypatch.setattr(harness, "evaluate", scripted)
     task, cfg = get_task("rte"), RunConfig(batch_size=8, lr=1e-3)
     student = _bert()
-    result = train(student, get_objective("none")(Context(task, cfg, [], 16, 16)), None, _enc(16), _enc(4), task, cfg,
-                   0, make_accelerator(cfg), 3, 1e-3)
+    result = train(student, get_objective("none")(Context(task, cfg, [], 16, 16)), None, train_enc=_enc(16), select_enc=_enc(4),
+                   task=task, cfg=cfg, seed=0, accelerator=make_accelerator(cfg), epochs=3, lr=1e-3)
     assert result.best_epoch == 2 and result.best_select_score == 0.9
     final = student.state_dict()
     assert all(torch.equal(final[k], seen[1][k]) for k in final)
@@ -123,8 +125,8 @@ def test_the_accelerator_lets_go_of_each_trained_model_and_optimiser():
     torch.optim.AdamW = Tracked
     try:
         for seed in range(2):  # two seeds through one accelerator, as the runner does
-            train(_bert(seed), get_objective("none")(Context(task, cfg, [], 16, 16)), None, _enc(8), _enc(4), task, cfg,
-                  seed, acc, 1, 1e-3)
+            train(_bert(seed), get_objective("none")(Context(task, cfg, [], 16, 16)), None, train_enc=_enc(8), select_enc=_enc(4),
+                  task=task, cfg=cfg, seed=seed, accelerator=acc, epochs=1, lr=1e-3)
     finally:
         torch.optim.AdamW = real
     gc.collect()

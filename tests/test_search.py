@@ -16,6 +16,7 @@ import optuna
 import pytest
 import torch
 
+import distilbench.training.plan as plan_mod
 import distilbench.training.runner as runner_mod
 from conftest import REPO
 from distilbench.cli import main
@@ -67,7 +68,7 @@ def test_every_objective_space_samples_valid_configs(name):
 
 
 def test_search_never_reads_dev_and_a_rerun_continues_the_study(tiny_run_args, tmp_path, monkeypatch, capsys):
-    real = runner_mod.load_split
+    real = plan_mod.load_split
     splits = []
 
     def guarded(task, split, data_dir):
@@ -76,7 +77,7 @@ def test_search_never_reads_dev_and_a_rerun_continues_the_study(tiny_run_args, t
             raise AssertionError("dev was read during a search")
         return real(task, split, data_dir)
 
-    monkeypatch.setattr(runner_mod, "load_split", guarded)
+    monkeypatch.setattr(plan_mod, "load_split", guarded)
     import distilbench.training.harness as harness_mod
     evaluated = []
     real_eval = harness_mod.evaluate
@@ -102,7 +103,7 @@ def test_search_never_reads_dev_and_a_rerun_continues_the_study(tiny_run_args, t
     assert (tmp_path / "report-s1" / "trials.csv").read_text().count("\n") == 4
     assert (tmp_path / "report-s1" / "history.png").stat().st_size > 1000
 
-    monkeypatch.setattr(runner_mod, "load_split", real)
+    monkeypatch.setattr(plan_mod, "load_split", real)
     best = study.best_params
     argv = ["run", *tiny_run_args, "--objective", "kd", "--params", "best:s1", "--no-baseline", "--epochs", "1"]
     assert main(argv) == 0
@@ -130,7 +131,7 @@ def test_pruning_stops_a_trial_whose_first_seeds_are_poor(tiny_run_args, tmp_pat
     def fake_fit(self, objective_cls, seed, record, teacher_net):
         score = 0.9 if self.cfg.temperature < 4 else 0.1  # the enqueued "poor" trial has temperature 6
         fits.append((self.cfg.temperature, seed))
-        return None, None, None, SimpleNamespace(best_select_score=score + 0.01 * seed), None, False, ""
+        return SimpleNamespace(result=SimpleNamespace(best_select_score=score + 0.01 * seed))
 
     monkeypatch.setattr(runner_mod.Runner, "fit", fake_fit)
     url = _storage(tiny_run_args)

@@ -128,11 +128,13 @@ def test_the_teacher_does_not_run_when_the_cache_covers_the_step(objective, tmp_
     cache = open_or_build(tmp_path, "t", enc, "tok", [1, 3], parts_for(obj.needs), "fp32", _run(teacher, obj.needs)[0], 3)
     source = TeacherSource([teacher], obj.needs, [logits], False, [cache], [1, 3])
     assert source.covered(0)
-    train(student, obj, source, enc, _enc("bert", n=6, seed=2), get_task("rte"), cfg, 0, make_accelerator(cfg), 1, 1e-3)
+    train(student, obj, source, train_enc=enc, select_enc=_enc("bert", n=6, seed=2), task=get_task("rte"), cfg=cfg, seed=0,
+          accelerator=make_accelerator(cfg), epochs=1, lr=1e-3)
     assert source.calls == 0
     live = TeacherSource([teacher], obj.needs, [logits], False, None, [1, 3])  # no output cache: the teacher runs
     assert not live.covered(0)
-    train(_model("bert", layers=2), obj, live, enc, _enc("bert", n=6, seed=2), get_task("rte"), cfg, 0, make_accelerator(cfg), 1, 1e-3)
+    train(_model("bert", layers=2), obj, live, train_enc=enc, select_enc=_enc("bert", n=6, seed=2), task=get_task("rte"), cfg=cfg,
+          seed=0, accelerator=make_accelerator(cfg), epochs=1, lr=1e-3)
     assert live.calls == 4  # one per step
 
 

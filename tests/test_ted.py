@@ -52,8 +52,8 @@ def test_stage_one_changes_no_model_parameter_and_filters_learn():
     ted.stages = lambda: [Stage("filters", epochs=4, lr=1e-2, train_student=False, needs_student=False)]
     t0, s0, f0 = _snapshot(teacher), _snapshot(student), _snapshot(ted.t_filters)
     enc = _encs(tok)
-    result = train(student, ted, TeacherSource([teacher], ted.needs), enc, enc, get_task("sst2"), cfg, 0,
-                   make_accelerator(cfg), 4, 1e-2)
+    result = train(student, ted, TeacherSource([teacher], ted.needs), train_enc=enc, select_enc=enc, task=get_task("sst2"),
+                   cfg=cfg, seed=0, accelerator=make_accelerator(cfg), epochs=4, lr=1e-2)
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t0.items())
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in s0.items())
     assert any(not torch.equal(v, ted.t_filters.state_dict()[k]) for k, v in f0.items())
@@ -66,7 +66,8 @@ def test_stage_two_freezes_teacher_filters_and_trains_student_side():
     enc = _encs(tok)
     t_filters, s0 = _snapshot(ted.t_filters), _snapshot(student)
     ted.stages = lambda: [Stage("distil")]
-    train(student, ted, TeacherSource([teacher], ted.needs), enc, enc, get_task("sst2"), cfg, 0, make_accelerator(cfg), 1, 1e-3)
+    train(student, ted, TeacherSource([teacher], ted.needs), train_enc=enc, select_enc=enc, task=get_task("sst2"), cfg=cfg,
+          seed=0, accelerator=make_accelerator(cfg), epochs=1, lr=1e-3)
     assert all(torch.equal(v, ted.t_filters.state_dict()[k]) for k, v in t_filters.items())
     # student filters started as copies of the teacher filters and then moved
     assert any(not torch.equal(ted.s_filters.state_dict()[k], v) for k, v in t_filters.items())

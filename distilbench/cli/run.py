@@ -50,7 +50,8 @@ def main(command: str, args: dict[str, Any]) -> int:
 
         args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
     cfg = build_config(args, yaml_path)
-    from ..training.runner import Runner, summary_table, time_breakdown
+    from ..training.runner import Runner
+    from .summary import summary_table, time_breakdown
 
     if command == "teacher":
         cfg.baseline = False

@@ -109,6 +109,17 @@ class LossOutput:
 
 
 class Objective(nn.Module):
+    """A distillation objective: ``forward`` is the loss; the hooks below have no-op defaults, and the training code
+    calls them at named points, never naming an objective:
+
+    - ``stages()`` (and ``Stage.shared``/``holdout``), ``begin_stage()``, ``stage_identity()``: per stage in
+      :func:`distilbench.training.harness.train` (TED's two stages, its shared Stage I; AutoSKD's held-out half);
+    - ``choose_teacher()``, then ``outer_step()``: each step that reads a teacher, in ``harness._loss`` (AutoSKD's
+      teacher draw and θ update);
+    - ``candidates()``, ``use_candidate()``, ``candidate_done()``, ``summary()``: after training, in
+      ``Runner.fit``/``Runner._retrain_candidates`` (AutoSKD's candidate retraining); ``report()``: into each row.
+    """
+
     name: ClassVar[str]
     version: ClassVar[str]
     paper: ClassVar[str]  # short reference shown by `distilbench ls objectives`
@@ -152,8 +163,8 @@ class Objective(nn.Module):
         return 0
 
     def outer_step(self, ctx: StepContext) -> dict[str, float]:
-        """Called each step after the teacher is chosen and before the student's loss: an outer-level update of the
-        objective's own variables (AutoSKD's θ). Returns values to log. Default: nothing."""
+        """Called each step that reads a teacher, after the teacher is chosen and before the student's loss: an
+        outer-level update of the objective's own variables (AutoSKD's θ). Returns values to log. Default: nothing."""
         return {}
 
     def candidates(self) -> list[Any]:

@@ -88,9 +88,10 @@ def teacher_cached(cfg: RunConfig, model: str, task: Task, train_all: list[Examp
     return (teacher_location(cfg, model, task, train_all, precision)[2] / "meta.json").exists()
 
 
-def ensure_teacher(cfg: RunConfig, model: str, task: Task, train_all: list[Example], train_fn: Callable,
+def ensure_teacher(cfg: RunConfig, model: str, task: Task, train_all: list[Example], fine_tune: Callable,
                    log: Callable[[str], None], precision: str = "fp32") -> TeacherRecord:
-    """Return the cached fine-tuned teacher, training it first (``train_fn``, at ``precision``) when the cache misses."""
+    """Return the cached fine-tuned teacher, training it first when the cache misses: ``fine_tune(model, train_all)
+    -> (model, tokenizer, info)`` (the run's :meth:`TeacherInference.fine_tune`, at ``precision``)."""
     identity, key, path = teacher_location(cfg, model, task, train_all, precision)
     if not (path / "meta.json").exists():
         with file_lock(path.with_suffix(".lock")):
@@ -99,7 +100,7 @@ def ensure_teacher(cfg: RunConfig, model: str, task: Task, train_all: list[Examp
                 tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
                 try:
                     start = time.perf_counter()
-                    net, tokenizer, info = train_fn(model, train_all)
+                    net, tokenizer, info = fine_tune(model, train_all)
                     net.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
                     meta = {"identity": identity, "key": key, "train_time_s": time.perf_counter() - start, **info, "dev": {}}
@@ -131,7 +132,8 @@ def logits_key(enc: Encoded, tokenisation: str, n_rows: int, precision: str = "f
 def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Callable[[Encoded], torch.Tensor],
                    tokenisation: str, precision: str = "fp32") -> torch.Tensor:
     """Teacher logits for every example of the train file, indexed by the example's row (``Example.idx``), computed
-    once (by ``compute``, at ``precision``) and stored beside the teacher. Keyed by the data, the tokenisation and
+    once (by ``compute(enc)``: the run's :meth:`TeacherInference.logits` of the teacher, at ``precision``) and stored
+    beside the teacher. Keyed by the data, the tokenisation and
     the precision: a change computes them anew."""
     path = logits_path(record, enc, n_rows, tokenisation, precision)
     if not path.exists():

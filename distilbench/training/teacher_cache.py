@@ -117,7 +117,7 @@ def open_or_build(folder_root: Path, teacher_key: str, enc: Encoded, tokenisatio
                   parts: tuple[str, ...], dtype: str, run_teacher: Callable[[dict], Outputs], n_layers_total: int,
                   batch_size: int = 64, log: Callable[[str], None] = lambda m: None, precision: str = "fp32") -> OutputCache:
     """Open the cache for these inputs, computing it first (``run_teacher(batch) -> Outputs`` on eval batches, which
-    computes at ``precision``) when it does not exist yet."""
+    computes at ``precision``: the run's :meth:`TeacherInference.outputs` of the teacher) when it does not exist yet."""
     if dtype not in DTYPES:
         raise ValueError(f"teacher cache precision must be one of {', '.join(DTYPES)} (got {dtype!r})")
     layers = sorted(set(layers))

@@ -1,0 +1,80 @@
+"""What `distilbench run` prints when it ends: the per-seed table of dev scores with the signal check, the settings
+behind it, and where the time went."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..config import RunConfig
+from ..data.tasks import Task
+from ..training.plan import run_settings
+
+if TYPE_CHECKING:
+    from ..training.runner import Runner
+
+
+def settings_text(settings: dict) -> str:
+    """``name=value`` of the non-default settings, sorted, for titles ("" when every option is at its default)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+
+
+def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str = "fp32") -> list:
+    """Per-seed dev scores of each objective side by side, mean ± std, the teacher's and the majority class's score,
+    and the signal check: an objective not significantly above the majority class is marked "at chance".
+
+    What to print, in order: the table (a short title, never wrapped), then lines (markup strings) for a console to
+    print with ``soft_wrap``: the student, teacher and non-default settings, which can be longer than any terminal,
+    and the notes."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..results.chance import MARK, check_rows
+
+    objectives = list(dict.fromkeys(r["objective"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    by = {(r["objective"], r["seed"]): r for r in rows}
+    checks = {o: check_rows([r for r in rows if r["objective"] == o]) for o in objectives}
+    cut = settings_text(run_settings(cfg, precision))
+    title = f"{task.name} dev {task.main_score} (%)"
+    caption = f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}" + (f"; settings: {cut}" if cut else "")
+    table = Table(title=title, min_width=len(title))  # the table at least as wide as its title: no wrapped title
+    table.add_column("seed")
+    for o in objectives:
+        table.add_column(o, justify="right")
+    for s in seeds:
+        table.add_row(str(s), *[f"{100 * by[(o, s)]['score']:.2f}" if (o, s) in by else "-" for o in objectives])
+    stats = []
+    for o in objectives:
+        scores = np.array([100 * by[(o, s)]["score"] for s in seeds if (o, s) in by])
+        stats.append(f"{scores.mean():.2f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.2f}"
+                     + (f" ({MARK})" if checks[o].at_chance else ""))
+    table.add_row("mean ± std", *stats, end_section=True)
+    if rows:
+        table.add_row("teacher", *[f"{100 * rows[0]['teacher_score']:.2f}"] * len(objectives))
+    majority = next((c.majority for c in checks.values() if c.applies and not np.isnan(c.majority)), None)
+    if majority is not None:
+        table.add_row("majority class", *[f"{majority:.2f}"] * len(objectives))
+    notes = []
+    low = [o for o in objectives if checks[o].at_chance]
+    if low:
+        what = ("every objective is" if len(low) == len(objectives) else ", ".join(low) + (" is" if len(low) == 1 else " are"))
+        notes.append(f"[bold red]{MARK}: {what} not significantly above the majority class ({majority:.2f}) on "
+                     f"{task.name} dev (one-sided, α = 0.05, over seeds and over dev examples)"
+                     + (": no objective can be ranked on this task at this size.[/]" if len(low) == len(objectives)
+                        else ": never ranked.[/]"))
+    unchecked = [o for o in objectives if checks[o].applies and checks[o].at_chance is None]
+    if unchecked:
+        notes.append(f"not checked against the majority class: {', '.join(unchecked)} ({checks[unchecked[0]].reason})")
+    return [table, escape(caption), *notes]  # "mpnet-base[layers:1,2,3]" is not markup
+
+
+def time_breakdown(runner: Runner) -> list[str]:
+    """The closing lines of `distilbench run`: seconds in each phase. teacher: fine-tuning or reading it (and a team),
+    its dev score, loading it; caches: the teacher-output caches (built or opened); Stage I: shared stages trained
+    (TED's filters; read from their cache they cost nothing here); students: training, evaluating and storing each
+    run, less the two before; total: from the runner's start (reading the data included) to now."""
+    total = time.perf_counter() - runner.started
+    parts = [*runner.timings.items(), ("total", total)]
+    return ["time (s):", *(f"  {name:<9}{seconds:9.1f}" for name, seconds in parts)]
