@@ -193,21 +193,9 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
 
 def _spawn_workers(processes: int, threads: int, args: tuple) -> list[int]:
     """Run ``_search_worker`` in ``processes`` spawned processes × ``threads`` threads; returns their exit codes."""
-    import multiprocessing as mp
+    from .training.workers import start_processes
 
-    ctx = mp.get_context("spawn")
-    old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update({k: str(threads) for k in old})  # the spawned interpreter reads them at start
-    try:
-        procs = [ctx.Process(target=_search_worker, args=(w, *args, threads), daemon=True) for w in range(processes)]
-        for proc in procs:
-            proc.start()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    procs = start_processes(_search_worker, [(w, *args, threads) for w in range(processes)], threads)
     for proc in procs:
         proc.join()
     return [proc.exitcode for proc in procs]

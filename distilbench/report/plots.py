@@ -44,6 +44,11 @@ def plot_scores(path: Path, title: str, cells, labels: list[str]) -> None:
     _reference_lines(ax, cells)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the data
+    _finish_score_plot(plt, fig, ax, path, title, cells, labels)
+
+
+def _finish_score_plot(plt, fig, ax, path: Path, title: str, cells, labels: list[str]) -> None:
+    """Objective labels along x, the score's name, the title, a light grid; saved and closed."""
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel(f"{cells[0].main_score} × 100")
@@ -74,14 +79,7 @@ def plot_inits(path: Path, title: str, cells, labels: list[str], inits: list[str
         ax.scatter([], [], s=14, color=INIT_COLOURS[k % len(INIT_COLOURS)], label=f"init {init}")
     _reference_lines(ax, cells)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the data
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=30, ha="right")
-    ax.set_ylabel(f"{cells[0].main_score} × 100")
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _finish_score_plot(plt, fig, ax, path, title, cells, labels)
 
 
 def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> None:

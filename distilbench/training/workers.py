@@ -68,18 +68,7 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
     for _ in range(processes):
         todo.put(None)
     log(f"{len(jobs)} run(s) in {processes} worker process(es) × {threads} thread(s)")
-    old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update({k: str(threads) for k in old})  # the spawned interpreter reads them at start
-    try:
-        procs = [ctx.Process(target=_worker, args=(w, todo, results, threads), daemon=True) for w in range(processes)]
-        for p in procs:
-            p.start()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    procs = start_processes(_worker, [(w, todo, results, threads) for w in range(processes)], threads)
     outcome: dict[str, list] = {DIVERGED: [], FAILED: [], "lost": [], HELD: []}
     started: dict[int, int] = {}  # job -> worker, until it ends
     ended: set[int] = set()
@@ -112,6 +101,27 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
     for p in procs:
         p.join()
     return outcome
+
+
+def start_processes(target: Callable, args: list[tuple], threads: int) -> list:
+    """Start one spawned daemon process per entry of ``args`` running ``target(*entry)``, each with ``threads`` torch
+    threads (OMP/MKL set for the spawned interpreter, which reads them at start; restored here after)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: str(threads) for k in old})
+    try:
+        procs = [ctx.Process(target=target, args=entry, daemon=True) for entry in args]
+        for proc in procs:
+            proc.start()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return procs
 
 
 def exit_with_parent(interval_s: float = 2.0) -> None:
