@@ -2,6 +2,7 @@
 ``--workers N`` (N single-thread processes). Prints wall time, examples/s per run and the speed-up.
 
     python benchmarks/workers.py --task qnli-devsplit --max-train-examples 2000 --teacher-epochs 2 --runs 4
+    python benchmarks/workers.py --workers 1 --runs 4 ...   # only the one-process run: does each run slow down?
 
 Each configuration trains the same ``--runs`` seeds of ``--objective`` (no baseline) into its own fresh results
 store, through ``distilbench run`` in a subprocess, after one untimed warm-up that fine-tunes (or finds) the teacher
@@ -51,15 +52,22 @@ def main() -> None:
           f"epoch(s)), {cores()} cores")
     print(f"{'workers':>8} {'threads':>8} {'wall s':>8} {'ex/s per run':>24} {'total ex/s':>11}")
     walls = {}
-    for workers in ("1", args.workers):
+    for workers in dict.fromkeys(("1", args.workers)):
         store = tmp / f"w{workers}.sqlite"
         wall = run(workers, args.runs, store)
         rows = ResultsStore(store).rows()
         speeds = [r["examples_per_s"] for r in sorted(rows, key=lambda r: r["seed"])]
         examples = sum(r["examples_per_s"] * r["wall_time_s"] for r in rows)
         walls[workers] = wall
+        if workers == "1":
+            first_last = (speeds[0], speeds[-1])
         threads = max(1, cores() // int(workers))
         print(f"{workers:>8} {threads:>8} {wall:8.0f} {' '.join(f'{s:.1f}' for s in speeds):>24} {examples / wall:11.1f}")
+    # one process trains its seeds in order: a slowdown inside the process shows as a falling row (issue 17's target:
+    # the last run within 5% of the first)
+    print(f"--workers 1: last run ÷ first run = {first_last[1] / first_last[0]:.3f}")
+    if args.workers == "1":
+        return
     print(f"speed-up of --workers {args.workers} over --workers 1: {walls['1'] / walls[args.workers]:.2f}x (wall time, "
           f"process start-up and evaluation included)")
 

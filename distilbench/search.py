@@ -232,11 +232,13 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
     processes, threads = resolve(cfg.workers, max(1, trials - done), runner.accelerator.device.type != "cpu")
+    # trials run in spawned processes only without accelerate's own processes; one flag for the log line and the branch
+    pooled = done < trials and processes > 1 and runner.accelerator.num_processes == 1
     console.print(f"study {name} in {display(url)}: {done} of {trials} trials finished; searching {', '.join(free) or 'nothing'}"
                   + (f" (fixed by flags: {', '.join(sorted(k for k in space if k in fixed))})" if fixed & set(space) else "")
-                  + (f"; {processes} worker processes × {threads} thread(s)" if processes > 1 and done < trials else ""))
+                  + (f"; {processes} worker processes × {threads} thread(s)" if pooled else ""))
     codes: list[int] = []
-    if done < trials and processes > 1 and runner.accelerator.num_processes == 1:
+    if pooled:
         runner.teacher()  # fine-tuned and cached here, once, before any worker starts; the workers load it
         runner.prepare_team()
         codes = _spawn_workers(processes, threads, (cfg, fixed, trials, url, name, pruner, sampler_seed, heartbeat))
@@ -245,7 +247,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     elif done < trials:
         _optimize(study, runner, fixed, trials)
     runner.plan.store.close()
-    study = _open_study(url, name, heartbeat, sampler_seed, pruner)  # re-read: the workers' trials
+    # no re-open needed: Optuna's RDB storage reads trials it has not seen (the workers') from the database on access
     out_dir = Path(out) if out else Path("reports") / f"search-{name}"
     write_report(study, out_dir, command, display(url), objective_cls.name, free)
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):

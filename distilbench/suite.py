@@ -240,7 +240,7 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
 
 def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     """Check every name and every cell before anything trains; one UsageError naming all unknown objectives."""
-    from .training import runner  # lazy: building the CLI parser must not import torch
+    from .training.plan import plan_run  # lazy: building the CLI parser must not import torch
     from .objectives import OBJECTIVES, get_objective
     from .data.tasks import get_task
 
@@ -261,7 +261,7 @@ def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     cells = suite.cells()
     for label, cfg in cells:  # the runner's own checks (data, init, models, vocabularies), without training
         try:
-            plan = runner.plan_run(cfg)
+            plan = plan_run(cfg)
         except UsageError as exc:
             raise UsageError(f"suite {suite.path}, cell {label}: {exc}") from None
         plan.store.close()

@@ -1,5 +1,5 @@
 """The `distilbench` command: one module per command, each with ``add_parser`` (or two) and ``main``. The only place
-that builds parsers. Flags are generated from :class:`RunConfig` (``flags``), so help text lives in one place.
+that builds parsers (``flags`` builds the shared flags, ``summary`` prints `run`'s closing table). Flags are generated from :class:`RunConfig` (``flags``), so help text lives in one place.
 
 Bad input ends with one line ``distilbench: error: ...`` on stderr and exit code 2, before anything is written.
 
