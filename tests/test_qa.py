@@ -177,3 +177,22 @@ def test_score_answers_uses_the_task_version():
     v2 = score_answers(get_task("squad_v2"), unanswerable, preds)  # margin -4.4 <= 0: answered, wrongly
     assert v2["exact"] == 0.0 and v2["NoAns_exact"] == 0.0 and v2["score"] == v2["f1"] == 0.0
     assert v2["best_exact"] == 1.0 and v2["best_exact_thresh"] == 0.0  # answering nothing would be right
+
+
+def test_oracle_scores_on_real_windows_give_back_every_gold_answer(tokenizer):
+    """Scores peaked at each window's labels (and at CLS where the window lacks the answer): post-processing across
+    the overlapping windows must return exactly the gold texts, so EM = F1 = 1."""
+    examples = [example(0, LONG, "Santa Clara"), example(1, LONG, "valley", "Where is the weather?"),
+                example(2, LONG, "California", "Which state?")]
+    windows = encode_qa(tokenizer, examples, 64, 16, 16)
+    start, end = [], []
+    for w in range(len(windows)):
+        n = len(windows.input_ids[w])
+        s, e = np.zeros(n), np.zeros(n)
+        s[windows.start_positions[w]] += 5.0
+        e[windows.end_positions[w]] += 5.0
+        start.append(s)
+        end.append(e)
+    preds = best_answers(windows, start, end, n_best=5, max_answer_length=10)
+    assert [p.text for p in preds] == [e.answers[0].text for e in examples]
+    assert score_answers(get_task("squad"), examples, preds) == {"exact": 1.0, "f1": 1.0, "score": 1.0}
