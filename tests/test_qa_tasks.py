@@ -119,6 +119,38 @@ def test_missing_local_file_names_the_layout(tmp_path):
         load_qa_split(get_task("squad"), "test", tmp_path)
 
 
+def _hub_rows(monkeypatch, rows) -> list:
+    import sys
+    import types
+
+    calls: list = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        if isinstance(rows, Exception):
+            raise rows
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_hub_rows_become_questions_and_are_checked(monkeypatch):
+    answered = {"id": "a", "title": "SB", "context": CONTEXT, "question": "Where?",
+                "answers": {"text": ["Levi's Stadium"], "answer_start": [28]}}
+    impossible = {**answered, "id": "b", "answers": {"text": [], "answer_start": []}}
+    calls = _hub_rows(monkeypatch, [answered, impossible])
+    out = load_split(get_task("squad_v2"), "dev", None)
+    assert calls == [(("rajpurkar/squad_v2", "squad_v2"), {"split": "validation"})]
+    assert [(e.idx, e.qid, e.answerable) for e in out] == [(0, "a", True), (1, "b", False)]
+    _hub_rows(monkeypatch, [{**answered, "answers": {"text": ["Levi's Stadium"], "answer_start": [3]}}])
+    with pytest.raises(DataError, match=r"rajpurkar/squad/plain_text validation row 0 \(id 'a'\): answer .* not at"):
+        load_split(get_task("squad"), "dev", None)
+    _hub_rows(monkeypatch, ConnectionError("no route to host"))
+    with pytest.raises(DataError, match=r"could not load rajpurkar/squad/plain_text .*offline.*--data-dir"):
+        load_split(get_task("squad"), "train", None)
+
+
 # --------------------------------------------------------------------------- the by-article split
 
 

@@ -62,18 +62,17 @@ def _top(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
 
 def window_candidates(windows: QAWindows, w: int, start: np.ndarray, end: np.ndarray, n_best: int,
                       max_answer_length: int) -> list[Candidate]:
-    """The legal spans of window ``w`` among its ``n_best`` x ``n_best`` start/end candidates."""
+    """The ``n_best`` best legal spans of window ``w`` among its ``n_best`` x ``n_best`` start/end candidates."""
     spans = windows.context_spans[w]
     context = np.array([s is not None for s in spans])
     text = windows.examples[windows.example_of[w]].context
-    found = []
-    for s in _top(start, context, n_best):
-        for e in _top(end, context, n_best):
-            if e < s or e - s + 1 > max_answer_length:
-                continue
-            first, last = spans[s][0], spans[e][1]
-            found.append(Candidate(text[first:last], first, last, float(start[s] + end[e]), w))
-    return found
+    s, e = np.meshgrid(_top(start, context, n_best), _top(end, context, n_best), indexing="ij")
+    legal = (e >= s) & (e - s + 1 <= max_answer_length)
+    s, e = s[legal], e[legal]
+    # the window's n_best best are enough: a span among a question's n_best best is among its own window's
+    keep = np.argsort(-(start[s] + end[e]), kind="stable")[:n_best]
+    return [Candidate(text[spans[i][0]:spans[j][1]], spans[i][0], spans[j][1], float(start[i] + end[j]), w)
+            for i, j in zip(s[keep].tolist(), e[keep].tolist())]
 
 
 def best_answers(windows: QAWindows, start_logits: Sequence[np.ndarray], end_logits: Sequence[np.ndarray],
