@@ -14,7 +14,8 @@ from distilbench.data.tasks import TASKS, Example, Task, _task_dir, _tsv_lines, 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data/glue)")
 
-ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli", "qnli-devsplit"}
+ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli", "qnli-devsplit",
+       "squad", "squad_v2", "squad-devsplit"}  # the last three: extractive QA (tests/test_qa_tasks.py)
 
 
 # --------------------------------------------------------------------------- registry
@@ -50,7 +51,9 @@ def test_yaml_files_are_plain_data() -> None:
         spec = yaml.safe_load(entry.read_text(encoding="utf-8"))  # safe_load refuses object tags
         assert entry.name == f"{spec['name']}.yaml"
         assert isinstance(spec["version"], str) and spec["higher_is_better"] is True
-        assert spec["hub"]["path"] == "nyu-mll/glue"
+        qa = spec.get("family") == "extractive-qa"
+        assert spec["hub"]["path"] == ("rajpurkar/squad_v2" if spec["name"] == "squad_v2" else "rajpurkar/squad" if qa
+                                       else "nyu-mll/glue")
 
 
 def test_get_task_is_case_insensitive_and_knows_aliases() -> None:

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .qa import QAWindows
 from .tasks import Example
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the batch keys a model's forward takes
@@ -109,11 +110,14 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def collate(enc: Encoded, ids: list[int], regression: bool, teacher_enc: Encoded | None = None) -> dict[str, torch.Tensor]:
+def collate(enc: Encoded | QAWindows, ids: list[int], regression: bool, teacher_enc: Encoded | None = None) -> dict[str, torch.Tensor]:
     """A padded batch. ``idx`` is each example's row in its data file: stable across seeds, the key of teacher-output caches.
 
-    When the teacher has its own tokenizer, its inputs travel under ``teacher_*`` keys.
+    When the teacher has its own tokenizer, its inputs travel under ``teacher_*`` keys. Extractive QA windows are
+    batched by :func:`collate_windows`.
     """
+    if isinstance(enc, QAWindows):
+        return collate_windows(enc, ids)
     rows = [enc.input_ids[i] for i in ids]
     batch = {"input_ids": _pad(rows, enc.pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0)}
     if enc.token_type_ids is not None:
@@ -127,6 +131,20 @@ def collate(enc: Encoded, ids: list[int], regression: bool, teacher_enc: Encoded
         batch["teacher_attention_mask"] = _pad([[1] * len(r) for r in t_rows], 0)
         if teacher_enc.token_type_ids is not None:
             batch["teacher_token_type_ids"] = _pad([teacher_enc.token_type_ids[i] for i in ids], 0)
+    return batch
+
+
+def collate_windows(windows: QAWindows, ids: list[int]) -> dict[str, torch.Tensor]:
+    """A padded batch of extractive QA windows: the model inputs, ``labels`` ``[B, 2]`` (start, end token positions;
+    0 = the classification token: no answer in the window) and ``idx``, each window's stable number in its split's
+    windows (the key of teacher-output caches). Teacher and student share the tokenisation: span scores are compared
+    position by position."""
+    rows = [windows.input_ids[i] for i in ids]
+    batch = {"input_ids": _pad(rows, windows.pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0)}
+    if windows.token_type_ids is not None:
+        batch["token_type_ids"] = _pad([windows.token_type_ids[i] for i in ids], 0)
+    batch["labels"] = torch.tensor([[windows.start_positions[i], windows.end_positions[i]] for i in ids], dtype=torch.long)
+    batch["idx"] = torch.tensor([windows.window_idx[i] for i in ids], dtype=torch.long)
     return batch
 
 

@@ -1,4 +1,5 @@
-"""GLUE tasks: declared as data in ``registry/tasks/*.yaml``, loaded from a GLUE_DIR folder or the hub.
+"""GLUE tasks: declared as data in ``registry/tasks/*.yaml``, loaded from a GLUE_DIR folder or the hub. The same
+registry holds the extractive QA tasks (``family: extractive-qa``), defined and read in :mod:`.qa_tasks`.
 
 Why a hand-written TSV reader: the GLUE files are not valid CSV. Quotes are ordinary characters (MRPC,
 STS-B), CoLA has no header, MRPC's header starts with a UTF-8 BOM, and a bad row must stop the run with
@@ -17,6 +18,7 @@ import yaml
 
 from ..errors import DataError, UsageError
 from ..plugins import Registry
+from .qa_tasks import FAMILY as QA_FAMILY, QAExample, QATask, load_qa_split, qa_task_from_yaml
 
 SPLITS = ("train", "dev")
 LAYOUT_HINT = "pass --data-dir pointing at a GLUE_DIR layout (RTE/train.tsv, ...) or set GLUE_DIR"
@@ -50,6 +52,11 @@ class Task:
     # "train" and "dev" are read from the source split and partitioned once by a seeded permutation.
     derived_split: dict[str, Any] | None = field(default=None, hash=False)
     provenance: str | None = None  # printed under every table that shows the task (where its data really comes from)
+    family: str = "sequence-classification"  # extractive QA tasks are data.qa_tasks.QATask, family "extractive-qa"
+
+    @property
+    def kind(self) -> str:
+        return "regression" if self.regression else f"{self.num_labels} labels"
 
     @property
     def num_labels(self) -> int:
@@ -80,7 +87,13 @@ class Example:
 
 
 def _task_dir():
-    """The YAML folder: package data of an installed wheel, else ``<repo>/registry/tasks`` in a checkout."""
+    """The YAML folder: ``<repo>/registry/tasks`` in a source checkout, else the package data of an installed wheel.
+
+    The checkout comes first: an editable install maps ``distilbench._registry`` to the checkout it was made from,
+    which is another one when this package is imported from a second worktree."""
+    checkout = Path(__file__).resolve().parents[2] / "registry" / "tasks"
+    if checkout.is_dir():
+        return checkout
     try:
         from importlib.resources import files
 
@@ -133,21 +146,25 @@ def _derived_spec(value: Any, files: dict[str, str], source: str) -> dict[str, A
     return spec
 
 
-def _load_registry() -> Registry[Task]:
-    registry: Registry[Task] = Registry("task")
+def _load_registry() -> Registry[Task | QATask]:
+    registry: Registry[Task | QATask] = Registry("task")
     entries = sorted((e for e in _task_dir().iterdir() if e.name.endswith(".yaml")), key=lambda e: e.name)
     for entry in entries:
         spec = yaml.safe_load(entry.read_text(encoding="utf-8"))
-        task = _task_from_yaml(spec, entry.name)
+        family = spec.get("family", "sequence-classification")
+        if family not in ("sequence-classification", QA_FAMILY):
+            raise ValueError(f"task file {entry.name}: unknown family {family!r}")
+        task = qa_task_from_yaml(spec, entry.name) if family == QA_FAMILY else _task_from_yaml(spec, entry.name)
         registry.register(task.name, task, aliases=tuple(a.lower() for a in spec.get("aliases", ())))
     return registry
 
 
-TASKS: Registry[Task] = _load_registry()
+TASKS: Registry[Task | QATask] = _load_registry()
 
 
-def get_task(name: str) -> Task:
-    """Look a task up case-insensitively ("RTE" works); unknown -> UsageError with did-you-mean."""
+def get_task(name: str) -> Task | QATask:
+    """Look a task up case-insensitively ("RTE" works); unknown -> UsageError with did-you-mean. Its ``family`` says
+    which kind it is: ``sequence-classification`` (a :class:`Task`) or ``extractive-qa`` (a :class:`QATask`)."""
     return TASKS.get(name.strip().lower())
 
 
@@ -280,12 +297,16 @@ def _load_hub(task: Task, split: str) -> list[Example]:
     return examples
 
 
-def load_split(task: Task, split: str, data_dir: Path | None) -> list[Example]:
+def load_split(task: Task | QATask, split: str, data_dir: Path | None) -> list[Example] | list[QAExample]:
     """All examples of ``split`` ("train" or "dev"), from ``<data_dir>/<glue_dir>/<file>`` or, when
     ``data_dir`` is None, from the hub. Never skips a row: a bad one raises DataError.
 
     A task with ``derived_split`` reads its source split and returns its part of a fixed seeded partition:
-    ``test_size`` rows as "dev", the rest as "train", each in source order and re-indexed from 0."""
+    ``test_size`` rows as "dev", the rest as "train", each in source order and re-indexed from 0.
+
+    An extractive QA task returns its questions (:func:`distilbench.data.qa_tasks.load_qa_split`)."""
+    if isinstance(task, QATask):
+        return load_qa_split(task, split, data_dir)  # type: ignore[return-value]
     _check_split(task, split)
     if task.derived_split is not None:
         return _derived_part(task, split, data_dir)

@@ -347,27 +347,29 @@ def load_tokenizer(name: str):  # -> transformers.PreTrainedTokenizerBase
         return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
-def load_classifier(name: str, num_labels: int, regression: bool, attn_implementation: str = "eager"):
-    """Encoder checkpoint + a freshly initialised sequence-classification head.
+def load_classifier(name: str, num_labels: int, regression: bool, attn_implementation: str = "eager", span: bool = False):
+    """Encoder checkpoint + a freshly initialised sequence-classification head (``span``: an extractive QA head,
+    ``AutoModelForQuestionAnswering``, a start and an end score per token; ``num_labels``/``regression`` unused).
 
     Only the head may be missing from the checkpoint: any missing encoder weight raises, since a
     silently random encoder would make every benchmark number meaningless. ``"sdpa"`` falls back to
     ``"eager"`` (with a warning) for architectures that lack it in transformers v5, e.g. MPNet.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     path = resolve_model(name)
-    kwargs = dict(num_labels=num_labels, output_loading_info=True,
-                  problem_type="regression" if regression else "single_label_classification")
+    auto = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
+    kwargs = dict(output_loading_info=True) if span else dict(
+        num_labels=num_labels, output_loading_info=True,
+        problem_type="regression" if regression else "single_label_classification")
     with _quiet_transformers():
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, attn_implementation=attn_implementation, **kwargs)
+            model, info = auto.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
         except ValueError as e:
             if attn_implementation != "sdpa" or "does not support" not in str(e):
                 raise
             log.warning("%s: %s unsupported, using eager attention", name, attn_implementation)
-            model, info = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager", **kwargs)
+            model, info = auto.from_pretrained(path, attn_implementation="eager", **kwargs)
     prefix = model.base_model_prefix
     encoder = {f"{prefix}.{n}" for n, _ in model.base_model.named_parameters()} | {n for n, _ in model.base_model.named_parameters()}
     lost = sorted(set(info["missing_keys"]) & encoder)

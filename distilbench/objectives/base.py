@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..plugins import Registry
-from .functional import logit_kl
+from .functional import logit_kl, span_kl
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -197,19 +197,34 @@ class Objective(nn.Module):
     def identity(self) -> dict[str, Any]:
         return {"objective": self.name, "objective_version": self.version, **self.param_values(self.ctx.config)}
 
-    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """The prediction-layer term and its scale: KL(softmax(z_T/T) || softmax(z_S/T)) averaged over the batch, scaled by
-        T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1."""
+        T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1. Extractive QA: the same KL on the
+        start and on the end distributions over each window's real tokens (``mask``, the attention mask), averaged over
+        the two (:func:`.functional.span_kl`)."""
         if self.task.regression:
             return F.mse_loss(student_logits.float(), teacher_logits.detach().float()), 1.0  # the teacher never learns
         t = self.ctx.config.temperature
+        if self.task.family == "extractive-qa":
+            return span_kl(student=student_logits, teacher=teacher_logits, mask=_span_mask(mask), temperature=t), t * t
         return logit_kl(student=student_logits, teacher=teacher_logits, temperature=t), t * t
 
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for classification, MSE for regression (STS-B)."""
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy for classification, MSE for regression (STS-B). Extractive QA: cross-entropy of the start and
+        of the end position over each window's real tokens (``mask``), averaged over the two (labels ``[B, 2]``)."""
         if self.task.regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if self.task.family == "extractive-qa":
+            scores = torch.where(_span_mask(mask).bool()[:, :, None], logits.float(), torch.finfo(torch.float32).min)
+            return (F.cross_entropy(scores[..., 0], labels[:, 0]) + F.cross_entropy(scores[..., 1], labels[:, 1])) / 2
         return F.cross_entropy(logits.float(), labels)
+
+
+def _span_mask(mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:  # scores at padded positions would enter the softmax: refused, never guessed from values
+        raise ValueError("extractive QA losses need the attention mask: pass mask=batch['attention_mask']")
+    return mask
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")

@@ -116,3 +116,23 @@ def logit_kl(*, student: torch.Tensor, teacher: torch.Tensor, temperature: float
     zs, zt = student.float(), teacher.detach().float()
     return F.kl_div(F.log_softmax(zs / temperature, -1), F.log_softmax(zt / temperature, -1),
                     reduction="batchmean", log_target=True)
+
+
+def span_kl(*, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Extractive QA: KL between the teacher's and the student's start distributions, and between their end
+    distributions, averaged over the two and over the windows (without the ``T^2`` scale, which the caller applies)::
+
+        1/2 * 1/B * sum_b sum_{x in start, end} KL(softmax(z_T[b, :, x] / T) || softmax(z_S[b, :, x] / T))
+
+    ``student`` / ``teacher`` are ``[B, L, 2]`` (start scores, end scores per token); each softmax runs over the window's
+    real tokens (``mask[b, i] = 1``), so a window's loss does not depend on how far its batch pads it."""
+    if student.shape != teacher.shape or student.shape[:2] != mask.shape:
+        raise UsageError(f"span KD compares token positions: student {tuple(student.shape)}, teacher {tuple(teacher.shape)} "
+                         f"and attention mask {tuple(mask.shape)} must agree (teacher and student must share a tokenizer)")
+    real = mask.bool()[:, :, None]  # [B, L, 1]; padded positions overwritten before the softmax, then weighted 0
+    low = torch.finfo(torch.float32).min
+    with torch.no_grad():
+        logp_t = torch.log_softmax(torch.where(real, teacher.detach().float() / temperature, low), dim=1)
+        weight = torch.where(real, logp_t.exp(), 0.0)
+    logp_s = torch.log_softmax(torch.where(real, student.float() / temperature, low), dim=1)
+    return (weight * (logp_t - logp_s)).sum() / (2 * student.shape[0])

@@ -22,6 +22,7 @@ class KD(Objective):
     search_space = {"temperature": ("float", 1.0, 8.0, "log"), "alpha_kd": ("float", 0.1, 10.0, "log")}
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch, stage: Stage) -> LossOutput:
-        ce = self.task_loss(student.logits, batch["labels"])
-        soft, scale = self.soft_loss(student.logits, teacher.logits)
+        mask = batch.get("attention_mask")  # extractive QA: the windows' real tokens (unused by classification)
+        ce = self.task_loss(student.logits, batch["labels"], mask)
+        soft, scale = self.soft_loss(student.logits, teacher.logits, mask)
         return LossOutput(ce + self.ctx.config.alpha_kd * scale * soft, {"ce": ce.detach(), "kd": soft.detach()})

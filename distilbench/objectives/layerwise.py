@@ -76,8 +76,9 @@ class LayerObjective(Objective):
             weighted = self.weighted_intermediate(inter)
             loss = loss + (weighted if stage.name == "intermediate" else self.beta * weighted)
         if stage.name != "intermediate":
-            ce = self.task_loss(student.logits, batch["labels"])
-            soft, scale = self.soft_loss(student.logits, teacher.logits)
+            mask = batch.get("attention_mask")  # extractive QA: the windows' real tokens (unused by classification)
+            ce = self.task_loss(student.logits, batch["labels"], mask)
+            soft, scale = self.soft_loss(student.logits, teacher.logits, mask)
             loss = loss + ce + cfg.alpha_kd * scale * soft
             terms.update(ce=ce, kd=soft)
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})

@@ -14,5 +14,5 @@ class NoTeacher(Objective):
     separable = True  # CE (or MSE) is a mean over examples
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch, stage: Stage) -> LossOutput:
-        loss = self.task_loss(student.logits, batch["labels"])
+        loss = self.task_loss(student.logits, batch["labels"], batch.get("attention_mask"))
         return LossOutput(loss, {"ce": loss.detach()})

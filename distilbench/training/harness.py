@@ -30,12 +30,14 @@ from torch import nn
 from ..config import RunConfig
 from ..data.batching import BatchLoader, Encoded, eval_batches, holdout_positions, length_grouped_batches
 from ..data.metrics import compute_metrics
+from ..data.qa import QAWindows
 from ..data.tasks import Task
 from ..errors import TrainingDiverged
 from ..hashing import stable_hash
 from ..objectives import LossOutput, Needs, Objective, Stage, StepContext
 from .outputs import TeacherSource, model_outputs  # TeacherSource, model_outputs: imported from here by tests and benchmarks too
 from .precision import ACCELERATE, resolve as resolve_precision
+from .qa_eval import evaluate_spans
 
 
 def make_accelerator(cfg: RunConfig, precision: str | None = None) -> Accelerator:
@@ -378,6 +380,8 @@ def predict(model: nn.Module, enc: Encoded, task: Task, cfg: RunConfig, accelera
     return preds
 
 
-def evaluate(model: nn.Module, enc: Encoded, task: Task, cfg: RunConfig, accelerator: Accelerator) -> dict[str, float]:
+def evaluate(model: nn.Module, enc: Encoded | QAWindows, task: Task, cfg: RunConfig, accelerator: Accelerator) -> dict[str, float]:
+    if isinstance(enc, QAWindows):  # extractive QA: the best span per question, scored by EM and F1
+        return evaluate_spans(model, enc, task, cfg, accelerator)
     preds = predict(model, enc, task, cfg, accelerator)
     return compute_metrics(task, preds, np.array([e.label for e in enc.examples]))

@@ -14,10 +14,17 @@ def model_outputs(model: nn.Module, batch: dict, needs: Needs, prefix: str = "")
     inputs = {k: batch[prefix + k] for k in MODEL_INPUTS if prefix + k in batch}
     if not needs.attentions:
         out = model(**inputs, output_hidden_states=needs.hidden_states)
-        return Outputs(out.logits, out.hidden_states if needs.hidden_states else None)
+        return Outputs(_logits(out), out.hidden_states if needs.hidden_states else None)
     with capture(model) as layers:  # pre-softmax scores and per-head values need more than output_attentions gives
         out = model(**inputs, output_hidden_states=needs.hidden_states)
-    return Outputs(out.logits, out.hidden_states if needs.hidden_states else None, layers)
+    return Outputs(_logits(out), out.hidden_states if needs.hidden_states else None, layers)
+
+
+def _logits(out) -> torch.Tensor:
+    """``[B, C]`` class scores, or an extractive QA model's ``[B, L, 2]`` (start, end) scores per token."""
+    if getattr(out, "start_logits", None) is not None:
+        return torch.stack((out.start_logits, out.end_logits), dim=-1)
+    return out.logits
 
 
 class TeacherSource:

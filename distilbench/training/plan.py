@@ -43,6 +43,9 @@ class Plan:
 def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     """Resolve and validate a run. ``read_dev=False`` (a search) never opens the dev file: ``Plan.dev`` is None."""
     task = get_task(cfg.task)
+    if task.family != "sequence-classification":
+        raise UsageError(f"task {task.name} is {task.kind}: its data, windows and metrics are in place "
+                         f"(distilbench.data.qa, issue #20), but `run` trains sequence classification only so far")
     main = get_objective(cfg.objective)
     objectives = [main] + ([get_objective("none")] if cfg.baseline and main.name != "none" else [])
     data_dir = resolve_data_dir(cfg.data_dir)
