@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.lm import next_token_nll
 from ..plugins import Registry
+from .distributions import forward_kl
 from .functional import logit_kl
 
 if TYPE_CHECKING:
@@ -197,18 +199,26 @@ class Objective(nn.Module):
     def identity(self) -> dict[str, Any]:
         return {"objective": self.name, "objective_version": self.version, **self.param_values(self.ctx.config)}
 
-    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """The prediction-layer term and its scale: KL(softmax(z_T/T) || softmax(z_S/T)) averaged over the batch, scaled by
-        T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1."""
+        T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1. Token logits ``[B, L, V]`` (causal
+        LM): the KL averaged over the real positions of ``mask`` ``[B, L]`` (:func:`.distributions.forward_kl`)."""
         if self.task.regression:
             return F.mse_loss(student_logits.float(), teacher_logits.detach().float()), 1.0  # the teacher never learns
         t = self.ctx.config.temperature
+        if student_logits.dim() == 3:
+            return forward_kl(student=student_logits, teacher=teacher_logits, mask=mask, temperature=t), t * t
         return logit_kl(student=student_logits, teacher=teacher_logits, temperature=t), t * t
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for classification, MSE for regression (STS-B)."""
+        """Cross-entropy for classification, MSE for regression (STS-B); for token logits ``[B, L, V]`` (causal LM) the
+        mean next-token NLL over the real targets (labels -100 are none; :func:`distilbench.data.lm.next_token_nll`)."""
         if self.task.regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if logits.dim() == 3:
+            total, n = next_token_nll(logits, labels)
+            return total / max(n, 1)
         return F.cross_entropy(logits.float(), labels)
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .base import Context, LossOutput, Needs, Objective, Outputs, Stage
+from .distributions import token_mask
 
 
 class LayerObjective(Objective):
@@ -77,7 +78,7 @@ class LayerObjective(Objective):
             loss = loss + (weighted if stage.name == "intermediate" else self.beta * weighted)
         if stage.name != "intermediate":
             ce = self.task_loss(student.logits, batch["labels"])
-            soft, scale = self.soft_loss(student.logits, teacher.logits)
+            soft, scale = self.soft_loss(student.logits, teacher.logits, mask=token_mask(student.logits, batch))
             loss = loss + ce + cfg.alpha_kd * scale * soft
             terms.update(ce=ce, kd=soft)
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
