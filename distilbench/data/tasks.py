@@ -1,4 +1,5 @@
-"""GLUE tasks: declared as data in ``registry/tasks/*.yaml``, loaded from a GLUE_DIR folder or the hub.
+"""GLUE tasks: declared as data in ``registry/tasks/*.yaml``, loaded from a GLUE_DIR folder or the hub. Beside them,
+causal-LM corpora (``family: causal-lm``, e.g. ``wikitext2.yaml``): a split is its text's lines (see ``data/lm.py``).
 
 Why a hand-written TSV reader: the GLUE files are not valid CSV. Quotes are ordinary characters (MRPC,
 STS-B), CoLA has no header, MRPC's header starts with a UTF-8 BOM, and a bad row must stop the run with
@@ -50,6 +51,7 @@ class Task:
     # "train" and "dev" are read from the source split and partitioned once by a seeded permutation.
     derived_split: dict[str, Any] | None = field(default=None, hash=False)
     provenance: str | None = None  # printed under every table that shows the task (where its data really comes from)
+    family: str = "classification"  # classification (and regression) | causal-lm (a corpus of lines; see _lm_task)
 
     @property
     def num_labels(self) -> int:
@@ -80,7 +82,12 @@ class Example:
 
 
 def _task_dir():
-    """The YAML folder: package data of an installed wheel, else ``<repo>/registry/tasks`` in a checkout."""
+    """The YAML folder: ``<repo>/registry/tasks`` when this module runs from a source checkout (so a checkout, or a git
+    worktree of one, reads its own tasks even where an editable install maps ``distilbench._registry`` elsewhere),
+    else the package data of an installed wheel."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "registry" / "tasks").is_dir():
+        return root / "registry" / "tasks"
     try:
         from importlib.resources import files
 
@@ -90,6 +97,8 @@ def _task_dir():
 
 
 def _task_from_yaml(spec: dict[str, Any], source: str) -> Task:
+    if spec.get("family", "classification") == "causal-lm":
+        return _lm_task(spec, source)
     try:
         fmt, hub = spec["format"], spec["hub"]
         if not fmt.get("header", True) and not fmt.get("num_columns"):
@@ -121,6 +130,22 @@ def _task_from_yaml(spec: dict[str, Any], source: str) -> Task:
             provenance=" ".join(str(spec["provenance"]).split()) if spec.get("provenance") else None,
         )
     except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
+
+
+def _lm_task(spec: dict[str, Any], source: str) -> Task:
+    """A causal-LM corpus (``registry/tasks/wikitext2.yaml``): ``folder`` inside --data-dir holds one text file per
+    split (``files``: train, dev); the hub dataset has a ``text`` column of lines. Scored by perplexity (``metrics``,
+    ``main_score``, ``higher_is_better: false``, declared in the file)."""
+    try:
+        hub = spec["hub"]
+        return Task(name=str(spec["name"]).lower(), version=str(spec["version"]), glue_dir=spec["folder"],
+                    files={"train": spec["files"]["train"], "dev": spec["files"]["dev"]}, text_columns=("text",),
+                    labels=None, regression=False, metrics=tuple(spec["metrics"]), main_score=spec["main_score"],
+                    higher_is_better=bool(spec["higher_is_better"]), hub_path=hub["path"], hub_config=hub["config"],
+                    hub_splits={"train": hub["train_split"], "dev": hub["dev_split"]}, family="causal-lm",
+                    provenance=" ".join(str(spec["provenance"]).split()))
+    except (KeyError, TypeError) as exc:
         raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
 
 
@@ -287,6 +312,8 @@ def load_split(task: Task, split: str, data_dir: Path | None) -> list[Example]:
     A task with ``derived_split`` reads its source split and returns its part of a fixed seeded partition:
     ``test_size`` rows as "dev", the rest as "train", each in source order and re-indexed from 0."""
     _check_split(task, split)
+    if task.family == "causal-lm":
+        return _load_corpus(task, split, data_dir)
     if task.derived_split is not None:
         return _derived_part(task, split, data_dir)
     return _load_source(task, split, data_dir)
@@ -323,3 +350,28 @@ def _load_source(task: Task, split: str, data_dir: Path | None) -> list[Example]
             f"{task.glue_dir}/{task.files[split]} (GLUE_DIR layout)"
         )
     return _read_tsv(task, path)
+
+
+def _load_corpus(task: Task, split: str, data_dir: Path | None) -> list[Example]:
+    """A causal-LM split as its lines, in order, each with its newline (``text_a``; no label): from
+    ``<data_dir>/<folder>/<file>`` or the hub dataset's ``text`` column. An empty split is refused."""
+    if data_dir is None:
+        try:
+            import datasets
+
+            lines = list(datasets.load_dataset(task.hub_path, task.hub_config, split=task.hub_splits[split])["text"])
+        except Exception as exc:  # offline, missing package, unknown config: all need the same fix
+            raise DataError(f"could not load {task.hub_path}/{task.hub_config} (split {task.hub_splits[split]}) from "
+                            f"the hub (offline?): {type(exc).__name__}: {exc}; pass --data-dir with a "
+                            f"{task.glue_dir}/ folder") from exc
+        where = f"{task.hub_path}/{task.hub_config} split {task.hub_splits[split]}"
+    else:
+        path = Path(data_dir) / task.glue_dir / task.files[split]
+        if not path.is_file():
+            raise DataError(f"{path} does not exist: the {split} split of {task.name} is read from "
+                            f"{task.glue_dir}/{task.files[split]} inside --data-dir")
+        lines = [line + "\n" for line in _tsv_lines(path)]
+        where = str(path)
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{where}: no text; a corpus split needs at least one non-empty line")
+    return [Example(i, line, None, None) for i, line in enumerate(lines)]  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from ..models.inits import InitPlan, parse_init
 from ..models.loading import load_tokenizer, model_config, model_fingerprint, resolve_model
 from ..objectives import Objective, get_objective
 from ..results.store import ResultsStore
+from .lm import refuse_lm_run
 from .pairs import distillation_pairs
 from .precision import identity_part
 from .teacher import TeacherRecord
@@ -50,6 +51,8 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples] if read_dev else None
 
     teacher_config = model_config(cfg.teacher)
+    if task.family == "causal-lm":
+        refuse_lm_run(task, cfg, teacher_config, train_file, dev)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
     if init.pretrained is not None:
         resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained
