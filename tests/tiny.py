@@ -23,28 +23,18 @@ def tiny_bert(path: Path, layers: int = 4, hidden: int = 32, heads: int = 2, see
 
 
 def bpe_tokenizer(lines: list[str], vocab_size: int = 300):
-    """A byte-level BPE tokenizer trained by the ``tokenizers`` library on ``lines`` (GPT-2's scheme, tiny), wrapped
-    for transformers; ``<|endoftext|>`` is its end-of-text and padding token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer trained on ``lines`` (distilbench.models.scratch.train_bpe: GPT-2's scheme, tiny)."""
+    from distilbench.models.scratch import train_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(lines, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return train_bpe(lines, vocab_size)
 
 
 def tiny_gpt2(path: Path, lines: list[str], layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
-    """A GPT-2-style causal LM with a BPE tokenizer trained on ``lines``, saved as a local folder."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A GPT-2-style causal LM with a BPE tokenizer trained on ``lines``, saved as a local folder
+    (distilbench.models.scratch.random_causal_lm)."""
+    from distilbench.models.scratch import random_causal_lm
 
     tokenizer = bpe_tokenizer(lines)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=hidden, n_layer=layers, n_head=heads,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    GPT2LMHeadModel(config).save_pretrained(path)
+    random_causal_lm(f"n_layer={layers},n_embd={hidden},n_head={heads}", tokenizer, seed, n_positions=128).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
