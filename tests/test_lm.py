@@ -198,3 +198,40 @@ def test_gpt2_attention_is_captured_through_the_attention_interface():
         assert (layer["probs"][..., future] == 0).all()
         assert (layer["probs"][1, :, :4, 4:] == 0).all()  # padded keys of the second sequence
     torch.testing.assert_close(got.logits[real], want.logits[real], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_objectives_on_a_causal_lm_compare_only_the_keys_it_attends_to():
+    """att-kl on a causal-lm task = KL of the captured probabilities (causal and padding masks applied) over the real
+    queries; att-mse = the squared score error over the real pairs with j <= i. On a classification task (every real
+    key) the same tensors give other values."""
+    from distilbench.config import RunConfig
+    from distilbench.models.capture import capture
+    from distilbench.objectives import Context, Outputs, get_objective
+
+    teacher, student = _tiny_lm(), _tiny_lm()
+    torch.manual_seed(5)
+    student.transformer.h[0].attn.c_attn.weight.data.normal_(0, 0.3)
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    outs = []
+    for m in (student, teacher):
+        with capture(m) as layers:
+            logits = m(input_ids=ids, attention_mask=mask).logits
+        outs.append(Outputs(logits, None, layers))
+    batch = {"attention_mask": mask}
+    real = mask.bool()
+    p_s, p_t = outs[0].attentions[0]["probs"].detach(), outs[1].attentions[0]["probs"]
+    terms = torch.where(p_t > 0, p_t * (p_t.log() - p_s.log()), 0.0).sum(-1)  # [B, H, L]: row KL
+    want_kl = terms.permute(0, 2, 1)[real].mean()
+    pairs = real[:, :, None] & real[:, None, :] & torch.ones(6, 6, dtype=torch.bool).tril()
+    diff = (outs[0].attentions[0]["scores"] - outs[1].attentions[0]["scores"]).permute(0, 2, 3, 1)[pairs]
+    want_mse = diff.pow(2).mean()
+
+    def pair(name, task):
+        ctx = Context(get_task(task), RunConfig(task=task), [(1, 1), (2, 2)], 16, 16, student_heads=2, teacher_heads=2)
+        return get_objective(name)(ctx).pair_loss(outs[0], outs[1], 1, 1, 0, batch).item()
+
+    assert pair("att-kl", "wikitext2") == pytest.approx(want_kl.item(), rel=1e-4)
+    assert pair("att-mse", "wikitext2") == pytest.approx(want_mse.item(), rel=1e-5)
+    assert pair("att-kl", "rte") != pytest.approx(want_kl.item(), rel=1e-2)
+    assert pair("att-mse", "rte") != pytest.approx(want_mse.item(), rel=1e-2)
