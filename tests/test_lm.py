@@ -176,9 +176,7 @@ def test_a_classification_teacher_for_an_lm_task_is_one_line_and_exit_2(tiny_tea
 
 def test_gpt2_attention_is_captured_through_the_attention_interface():
     """A GPT-2 student or teacher is captured like BERT: per layer, pre-mask scores and probabilities equal to eager
-    attention's (causal and padding masks applied: no weight on a future or padded key); the logits do not change.
-    The attention objectives rebuild probabilities from ``scores`` over the real keys only (padding), so for a causal
-    model they would still need the causal mask: not yet done (issue 21 stage C)."""
+    attention's (causal and padding masks applied: no weight on a future or padded key); the logits do not change."""
     from distilbench.models.capture import capture
 
     model = _tiny_lm()
@@ -235,3 +233,17 @@ def test_attention_objectives_on_a_causal_lm_compare_only_the_keys_it_attends_to
     assert pair("att-mse", "wikitext2") == pytest.approx(want_mse.item(), rel=1e-5)
     assert pair("att-kl", "rte") != pytest.approx(want_kl.item(), rel=1e-2)
     assert pair("att-mse", "rte") != pytest.approx(want_mse.item(), rel=1e-2)
+
+
+def test_a_gpt2_student_copies_the_teachers_layers_embeddings_and_tied_lm_head():
+    from distilbench.models.inits import copy_layers, layer_list
+
+    teacher = _tiny_lm()
+    for layer in teacher.transformer.h:  # make the two layers distinguishable
+        layer.ln_1.weight.data.uniform_(0.5, 1.5)
+    student, mapping = copy_layers(teacher, (2,), seed=0)
+    assert layer_list(teacher)[0] == "transformer.h" and student.config.n_layer == 1
+    assert mapping == ["student layer 1 <- teacher layer 2"]
+    s, t = student.state_dict(), teacher.state_dict()
+    assert all(torch.equal(s[k], t[k.replace("transformer.h.0.", "transformer.h.1.")]) for k in s)
+    assert student.lm_head.weight.data_ptr() == student.transformer.wte.weight.data_ptr()  # still tied
