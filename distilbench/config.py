@@ -71,6 +71,7 @@ class RunConfig:
     teacher_cache: str = _f("fp32", "teacher-output cache (hidden states, attention scores, values of the mapped layers; computed once, memory-mapped): fp32 | fp16 | off (run the teacher every step).", group=MODELS, choices=('fp32', 'fp16', 'off'))
     temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.", group=OBJECTIVES)
     alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.", group=OBJECTIVES)
+    gkd_beta: float = _f(0.5, "gkd-jsd: beta of the generalised JSD (GKD, as TRL defines it): beta*KL(p_T||M) + (1-beta)*KL(p_S||M), M = beta*p_T + (1-beta)*p_S; 0 = KL(p_T||p_S), 1 = KL(p_S||p_T).", group=OBJECTIVES)
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.", group=MODELS)
     teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.", group=MODELS)
     teacher_seed: int = _f(0, "seed of the (single, cached) teacher fine-tuning run.", group=MODELS)
@@ -122,6 +123,8 @@ class RunConfig:
             accepted = f.metadata.get("choices")
             if accepted and getattr(self, f.name) not in accepted:
                 raise UsageError(f"--{f.name.replace('_', '-')} must be one of {', '.join(accepted)} (got {getattr(self, f.name)!r})")
+        if not 0.0 <= self.gkd_beta <= 1.0:
+            raise UsageError(f"--gkd-beta must be in [0, 1] (got {self.gkd_beta})")
         if self.theta_lr <= 0 or self.candidates < 1:
             raise UsageError(f"--theta-lr must be > 0 and --candidates >= 1 (got {self.theta_lr}, {self.candidates})")
         if self.student is not None:

@@ -61,6 +61,7 @@ GOLDEN = {  # (objective, task, stage): (loss, unweighted terms)
     ("att-mse", "stsb", "distil"): (8.765325, {"att-mse": 5.565434, "ce": 0.849741, "kd": 2.350148}),
     ("autoskd", "rte", "search"): (0.909697, {"ld": 0.909697}),
     ("avgkd", "rte", "distil"): (0.926850, {"ld": 0.926850}),
+    ("gkd-jsd", "rte", "distil"): (0.656136, {"ce": 0.469041, "gkd-jsd": 0.046774}),
     ("hid-cls", "rte", "distil"): (5.118682, {"hid-cls": 3.902663, "ce": 0.469041, "kd": 0.186744}),
     ("hid-cls", "stsb", "distil"): (7.102552, {"hid-cls": 3.902663, "ce": 0.849741, "kd": 2.350148}),
     ("hid-cls-contrast", "rte", "distil"): (7.596068, {"hid-cls-contrast": 6.380049, "ce": 0.469041, "kd": 0.186744}),
@@ -69,6 +70,7 @@ GOLDEN = {  # (objective, task, stage): (loss, unweighted terms)
     ("hid-seq", "stsb", "distil"): (6.865432, {"hid-seq": 3.665542, "ce": 0.849741, "kd": 2.350148}),
     ("kd", "rte", "distil"): (1.216019, {"ce": 0.469041, "kd": 0.186744}),
     ("kd", "stsb", "distil"): (3.199890, {"ce": 0.849741, "kd": 2.350148}),
+    ("kd-reverse", "rte", "distil"): (1.252982, {"ce": 0.469041, "kd-reverse": 0.195985}),
     ("lwd", "rte", "distil"): (4.881561, {"lwd": 3.665542, "ce": 0.469041, "kd": 0.186744}),
     ("lwd", "stsb", "distil"): (6.865432, {"lwd": 3.665542, "ce": 0.849741, "kd": 2.350148}),
     ("none", "rte", "distil"): (0.469041, {"ce": 0.469041}),
@@ -89,7 +91,8 @@ GOLDEN = {  # (objective, task, stage): (loss, unweighted terms)
     ("att-mse+hid-seq", "rte", "distil"): (10.446996, {"att-mse": 5.565434, "hid-seq": 3.665542, "ce": 0.469041, "kd": 0.186744}),
     ("att-mse+hid-seq", "stsb", "distil"): (12.430865, {"att-mse": 5.565434, "hid-seq": 3.665542, "ce": 0.849741, "kd": 2.350148}),
 }
-ONLY_CLASSIFICATION = {"autoskd", "avgkd", "skd"}  # multi-teacher objectives distil class distributions only
+# multi-teacher objectives, and kd's divergence variants, distil class (or token) distributions only
+ONLY_CLASSIFICATION = {"autoskd", "avgkd", "skd", "kd-reverse", "gkd-jsd"}
 
 
 def test_every_registered_objective_has_a_golden_value():

@@ -15,7 +15,8 @@ GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data/glue)")
 
 ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli", "qnli-devsplit",
-       "squad", "squad_v2", "squad-devsplit"}  # the last three: extractive QA (tests/test_qa_tasks.py)
+       "squad", "squad_v2", "squad-devsplit",  # extractive QA (tests/test_qa_tasks.py)
+       "wikitext2"}  # causal LM (tests/test_lm.py)
 
 
 # --------------------------------------------------------------------------- registry
@@ -50,6 +51,10 @@ def test_yaml_files_are_plain_data() -> None:
     for entry in entries:
         spec = yaml.safe_load(entry.read_text(encoding="utf-8"))  # safe_load refuses object tags
         assert entry.name == f"{spec['name']}.yaml"
+        if spec.get("family") == "causal-lm":  # a corpus scored by perplexity: lower is better
+            assert isinstance(spec["version"], str) and spec["higher_is_better"] is False
+            assert spec["main_score"] == "perplexity" and spec["hub"]["path"] == "Salesforce/wikitext"
+            continue
         assert isinstance(spec["version"], str) and spec["higher_is_better"] is True
         qa = spec.get("family") == "extractive-qa"
         assert spec["hub"]["path"] == ("rajpurkar/squad_v2" if spec["name"] == "squad_v2" else "rajpurkar/squad" if qa

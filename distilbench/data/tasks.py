@@ -1,5 +1,6 @@
 """GLUE tasks: declared as data in ``registry/tasks/*.yaml``, loaded from a GLUE_DIR folder or the hub. The same
-registry holds the extractive QA tasks (``family: extractive-qa``), defined and read in :mod:`.qa_tasks`.
+registry holds the extractive QA tasks (``family: extractive-qa``), defined and read in :mod:`.qa_tasks`, and
+causal-LM corpora (``family: causal-lm``, e.g. ``wikitext2.yaml``): a split is its text's lines (see ``data/lm.py``).
 
 Why a hand-written TSV reader: the GLUE files are not valid CSV. Quotes are ordinary characters (MRPC,
 STS-B), CoLA has no header, MRPC's header starts with a UTF-8 BOM, and a bad row must stop the run with
@@ -52,10 +53,12 @@ class Task:
     # "train" and "dev" are read from the source split and partitioned once by a seeded permutation.
     derived_split: dict[str, Any] | None = field(default=None, hash=False)
     provenance: str | None = None  # printed under every table that shows the task (where its data really comes from)
-    family: str = "sequence-classification"  # extractive QA tasks are data.qa_tasks.QATask, family "extractive-qa"
+    family: str = "sequence-classification"  # (and regression) | causal-lm (see _lm_task); QA tasks are qa_tasks.QATask
 
     @property
     def kind(self) -> str:
+        if self.family == "causal-lm":
+            return "causal LM"
         return "regression" if self.regression else f"{self.num_labels} labels"
 
     @property
@@ -91,9 +94,9 @@ def _task_dir():
 
     The checkout comes first: an editable install maps ``distilbench._registry`` to the checkout it was made from,
     which is another one when this package is imported from a second worktree."""
-    checkout = Path(__file__).resolve().parents[2] / "registry" / "tasks"
-    if checkout.is_dir():
-        return checkout
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "registry" / "tasks").is_dir():
+        return root / "registry" / "tasks"
     try:
         from importlib.resources import files
 
@@ -103,6 +106,8 @@ def _task_dir():
 
 
 def _task_from_yaml(spec: dict[str, Any], source: str) -> Task:
+    if spec.get("family") == "causal-lm":
+        return _lm_task(spec, source)
     try:
         fmt, hub = spec["format"], spec["hub"]
         if not fmt.get("header", True) and not fmt.get("num_columns"):
@@ -137,6 +142,22 @@ def _task_from_yaml(spec: dict[str, Any], source: str) -> Task:
         raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
 
 
+def _lm_task(spec: dict[str, Any], source: str) -> Task:
+    """A causal-LM corpus (``registry/tasks/wikitext2.yaml``): ``folder`` inside --data-dir holds one text file per
+    split (``files``: train, dev); the hub dataset has a ``text`` column of lines. Scored by perplexity (``metrics``,
+    ``main_score``, ``higher_is_better: false``, declared in the file)."""
+    try:
+        hub = spec["hub"]
+        return Task(name=str(spec["name"]).lower(), version=str(spec["version"]), glue_dir=spec["folder"],
+                    files={"train": spec["files"]["train"], "dev": spec["files"]["dev"]}, text_columns=("text",),
+                    labels=None, regression=False, metrics=tuple(spec["metrics"]), main_score=spec["main_score"],
+                    higher_is_better=bool(spec["higher_is_better"]), hub_path=hub["path"], hub_config=hub["config"],
+                    hub_splits={"train": hub["train_split"], "dev": hub["dev_split"]}, family="causal-lm",
+                    provenance=" ".join(str(spec["provenance"]).split()))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
+
+
 def _derived_spec(value: Any, files: dict[str, str], source: str) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -152,7 +173,7 @@ def _load_registry() -> Registry[Task | QATask]:
     for entry in entries:
         spec = yaml.safe_load(entry.read_text(encoding="utf-8"))
         family = spec.get("family", "sequence-classification")
-        if family not in ("sequence-classification", QA_FAMILY):
+        if family not in ("sequence-classification", "causal-lm", QA_FAMILY):
             raise ValueError(f"task file {entry.name}: unknown family {family!r}")
         task = qa_task_from_yaml(spec, entry.name) if family == QA_FAMILY else _task_from_yaml(spec, entry.name)
         registry.register(task.name, task, aliases=tuple(a.lower() for a in spec.get("aliases", ())))
@@ -164,7 +185,8 @@ TASKS: Registry[Task | QATask] = _load_registry()
 
 def get_task(name: str) -> Task | QATask:
     """Look a task up case-insensitively ("RTE" works); unknown -> UsageError with did-you-mean. Its ``family`` says
-    which kind it is: ``sequence-classification`` (a :class:`Task`) or ``extractive-qa`` (a :class:`QATask`)."""
+    which kind it is: ``sequence-classification`` or ``causal-lm`` (a :class:`Task`) or ``extractive-qa`` (a
+    :class:`QATask`)."""
     return TASKS.get(name.strip().lower())
 
 
@@ -308,6 +330,8 @@ def load_split(task: Task | QATask, split: str, data_dir: Path | None) -> list[E
     if isinstance(task, QATask):
         return load_qa_split(task, split, data_dir)  # type: ignore[return-value]
     _check_split(task, split)
+    if task.family == "causal-lm":
+        return _load_corpus(task, split, data_dir)
     if task.derived_split is not None:
         return _derived_part(task, split, data_dir)
     return _load_source(task, split, data_dir)
@@ -344,3 +368,28 @@ def _load_source(task: Task, split: str, data_dir: Path | None) -> list[Example]
             f"{task.glue_dir}/{task.files[split]} (GLUE_DIR layout)"
         )
     return _read_tsv(task, path)
+
+
+def _load_corpus(task: Task, split: str, data_dir: Path | None) -> list[Example]:
+    """A causal-LM split as its lines, in order, each with its newline (``text_a``; no label): from
+    ``<data_dir>/<folder>/<file>`` or the hub dataset's ``text`` column. An empty split is refused."""
+    if data_dir is None:
+        try:
+            import datasets
+
+            lines = list(datasets.load_dataset(task.hub_path, task.hub_config, split=task.hub_splits[split])["text"])
+        except Exception as exc:  # offline, missing package, unknown config: all need the same fix
+            raise DataError(f"could not load {task.hub_path}/{task.hub_config} (split {task.hub_splits[split]}) from "
+                            f"the hub (offline?): {type(exc).__name__}: {exc}; pass --data-dir with a "
+                            f"{task.glue_dir}/ folder") from exc
+        where = f"{task.hub_path}/{task.hub_config} split {task.hub_splits[split]}"
+    else:
+        path = Path(data_dir) / task.glue_dir / task.files[split]
+        if not path.is_file():
+            raise DataError(f"{path} does not exist: the {split} split of {task.name} is read from "
+                            f"{task.glue_dir}/{task.files[split]} inside --data-dir")
+        lines = [line + "\n" for line in _tsv_lines(path)]
+        where = str(path)
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{where}: no text; a corpus split needs at least one non-empty line")
+    return [Example(i, line, None, None) for i, line in enumerate(lines)]  # type: ignore[arg-type]

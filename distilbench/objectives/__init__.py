@@ -9,8 +9,10 @@ Layout: one module per objective, except two families that share their machinery
 filters and stages) and the package ``autoskd/`` (autoskd and its baselines skd, avgkd: the same team and L_d;
 ``core.py`` the maths of paper 003, ``objective.py`` the three objectives). Beside them:
 ``base`` (the contract and the registry), ``layerwise`` (the frame of the intermediate-layer objectives: the loop over
-layer pairs, the prediction term, the schedules, ``+`` combinations) and ``functional`` (the masked losses they share,
-with keyword-only ``student=`` / ``teacher=``).
+layer pairs, the prediction term, the schedules, ``+`` combinations), ``functional`` (the masked losses they share,
+with keyword-only ``student=`` / ``teacher=``) and ``distributions`` (divergences between class or next-token
+distributions over the real rows, the top-k teacher; kd-reverse and gkd-jsd fill in ``kd``'s
+``DivergenceKD`` frame with them).
 
 May import: ``models`` (the layers of a model), ``data`` and the bottom layer (``config``, ``errors``, ``plugins``,
 ``hashing``); never ``training``, ``results``, ``report`` or above.
@@ -22,7 +24,7 @@ from importlib.metadata import entry_points
 from .base import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, register_objective
 
 # the built-in objectives: importing a module registers what it defines
-from . import att_kl, att_mse, autoskd, hid_cls, hid_cls_contrast, hid_seq, kd, lwd, none, ted, val_kl  # noqa: F401
+from . import att_kl, att_mse, autoskd, gkd_jsd, hid_cls, hid_cls_contrast, hid_seq, kd, kd_reverse, lwd, none, ted, val_kl  # noqa: F401
 
 for _ep in entry_points(group="distilbench.objectives"):
     OBJECTIVES.register(_ep.name, _ep.value)

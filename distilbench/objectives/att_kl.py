@@ -5,7 +5,9 @@ Inputs: ``Outputs.attentions`` from :mod:`distilbench.models.capture`, one dict 
 pre-mask, scaled; MPNet's relative position bias included) ``[B, H, L, L]`` and ``v`` ``[B, H, L, d_h]``. Layer pairs
 ``(s, t)`` of ``ctx.layer_map`` are 1-based: student ``attentions[s - 1]`` against teacher ``attentions[t - 1]``; the
 intermediate term is the SUM over the pairs of the per-pair losses (``LayerObjective.pair_loss``). Padding: real
-query rows and keys only, as :mod:`distilbench.objectives.functional` describes.
+query rows and keys only, as :mod:`distilbench.objectives.functional` describes. A causal-lm task's models attend only
+to keys at or before the query, so att-mse and att-kl compare only those (``causal=True``); val-kl's value relations
+are not an attention the model applies and keep every real key.
 
 Head counts (``H_s`` student, ``H_t`` teacher) -- never a silent broadcast:
 
@@ -56,4 +58,5 @@ class AttKL(LayerObjective):
     def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
         x_s, x_t, mask = student.attentions[s - 1]["scores"], teacher.attentions[t - 1]["scores"], batch["attention_mask"]
         check_aligned(self.name, student=x_s, teacher=x_t, mask=mask)
-        return masked_row_kl(student=x_s, teacher=x_t, mask=mask, average_heads=x_s.shape[1] != x_t.shape[1])
+        return masked_row_kl(student=x_s, teacher=x_t, mask=mask, average_heads=x_s.shape[1] != x_t.shape[1],
+                             causal=self.task.family == "causal-lm")

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.lm import next_token_nll
 from ..plugins import Registry
+from .distributions import forward_kl
 from .functional import logit_kl, span_kl
 
 if TYPE_CHECKING:
@@ -202,22 +204,30 @@ class Objective(nn.Module):
         """The prediction-layer term and its scale: KL(softmax(z_T/T) || softmax(z_S/T)) averaged over the batch, scaled by
         T^2 (Hinton et al. 2015); for regression, MSE between the outputs, scale 1. Extractive QA: the same KL on the
         start and on the end distributions over each window's real tokens (``mask``, the attention mask), averaged over
-        the two (:func:`.functional.span_kl`)."""
+        the two (:func:`.functional.span_kl`). Token logits ``[B, L, V]`` (causal LM): the KL averaged over the real
+        positions of ``mask`` ``[B, L]`` (:func:`.distributions.forward_kl`). Classification ignores ``mask``."""
         if self.task.regression:
             return F.mse_loss(student_logits.float(), teacher_logits.detach().float()), 1.0  # the teacher never learns
         t = self.ctx.config.temperature
-        if self.task.family == "extractive-qa":
+        if self.task.family == "extractive-qa":  # before the shape test: span scores [B, L, 2] are 3-d too
             return span_kl(student=student_logits, teacher=teacher_logits, mask=_span_mask(mask), temperature=t), t * t
+        if student_logits.dim() == 3:
+            return forward_kl(student=student_logits, teacher=teacher_logits, mask=mask, temperature=t), t * t
         return logit_kl(student=student_logits, teacher=teacher_logits, temperature=t), t * t
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy for classification, MSE for regression (STS-B). Extractive QA: cross-entropy of the start and
-        of the end position over each window's real tokens (``mask``), averaged over the two (labels ``[B, 2]``)."""
+        of the end position over each window's real tokens (``mask``), averaged over the two (labels ``[B, 2]``). Token
+        logits ``[B, L, V]`` (causal LM): the mean next-token NLL over the real targets (labels -100 are none;
+        :func:`distilbench.data.lm.next_token_nll`)."""
         if self.task.regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         if self.task.family == "extractive-qa":
             scores = torch.where(_span_mask(mask).bool()[:, :, None], logits.float(), torch.finfo(torch.float32).min)
             return (F.cross_entropy(scores[..., 0], labels[:, 0]) + F.cross_entropy(scores[..., 1], labels[:, 1])) / 2
+        if logits.dim() == 3:
+            total, n = next_token_nll(logits, labels)
+            return total / max(n, 1)
         return F.cross_entropy(logits.float(), labels)
 
 

@@ -46,15 +46,25 @@ def masked_mse(*, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
     return diff.pow(2).mean()
 
 
-def masked_score_mse(*, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def causal_pairs(length: int, device) -> torch.Tensor:
+    """``[L, L]``: True where key ``j`` is at or before query ``i`` (``j <= i``), the keys a causal LM attends to."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def masked_score_mse(*, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                     causal: bool = False) -> torch.Tensor:
     """Mean over the real (query, key) pairs and the heads of the squared score error (att-mse)::
 
         1 / (P * H) * sum_{(b,i,j): m[b,i]=m[b,j]=1} sum_h (A_S[b,h,i,j] - A_T[b,h,i,j])^2,   P = sum_b n_b^2
 
     ``student`` / ``teacher`` ``[B, H, L, L]``. With ``H_s != H_t`` each side is first averaged over its own heads
-    (``Abar = 1/H * sum_h A[h]``) and ``H = 1``: never a broadcast. Pairs with a padded query or key are dropped."""
+    (``Abar = 1/H * sum_h A[h]``) and ``H = 1``: never a broadcast. Pairs with a padded query or key are dropped;
+    ``causal`` (a causal LM) also drops the pairs with a later key (``j > i``), which its attention masks out
+    (then ``P`` counts the pairs ``j <= i``)."""
     keep = mask.bool()
     pairs = keep[:, :, None] & keep[:, None, :]  # [B, L, L]
+    if causal:
+        pairs = pairs & causal_pairs(keep.shape[1], keep.device)
     s = student.float().permute(0, 2, 3, 1)[pairs]  # [P, H_s]
     t = teacher.detach().float().permute(0, 2, 3, 1)[pairs]  # [P, H_t]
     if s.shape[0] == 0:
@@ -78,7 +88,7 @@ def head_mean(logp: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 def masked_row_kl(*, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
-                  average_heads: bool = False) -> torch.Tensor:
+                  average_heads: bool = False, causal: bool = False) -> torch.Tensor:
     """Mean over real query rows and heads of ``KL(softmax_T || softmax_S)`` taken over the real keys (att-kl, val-kl)::
 
         1 / (N * H) * sum_{(b,i): m[b,i]=1} sum_h sum_{j: m[b,j]=1} p_T[b,h,i,j] * (log p_T[b,h,i,j] - log p_S[b,h,i,j])
@@ -91,9 +101,12 @@ def masked_row_kl(*, student: torch.Tensor, teacher: torch.Tensor, mask: torch.T
     Computed on the whole padded maps (length-grouped batches carry little padding, and gathering the real rows cost
     more than the rows it skipped): the teacher's side, a fixed target, without autograd; its weights ``p_T`` are 0 on
     padded rows and keys, where both sides' log-probabilities are finite (:func:`masked_log_softmax`), so those terms
-    are exactly 0."""
+    are exactly 0. ``causal`` (a causal LM's attention): a row's real keys are only those at or before its query
+    (``j <= i``), the keys its softmax runs over."""
     keep = mask.bool()
     real = keep[:, None, :, None] & keep[:, None, None, :]  # [B, 1, L, L]: real query row and real key
+    if causal:
+        real = real & causal_pairs(keep.shape[1], keep.device)
     n = int(keep.sum())
     if n == 0:
         return student.new_zeros((), dtype=torch.float32)

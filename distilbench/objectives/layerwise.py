@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .base import Context, LossOutput, Needs, Objective, Outputs, Stage
+from .distributions import token_mask
 
 
 class LayerObjective(Objective):
@@ -76,7 +77,7 @@ class LayerObjective(Objective):
             weighted = self.weighted_intermediate(inter)
             loss = loss + (weighted if stage.name == "intermediate" else self.beta * weighted)
         if stage.name != "intermediate":
-            mask = batch.get("attention_mask")  # extractive QA: the windows' real tokens (unused by classification)
+            mask = batch.get("attention_mask")  # extractive QA and causal LM: the real tokens (classification ignores it)
             ce = self.task_loss(student.logits, batch["labels"], mask)
             soft, scale = self.soft_loss(student.logits, teacher.logits, mask)
             loss = loss + ce + cfg.alpha_kd * scale * soft

@@ -17,6 +17,7 @@ from ..models.inits import InitPlan, parse_init
 from ..models.loading import load_tokenizer, model_config, model_fingerprint, resolve_model
 from ..objectives import Objective, get_objective
 from ..results.store import ResultsStore
+from .lm import refuse_lm_run
 from .pairs import distillation_pairs
 from .precision import identity_part
 from .teacher import TeacherRecord
@@ -43,7 +44,7 @@ class Plan:
 def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     """Resolve and validate a run. ``read_dev=False`` (a search) never opens the dev file: ``Plan.dev`` is None."""
     task = get_task(cfg.task)
-    if task.family != "sequence-classification":
+    if task.family == "extractive-qa":
         raise UsageError(f"task {task.name} is {task.kind}: its data, windows and metrics are in place "
                          f"(distilbench.data.qa, issue #20), but `run` trains sequence classification only so far")
     main = get_objective(cfg.objective)
@@ -53,6 +54,8 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples] if read_dev else None
 
     teacher_config = model_config(cfg.teacher)
+    if task.family == "causal-lm":
+        refuse_lm_run(task, cfg, teacher_config, train_file, dev)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
     if init.pretrained is not None:
         resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained
