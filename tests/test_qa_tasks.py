@@ -61,11 +61,13 @@ def test_task_file_with_bad_windows_is_refused():
         qa_task_from_yaml({k: v for k, v in spec.items() if k != "folder"}, "x.yaml")
 
 
-def test_run_refuses_a_qa_task_until_the_harness_trains_spans():
-    from distilbench.training.plan import plan_run
+def test_run_windows_follow_the_task_unless_max_length_is_set():
+    """`run` trains QA now (tests/test_qa_run.py); its windows are the task's, or --max-length's at the task's ratio."""
+    from distilbench.training.qa_run import window_settings
 
-    with pytest.raises(UsageError, match="squad is extractive QA"):
-        plan_run(RunConfig(task="squad"))
+    task = get_task("squad")
+    assert window_settings(RunConfig(task="squad"), task) == (384, 128, 64)
+    assert window_settings(RunConfig(task="squad", max_length=256), task) == (256, 85, 64)
 
 
 # --------------------------------------------------------------------------- reading

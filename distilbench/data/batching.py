@@ -41,6 +41,10 @@ def fingerprint(examples: Sequence[Example]) -> str:
     """Content hash of a list of examples: cache keys change when the data does."""
     h = hashlib.sha256()
     for e in examples:
+        if hasattr(e, "qid"):  # an extractive QA question (data.qa_tasks.QAExample)
+            answers = "\t".join(f"{a.start}:{a.text}" for a in e.answers)
+            h.update(f"{e.idx}\t{e.qid}\t{e.question}\t{e.context}\t{answers}\n".encode())
+            continue
         h.update(f"{e.idx}\t{e.text_a}\t{e.text_b}\t{e.label}\n".encode())
     return h.hexdigest()[:16]
 

@@ -61,6 +61,16 @@ class QAWindows:
                          [self.start_positions[w] for w in pick], [self.end_positions[w] for w in pick], self.pad_id,
                          [self.window_idx[w] for w in pick])
 
+    def for_examples(self, examples: Sequence[QAExample]) -> "QAWindows":
+        """The windows of ``examples`` (a part of this split's questions, matched by question id), re-based on them:
+        ``examples`` becomes the question list, each window keeps its ``window_idx``."""
+        position = {e.qid: p for p, e in enumerate(self.examples)}
+        new = {position[e.qid]: i for i, e in enumerate(examples)}
+        picked = self.subset([w for w, e in enumerate(self.example_of) if e in new])
+        picked.examples = list(examples)
+        picked.example_of = [new[e] for e in picked.example_of]
+        return picked
+
     def answer_text(self, window: int) -> str:
         """The context text the window's labels point at ("" for a no-answer label): what round-trips the gold."""
         s, e = self.start_positions[window], self.end_positions[window]

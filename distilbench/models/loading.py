@@ -381,6 +381,13 @@ def load_classifier(name: str, num_labels: int, regression: bool, attn_implement
     return model
 
 
+def load_task_model(name: str, task, attn_implementation: str | None = None):
+    """:func:`load_classifier` with the head ``task`` needs: start/end scores for extractive QA, else its classes."""
+    if getattr(task, "family", None) == "extractive-qa":
+        return load_classifier(name, 2, False, attn_implementation=attn_implementation, span=True)
+    return load_classifier(name, task.num_labels, task.regression, attn_implementation=attn_implementation)
+
+
 def describe(name: str) -> dict[str, Any]:
     """Facts for ``distilbench ls models``. For an alias this never extracts or hashes (listing must be
     instant and work when packages are absent): ``path`` is None until the folder exists."""

@@ -1,8 +1,9 @@
 """TED: task-aware layer-wise distillation (Liang et al. 2023, paper 001), two declared stages.
 
 Stage I (Eq. 4-5), ``filters``, shared across student seeds and cached beside the teacher: the models are frozen;
-for each layer pair k a filter g^k with a task head (softmax classifier, or a regression head) is trained on the task
-loss, all K jointly: ``min_W sum_k l(head_k(g_t^k(H_t^{M(k)}))[CLS])``. Teacher filters map d_t -> d_t, student filters
+for each layer pair k a filter g^k with a task head (softmax classifier, or a regression head, at [CLS]; for extractive QA
+the task's own span head, a Linear(d_t, 2) giving start/end scores on every token) is trained on the task loss, all K
+jointly: ``min_W sum_k l(head_k(g_t^k(H_t^{M(k)}))[CLS])``. Teacher filters map d_t -> d_t, student filters
 d_s -> d_t (§5.3). With a student initialised from teacher layers (A.4 case 2.2) the student's filter k is by default a
 copy of the trained teacher filter at M(k) (``--ted-student-filters copy``); ``train`` trains student filters on the
 frozen student in Stage I instead (required when d_s != d_t); ``random`` is the Table 6 ablation.
@@ -29,7 +30,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .base import Context, LossOutput, Needs, Outputs, Stage, register_objective
-from .functional import logit_kl, masked_mse
+from .functional import logit_kl, masked_mse, span_kl
 from .layerwise import LayerObjective
 
 
@@ -83,7 +84,11 @@ class TED(LayerObjective):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         cfg = ctx.config
-        ds, dt, n_out = ctx.student_hidden, ctx.teacher_hidden, ctx.task.num_labels
+        # the filters' task heads are the task's own head (§3): classes at [CLS], or extractive QA's start/end
+        # scores, a Linear(d_t, 2) over every token
+        self.span = ctx.task.family == "extractive-qa"
+        ds, dt = ctx.student_hidden, ctx.teacher_hidden
+        n_out = 2 if self.span else ctx.task.num_labels
         self.student_mode = "train" if cfg.ted_finetune_student else cfg.ted_student_filters
         if self.student_mode == "copy" and ds != dt:
             self.student_mode = "train"  # a teacher filter cannot take the student's width: train the student's own (§5.3)
@@ -149,7 +154,7 @@ class TED(LayerObjective):
     # -- losses -----------------------------------------------------------------------------------------------------
     def forward(self, student: Outputs | None, teacher: Outputs | None, batch: dict, stage: Stage) -> LossOutput:
         if stage.name == "finetune":  # A.2.3: the student learns the task before its filters are trained on it
-            ce = self.task_loss(student.logits, batch["labels"])
+            ce = self.task_loss(student.logits, batch["labels"], batch.get("attention_mask"))
             return LossOutput(ce, {"ce": ce.detach()})
         if stage.name != "filters":
             return super().forward(student, teacher, batch, stage)
@@ -157,10 +162,10 @@ class TED(LayerObjective):
         mask, labels = batch["attention_mask"], batch["labels"]
         terms = {}
         if self.ctx.config.ted_teacher_filters == "trained":
-            terms["filters_t"] = sum(self.task_loss(h(f(teacher.hidden_states[t], mask)[:, 0]), labels)
+            terms["filters_t"] = sum(self.task_loss(self._head(h, f(teacher.hidden_states[t], mask)), labels, mask)
                                      for (_, t), f, h in zip(self.ctx.layer_map, self.t_filters, self.t_heads))
         if self.student_mode == "train":
-            terms["filters_s"] = sum(self.task_loss(h(f(student.hidden_states[s], mask)[:, 0]), labels)
+            terms["filters_s"] = sum(self.task_loss(self._head(h, f(student.hidden_states[s], mask)), labels, mask)
                                      for (s, _), f, h in zip(self.ctx.layer_map, self.s_filters, self.s_heads))
         loss = sum(terms.values())
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
@@ -171,10 +176,16 @@ class TED(LayerObjective):
         gs = self.s_filters[k](student.hidden_states[s], mask)
         if not self.use_kl:  # Eq. 6: MSE(g_t^k, g_s^k)
             return masked_mse(student=gs, teacher=gt, mask=mask)
-        zs, zt = self.s_heads[k](gs[:, 0]), self.t_heads[k](gt[:, 0])  # Remark 3.2: the heads' predictions at [CLS]
+        zs, zt = self._head(self.s_heads[k], gs), self._head(self.t_heads[k], gt)  # Remark 3.2: the heads' predictions
+        if self.span:  # start/end distributions over the window's real tokens, as kd compares them
+            return span_kl(student=zs, teacher=zt, mask=mask)
         if self.task.regression:
             return F.mse_loss(zs.float(), zt.float())
         return logit_kl(student=zs, teacher=zt)
+
+    def _head(self, head: nn.Module, g: torch.Tensor) -> torch.Tensor:
+        """A filter's task head on its output: at [CLS] (classes), or on every token (extractive QA: [B, L, 2])."""
+        return head(g) if self.span else head(g[:, 0])
 
     def report(self) -> dict:
         n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())

@@ -10,6 +10,11 @@ stored rows allow says so at ``ALPHA`` (one-sided):
   resampled examples (dev-sample noise; needs the stored per-example predictions and labels). One-sided centred
   p = (1 + #{b : δ*_b - δ >= δ}) / (B + 1) for an observed δ > 0, else 1; seeded, so reports rebuild exactly.
 
+Extractive QA has no majority class: its rows store each question's F1 and a **floor**, the better of two
+question-blind predictors (the empty answer, the context's first sentence; :mod:`distilbench.training.qa_run`) with
+its per-question F1 (``extra.floor``). The check then tests the cell against that floor exactly as against the
+majority class, pairing questions in the bootstrap.
+
 Otherwise the cell is **at chance**: tables mark it and never rank it. Regression tasks have no majority class: the
 check does not apply (``applies`` is False). A cell with one seed and no stored predictions cannot be checked
 (``at_chance`` is None and the reason says why); it is not ranked either.
@@ -69,20 +74,22 @@ def seed_test(scores: Sequence[float], floor: float) -> float:
 
 
 def example_test(preds: Mapping[int, Sequence[int]], labels: Sequence[int], metrics: Sequence[str], main: str,
-                 samples: int = SAMPLES, seed: int = SEED) -> tuple[float, float]:
+                 samples: int = SAMPLES, seed: int = SEED, floor_scores: Sequence[float] | None = None) -> tuple[float, float]:
     """(δ, one-sided p): δ = mean over seeds of score(predictions) - score(majority predictor), × 100, on the dev
-    set; p from the paired bootstrap over dev examples described in the module docstring."""
+    set; p from the paired bootstrap over dev examples described in the module docstring. ``floor_scores``: per-example
+    scores of the floor predictor (extractive QA; ``preds`` are then per-example scores too) in place of the majority."""
     from .per_example import _chunks, batched_score
 
-    y = np.asarray(labels, dtype=int)
+    scored = floor_scores is not None
+    y = np.asarray(labels) if scored else np.asarray(labels, dtype=int)
     n = len(y)
     seeds = sorted(preds)
-    p = np.array([np.asarray(preds[s], dtype=int) for s in seeds])
-    base = np.full(n, majority_label(y))
+    p = np.array([np.asarray(preds[s], dtype=float if scored else int) for s in seeds])
+    base = np.asarray(floor_scores, dtype=float) if scored else np.full(n, majority_label(y))
 
     def diff(idx: np.ndarray) -> np.ndarray:
         yy = y[idx]
-        floor = batched_score(metrics, main, base[idx], yy)
+        floor = base[idx].mean(axis=1) if scored else batched_score(metrics, main, base[idx], yy)
         return 100 * np.mean([batched_score(metrics, main, p[k][idx], yy) - floor for k in range(len(seeds))], axis=0)
 
     observed = float(np.round(diff(np.arange(n)[None, :])[0], 10))
@@ -95,16 +102,17 @@ def example_test(preds: Mapping[int, Sequence[int]], labels: Sequence[int], metr
 
 def check(scores: Mapping[int, float], majority: float | None, preds: Mapping[int, Sequence[int]] | None = None,
           labels: Sequence[int] | None = None, metrics: Sequence[str] = ("accuracy",), main: str = "accuracy",
-          samples: int = SAMPLES) -> ChanceResult:
+          samples: int = SAMPLES, floor_scores: Sequence[float] | None = None) -> ChanceResult:
     """The signal check of one cell: ``scores`` {seed: score × 100}, ``majority`` × 100 (None: regression), the
-    stored per-example predictions {seed: class ids} and dev labels when there are any."""
+    stored per-example predictions {seed: class ids} and dev labels when there are any. ``floor_scores``: extractive
+    QA's floor per example (``majority`` is then its mean × 100, ``preds`` per-example scores)."""
     mean = float(np.mean(list(scores.values()))) if scores else math.nan
     if majority is None or (isinstance(majority, float) and math.isnan(majority)):
         return ChanceResult(False, math.nan, mean, math.nan, math.nan, None, "no majority class (regression)")
     seed_p = seed_test([scores[s] for s in sorted(scores)], majority)
     example_p = math.nan
     if preds and labels is not None and set(preds) == set(scores):
-        example_p = example_test(preds, labels, metrics, main, samples)[1]
+        example_p = example_test(preds, labels, metrics, main, samples, floor_scores=floor_scores)[1]
     ps = [p for p in (seed_p, example_p) if not math.isnan(p)]
     if not ps:
         return ChanceResult(True, majority, mean, seed_p, example_p, None,
@@ -146,6 +154,9 @@ def check_rows(rows: Sequence[Mapping], scale: float = 100.0, samples: int = SAM
     scores = {int(r["seed"]): float(r["score"]) * scale for r in rows}
     preds, labels, _ = predictions_of(rows)
     names, main = task_metrics(str(rows[0].get("task")), rows[0])
+    floor = (rows[0].get("extra") or {}).get("floor")
+    if floor is not None:  # extractive QA: the question-blind floor in place of the majority class
+        return check(scores, floor["score"] * scale, preds or None, labels, names, main, samples, floor["scores"])
     majority = None
     try:
         task = get_task(str(rows[0].get("task")))

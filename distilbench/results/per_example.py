@@ -29,6 +29,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 2000
+# rows whose stored predictions are per-example scores (extractive QA: each question's F1, ``extra.per_example``):
+# the task's score is their mean, and this pseudo-metric is how the tests here score them
+EXAMPLE_SCORE = "example-score"
 BOOTSTRAP_SEED = 0
 REGRESSION_METRICS = ("pearson", "spearman")
 
@@ -56,6 +59,9 @@ def batched_score(metrics: Sequence[str], main: str, preds: np.ndarray, labels: 
     """The main score of each row of ``preds``/``labels`` (shape R × N), on the 0-1 scale; the same numbers as
     :func:`distilbench.data.metrics.compute_metrics` row by row (a test checks it), vectorised where it matters."""
     from ..data import metrics as M
+
+    if main == EXAMPLE_SCORE:  # per-example scores (extractive QA: each question's F1): the score is their mean
+        return np.asarray(preds, dtype=float).mean(axis=1)
 
     def one(name: str) -> np.ndarray:
         p, y = preds, labels
@@ -114,7 +120,7 @@ def per_example_test(a: Mapping[int, Sequence[float]], b: Mapping[int, Sequence[
     lengths = sorted({len(side[s]) for side in (a, b) for s in seeds})
     if n == 0 or lengths != [n]:
         return _nan(seeds, n, f"predictions and labels differ in length (predictions: {lengths}, labels: {n})")
-    regression = main in REGRESSION_METRICS or any(m in REGRESSION_METRICS for m in metrics)
+    regression = main in REGRESSION_METRICS or main == EXAMPLE_SCORE or any(m in REGRESSION_METRICS for m in metrics)
     pa = np.array([np.asarray(a[s], dtype=float if regression else int) for s in seeds])
     pb = np.array([np.asarray(b[s], dtype=float if regression else int) for s in seeds])
 
@@ -166,6 +172,8 @@ def task_metrics(task: str, row: Mapping) -> tuple[list[str], str]:
     whose row stored no main score takes its first stored metric, else accuracy."""
     from .stats import task_info
 
+    if (row.get("extra") or {}).get("per_example"):  # per-question scores (extractive QA): their mean is the score
+        return [EXAMPLE_SCORE], EXAMPLE_SCORE
     info = task_info(task, row)
     return info.metrics, info.main_score or (info.metrics[0] if info.metrics else "accuracy")
 

@@ -54,6 +54,8 @@ class TeacherSource:
         device = batch["input_ids"].device
         if self.covered(i):
             logits = self.cache[i][batch["idx"].cpu()].to(device)
+            if logits.dim() == 3:  # per-token scores (extractive QA windows), cached at full width: cut to the batch's
+                logits = logits[:, : batch["input_ids"].shape[1]]
             if self.outputs[i] is None:
                 return Outputs(logits)
             return self.outputs[i].outputs(batch["idx"].cpu(), logits, device)

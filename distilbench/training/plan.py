@@ -20,6 +20,7 @@ from ..results.store import ResultsStore
 from .lm import refuse_lm_run
 from .pairs import distillation_pairs
 from .precision import identity_part
+from .qa_run import check_qa_run
 from .teacher import TeacherRecord
 
 
@@ -44,9 +45,6 @@ class Plan:
 def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     """Resolve and validate a run. ``read_dev=False`` (a search) never opens the dev file: ``Plan.dev`` is None."""
     task = get_task(cfg.task)
-    if task.family == "extractive-qa":
-        raise UsageError(f"task {task.name} is {task.kind}: its data, windows and metrics are in place "
-                         f"(distilbench.data.qa, issue #20), but `run` trains sequence classification only so far")
     main = get_objective(cfg.objective)
     objectives = [main] + ([get_objective("none")] if cfg.baseline and main.name != "none" else [])
     data_dir = resolve_data_dir(cfg.data_dir)
@@ -56,6 +54,8 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     teacher_config = model_config(cfg.teacher)
     if task.family == "causal-lm":
         refuse_lm_run(task, cfg, teacher_config, train_file, dev)
+    if task.family == "extractive-qa":
+        check_qa_run(cfg, task, main, teacher_config)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
     if init.pretrained is not None:
         resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained

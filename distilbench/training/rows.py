@@ -33,8 +33,10 @@ class FitResult:
 
 def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identity: dict, seed: int, record: TeacherRecord,
                 dev_metrics: dict, teacher_metrics: dict, dev_preds: np.ndarray, dev_labels: np.ndarray,
-                precision: str, device: str, profile: dict | None) -> dict:
-    """The row stored for one (objective, seed) run: its identity, dev scores, the teacher's, and what to report."""
+                precision: str, device: str, profile: dict | None, qa_extra: dict | None = None) -> dict:
+    """The row stored for one (objective, seed) run: its identity, dev scores, the teacher's, and what to report.
+    Extractive QA (``qa_extra``, :func:`distilbench.training.qa_run.dev_results`): ``dev_preds`` are the questions'
+    F1, ``dev_labels`` their ids, and ``qa_extra`` (``per_example``, ``floor``) joins ``extra``."""
     task, objective, result = plan.task, fit.objective, fit.result
     return {"run_key": key, "kind": "student", "task": task.name, "task_version": task.version, "objective": objective.name,
             "objective_version": objective.version, "init": plan.init.spec, "teacher": cfg.teacher,
@@ -54,7 +56,9 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       "profile": profile,
                       # per-example dev predictions and labels in dev order: what the per-example paired tests
                       # (McNemar, bootstrap over examples: distilbench.results.per_example) between two runs need
-                      "dev_predictions": _per_example(dev_preds, task.regression), "dev_labels": _per_example(dev_labels, task.regression)}}
+                      "dev_predictions": _per_example(dev_preds, task.regression or qa_extra is not None),
+                      "dev_labels": list(dev_labels) if qa_extra is not None else _per_example(dev_labels, task.regression),
+                      **(qa_extra or {})}}
 
 
 def _per_example(values, regression: bool) -> list:

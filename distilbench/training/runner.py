@@ -19,12 +19,13 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
-from ..data.batching import encode, fingerprint, selection_split
+from ..data.batching import fingerprint, selection_split
+from ..data.qa_answers import score_answers
 from ..data.metrics import compute_metrics
 from ..errors import TrainingDiverged, UsageError
 from ..hashing import run_key
 from ..models.inits import build_student
-from ..models.loading import load_classifier, load_tokenizer
+from ..models.loading import load_task_model, load_tokenizer
 from ..objectives import Context
 from . import cost
 from .harness import evaluate, make_accelerator, predict, train
@@ -33,6 +34,8 @@ from .leasing import DONE, HELD, STORED, train_under_lease
 from .plan import plan_run, run_identity
 from .precision import resolve as resolve_precision
 from .profile import model_profile, row_profile
+from .qa_eval import predict_answers
+from .qa_run import QAEncodings, dev_results, encode_for, is_qa
 from .rows import FitResult, student_row
 from .sources import Encodings, TeacherSources
 from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, teacher_cached
@@ -58,7 +61,8 @@ class Runner:
         self.tokenizer = load_tokenizer(cfg.teacher)
         self.team_records: list[TeacherRecord] = []
         self.team: list[tuple] = []  # (record, loaded model, tokenizer) per member, see prepare_team
-        self.encodings = Encodings()  # tokenisations, kept for the life of the runner
+        # tokenisations, kept for the life of the runner (extractive QA: windows numbered in the whole train file's)
+        self.encodings = QAEncodings(cfg, self.plan.task, self.plan.train_all) if is_qa(self.plan.task) else Encodings()
 
     prefix = ""  # a worker process's tag on its lines ("w1: ")
     lost: list[str] = []  # runs lost with a worker process that died (--workers): a rerun trains them
@@ -98,10 +102,11 @@ class Runner:
         dev_fp = fingerprint(self.plan.dev)
         if record.dev_metrics(dev_fp) is None:
             net = load_teacher(record, task)
-            metrics = evaluate(net, encode(load_tokenizer(str(record.path)), self.plan.dev, cfg.max_length), task, cfg, self.accelerator)
+            dev_enc = encode_for(task, cfg, load_tokenizer(str(record.path)), self.plan.dev)
+            metrics = evaluate(net, dev_enc, task, cfg, self.accelerator)
             record_dev_metrics(record, dev_fp, metrics)
         metrics = record.dev_metrics(dev_fp)
-        majority = task.majority_score([e.label for e in self.plan.dev])
+        majority = None if is_qa(task) else task.majority_score([e.label for e in self.plan.dev])
         self.log(f"teacher {name} on {task.name} dev: {task.main_score} = {100 * metrics['score']:.2f}"
                  + (f" (majority class {100 * majority:.2f})" if majority is not None else ""))
         if majority is not None and metrics["score"] - majority < 0.02:
@@ -269,7 +274,7 @@ class Runner:
         """Seed ``seed``'s student built from its init, and the layer mapping it was copied with."""
         task = self.plan.task
         return build_student(self.plan.init, teacher_net, seed,
-                             lambda name: load_classifier(name, task.num_labels, task.regression, attn_implementation=None))
+                             lambda name: load_task_model(name, task, attn_implementation=None))
 
     def _build(self, objective_cls, seed, teacher_net, log: bool = True):
         """Seed ``seed``'s student (built from its init), its tokenizer, and the objective instance for it."""
@@ -374,9 +379,15 @@ class Runner:
         plan, cfg, task = self.plan, self.cfg, self.plan.task
         fit = self.fit(objective_cls, seed, record, teacher_net)
         student, tokenizer, label = fit.student, fit.tokenizer, fit.label
-        dev_preds = predict(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
-        dev_labels = np.array([e.label for e in plan.dev])
-        dev_metrics = compute_metrics(task, dev_preds, dev_labels)
+        qa_extra = None
+        if is_qa(task):  # per question: its F1 (distilbench.training.qa_run); the question ids in place of labels
+            answers = predict_answers(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
+            dev_metrics = score_answers(task, plan.dev, answers)
+            dev_preds, dev_labels, qa_extra = dev_results(answers, task, plan.dev, dev_metrics)
+        else:
+            dev_preds = predict(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
+            dev_labels = np.array([e.label for e in plan.dev])
+            dev_metrics = compute_metrics(task, dev_preds, dev_labels)
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
         if fit.multi:
             teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
@@ -388,7 +399,7 @@ class Runner:
             profile = row_profile(*models, dev_metrics["score"], teacher_metrics["score"], task.higher_is_better, fit.spent)
         row = student_row(cfg, plan, fit, key=key, identity=identity, seed=seed, record=record, dev_metrics=dev_metrics,
                           teacher_metrics=teacher_metrics, dev_preds=dev_preds, dev_labels=dev_labels,
-                          precision=self.precision, device=str(self.accelerator.device), profile=profile)
+                          precision=self.precision, device=str(self.accelerator.device), profile=profile, qa_extra=qa_extra)
         if cfg.save_students and self.accelerator.is_main_process:  # here, where the model lives (a worker's process too)
             from .export import save_student
 

@@ -19,6 +19,7 @@ from . import cost
 from .harness import SharedStages, TeacherSource
 from .inference import TeacherInference
 from .plan import Plan
+from .qa_run import is_qa, span_logits_path, teacher_span_logits, window_tokenisation
 from .teacher import TeacherRecord, logits_path, split_for_teacher, teacher_logits
 from .teacher_cache import open_or_build, parts_for
 
@@ -70,9 +71,16 @@ class TeacherSources:
             # the teacher's key names its weights and tokenizer; hashing its folder would also hash the caches kept there
             tokenisation = f"{record.key}:{cfg.max_length}"
             enc_all = self.encode(self.tokenizer, plan.train_all)
-            cache = [teacher_logits(record, enc_all, plan.train_rows, partial(self.inference.logits, teacher_net), tokenisation,
-                                    self.precision)]
-            parts.append(cost.logits_part(record, logits_path(record, enc_all, plan.train_rows, tokenisation, self.precision)))
+            if is_qa(plan.task):  # per window, keyed apart from classification logits (distilbench.training.qa_run)
+                tokenisation = window_tokenisation(record, cfg, plan.task)
+                compute = partial(self.inference.logits, teacher_net)
+                cache = [teacher_span_logits(record, enc_all, compute, tokenisation, self.precision)]
+                path = span_logits_path(record, enc_all, tokenisation, self.precision)
+            else:
+                cache = [teacher_logits(record, enc_all, plan.train_rows, partial(self.inference.logits, teacher_net),
+                                        tokenisation, self.precision)]
+                path = logits_path(record, enc_all, plan.train_rows, tokenisation, self.precision)
+            parts.append(cost.logits_part(record, path))
             if not logits_only:
                 outputs = [open_or_build(record.path, record.key, enc_all, tokenisation, layers, parts_for(objective.needs),
                                          cfg.teacher_cache, partial(self.inference.outputs, teacher_net, objective.needs),

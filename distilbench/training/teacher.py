@@ -22,7 +22,7 @@ from ..config import RunConfig
 
 from ..hashing import stable_hash
 from ..data.batching import Encoded, encode, fingerprint, selection_split
-from ..models.loading import cache_dir, load_classifier, load_tokenizer, model_fingerprint
+from ..models.loading import cache_dir, load_task_model, load_tokenizer, model_fingerprint
 from .precision import identity_part
 from ..data.tasks import Example, Task
 
@@ -121,7 +121,7 @@ def record_dev_metrics(record: TeacherRecord, dev_fp: str, metrics: dict) -> Non
 
 
 def load_teacher(record: TeacherRecord, task: Task, attn_implementation: str | None = None):
-    return load_classifier(str(record.path), task.num_labels, task.regression, attn_implementation=attn_implementation)
+    return load_task_model(str(record.path), task, attn_implementation=attn_implementation)
 
 
 def logits_key(enc: Encoded, tokenisation: str, n_rows: int, precision: str = "fp32") -> str:

@@ -176,7 +176,7 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
         for a in arrays.values():
             a.flush()
         index = {**meta, "format": FORMAT, "layers": layers, "parts": list(parts), "dtype": dtype, "suffix": suffix,
-                 "heads": heads, "hidden": hidden, "idx": [e.idx for e in enc.examples], "lengths": lengths.tolist(),
+                 "heads": heads, "hidden": hidden, "idx": _row_ids(enc), "lengths": lengths.tolist(),
                  "tok_offset": tok_offset.tolist(), "score_offset": score_offset.tolist(),
                  "build_s": time.perf_counter() - start}
         (tmp / "index.json").write_text(json.dumps(index))
@@ -184,6 +184,12 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
         os.replace(tmp, folder)  # atomic: the folder appears complete or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _row_ids(enc) -> list[int]:
+    """The cache's key of each row: the example's ``idx``, or an extractive QA window's number (``window_idx``)."""
+    window_idx = getattr(enc, "window_idx", None)
+    return list(window_idx) if window_idx is not None else [e.idx for e in enc.examples]
 
 
 def _open(folder: Path) -> OutputCache:
