@@ -102,6 +102,7 @@ def test_tiny_qa_kd_run_stores_rows_with_em_f1_and_per_question_values(qa_setup,
     monkeypatch.setattr(runner_mod, "train", watch)
     assert main(_args(qa_setup, results, "--objective", "kd")) == 0
     assert reached == [0], "kd read the teacher's span scores from the cache, never the live teacher"
+    assert "question-blind floor" in capsys.readouterr().out  # the summary's floor row: no majority class in QA
     rows = _rows(results)
     assert [(r["objective"], r["seed"]) for r in rows] == [("kd", 0), ("none", 0)]
     for r in rows:
@@ -118,7 +119,7 @@ def test_tiny_qa_kd_run_stores_rows_with_em_f1_and_per_question_values(qa_setup,
     assert kd["extra"]["history"][-1]["kd"] > 0 and "kd" not in none["extra"]["history"][-1]
     # the per-example statistics read them: the signal check against the question-blind floor, the paired bootstrap
     chance = check_rows([kd], samples=200)
-    assert chance.applies and chance.majority == pytest.approx(100 * kd["extra"]["floor"]["score"])
+    assert chance.applies and chance.floor.startswith("question-blind floor") and chance.majority == pytest.approx(100 * kd["extra"]["floor"]["score"])
     assert 0 < chance.example_p <= 1 and chance.mean == pytest.approx(100 * kd["score"])
     names, main_score = task_metrics("squad-devsplit", kd)
     paired = per_example_test({0: kd["extra"]["dev_predictions"]}, {0: none["extra"]["dev_predictions"]},

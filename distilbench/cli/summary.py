@@ -54,19 +54,20 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str =
     if rows:
         table.add_row("teacher", *[f"{100 * rows[0]['teacher_score']:.2f}"] * len(objectives))
     majority = next((c.majority for c in checks.values() if c.applies and not np.isnan(c.majority)), None)
+    floor = next((c.floor for c in checks.values()), "majority class")  # extractive QA: its question-blind floor
     if majority is not None:
-        table.add_row("majority class", *[f"{majority:.2f}"] * len(objectives))
+        table.add_row(floor, *[f"{majority:.2f}"] * len(objectives))
     notes = []
     low = [o for o in objectives if checks[o].at_chance]
     if low:
         what = ("every objective is" if len(low) == len(objectives) else ", ".join(low) + (" is" if len(low) == 1 else " are"))
-        notes.append(f"[bold red]{MARK}: {what} not significantly above the majority class ({majority:.2f}) on "
+        notes.append(f"[bold red]{MARK}: {what} not significantly above the {floor} ({majority:.2f}) on "
                      f"{task.name} dev (one-sided, α = 0.05, over seeds and over dev examples)"
                      + (": no objective can be ranked on this task at this size.[/]" if len(low) == len(objectives)
                         else ": never ranked.[/]"))
     unchecked = [o for o in objectives if checks[o].applies and checks[o].at_chance is None]
     if unchecked:
-        notes.append(f"not checked against the majority class: {', '.join(unchecked)} ({checks[unchecked[0]].reason})")
+        notes.append(f"not checked against the {floor}: {', '.join(unchecked)} ({checks[unchecked[0]].reason})")
     return [table, escape(caption), *notes]  # "mpnet-base[layers:1,2,3]" is not markup
 
 

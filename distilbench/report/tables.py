@@ -37,10 +37,13 @@ def chance_notes(cells, orders: dict) -> list[str]:
     checked = [c for c in cells if c.chance is not None and c.chance.applies]
     if not checked:
         return []
+    floor = "majority-class score"
+    if any(getattr(c.chance, "floor", "majority class") != "majority class" for c in checked):
+        floor += " (extractive QA: the question-blind floor, the better of the empty answer and the first sentence)"
     if not any(c.unranked for c in checked):
-        return [f"Every student cell is significantly above the majority-class score (one-sided, α = {CHANCE_ALPHA}, "
+        return [f"Every student cell is significantly above the {floor} (one-sided, α = {CHANCE_ALPHA}, "
                 f"over seeds and over dev examples, `distilbench.results.chance`).", ""]
-    lines = [f"*at chance*: not significantly above the majority-class score (one-sided, α = {CHANCE_ALPHA}, both over "
+    lines = [f"*at chance*: not significantly above the {floor} (one-sided, α = {CHANCE_ALPHA}, both over "
              f"seeds and over dev examples, `distilbench.results.chance`); such cells are never bold. *unchecked*: one "
              f"seed and no stored predictions."]
     for t in task_order({c.task for c in checked}, orders.get("tasks", ())):

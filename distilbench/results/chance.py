@@ -26,6 +26,7 @@ difference smaller than δ says nothing either way.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -48,6 +49,7 @@ class ChanceResult:
     example_p: float  # one-sided bootstrap p over dev examples (nan: no stored predictions)
     at_chance: bool | None  # None: not applicable or not checkable
     reason: str = ""
+    floor: str = "majority class"  # what ``majority`` is the score of (extractive QA: its question-blind floor)
 
     @property
     def unranked(self) -> bool:
@@ -156,7 +158,8 @@ def check_rows(rows: Sequence[Mapping], scale: float = 100.0, samples: int = SAM
     names, main = task_metrics(str(rows[0].get("task")), rows[0])
     floor = (rows[0].get("extra") or {}).get("floor")
     if floor is not None:  # extractive QA: the question-blind floor in place of the majority class
-        return check(scores, floor["score"] * scale, preds or None, labels, names, main, samples, floor["scores"])
+        result = check(scores, floor["score"] * scale, preds or None, labels, names, main, samples, floor["scores"])
+        return dataclasses.replace(result, floor=f"question-blind floor ({floor['name']})")
     majority = None
     try:
         task = get_task(str(rows[0].get("task")))
