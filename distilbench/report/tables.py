@@ -30,6 +30,13 @@ def _majority_row(cells, tasks: list[str], lead: list[str]) -> list[str] | None:
     return row + ["–"] if any(v != "–" for v in row[len(lead):]) else None
 
 
+def _floor_label(cells) -> str:
+    """The floor row's name: the majority class, or extractive QA's question-blind floor (distilbench.results.chance)."""
+    qa = any(getattr(c.chance, "floor", "majority class") != "majority class" for c in cells if c.chance is not None)
+    classes = any(getattr(c.chance, "floor", None) == "majority class" for c in cells if c.chance is not None and c.chance.applies)
+    return "majority class / QA floor" if qa and classes else "question-blind floor" if qa else "majority class"
+
+
 def chance_notes(cells, orders: dict) -> list[str]:
     """Lines under a score table: what "at chance" means, and per task whether anything can be ranked."""
     from ..results.chance import ALPHA as CHANCE_ALPHA
@@ -143,7 +150,7 @@ def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
     teacher.append(fnum(sum(values) / len(values), 1) if values and not any(math.isnan(v) for v in values) else "–")
     if any(v != "–" for v in teacher[1:]):
         grid.rows.append(teacher)
-    majority = _majority_row(cells, tasks, ["majority class"])
+    majority = _majority_row(cells, tasks, [_floor_label(cells)])
     if majority:
         grid.rows.append(majority)
     return grid
@@ -189,7 +196,7 @@ def inits_table(title: str, cells, orders: dict, modal_n: int) -> Grid | None:
             column = {r: means[(r, ci)] for r in range(first, first + len(inits)) if (r, ci) in means}
             for r in _best(column, hib[t] if t else _avg_higher(cells)):
                 grid.bold.add((r, ci))
-    majority = _majority_row(all_cells, tasks, ["majority class", ""])
+    majority = _majority_row(all_cells, tasks, [_floor_label(all_cells), ""])
     if majority:
         grid.rows.append(majority)
     return grid

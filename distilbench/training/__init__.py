@@ -7,6 +7,8 @@
 - ``trainer``: one training as the runner makes it (the harness's loop with a progress display);
 - ``harness``: the training loop itself (Accelerate), evaluation and prediction;
 - ``qa_eval``: scoring an extractive QA model (span scores per window, the best span per question, EM/F1);
+- ``qa_run``: what a run of an extractive QA task does differently (windows numbered stably, the per-window span-logits
+  cache, per-question F1 in the row, the signal check's question-blind floor, what a QA run refuses);
 - ``outputs``: model outputs in one shape, and ``TeacherSource`` (the teacher's outputs per batch, cached or live);
 - ``inference``: ``TeacherInference``, a teacher's fine-tuning and forward passes, handed down to the caches;
 - ``sources``: which caches each objective reads from its teacher(s), and where shared stages are kept;
