@@ -152,6 +152,20 @@ def test_ablations_change_what_stage_one_trains():
         assert t.t_filters[0].arch == arch
 
 
+def test_every_ablation_begins_stage_two():
+    """Stage II's start copies the teacher filters into the student's (copy mode); with no teacher filters
+    (``none``) there is nothing to copy: W_s keeps its identity start. This path crashed the ted-table2 suite once
+    (load_state_dict of the identity filters' empty state into linear ones)."""
+    for teacher_filters in ("trained", "random", "none"):
+        _, _, _, ted, _ = _objective(ted_teacher_filters=teacher_filters)
+        ted.begin_stage(Stage("distil"))
+        assert all(p.requires_grad for p in ted.s_filters.parameters())
+        if teacher_filters == "none":
+            assert torch.equal(ted.s_filters[0].net.weight, torch.eye(16))
+        else:
+            assert torch.equal(ted.s_filters[0].net.weight, ted.t_filters[0].net.weight)
+
+
 def test_cli_stage_one_runs_once_and_is_reused(tiny_run_args, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))  # not a Stage I another test left in the session's cache
     args = ["run", "--objective", "ted", "--seeds", "2", "--no-baseline", "--init", "layers:1,3", *tiny_run_args]

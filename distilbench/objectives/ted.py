@@ -144,7 +144,9 @@ class TED(LayerObjective):
             self.s_filters.requires_grad_(self.student_mode == "train")
             self.s_heads.requires_grad_(self.student_mode == "train")
             return
-        if self.student_mode == "copy" and not getattr(self, "_copied", False):
+        # copy: student filter k <- the teacher filter at M(k); with --ted-teacher-filters none there is none to copy and
+        # W_s stays where __init__ put it (the identity: LWD with a learnable W_s, the Table 6 "No W_t" row)
+        if self.student_mode == "copy" and self.ctx.config.ted_teacher_filters != "none" and not getattr(self, "_copied", False):
             self.s_filters.load_state_dict(self.t_filters.state_dict())  # student filter k <- trained teacher filter at M(k)
             self.s_heads.load_state_dict(self.t_heads.state_dict())
             self._copied = True
