@@ -57,7 +57,7 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     teacher_config = lm_teacher_config(cfg) if task.family == "causal-lm" else model_config(cfg.teacher)
     if task.family == "causal-lm":
         check_lm_run(task, cfg, teacher_config, train_file, dev, objectives,
-                     parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers).pretrained)
+                     cfg.init.partition(":")[2] if cfg.init.startswith("pretrained:") else None)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
     if init.pretrained is not None:
         resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained
