@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 WORDS = "the cat sat on a mat while dogs ran in the park and birds sang over green hills near old towns".split()
 
@@ -134,3 +135,36 @@ def test_a_from_scratch_teacher_for_a_classification_task_is_one_line_and_exit_2
     code, _, err = _cli(["run", "--task", "rte", "--teacher", "scratch:gpt2-tiny", "--data-dir", str(glue_dir),
                          "--results", str(tmp_path / "r.sqlite")], capfd)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "from-scratch causal LM" in err, err
+
+
+def test_the_top_k_cache_serves_the_kl_within_its_bound_and_exactly_at_k_equal_v(tmp_path):
+    from accelerate import Accelerator
+    from tiny import bpe_tokenizer
+
+    from distilbench.data.lm import LMBlocks
+    from distilbench.models.scratch import random_causal_lm
+    from distilbench.objectives.distributions import forward_kl, topk_kl_error_bound
+    from distilbench.training.lm_topk import TopKSource, topk_table
+    from distilbench.training.teacher import TeacherRecord
+
+    tok = bpe_tokenizer(["the cat sat on the mat\n"] * 10)
+    teacher = random_causal_lm("n_layer=1,n_embd=16,n_head=2,dropout=0", tok, seed=0, n_positions=32).eval()
+    student = random_causal_lm("n_layer=1,n_embd=16,n_head=2,dropout=0", tok, seed=1, n_positions=32).eval()
+    g = torch.Generator().manual_seed(0)
+    blocks = LMBlocks(torch.randint(1, len(tok), (6, 12), generator=g).tolist(), 0, list(range(6)))
+    record = TeacherRecord("t", "key", tmp_path, {})
+    batch = {"input_ids": torch.tensor(blocks.input_ids[:3]), "idx": torch.tensor([0, 1, 2])}
+    with torch.no_grad():
+        exact_t = teacher(input_ids=batch["input_ids"]).logits
+        s = student(input_ids=batch["input_ids"]).logits
+    exact = forward_kl(student=s, teacher=exact_t, temperature=2.0)
+    for k in (4, len(tok)):
+        table = topk_table(record, blocks, teacher, k, 2.0, 4, Accelerator(cpu=True), lambda _: None)
+        approx_t = TopKSource(teacher, None, table)(batch).logits
+        approx = forward_kl(student=s, teacher=approx_t, temperature=2.0)
+        bound = topk_kl_error_bound(student=s, teacher=approx_t, temperature=2.0)
+        assert float(exact - approx) <= float(bound.mean()) + 1e-5 and float(approx) <= float(exact) + 1e-5
+        if k == len(tok):
+            assert torch.allclose(approx, exact, atol=1e-5)
+    assert len(list(tmp_path.glob("topk-*.pt"))) == 2  # one file per (blocks, k, T)
+

@@ -77,7 +77,19 @@ def with_checks(cells, rows) -> list:
     from ..results.rows import rows_by_cell
 
     by = rows_by_cell(rows)
-    return [dataclasses.replace(c, chance=check_rows(by[c.key]), settings=_settings_of(by[c.key])) for c in cells]
+    return [dataclasses.replace(c, chance=_lm_check(c, cells, by) if not c.higher_is_better else check_rows(by[c.key]),
+                                settings=_settings_of(by[c.key])) for c in cells]
+
+
+def _lm_check(cell, cells, by):
+    """A lower-is-better (causal-LM) cell: its signal check is against the `none` cell of its task, init, teacher and
+    student (:mod:`distilbench.results.lm_signal`), not a majority class."""
+    from ..results.lm_signal import as_chance
+
+    if cell.objective == "none":
+        return as_chance(by[cell.key], None)
+    base = next((c for c in cells if c.objective == "none" and c.key[0] == cell.key[0] and c.key[2:5] == cell.key[2:5]), None)
+    return as_chance(by[cell.key], by[base.key] if base is not None else [])
 
 
 def _settings_of(rows: list[dict]) -> tuple[tuple[str, str], ...]:

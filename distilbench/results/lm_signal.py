@@ -68,3 +68,19 @@ def check_against_none(rows: Sequence[Mapping], none_rows: Sequence[Mapping], sa
         example_p = window_test(preds[0], preds[1], tokens, samples)
     reason = "" if len(shared) > 1 else "one shared seed: no seed-level test"
     return BaselineCheck(len(shared), float(np.mean(gaps)), seed_p, example_p, reason)
+
+
+def as_chance(rows: Sequence[Mapping], none_rows: Sequence[Mapping] | None):
+    """A causal-LM cell's check against ``none`` in the form reports read (:class:`.chance.ChanceResult`): ``at_chance``
+    True = not significantly below none (marked, never bold); the ``none`` cell itself (``none_rows`` None) is the
+    baseline and is not checked."""
+    from .chance import ChanceResult
+
+    mean = float(np.mean([r["score"] for r in rows])) if rows else math.nan
+    if none_rows is None:
+        return ChanceResult(False, math.nan, mean, math.nan, math.nan, None, "the baseline of the LM signal check")
+    c = check_against_none(rows, none_rows)
+    below = c.below
+    return ChanceResult(True, math.nan, mean, c.seed_p, math.nan if c.example_p is None else c.example_p,
+                        None if below is None else not below,
+                        c.reason or f"against none: {MARK}" if below is False else c.reason)

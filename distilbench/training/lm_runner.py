@@ -17,10 +17,12 @@ inits, rows) shared.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
-from ..data.batching import fingerprint
+from ..data.batching import fingerprint, selection_split
 from ..data.lm import corpus_ids, lm_blocks
 from ..errors import UsageError
 from ..models.inits import build_student
@@ -30,6 +32,7 @@ from ..objectives import Context, get_objective
 from .harness import TeacherSource
 from .inference import TeacherInference
 from .lm import check_corpus, evaluate_perplexity
+from .lm_topk import TopKSource, logits_only, topk_table
 from .rows import student_row
 from .runner import Runner
 from .sources import Encodings
@@ -127,6 +130,8 @@ class LMRunner(Runner):
         identity = super().identity(objective, record, seed, team)
         if self.cfg.eval_stride is not None:  # a sliding window measures another perplexity; absent by default
             identity["eval_stride"] = self.stride
+        if self.cfg.teacher_topk and logits_only(objective):  # an approximate teacher: another cell
+            identity["teacher_topk"] = self.cfg.teacher_topk
         return identity
 
     def _new_student(self, seed, teacher_net):
@@ -138,6 +143,13 @@ class LMRunner(Runner):
             return None
         if own_tokens:
             raise UsageError(f"objective {objective.name}: teacher and student tokenizers differ")
+        if self.cfg.teacher_topk and logits_only(objective):  # the top-k cache of this seed's training blocks
+            train_part = selection_split(self.plan.train_all, self.cfg.selection_fraction, objective.ctx.seed)[0]
+            start = time.perf_counter()
+            table = topk_table(record, self._encode(self.tokenizer, train_part), teacher_net, self.cfg.teacher_topk,
+                               self.cfg.temperature, self.cfg.eval_batch_size, self.accelerator, self.log)
+            self.timings["caches"] += time.perf_counter() - start
+            return TopKSource(teacher_net, objective.needs, table)
         return TeacherSource([teacher_net], objective.needs, layers=sorted({t for _, t in self.plan.pairs}))
 
     def _build(self, objective_cls, seed, teacher_net, log: bool = True):
