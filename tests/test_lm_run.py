@@ -168,3 +168,27 @@ def test_the_top_k_cache_serves_the_kl_within_its_bound_and_exactly_at_k_equal_v
             assert torch.allclose(approx, exact, atol=1e-5)
     assert len(list(tmp_path.glob("topk-*.pt"))) == 2  # one file per (blocks, k, T)
 
+
+
+def test_the_report_keeps_perplexity_in_its_units_and_bolds_the_lowest_ranked_cell(lm_run, tmp_path):
+    from distilbench.cli import main
+    from distilbench.report.build import with_checks
+    from distilbench.report.format import fnum
+    from distilbench.results.stats import cells_from_rows
+
+    _, store, *_ = lm_run
+    rows = _rows(store)
+    cells = with_checks(cells_from_rows(rows), rows)
+    for c in cells:  # natural units, not x100
+        assert c.stats["mean"] == pytest.approx(sum(r["score"] for r in rows if r["objective"] == c.objective) / 2)
+        assert c.higher_is_better is False
+    none = next(c for c in cells if c.objective == "none")
+    kd = next(c for c in cells if c.objective == "kd")
+    assert none.chance.applies is False and kd.chance.applies is True  # kd is checked against none
+    ranked = [c for c in cells if not c.unranked]
+    best = min(ranked, key=lambda c: c.stats["mean"])
+    assert main(["report", "--results", str(store), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert f"**{fnum(best.stats['mean'], 1)} ± {fnum(best.stats['std'], 2)}**" in text
+    if kd.unranked:
+        assert "(not below none)" in text
