@@ -190,5 +190,6 @@ def test_the_report_keeps_perplexity_in_its_units_and_bolds_the_lowest_ranked_ce
     assert main(["report", "--results", str(store), "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "README.md").read_text()
     assert f"**{fnum(best.stats['mean'], 1)} ± {fnum(best.stats['std'], 2)}**" in text
+    assert "- **Teacher `scratch:gpt2-tiny`:** from-scratch teacher" in text and "lower is better" in text
     if kd.unranked:
         assert "(not below none)" in text

@@ -158,6 +158,7 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         import shlex
 
         md += [f"Rebuild: `distilbench report {shlex.quote(folder)}`", ""]
+    lm_units = "; perplexity in its own units, lower is better" if any(not c.higher_is_better for c in cells) else ""
     return md + [
         f"Date: {date.strftime('%Y-%m-%d %H:%M:%S %Z').strip()}", "",
         f"- **Results:** `{results or '(rows given directly)'}`: {len(rows)} runs in {len(cells)} cells, "
@@ -169,9 +170,12 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         "`cells.csv`",
         f"- **Settings that differ from the defaults:** {settings_heading(cells) or 'none'}",
         *[f"- **Task `{t}`:** {p}" for t, p in _provenance(cells)],
+        # a causal LM's from-scratch teacher (distilbench.models.scratch), said wherever its results are shown
+        *sorted({f"- **Teacher `{r['teacher']}`:** {((r.get('extra') or {}).get('lm') or {})['teacher_note']}" for r in rows
+                 if ((r.get("extra") or {}).get("lm") or {}).get("teacher_note")}),
         "",
-        f"Scores are the dev main score × 100 (mean ± std over seeds, std with ddof=1; n={modal_n} seeds unless "
-        f"marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
+        f"Scores are the dev main score × 100{lm_units} (mean ± std over seeds, "
+        f"std with ddof=1; n={modal_n} seeds unless marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
         ""]
 
 

@@ -113,7 +113,8 @@ def check_lm_run(task: Task, cfg, teacher_config, train: list[Example], dev: lis
     not_causal = [a for a in archs if not a.endswith(("LMHeadModel", "ForCausalLM"))]
     if not_causal:
         raise UsageError(f"task {task.name} is causal language modelling, but teacher {cfg.teacher} is a "
-                         f"{', '.join(not_causal)}: give a causal LM (AutoModelForCausalLM: GPT-2, Llama, ...)")
+                         f"{', '.join(not_causal)}: give a causal LM (AutoModelForCausalLM: GPT-2, Llama, ...), or "
+                         "--teacher scratch:gpt2-tiny to train one from scratch")
     multi = [o.name for o in objectives if o.multi_teacher]
     if multi:
         raise UsageError(f"objective {multi[0]} (a teacher team) does not train language models; use kd, kd-reverse, "
