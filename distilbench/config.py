@@ -72,6 +72,9 @@ class RunConfig:
     temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.", group=OBJECTIVES)
     alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.", group=OBJECTIVES)
     gkd_beta: float = _f(0.5, "gkd-jsd: beta of the generalised JSD (GKD, as TRL defines it): beta*KL(p_T||M) + (1-beta)*KL(p_S||M), M = beta*p_T + (1-beta)*p_S; 0 = KL(p_T||p_S), 1 = KL(p_S||p_T).", group=OBJECTIVES)
+    bpe_vocab: int = _f(8192, "causal LM, a from-scratch teacher (--teacher scratch:SIZE): the byte-level BPE vocabulary trained on the training text.", group=MODELS)
+    teacher_topk: int | None = _f(None, "causal LM: cache the teacher's top-K next-token log-probabilities per position (at --temperature) with the rest mass, computed once per teacher and training blocks, for objectives that read only logits (kd, kd-reverse, gkd-jsd); an approximation of the KL bounded by the teacher's tail (distilbench.training.lm_topk). Default: the live teacher each step.", group=MODELS)
+    eval_stride: int | None = _f(None, "causal LM: the perplexity evaluation stride in tokens (default --max-length: non-overlapping blocks; smaller: a sliding window). Stored in every row.", group=DATA)
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.", group=MODELS)
     teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.", group=MODELS)
     teacher_seed: int = _f(0, "seed of the (single, cached) teacher fine-tuning run.", group=MODELS)
@@ -123,6 +126,11 @@ class RunConfig:
             accepted = f.metadata.get("choices")
             if accepted and getattr(self, f.name) not in accepted:
                 raise UsageError(f"--{f.name.replace('_', '-')} must be one of {', '.join(accepted)} (got {getattr(self, f.name)!r})")
+        if self.teacher_topk is not None and self.teacher_topk < 1:
+            raise UsageError(f"--teacher-topk must be >= 1 (got {self.teacher_topk})")
+        if self.bpe_vocab < 257 or (self.eval_stride is not None and not 1 <= self.eval_stride <= self.max_length):
+            raise UsageError(f"--bpe-vocab must be >= 257 and --eval-stride in 1..--max-length {self.max_length} "
+                             f"(got {self.bpe_vocab}, {self.eval_stride})")
         if not 0.0 <= self.gkd_beta <= 1.0:
             raise UsageError(f"--gkd-beta must be in [0, 1] (got {self.gkd_beta})")
         if self.theta_lr <= 0 or self.candidates < 1:

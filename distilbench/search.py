@@ -123,11 +123,15 @@ def best_params(study_name: str, storage: str | None, results: str) -> dict[str,
         raise UsageError(f"--params best:{study_name}: the study has no finished trial yet") from None
 
 
-def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: str):
+def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: str, cfg: RunConfig | None = None):
     import optuna
 
+    from .data.tasks import get_task
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="maximize",
+    # the selection score's direction: a perplexity (causal LM) is minimised
+    direction = "minimize" if cfg is not None and not get_task(cfg.task).higher_is_better else "maximize"
+    return optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction=direction,
                                sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
                                load_if_exists=True)
 
@@ -187,7 +191,7 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
     torch.set_num_threads(threads)
     runner = Runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
     runner.console = Console(stderr=True)
-    _optimize(_open_study(url, name, heartbeat, sampler_seed + index, pruner), runner, fixed, trials)
+    _optimize(_open_study(url, name, heartbeat, sampler_seed + index, pruner, cfg), runner, fixed, trials)
     runner.plan.store.close()
 
 
@@ -226,7 +230,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     runner = Runner(cfg, console, read_dev=False)
     url = storage_url(storage, cfg.results)
     name = study_name or default_study_name(cfg)
-    study = _open_study(url, name, heartbeat, sampler_seed, pruner)
+    study = _open_study(url, name, heartbeat, sampler_seed, pruner, cfg)
     study.set_user_attr("objective", objective_cls.name)
     study.set_user_attr("task", cfg.task)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -251,7 +255,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     out_dir = Path(out) if out else Path("reports") / f"search-{name}"
     write_report(study, out_dir, command, display(url), objective_cls.name, free)
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-        console.print(f"best selection score {100 * study.best_value:.2f} with {study.best_params}; report in {out_dir}/README.md")
+        console.print(f"best selection score {(100 if runner.plan.task.higher_is_better else 1) * study.best_value:.2f} with {study.best_params}; report in {out_dir}/README.md")
     return 1 if any(code != 0 for code in codes) else 0
 
 

@@ -16,7 +16,7 @@ needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not f
 
 ALL = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli", "qnli-devsplit",
        "squad", "squad_v2", "squad-devsplit",  # extractive QA (tests/test_qa_tasks.py)
-       "wikitext2"}  # causal LM (tests/test_lm.py)
+       "wikitext2", "wikitext103"}  # causal LM (tests/test_lm.py; wikitext103: the paper scale of ted-table1)
 
 
 # --------------------------------------------------------------------------- registry

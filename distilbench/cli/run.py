@@ -19,7 +19,7 @@ RUN_EXAMPLES = """examples:
 TEACHER_FLAGS = ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "teacher_micro_batch", "batch_size", "eval_batch_size",
                  "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "selection_fraction",
                  "select_best_epoch", "max_train_examples", "max_eval_examples", "data_dir", "results",
-                 "cpu", "mixed_precision", "progress")
+                 "cpu", "mixed_precision", "progress", "bpe_vocab", "eval_stride")
 
 
 def add_run_parser(sub) -> None:
@@ -36,12 +36,23 @@ def add_teacher_parser(sub) -> None:
     teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score")
     teacher.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     teacher.add_argument("--model", dest="teacher", default=argparse.SUPPRESS, help="teacher alias, hub id or path")
+    teacher.add_argument("--init", dest="teacher_init", choices=("pretrained", "random"), default="pretrained",
+                         help="random: a causal LM trained from scratch (a causal-LM task only), of shape --teacher-config; "
+                              "the same teacher as `run --teacher scratch:CONFIG` (default: pretrained)")
+    teacher.add_argument("--teacher-config", default="gpt2-tiny", metavar="CONFIG",
+                         help="--init random: gpt2-tiny | gpt2-mini | gpt2-small, or key=value pairs (n_layer=4,n_embd=128,"
+                              "n_head=4), or a size then overrides (default: gpt2-tiny)")
     add_config_flags(teacher, TEACHER_FLAGS)
 
 
 def main(command: str, args: dict[str, Any]) -> int:
     """`run` or `teacher`, with the parsed flags (``command`` already taken out)."""
     yaml_path = args.pop("config", None)
+    teacher_init, teacher_config = args.pop("teacher_init", "pretrained"), args.pop("teacher_config", None)
+    if teacher_init == "random":  # a from-scratch teacher is named by its shape: `run --teacher scratch:CONFIG`
+        if "teacher" in args:
+            raise UsageError(f"--init random trains a teacher from scratch; it conflicts with --model {args['teacher']}")
+        args["teacher"] = f"scratch:{teacher_config}"
     params, storage = args.pop("params", None), args.pop("storage", None)
     if params is not None:
         if not params.startswith("best:") or not params[5:]:
@@ -56,7 +67,10 @@ def main(command: str, args: dict[str, Any]) -> int:
     if command == "teacher":
         cfg.baseline = False
         cfg.objective = "none"
-        Runner(cfg).teacher()
+        cfg.init = "random"  # no student is built: its layer count is not checked against the teacher's
+        record = Runner(cfg).teacher()
+        if cfg.teacher.startswith("scratch:"):  # where it is kept, and how a run names it
+            print(f"teacher {cfg.teacher} (from scratch): {record.path}; distil from it with --teacher {cfg.teacher}")
         return 0
     runner = Runner(cfg)
     rows = runner.run()

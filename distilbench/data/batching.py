@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .lm import LMBlocks, collate_blocks
 from .qa import QAWindows
 from .tasks import Example
 
@@ -122,6 +123,8 @@ def collate(enc: Encoded | QAWindows, ids: list[int], regression: bool, teacher_
     """
     if isinstance(enc, QAWindows):
         return collate_windows(enc, ids)
+    if isinstance(enc, LMBlocks):  # causal LM: packed blocks, labels = input ids
+        return collate_blocks(enc, ids)
     rows = [enc.input_ids[i] for i in ids]
     batch = {"input_ids": _pad(rows, enc.pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0)}
     if enc.token_type_ids is not None:

@@ -96,3 +96,46 @@ def perplexity(nll_sum: float, tokens: int) -> float:
         raise ValueError("perplexity needs at least one scored token")
     mean = nll_sum / tokens
     return math.exp(mean) if mean < 700 else math.inf
+
+
+@dataclass
+class LMBlocks:
+    """A corpus split packed into training blocks (:func:`pack_blocks`): the unit of batching, as ``Encoded``'s
+    examples are for classification (``lengths()``, ``subset()`` alike). ``idx[i]`` is block ``i``'s number among its
+    split's blocks (stable across seeds: a teacher-output cache's key); a batch's labels are its input ids (every
+    block full: no padding)."""
+
+    input_ids: list[list[int]]
+    pad_id: int
+    idx: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def examples(self) -> list[int]:  # what the harness counts (len) and fingerprints: the blocks' numbers
+        return self.idx
+
+    def lengths(self):
+        import numpy as np
+
+        return np.array([len(x) for x in self.input_ids])
+
+    def subset(self, positions: Sequence[int]) -> "LMBlocks":
+        return LMBlocks([self.input_ids[i] for i in positions], self.pad_id, [self.idx[i] for i in positions])
+
+
+def lm_blocks(tokenizer, lines: Sequence[Example], max_length: int, where: str = "the corpus") -> LMBlocks:
+    """``lines`` tokenised (:func:`corpus_ids`) and packed into blocks of ``max_length`` tokens (a corpus shorter than
+    one block is refused in one line)."""
+    blocks = pack_blocks(corpus_ids(tokenizer, lines), max_length, where)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return LMBlocks(blocks, int(pad or 0), list(range(len(blocks))))
+
+
+def collate_blocks(blocks: LMBlocks, ids: list[int]) -> dict[str, torch.Tensor]:
+    """A batch of full blocks: ``input_ids``, ``attention_mask`` (all ones), ``labels`` = the input ids (the model's
+    position i predicts label i + 1, :func:`next_token_nll`) and ``idx``."""
+    rows = torch.tensor([blocks.input_ids[i] for i in ids], dtype=torch.long)
+    return {"input_ids": rows, "attention_mask": torch.ones_like(rows), "labels": rows.clone(),
+            "idx": torch.tensor([blocks.idx[i] for i in ids], dtype=torch.long)}

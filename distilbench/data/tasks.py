@@ -69,7 +69,7 @@ class Task:
     def majority_score(self, labels: Sequence[int]) -> float | None:
         """Main score of always predicting the most frequent label id (ties: the lowest id) — the floor a
         trained student must beat. None for regression or when there are no labels."""
-        if self.regression or not len(labels):
+        if self.regression or self.family == "causal-lm" or not len(labels):  # an LM has no majority class
             return None
         counts = Counter(int(y) for y in labels)
         top = min(counts, key=lambda y: (-counts[y], y))

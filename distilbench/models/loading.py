@@ -388,6 +388,14 @@ def load_task_model(name: str, task, attn_implementation: str | None = None):
     return load_classifier(name, task.num_labels, task.regression, attn_implementation=attn_implementation)
 
 
+def load_causal_lm(name: str, attn_implementation: str | None = None):
+    """``AutoModelForCausalLM`` for an alias, local path or hub id (GPT-2, Llama, ...), every weight from the checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    with _quiet_transformers():
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name), attn_implementation=attn_implementation)
+
+
 def describe(name: str) -> dict[str, Any]:
     """Facts for ``distilbench ls models``. For an alias this never extracts or hashes (listing must be
     instant and work when packages are absent): ``path`` is None until the folder exists."""

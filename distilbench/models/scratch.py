@@ -88,3 +88,37 @@ def random_causal_lm(spec: str, tokenizer, seed: int = 0, n_positions: int = 102
                         pad_token_id=tokenizer.pad_token_id, **shape)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config)
+
+
+SCRATCH = "scratch:"  # a teacher named scratch:SPEC is trained from scratch (`distilbench teacher --init random`)
+SCRATCH_NOTE = ("from-scratch teacher (randomly initialised, trained here on the training text, BPE tokenizer trained "
+                "on it too): results with it show the harness working, not the paper's numbers")
+
+
+def is_scratch(name: str | None) -> bool:
+    return bool(name) and str(name).startswith(SCRATCH)
+
+
+def scratch_spec(name: str) -> str:
+    spec = name[len(SCRATCH):]
+    parse_config(spec)  # a bad shape is refused now, in one line
+    return spec
+
+
+def scratch_identity(name: str, bpe_vocab: int) -> dict[str, Any]:
+    """What a from-scratch teacher's weights depend on besides its data and training settings: its shape, its
+    tokenizer's vocabulary size and the library that trains the tokenizer (part of its cache key)."""
+    import tokenizers
+
+    return {"init": "random", "shape": parse_config(scratch_spec(name)), "tokenizer": "byte-level BPE",
+            "bpe_vocab": bpe_vocab, "tokenizers": tokenizers.__version__}
+
+
+def scratch_config(name: str, vocab_size: int, n_positions: int = 1024):
+    """The ``GPT2Config`` a from-scratch teacher will have (before its tokenizer exists: ``vocab_size`` at most)."""
+    from transformers import GPT2Config
+
+    shape = parse_config(scratch_spec(name))
+    shape.pop("dropout", None)
+    shape.setdefault("n_positions", n_positions)
+    return GPT2Config(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0, **shape)  # 0: EOT

@@ -14,6 +14,11 @@ alpha_2 = ``--beta``. MSE: per pair, the squared error averaged over the d_t fea
 tokens of the batch (padded positions dropped: ``functional.masked_mse``); summed over pairs. ``ted-kl`` (Remark 3.2, §6.6) keeps the heads and penalises
 ``sum_k KL(softmax(head_t(g_t)) || softmax(head_s(g_s)))`` at the [CLS] position instead (MSE for regression).
 
+Causal LM (paper 001 §4, Table 1): the filters' heads are the teacher's own output head (its final norm and LM head,
+frozen, never trained: the "language-model filters"), applied at every position, and Stage I trains the filters on
+the next-token NLL (``task_loss`` of token logits); ``ted-kl`` compares the heads' next-token distributions over the
+real positions. ``--ted-filter layer`` is not available for causal LMs.
+
 Ablations (Table 6): ``--ted-teacher-filters random`` (untrained teacher filters), ``none`` (no filters: LWD with a
 learnable W_s); ``--ted-student-filters random``. Layer mapping: ``--layer-map ted`` is the paper's M(k) = 2k-1 for
 k <= K/2, else 2k. Filter architectures (§6.5, Table 8): ``linear`` (default), ``mlp`` (two layers with GeLU),
@@ -30,6 +35,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .base import Context, LossOutput, Needs, Outputs, Stage, register_objective
+from .distributions import forward_kl
 from .functional import logit_kl, masked_mse, span_kl
 from .layerwise import LayerObjective
 
@@ -45,6 +51,26 @@ class _LayerFilter(nn.Module):
         additive = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
         out = self.layer(h, attention_mask=additive)
         return out[0] if isinstance(out, tuple) else out
+
+
+class _FrozenLMHead(nn.Module):
+    """A causal LM's output head (final norm, when the model has one, then the LM head), copied and frozen: TED's
+    language-model filters end in it. Its weights are buffers, not parameters, so no stage ever trains them (they
+    still move with the objective and are saved with a shared stage)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        base = getattr(model, "base_model", model)
+        norm = getattr(base, "ln_f", None) or getattr(base, "norm", None)
+        self.norm = copy.deepcopy(norm) if norm is not None else nn.Identity()
+        self.head = copy.deepcopy(model.get_output_embeddings())
+        for module in self.modules():
+            for name, param in list(module._parameters.items()):
+                del module._parameters[name]
+                module.register_buffer(name, None if param is None else param.detach().clone())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(h))
 
 
 class _Filter(nn.Module):
@@ -84,11 +110,16 @@ class TED(LayerObjective):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         cfg = ctx.config
-        # the filters' task heads are the task's own head (§3): classes at [CLS], or extractive QA's start/end
-        # scores, a Linear(d_t, 2) over every token
+        # the filters' task heads are the task's own head (§3): classes at [CLS], extractive QA's start/end scores (a
+        # Linear(d_t, 2) over every token), or a causal LM's frozen output head at every position
         self.span = ctx.task.family == "extractive-qa"
+        self.lm = ctx.task.family == "causal-lm"
         ds, dt = ctx.student_hidden, ctx.teacher_hidden
         n_out = 2 if self.span else ctx.task.num_labels
+        if self.lm and cfg.ted_filter == "layer":
+            raise UsageError("--ted-filter layer is not available for causal LMs; use linear or mlp")
+        lm_head = _FrozenLMHead(ctx.teacher_model) if self.lm else None
+        head = (lambda: lm_head) if self.lm else (lambda: nn.Linear(dt, n_out))
         self.student_mode = "train" if cfg.ted_finetune_student else cfg.ted_student_filters
         if self.student_mode == "copy" and ds != dt:
             self.student_mode = "train"  # a teacher filter cannot take the student's width: train the student's own (§5.3)
@@ -103,13 +134,13 @@ class TED(LayerObjective):
         with torch.random.fork_rng():
             torch.manual_seed(cfg.teacher_seed)
             self.t_filters = nn.ModuleList([_Filter(t_arch, dt, dt, nxt(t)) for _, t in ctx.layer_map])
-            self.t_heads = nn.ModuleList([nn.Linear(dt, n_out) for _ in ctx.layer_map])
+            self.t_heads = nn.ModuleList([head() for _ in ctx.layer_map])
             if self.student_mode == "train":
                 self.s_filters = nn.ModuleList([_Filter(s_arch, ds, dt, nxt(t)) for _, t in ctx.layer_map])
-                self.s_heads = nn.ModuleList([nn.Linear(dt, n_out) for _ in ctx.layer_map])
+                self.s_heads = nn.ModuleList([head() for _ in ctx.layer_map])
         if self.student_mode != "train":  # copy: overwritten at Stage II; random: seeded by the run (ablation)
             self.s_filters = nn.ModuleList([_Filter(s_arch, ds, dt, nxt(t)) for _, t in ctx.layer_map])
-            self.s_heads = nn.ModuleList([nn.Linear(dt, n_out) for _ in ctx.layer_map])
+            self.s_heads = nn.ModuleList([head() for _ in ctx.layer_map])
         if s_arch == "linear" and t_arch == "identity" and ds == dt:
             for f in self.s_filters:  # the LWD ablation starts from plain MSE, as `lwd` does
                 nn.init.eye_(f.net.weight)
@@ -164,10 +195,10 @@ class TED(LayerObjective):
         mask, labels = batch["attention_mask"], batch["labels"]
         terms = {}
         if self.ctx.config.ted_teacher_filters == "trained":
-            terms["filters_t"] = sum(self.task_loss(self._head(h, f(teacher.hidden_states[t], mask)), labels, mask)
+            terms["filters_t"] = sum(self.task_loss(h(self._pool(f(teacher.hidden_states[t], mask))), labels, mask)
                                      for (_, t), f, h in zip(self.ctx.layer_map, self.t_filters, self.t_heads))
         if self.student_mode == "train":
-            terms["filters_s"] = sum(self.task_loss(self._head(h, f(student.hidden_states[s], mask)), labels, mask)
+            terms["filters_s"] = sum(self.task_loss(h(self._pool(f(student.hidden_states[s], mask))), labels, mask)
                                      for (s, _), f, h in zip(self.ctx.layer_map, self.s_filters, self.s_heads))
         loss = sum(terms.values())
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
@@ -178,21 +209,24 @@ class TED(LayerObjective):
         gs = self.s_filters[k](student.hidden_states[s], mask)
         if not self.use_kl:  # Eq. 6: MSE(g_t^k, g_s^k)
             return masked_mse(student=gs, teacher=gt, mask=mask)
-        zs, zt = self._head(self.s_heads[k], gs), self._head(self.t_heads[k], gt)  # Remark 3.2: the heads' predictions
+        zs, zt = self.s_heads[k](self._pool(gs)), self.t_heads[k](self._pool(gt))  # Remark 3.2: the heads' predictions
         if self.span:  # start/end distributions over the window's real tokens, as kd compares them
             return span_kl(student=zs, teacher=zt, mask=mask)
+        if self.lm:  # at every real position: next-token distributions
+            return forward_kl(student=zs, teacher=zt, mask=mask)
         if self.task.regression:
             return F.mse_loss(zs.float(), zt.float())
         return logit_kl(student=zs, teacher=zt)
 
-    def _head(self, head: nn.Module, g: torch.Tensor) -> torch.Tensor:
-        """A filter's task head on its output: at [CLS] (classes), or on every token (extractive QA: [B, L, 2])."""
-        return head(g) if self.span else head(g[:, 0])
+    def _pool(self, h: torch.Tensor) -> torch.Tensor:
+        """What a filter's head reads: the [CLS] position for a classification head, every position for extractive QA's
+        span head ([B, L, 2] scores) and for an LM head."""
+        return h if (self.lm or self.span) else h[:, 0]
 
     def report(self) -> dict:
         n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())
         teacher_params = sum(p.numel() for p in self.ctx.teacher_model.parameters()) if self.ctx.teacher_model is not None else None
-        filters = n(self.t_filters) + n(self.t_heads)
+        filters = n(self.t_filters) + (0 if self.lm else n(self.t_heads))  # an LM head is the teacher's own, frozen
         return {"filter_params_teacher": filters, "filter_params_student": n(self.s_filters),
                 "filter_share_of_teacher": filters / teacher_params if teacher_params else None,
                 "student_filter_mode": self.student_mode}

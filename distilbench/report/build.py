@@ -77,7 +77,19 @@ def with_checks(cells, rows) -> list:
     from ..results.rows import rows_by_cell
 
     by = rows_by_cell(rows)
-    return [dataclasses.replace(c, chance=check_rows(by[c.key]), settings=_settings_of(by[c.key])) for c in cells]
+    return [dataclasses.replace(c, chance=_lm_check(c, cells, by) if not c.higher_is_better else check_rows(by[c.key]),
+                                settings=_settings_of(by[c.key])) for c in cells]
+
+
+def _lm_check(cell, cells, by):
+    """A lower-is-better (causal-LM) cell: its signal check is against the `none` cell of its task, init, teacher and
+    student (:mod:`distilbench.results.lm_signal`), not a majority class."""
+    from ..results.lm_signal import as_chance
+
+    if cell.objective == "none":
+        return as_chance(by[cell.key], None)
+    base = next((c for c in cells if c.objective == "none" and c.key[0] == cell.key[0] and c.key[2:5] == cell.key[2:5]), None)
+    return as_chance(by[cell.key], by[base.key] if base is not None else [])
 
 
 def _settings_of(rows: list[dict]) -> tuple[tuple[str, str], ...]:
@@ -146,6 +158,7 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         import shlex
 
         md += [f"Rebuild: `distilbench report {shlex.quote(folder)}`", ""]
+    lm_units = "; perplexity in its own units, lower is better" if any(not c.higher_is_better for c in cells) else ""
     return md + [
         f"Date: {date.strftime('%Y-%m-%d %H:%M:%S %Z').strip()}", "",
         f"- **Results:** `{results or '(rows given directly)'}`: {len(rows)} runs in {len(cells)} cells, "
@@ -157,9 +170,12 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         "`cells.csv`",
         f"- **Settings that differ from the defaults:** {settings_heading(cells) or 'none'}",
         *[f"- **Task `{t}`:** {p}" for t, p in _provenance(cells)],
+        # a causal LM's from-scratch teacher (distilbench.models.scratch), said wherever its results are shown
+        *sorted({f"- **Teacher `{r['teacher']}`:** {((r.get('extra') or {}).get('lm') or {})['teacher_note']}" for r in rows
+                 if ((r.get("extra") or {}).get("lm") or {}).get("teacher_note")}),
         "",
-        f"Scores are the dev main score × 100 (mean ± std over seeds, std with ddof=1; n={modal_n} seeds unless "
-        f"marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
+        f"Scores are the dev main score × 100{lm_units} (mean ± std over seeds, "
+        f"std with ddof=1; n={modal_n} seeds unless marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",
         ""]
 
 

@@ -14,7 +14,7 @@ def _cell_text(cell, modal_n: int) -> str:
     text = fnum(s["mean"], 1) if s["n"] < 2 else f"{fnum(s['mean'], 1)} ± {fnum(s['std'], 2)}"
     text += f" (n={s['n']})" if s["n"] != modal_n else ""
     if cell.chance is not None and cell.chance.at_chance:
-        text += " (at chance)"
+        text += " (at chance)" if cell.higher_is_better else " (not below none)"  # an LM: checked against none
     elif cell.unranked:
         text += " (unchecked)"
     return text
@@ -53,11 +53,16 @@ def chance_notes(cells, orders: dict) -> list[str]:
     lines = [f"*at chance*: not significantly above the {floor} (one-sided, α = {CHANCE_ALPHA}, both over "
              f"seeds and over dev examples, `distilbench.results.chance`); such cells are never bold. *unchecked*: one "
              f"seed and no stored predictions."]
+    if any(not c.higher_is_better for c in checked):  # causal LM: no majority class; the floor is the none student
+        lines.append(f"*not below none* (lower-is-better tasks: perplexity): not significantly below the `none` student "
+                     f"of the same seeds (one-sided, α = {CHANCE_ALPHA}, over seeds and over evaluation windows, "
+                     "`distilbench.results.lm_signal`); such cells are never bold; `none` is the baseline, not checked.")
     for t in task_order({c.task for c in checked}, orders.get("tasks", ())):
         task_cells = [c for c in checked if c.task == t]
         low = [c for c in task_cells if c.unranked]
         if len(low) == len(task_cells):
-            lines.append(f"**{t}: every student cell is at chance: no objective can be ranked on this task at this size.**")
+            what = "at chance" if task_cells[0].higher_is_better else "not below none"
+            lines.append(f"**{t}: every student cell is {what}: no objective can be ranked on this task at this size.**")
         elif low:
             lines.append(f"{t}: {len(low)} of {len(task_cells)} cells at chance (not ranked): "
                          + ", ".join(sorted({c.label for c in low})) + ".")

@@ -203,6 +203,7 @@ class TaskInfo:
     metrics: list[str]
     main_score: str | None  # None: neither the registry nor the row says (each caller has its own default)
     higher_is_better: bool
+    percent: bool = True  # scores are shares, shown × 100; False: natural units (perplexity)
 
 
 def task_info(task: str, row: Mapping[str, Any]) -> TaskInfo:
@@ -213,7 +214,7 @@ def task_info(task: str, row: Mapping[str, Any]) -> TaskInfo:
 
     try:
         t = get_task(task)
-        return TaskInfo(list(t.metrics), t.main_score, t.higher_is_better)
+        return TaskInfo(list(t.metrics), t.main_score, t.higher_is_better, t.family != "causal-lm")
     except UsageError:  # a task that is no longer registered: the row still says what its score was
         metrics = row.get("metrics")
         stored = [k for k in (metrics if isinstance(metrics, Mapping) else {}) if k not in ("score", "combined")]
@@ -229,18 +230,19 @@ def cells_from_rows(rows: Any, scale: float = 100.0) -> list[Cell]:
     raw = []
     for key in sorted(groups):
         members = groups[key]
+        info = task_info(key[0], members[0])
+        unit = scale if info.percent else 1.0  # perplexity stays in its own units
         scores: dict[int, float] = {}
         for r in members:
             seed = int(r["seed"])
             if seed in scores:
                 raise ValueError(f"cell {key} has two rows for seed {seed}")
-            scores[seed] = float(r["score"]) * scale
+            scores[seed] = float(r["score"]) * unit
         params = members[0].get("params") or {}
         setting = _hash({k: v for k, v in params.items() if k not in _OBJECTIVE_PARTS}) if params else ""
         init_setting = _hash({k: v for k, v in params.items() if k not in _INIT_PARTS}) if params else ""
-        teacher_scores = tuple(sorted({float(r["teacher_score"]) * scale for r in members
+        teacher_scores = tuple(sorted({float(r["teacher_score"]) * unit for r in members
                                        if r.get("teacher_score") is not None}))
-        info = task_info(key[0], members[0])
         main_score, hib = info.main_score or "score", info.higher_is_better
         raw.append((key, setting, init_setting, main_score, hib, scores, teacher_scores, _flat(params)))
     labels = label_cells([(k[0], k[1], k[2], k[3], k[4], flat) for k, *_, flat in raw])

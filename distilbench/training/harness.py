@@ -30,6 +30,7 @@ from torch import nn
 from ..config import RunConfig
 from ..data.batching import BatchLoader, Encoded, eval_batches, holdout_positions, length_grouped_batches
 from ..data.metrics import compute_metrics
+from ..data.lm import LMBlocks
 from ..data.qa import QAWindows
 from ..data.tasks import Task
 from ..errors import TrainingDiverged
@@ -37,6 +38,7 @@ from ..hashing import stable_hash
 from ..objectives import LossOutput, Needs, Objective, Stage, StepContext
 from .outputs import TeacherSource, model_outputs  # TeacherSource, model_outputs: imported from here by tests and benchmarks too
 from .precision import ACCELERATE, resolve as resolve_precision
+from .lm import evaluate_blocks
 from .qa_eval import evaluate_spans
 
 
@@ -273,7 +275,9 @@ def _select(loop: _Loop, result: TrainResult, student: nn.Module, select_enc: En
     cfg = loop.cfg
     metrics = evaluate(student, select_enc, loop.task, cfg, loop.accelerator)
     loop.selected_epoch = epoch
-    if not cfg.select_best_epoch or result.best_epoch == 0 or metrics["score"] > result.best_select_score:
+    better = (metrics["score"] > result.best_select_score if loop.task.higher_is_better  # perplexity: lower is better
+              else metrics["score"] < result.best_select_score)
+    if not cfg.select_best_epoch or result.best_epoch == 0 or better:
         result.best_epoch, result.best_select_score = epoch, metrics["score"]
         if cfg.select_best_epoch:
             # the best epoch's weights wait in a temporary file, not in memory: a base-size model's copy
@@ -383,5 +387,7 @@ def predict(model: nn.Module, enc: Encoded, task: Task, cfg: RunConfig, accelera
 def evaluate(model: nn.Module, enc: Encoded | QAWindows, task: Task, cfg: RunConfig, accelerator: Accelerator) -> dict[str, float]:
     if isinstance(enc, QAWindows):  # extractive QA: the best span per question, scored by EM and F1
         return evaluate_spans(model, enc, task, cfg, accelerator)
+    if isinstance(enc, LMBlocks):  # causal LM: perplexity over the blocks (score = perplexity, lower is better)
+        return evaluate_blocks(model, enc, cfg.eval_batch_size, accelerator)
     preds = predict(model, enc, task, cfg, accelerator)
     return compute_metrics(task, preds, np.array([e.label for e in enc.examples]))

@@ -1,5 +1,5 @@
-"""Causal language models: perplexity over a split's evaluation windows, and the checks a causal-LM run makes before
-anything is trained (a corpus at least one block long).
+"""Causal language models: perplexity over a split's evaluation windows (and over packed blocks, for selection), and
+the checks a causal-LM run makes before anything is trained.
 
 Perplexity = ``exp(sum of next-token NLL / scored tokens)`` over every window of the split (a token-weighted mean; see
 :mod:`distilbench.data.lm` for the windows and which tokens each scores). The stride is returned with the score, so
@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from ..data.lm import IGNORE, Window, corpus_ids, eval_windows, next_token_nll, pack_blocks, perplexity
+from ..data.lm import (IGNORE, LMBlocks, Window, collate_blocks, corpus_ids, eval_windows, next_token_nll, pack_blocks,
+                       perplexity)
 from ..data.tasks import Example, Task
 from ..errors import UsageError
 from ..models.loading import load_tokenizer
@@ -26,6 +27,8 @@ class LMScore:
     windows: int
     max_length: int
     stride: int  # = max_length: non-overlapping blocks; smaller: a sliding window
+    window_nll: tuple[float, ...] = ()  # per evaluation window: summed NLL of its scored tokens (per-example values)
+    window_tokens: tuple[int, ...] = ()  # per evaluation window: tokens it scores
 
     def as_metrics(self) -> dict[str, float | int]:
         return {"score": self.perplexity, "perplexity": self.perplexity, "nll": self.nll, "tokens": self.tokens,
@@ -55,15 +58,37 @@ def evaluate_perplexity(model, ids: Sequence[int], max_length: int, stride: int 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
+    sums, counts = [], []
     for start in range(0, len(windows), batch_size):
         batch = _batch(windows[start:start + batch_size], pad_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        for row in range(logits.shape[0]):
+            nll, count = next_token_nll(logits[row:row + 1], batch["labels"][row:row + 1])
+            sums.append(float(nll))
+            counts.append(count)
+    model.train(was_training)
+    total, n = sum(sums), sum(counts)
+    return LMScore(perplexity(total, n), total / n, n, len(windows), max_length,
+                   max_length if stride is None else stride, tuple(sums), tuple(counts))
+
+
+@torch.no_grad()
+def evaluate_blocks(model, blocks: LMBlocks, batch_size: int, accelerator) -> dict[str, float]:
+    """Perplexity over packed blocks (the selection split's, during training): ``score`` = perplexity, lower is
+    better; each block's first token has no context in its block and is not scored."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        batch = collate_blocks(blocks, list(range(start, min(start + batch_size, len(blocks)))))
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, count = next_token_nll(logits, batch["labels"])
         total, n = total + float(nll), n + count
     model.train(was_training)
-    return LMScore(perplexity(total, n), total / n, n, len(windows), max_length,
-                   max_length if stride is None else stride)
+    return {"score": perplexity(total, n), "perplexity": perplexity(total, n), "nll": total / max(n, 1)}
+
 
 
 def check_corpus(task: Task, tokenizer, splits: dict[str, list[Example]], max_length: int) -> dict[str, list[int]]:
@@ -75,15 +100,43 @@ def check_corpus(task: Task, tokenizer, splits: dict[str, list[Example]], max_le
     return ids
 
 
-def refuse_lm_run(task: Task, cfg, teacher_config, train: list[Example], dev: list[Example] | None) -> None:
-    """A causal-LM task's bad input, refused with one line before anything is trained: a classification model as the
-    teacher, a split shorter than one ``--max-length`` block. Then the run itself is refused: `distilbench run` does
-    not train language models yet (issue #21, stage C: the harness path for ``AutoModelForCausalLM``)."""
+def check_lm_run(task: Task, cfg, teacher_config, train: list[Example], dev: list[Example] | None, objectives,
+                 student: str | None) -> None:
+    """A causal-LM run's bad input, refused with one line (exit 2) before anything is trained: a model that is not a
+    causal LM as the teacher; a split shorter than one ``--max-length`` block (checked here with the teacher's
+    tokenizer, or, for a from-scratch teacher not trained yet, when its tokenizer exists); a pretrained student whose
+    tokenizer differs from the teacher's under an objective that reads the teacher (every one compares next-token
+    distributions position by position); a multi-teacher objective (not supported for language models)."""
+    from ..models.scratch import is_scratch
+
     archs = getattr(teacher_config, "architectures", None) or []  # a config built in code names none: not refused
     not_causal = [a for a in archs if not a.endswith(("LMHeadModel", "ForCausalLM"))]
     if not_causal:
         raise UsageError(f"task {task.name} is causal language modelling, but teacher {cfg.teacher} is a "
-                         f"{', '.join(not_causal)}: give a causal LM (AutoModelForCausalLM: GPT-2, Llama, ...)")
-    check_corpus(task, load_tokenizer(cfg.teacher), {"train": train, **({"dev": dev} if dev else {})}, cfg.max_length)
-    raise UsageError(f"task {task.name} is causal language modelling, which `distilbench run` does not train yet "
-                     "(issue #21: the objectives and perplexity exist, the training path does not)")
+                         f"{', '.join(not_causal)}: give a causal LM (AutoModelForCausalLM: GPT-2, Llama, ...), or "
+                         "--teacher scratch:gpt2-tiny to train one from scratch")
+    multi = [o.name for o in objectives if o.multi_teacher]
+    if multi:
+        raise UsageError(f"objective {multi[0]} (a teacher team) does not train language models; use kd, kd-reverse, "
+                         "gkd-jsd, lwd or ted")
+    teacher_tok = None if is_scratch(cfg.teacher) else load_tokenizer(cfg.teacher)
+    if student is not None:
+        if is_scratch(cfg.teacher) or student_tokenizer_differs(teacher_tok, student):
+            if any(o.uses_teacher for o in objectives):
+                raise UsageError(f"objective {objectives[0].name} compares next-token distributions position by position, "
+                                 f"but student {student} and teacher {cfg.teacher} have different tokenizers; use a "
+                                 "student initialised from the teacher's layers (--init first-k, ...)")
+    if teacher_tok is not None:
+        check_corpus(task, teacher_tok, {"train": train, **({"dev": dev} if dev else {})}, cfg.max_length)
+
+
+def student_tokenizer_differs(teacher_tok, student: str) -> bool:
+    return teacher_tok.get_vocab() != load_tokenizer(student).get_vocab()
+
+
+def refuse_lm_family(task: Task, cfg) -> None:
+    """A from-scratch teacher (``scratch:SIZE``) is a causal LM: refused for any other task family."""
+    from ..models.scratch import is_scratch
+
+    if is_scratch(cfg.teacher) and task.family != "causal-lm":
+        raise UsageError(f"teacher {cfg.teacher} is a from-scratch causal LM; task {task.name} is {task.kind}")

@@ -17,7 +17,7 @@ from ..models.inits import InitPlan, parse_init
 from ..models.loading import load_tokenizer, model_config, model_fingerprint, resolve_model
 from ..objectives import Objective, get_objective
 from ..results.store import ResultsStore
-from .lm import refuse_lm_run
+from .lm import check_lm_run, refuse_lm_family
 from .pairs import distillation_pairs
 from .precision import identity_part
 from .qa_run import check_qa_run
@@ -51,9 +51,11 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     train_file = load_split(task, "train", data_dir)
     dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples] if read_dev else None
 
-    teacher_config = model_config(cfg.teacher)
+    refuse_lm_family(task, cfg)
+    teacher_config = lm_teacher_config(cfg) if task.family == "causal-lm" else model_config(cfg.teacher)
     if task.family == "causal-lm":
-        refuse_lm_run(task, cfg, teacher_config, train_file, dev)
+        check_lm_run(task, cfg, teacher_config, train_file, dev, objectives,
+                     cfg.init.partition(":")[2] if cfg.init.startswith("pretrained:") else None)
     if task.family == "extractive-qa":
         check_qa_run(cfg, task, main, teacher_config)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
@@ -75,6 +77,13 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
     return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, train_all,
                 dev, len(train_file), store, cfg.seed_values(), pairs, team)
+
+
+def lm_teacher_config(cfg: RunConfig):
+    """A causal-LM teacher's config: a from-scratch one's (``scratch:SIZE``, built from its shape) or the model's."""
+    from ..models.scratch import is_scratch, scratch_config
+
+    return scratch_config(cfg.teacher, cfg.bpe_vocab) if is_scratch(cfg.teacher) else model_config(cfg.teacher)
 
 
 def plan_team(cfg: RunConfig, objective: type[Objective], task: Task) -> list[str]:

@@ -22,6 +22,7 @@ from ..config import RunConfig
 from ..data.batching import fingerprint, selection_split
 from ..data.qa_answers import score_answers
 from ..data.metrics import compute_metrics
+from ..data.tasks import get_task
 from ..errors import TrainingDiverged, UsageError
 from ..hashing import run_key
 from ..models.inits import build_student
@@ -45,6 +46,14 @@ __all__ = ["DONE", "HELD", "STORED", "FitResult", "Runner"]
 
 
 class Runner:
+    def __new__(cls, cfg: RunConfig, *args, **kwargs):
+        """``Runner(cfg)`` for a causal-LM task is an :class:`.lm_runner.LMRunner` (for CLI, suites, searches, workers)."""
+        if cls is Runner and get_task(cfg.task).family == "causal-lm":
+            from .lm_runner import LMRunner
+
+            cls = LMRunner
+        return super().__new__(cls)
+
     def __init__(self, cfg: RunConfig, console: Console | None = None, read_dev: bool = True, precision: str | None = None):
         self.started = time.perf_counter()
         # seconds spent per phase of run(), for the closing breakdown (see distilbench.cli.summary.time_breakdown)
@@ -58,11 +67,15 @@ class Runner:
         self.accelerator = make_accelerator(cfg, self.precision)
         if self.precision != "fp32" or "probe" in why:  # fp32 without a probe is the plain case: no line
             self.log(f"precision: {self.precision} ({why})")
-        self.tokenizer = load_tokenizer(cfg.teacher)
+        self.tokenizer = self._teacher_tokenizer()
         self.team_records: list[TeacherRecord] = []
         self.team: list[tuple] = []  # (record, loaded model, tokenizer) per member, see prepare_team
         # tokenisations, kept for the life of the runner (extractive QA: windows numbered in the whole train file's)
         self.encodings = QAEncodings(cfg, self.plan.task, self.plan.train_all) if is_qa(self.plan.task) else Encodings()
+
+    def _teacher_tokenizer(self):
+        """The teacher's tokenizer (a causal LM trained from scratch has none before its teacher exists: LMRunner)."""
+        return load_tokenizer(self.cfg.teacher)
 
     prefix = ""  # a worker process's tag on its lines ("w1: ")
     lost: list[str] = []  # runs lost with a worker process that died (--workers): a rerun trains them

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ..config import RunConfig
 from ..data.batching import Encoded, encode, fingerprint
+from ..data.lm import lm_blocks
 from ..data.tasks import Example
 from ..hashing import stable_hash
 from ..objectives import Needs, Objective
@@ -29,11 +30,13 @@ class Encodings:
     """Tokenisation, cached per (tokenizer, examples, max length) for the life of the runner."""
 
     cache: dict[tuple, Encoded] = field(default_factory=dict)
+    lm: bool = False  # a causal-LM task: the lines packed into blocks of max_length tokens (data.lm.lm_blocks)
 
     def __call__(self, tokenizer, examples: list[Example], max_length: int) -> Encoded:
         key = (tokenizer.name_or_path, len(tokenizer), fingerprint(examples), max_length)
         if key not in self.cache:
-            self.cache[key] = encode(tokenizer, examples, max_length)
+            self.cache[key] = (lm_blocks(tokenizer, examples, max_length, f"a {len(examples)}-line part of the corpus")
+                               if self.lm else encode(tokenizer, examples, max_length))
         return self.cache[key]
 
 

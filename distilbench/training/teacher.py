@@ -22,7 +22,8 @@ from ..config import RunConfig
 
 from ..hashing import stable_hash
 from ..data.batching import Encoded, encode, fingerprint, selection_split
-from ..models.loading import cache_dir, load_task_model, load_tokenizer, model_fingerprint
+from ..models.loading import cache_dir, load_causal_lm, load_task_model, load_tokenizer, model_fingerprint
+from ..models.scratch import is_scratch, scratch_identity
 from .precision import identity_part
 from ..data.tasks import Example, Task
 
@@ -48,7 +49,9 @@ def teacher_identity(cfg: RunConfig, model: str, task: Task, train_fp: str, prec
             "selection_fraction": cfg.selection_fraction, "select_best_epoch": cfg.select_best_epoch,
             # micro-batches draw other dropout masks, so they make another teacher; absent when off (older keys hold)
             **({"micro_batch": cfg.teacher_micro_batch} if cfg.teacher_micro_batch else {}),
-            **identity_part(precision)}  # a bf16 fine-tuning makes other weights; absent for fp32 (older keys hold)
+            **identity_part(precision),  # a bf16 fine-tuning makes other weights; absent for fp32 (older keys hold)
+            # a from-scratch causal LM (scratch:SIZE): its shape and tokenizer too; absent otherwise (older keys hold)
+            **({"scratch": scratch_identity(model, cfg.bpe_vocab)} if is_scratch(model) else {})}
 
 
 @contextmanager
@@ -121,6 +124,8 @@ def record_dev_metrics(record: TeacherRecord, dev_fp: str, metrics: dict) -> Non
 
 
 def load_teacher(record: TeacherRecord, task: Task, attn_implementation: str | None = None):
+    if task.family == "causal-lm":
+        return load_causal_lm(str(record.path), attn_implementation)
     return load_task_model(str(record.path), task, attn_implementation=attn_implementation)
 
 
