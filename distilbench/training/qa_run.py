@@ -24,9 +24,7 @@ one place, so that the shared modules only dispatch here on ``task.family``.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from typing import Callable
 
@@ -41,7 +39,7 @@ from ..data.squad_metrics import f1_score, raw_scores_v2
 from ..errors import UsageError
 from ..hashing import stable_hash
 from .precision import identity_part
-from .teacher import TeacherRecord, atomic_write_json, file_lock
+from .teacher import TeacherRecord, file_lock, save_table
 
 DEFAULT_MAX_LENGTH = 128  # RunConfig.max_length's default: left there, the task's own window length applies
 TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForCausalLM",
@@ -135,11 +133,7 @@ def teacher_span_logits(record: TeacherRecord, windows: QAWindows, compute: Call
                 values = compute(windows)
                 table = torch.zeros(max(windows.window_idx) + 1, *values.shape[1:])
                 table[torch.tensor(windows.window_idx)] = values
-                fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".tmp-", suffix=".pt")
-                os.close(fd)
-                torch.save(table, tmp)
-                atomic_write_json(path.with_suffix(".json"), {"seconds": time.perf_counter() - start})
-                os.replace(tmp, path)
+                save_table(record, path, table, start)
     return torch.load(path, weights_only=True)
 
 

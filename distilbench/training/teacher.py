@@ -148,13 +148,18 @@ def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Ca
                 values = compute(enc)
                 table = torch.full((n_rows, values.shape[-1]), float("nan"))
                 table[torch.tensor([e.idx for e in enc.examples])] = values
-                fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".tmp-", suffix=".pt")
-                os.close(fd)
-                torch.save(table, tmp)
-                # the seconds beside the logits: a shared part of every run that reads them (distilbench.training.cost)
-                atomic_write_json(path.with_suffix(".json"), {"seconds": time.perf_counter() - start})
-                os.replace(tmp, path)
+                save_table(record, path, table, start)
     return torch.load(path, weights_only=True)
+
+
+def save_table(record: TeacherRecord, path: Path, table: torch.Tensor, started: float) -> None:
+    """Write a teacher-output table beside the teacher atomically (a temporary file, then a rename), with the seconds
+    since ``started`` beside it: a shared part of every run that reads it (distilbench.training.cost)."""
+    fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    torch.save(table, tmp)
+    atomic_write_json(path.with_suffix(".json"), {"seconds": time.perf_counter() - started})
+    os.replace(tmp, path)
 
 
 def logits_path(record: TeacherRecord, enc: Encoded, n_rows: int, tokenisation: str, precision: str = "fp32") -> Path:
