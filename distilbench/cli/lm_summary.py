@@ -12,10 +12,9 @@ from ..training.plan import run_settings
 def lm_summary_table(rows: list[dict], task, cfg: RunConfig, precision: str = "fp32") -> list:
     """The table (best mean, lowest perplexity, in bold among the cells that pass the signal check), then lines."""
     from rich.markup import escape
-    from rich.table import Table
 
     from ..results.lm_signal import MARK, check_against_none
-    from .summary import settings_text
+    from .summary import seed_table, settings_text
 
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
@@ -27,19 +26,7 @@ def lm_summary_table(rows: list[dict], task, cfg: RunConfig, precision: str = "f
     ranked = [o for o in objectives if o == "none" or checks[o].below is not False]
     best = min(ranked, key=lambda o: means[o]) if ranked else None  # lower is better
     title = f"{task.name} dev perplexity (lower is better)"
-    table = Table(title=title, min_width=len(title))
-    table.add_column("seed")
-    for o in objectives:
-        table.add_column(o, justify="right")
-    for s in seeds:
-        table.add_row(str(s), *[f"{by[(o, s)]['score']:.2f}" if (o, s) in by else "-" for o in objectives])
-    stats = []
-    for o in objectives:
-        scores = np.array([by[(o, s)]["score"] for s in seeds if (o, s) in by])
-        cell = f"{scores.mean():.2f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.2f}"
-        cell = f"[bold]{cell}[/]" if o == best else cell
-        stats.append(cell + (f" ({MARK})" if o in checks and checks[o].below is False else ""))
-    table.add_row("mean ± std", *stats, end_section=True)
+    table = seed_table(title, objectives, seeds, by, 1, {o: MARK for o in checks if checks[o].below is False}, best)
     extra = (rows[0].get("extra") or {}).get("lm", {}) if rows else {}
     if rows:
         table.add_row("teacher", *[f"{rows[0]['teacher_score']:.2f}"] * len(objectives))

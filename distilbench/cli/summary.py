@@ -20,6 +20,28 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
+def seed_table(title: str, objectives: list[str], seeds: list[int], by: dict, scale: float, marks: dict[str, str],
+               best: str | None = None):
+    """The per-seed table both `run` summaries print: a column per objective, a row per seed, then mean ± std (scores
+    × ``scale``), ``best`` in bold, `` (MARK)`` after each objective ``marks`` names; at least as wide as its title, so
+    the title never wraps."""
+    from rich.table import Table
+
+    table = Table(title=title, min_width=len(title))
+    table.add_column("seed")
+    for o in objectives:
+        table.add_column(o, justify="right")
+    for s in seeds:
+        table.add_row(str(s), *[f"{scale * by[(o, s)]['score']:.2f}" if (o, s) in by else "-" for o in objectives])
+    stats = []
+    for o in objectives:
+        scores = np.array([scale * by[(o, s)]["score"] for s in seeds if (o, s) in by])
+        cell = f"{scores.mean():.2f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.2f}"
+        stats.append((f"[bold]{cell}[/]" if o == best else cell) + (f" ({marks[o]})" if o in marks else ""))
+    table.add_row("mean ± std", *stats, end_section=True)
+    return table
+
+
 def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str = "fp32") -> list:
     """Per-seed dev scores of each objective side by side, mean ± std, the teacher's and the majority class's score,
     and the signal check: an objective not significantly above the majority class is marked "at chance".
@@ -32,7 +54,6 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str =
 
         return lm_summary_table(rows, task, cfg, precision)
     from rich.markup import escape
-    from rich.table import Table
 
     from ..results.chance import MARK, check_rows
 
@@ -43,18 +64,7 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str =
     cut = settings_text(run_settings(cfg, precision))
     title = f"{task.name} dev {task.main_score} (%)"
     caption = f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}" + (f"; settings: {cut}" if cut else "")
-    table = Table(title=title, min_width=len(title))  # the table at least as wide as its title: no wrapped title
-    table.add_column("seed")
-    for o in objectives:
-        table.add_column(o, justify="right")
-    for s in seeds:
-        table.add_row(str(s), *[f"{100 * by[(o, s)]['score']:.2f}" if (o, s) in by else "-" for o in objectives])
-    stats = []
-    for o in objectives:
-        scores = np.array([100 * by[(o, s)]["score"] for s in seeds if (o, s) in by])
-        stats.append(f"{scores.mean():.2f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.2f}"
-                     + (f" ({MARK})" if checks[o].at_chance else ""))
-    table.add_row("mean ± std", *stats, end_section=True)
+    table = seed_table(title, objectives, seeds, by, 100, {o: MARK for o in objectives if checks[o].at_chance})
     if rows:
         table.add_row("teacher", *[f"{100 * rows[0]['teacher_score']:.2f}"] * len(objectives))
     majority = next((c.majority for c in checks.values() if c.applies and not np.isnan(c.majority)), None)
