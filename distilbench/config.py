@@ -10,7 +10,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import UsageError
 
@@ -211,6 +211,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return out
 
 
+NOT_TASK_DEFAULTS = ("task", "seeds", "seed_list", "objective", "results", "data_dir")
+
+
+def task_defaults(value: Any, source: str) -> dict[str, Any]:
+    """A task file's ``defaults:`` mapping (option names with dashes or underscores, as in a --config YAML): what a run
+    of that task uses where neither the command line nor --config sets the option. Anything wrong is a ValueError
+    naming ``source`` (a broken registry file, found when the registry loads)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"task file {source}: defaults must be a mapping of option: value")
+    known = {f.name for f in dataclasses.fields(RunConfig)} - set(NOT_TASK_DEFAULTS)
+    out = {}
+    for key, item in value.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ValueError(f"task file {source}: defaults has unknown option {key!r}; accepted: run's options except "
+                             f"{', '.join(NOT_TASK_DEFAULTS)}")
+        try:
+            out[name] = _coerce(name, item, f"task file {source}")
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+    return out
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
     """YAML reads `lr: 1e-3` as a string: convert each value to its field's type, or refuse it in one line."""
     kind = typing.get_type_hints(RunConfig)[name]
@@ -243,8 +268,12 @@ def parse_workers(value: str) -> str:
     return str(n)
 
 
-def build_config(cli: dict[str, Any], yaml_path: str | None = None) -> RunConfig:
-    """Merge defaults < YAML < explicitly given CLI flags, then validate."""
+def build_config(cli: dict[str, Any], yaml_path: str | None = None,
+                 defaults_of: Callable[[str], dict[str, Any]] | None = None) -> RunConfig:
+    """Merge defaults < the task's own defaults (``defaults_of(task)``, from its registry file) < YAML < explicitly
+    given CLI flags, then validate."""
     values = load_yaml(yaml_path) if yaml_path else {}
     values.update(cli)
+    if defaults_of is not None:
+        values = {**defaults_of(values.get("task", RunConfig.task)), **values}
     return RunConfig(**values).validate()

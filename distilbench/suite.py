@@ -44,6 +44,7 @@ from typing import Any
 from rich.markup import escape  # a cell label such as "ted [beta=1.0]" is text, not console markup
 
 from .config import RunConfig, _coerce
+from .data.tasks import task_run_defaults
 from .errors import TrainingDiverged, UsageError
 
 GRID = ("tasks", "objectives", "inits", "teachers", "seeds")
@@ -86,7 +87,8 @@ class Suite:
             for teacher in self.teachers:
                 for init in self.inits:
                     for objective, own in self.entries:
-                        values = {**self.settings, **self.task_settings.get(task, {}), **self.overrides, **own,
+                        values = {**task_run_defaults(task), **self.settings, **self.task_settings.get(task, {}),
+                                  **self.overrides, **own,
                                   "task": task, "objective": objective, "init": init, "teacher": teacher,
                                   "seed_list": ",".join(str(s) for s in self.seeds), "baseline": False}
                         if not _multi_teacher(objective):  # a suite's team (`teachers: A,B` in settings) is for those that use one

@@ -333,3 +333,23 @@ def test_committed_reports_rebuild_exactly(name, tmp_path, monkeypatch):
             assert new == path.read_bytes(), f"reports/{name}/{path.name} differs from its rebuild"
         elif path.suffix == ".png" and f"matplotlib {__import__('matplotlib').__version__}," in readme:
             assert new == path.read_bytes(), f"reports/{name}/{path.name} differs from its rebuild"
+
+
+def test_the_plots_floor_line_is_named_by_what_it_is_majority_class_or_the_qa_floor():
+    """Issue 20: a QA score plot's dotted floor is the question-blind floor, not a "majority class"."""
+    from types import SimpleNamespace
+
+    from distilbench.report.plots import _reference_lines
+    from distilbench.report.plotting import pyplot
+
+    def cell(floor, value):
+        return SimpleNamespace(teacher_scores=[80.0], chance=SimpleNamespace(applies=True, majority=value, floor=floor))
+
+    plt = pyplot()
+    for cells, want in (([cell("majority class", 50.8)] * 2, ["teacher", "majority class"]),
+                        ([cell("question-blind floor (first sentence)", 6.1)], ["teacher", "question-blind floor (first sentence)"]),
+                        ([cell("majority class", 50.8), cell("majority class", 52.7)], ["teacher"])):  # two floors: none drawn
+        fig, ax = plt.subplots()
+        _reference_lines(ax, cells)
+        assert ax.get_legend_handles_labels()[1] == want
+        plt.close(fig)

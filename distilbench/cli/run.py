@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import RunConfig, build_config
+from ..config import RunConfig, build_config, load_yaml
 from ..errors import UsageError
 from .flags import add_config_flags
 
@@ -60,7 +60,15 @@ def main(command: str, args: dict[str, Any]) -> int:
         from ..search import best_params
 
         args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
-    cfg = build_config(args, yaml_path)
+    from ..data.tasks import get_task, task_run_defaults
+
+    cfg = build_config(args, yaml_path, defaults_of=task_run_defaults)
+    given = {**(load_yaml(yaml_path) if yaml_path else {}), **args}
+    taken = {k: v for k, v in task_run_defaults(cfg.task).items() if k not in given}
+    if taken:  # say where a value nobody typed came from
+        name = get_task(cfg.task).name
+        print(f"task {name}'s own defaults (registry/tasks/{name}.yaml; a flag overrides each): "
+              + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()))
     from ..training.runner import Runner
     from .summary import summary_table, time_breakdown
 

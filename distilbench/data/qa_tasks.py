@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..config import task_defaults
 from ..errors import DataError, UsageError
 
 FAMILY = "extractive-qa"
@@ -47,6 +48,8 @@ class QATask:
     derived_split: dict[str, Any] | None = field(default=None, hash=False)
     provenance: str | None = None
     family: str = FAMILY
+    run_defaults: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # as Task.run_defaults
+    offline: str | None = None  # as Task.offline
 
     @property
     def regression(self) -> bool:  # read by code written for every task: a span is no regression target
@@ -96,6 +99,8 @@ def qa_task_from_yaml(spec: dict[str, Any], source: str) -> QATask:
             null_threshold=float(answers.get("null_threshold", 0.0)),
             derived_split=_derived_spec(spec.get("derived_split"), spec["files"]),
             provenance=" ".join(str(spec["provenance"]).split()) if spec.get("provenance") else None,
+            run_defaults=task_defaults(spec.get("defaults"), source),
+            offline=spec.get("offline"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
@@ -210,8 +215,16 @@ def _load_source(task: QATask, split: str, data_dir: Path | None) -> list[QAExam
     if not path.is_file():
         raise DataError(f"{path} does not exist: the {split} split of {task.name} is read from "
                         f"{task.folder}/{task.files[split]} inside the data folder (pass --data-dir pointing at the "
-                        f"folder that holds {task.folder}/)")
+                        f"folder that holds {task.folder}/){offline_hint(task)}")
     return read_squad_json(task, path)
+
+
+def offline_hint(task) -> str:
+    """The missing-file error's pointer to the task that runs on what exists offline (``offline:`` in the task file)."""
+    if not task.offline:
+        return ""
+    return (f"; offline, --task {task.offline} is carved out of the files that are here (its numbers are not "
+            f"comparable to {task.name}'s)")
 
 
 def article_split(examples: list[QAExample], seed: int, test_articles: int) -> tuple[list[QAExample], list[QAExample]]:

@@ -17,12 +17,14 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from ..config import task_defaults
 from ..errors import DataError, UsageError
 from ..plugins import Registry
-from .qa_tasks import FAMILY as QA_FAMILY, QAExample, QATask, load_qa_split, qa_task_from_yaml
+from .qa_tasks import FAMILY as QA_FAMILY, QAExample, QATask, load_qa_split, offline_hint, qa_task_from_yaml
 
 SPLITS = ("train", "dev")
-LAYOUT_HINT = "pass --data-dir pointing at a GLUE_DIR layout (RTE/train.tsv, ...) or set GLUE_DIR"
+LAYOUT_HINT = ("pass --data-dir pointing at the folder that holds the task's data (GLUE: RTE/train.tsv, ...; SQuAD: "
+               "squad-v1.1/; WikiText: wikitext-2-tokens/) or set GLUE_DIR")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class Task:
     derived_split: dict[str, Any] | None = field(default=None, hash=False)
     provenance: str | None = None  # printed under every table that shows the task (where its data really comes from)
     family: str = "sequence-classification"  # (and regression) | causal-lm (see _lm_task); QA tasks are qa_tasks.QATask
+    # the task's own run defaults (RunConfig field -> value), between the harness's and the user's: a causal-LM
+    # corpus names the from-scratch teacher and the learning rates that train one (``defaults:`` in its YAML)
+    run_defaults: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # a task that runs on the files that exist offline when this one's do not (qnli -> qnli-devsplit): named in the
+    # missing-file error, never substituted silently (its numbers are not comparable)
+    offline: str | None = None
 
     @property
     def kind(self) -> str:
@@ -137,6 +145,7 @@ def _task_from_yaml(spec: dict[str, Any], source: str) -> Task:
             label_range=(float(rng[0]), float(rng[1])) if rng is not None else None,
             derived_split=_derived_spec(spec.get("derived_split"), spec["files"], source),
             provenance=" ".join(str(spec["provenance"]).split()) if spec.get("provenance") else None,
+            offline=spec.get("offline"),
         )
     except (KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
@@ -153,9 +162,15 @@ def _lm_task(spec: dict[str, Any], source: str) -> Task:
                     labels=None, regression=False, metrics=tuple(spec["metrics"]), main_score=spec["main_score"],
                     higher_is_better=bool(spec["higher_is_better"]), hub_path=hub["path"], hub_config=hub["config"],
                     hub_splits={"train": hub["train_split"], "dev": hub["dev_split"]}, family="causal-lm",
-                    provenance=" ".join(str(spec["provenance"]).split()))
+                    provenance=" ".join(str(spec["provenance"]).split()),
+                    run_defaults=task_defaults(spec.get("defaults"), source))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"task file {source} is missing or has a malformed field: {exc!r}") from exc
+
+
+def task_run_defaults(name: str) -> dict[str, Any]:
+    """Task ``name``'s own run defaults (empty for most tasks); an unknown name is the usual UsageError."""
+    return dict(get_task(name).run_defaults)
 
 
 def _derived_spec(value: Any, files: dict[str, str], source: str) -> dict[str, Any] | None:
@@ -365,7 +380,7 @@ def _load_source(task: Task, split: str, data_dir: Path | None) -> list[Example]
     if not path.is_file():
         raise DataError(
             f"{path} does not exist: the {split} split of {task.name} is read from "
-            f"{task.glue_dir}/{task.files[split]} (GLUE_DIR layout)"
+            f"{task.glue_dir}/{task.files[split]} (GLUE_DIR layout){offline_hint(task)}"
         )
     return _read_tsv(task, path)
 

@@ -11,15 +11,16 @@ from .plotting import pyplot as _plt, save as _save
 
 
 def _reference_lines(ax, cells) -> None:
-    """The teacher's score (dashed red) and the dev set's majority class (dotted grey), when one value each; the legend
-    goes outside the axes, right of the data."""
+    """The teacher's score (dashed red) and the floor (dotted grey): the dev set's majority class, or extractive QA's
+    question-blind floor, labelled by what it is; each when it is one value. The legend goes outside the axes, right
+    of the data."""
     teacher = sorted({t for c in cells for t in c.teacher_scores})
     if len(teacher) == 1:
         ax.axhline(teacher[0], color="tab:red", linestyle="--", linewidth=1, label="teacher")
-    majority = sorted({round(c.chance.majority, 6) for c in cells
-                       if c.chance is not None and c.chance.applies and not math.isnan(c.chance.majority)})
-    if len(majority) == 1:
-        ax.axhline(majority[0], color="tab:gray", linestyle=":", linewidth=1.2, label="majority class")
+    floors = sorted({(round(c.chance.majority, 6), c.chance.floor) for c in cells
+                     if c.chance is not None and c.chance.applies and not math.isnan(c.chance.majority)})
+    if len(floors) == 1:
+        ax.axhline(floors[0][0], color="tab:gray", linestyle=":", linewidth=1.2, label=floors[0][1])
 
 
 def _seed_points(ax, x: float, cell, color: str, spread: float = 0.08) -> None:

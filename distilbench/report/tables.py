@@ -32,8 +32,8 @@ def _majority_row(cells, tasks: list[str], lead: list[str]) -> list[str] | None:
 
 def _floor_label(cells) -> str:
     """The floor row's name: the majority class, or extractive QA's question-blind floor (distilbench.results.chance)."""
-    qa = any(getattr(c.chance, "floor", "majority class") != "majority class" for c in cells if c.chance is not None)
-    classes = any(getattr(c.chance, "floor", None) == "majority class" for c in cells if c.chance is not None and c.chance.applies)
+    qa = any(c.chance.floor != "majority class" for c in cells if c.chance is not None)
+    classes = any(c.chance.floor == "majority class" for c in cells if c.chance is not None and c.chance.applies)
     return "majority class / QA floor" if qa and classes else "question-blind floor" if qa else "majority class"
 
 

@@ -1,0 +1,79 @@
+"""A task's own run defaults (``defaults:`` in its registry file): between the harness's defaults and the user's.
+
+`distilbench run --objective ted --task wikitext2 --seeds 2` (issue 21's command) names no teacher: the causal-LM task
+supplies its from-scratch teacher and the learning rates that train one, and says so in one line."""
+from __future__ import annotations
+
+import pytest
+
+from distilbench.config import RunConfig, build_config, task_defaults
+from distilbench.data.tasks import task_run_defaults
+
+SCRATCH = "scratch:n_layer=4,n_embd=128,n_head=4"
+
+
+def test_wikitext2_names_its_from_scratch_teacher_and_a_flag_or_the_yaml_overrides_each_value(tmp_path):
+    cfg = build_config({"task": "wikitext2", "objective": "ted"}, None, task_run_defaults)
+    assert (cfg.teacher, cfg.teacher_lr, cfg.lr, cfg.layer_map, cfg.student_layers) == (SCRATCH, 1e-3, 1e-3, "ted", 2)
+    assert cfg.teacher_epochs == 5.0 and cfg.teacher_micro_batch == 0
+    flagged = build_config({"task": "wikitext2", "teacher": "scratch:gpt2-tiny", "lr": 2e-3}, None, task_run_defaults)
+    assert (flagged.teacher, flagged.lr, flagged.teacher_lr) == ("scratch:gpt2-tiny", 2e-3, 1e-3)
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("lr: 4.0e-4\nstudent_layers: 1\n")
+    from_yaml = build_config({"task": "wikitext2"}, str(yaml_path), task_run_defaults)
+    assert (from_yaml.lr, from_yaml.student_layers, from_yaml.teacher) == (4e-4, 1, SCRATCH)
+    # the same task by its alias-free upper-case name, and a GLUE task, which declares none
+    assert build_config({"task": "WikiText2"}, None, task_run_defaults).teacher == SCRATCH
+    rte = build_config({"task": "rte"}, None, task_run_defaults)
+    assert task_run_defaults("rte") == {} and (rte.teacher, rte.lr) == (RunConfig.teacher, RunConfig.lr)
+
+
+def test_a_task_file_with_an_unknown_or_malformed_default_is_refused_naming_the_file():
+    assert task_defaults({"teacher-lr": "1e-3", "epochs": 2}, "x.yaml") == {"teacher_lr": 1e-3, "epochs": 2.0}
+    assert task_defaults(None, "x.yaml") == {}
+    with pytest.raises(ValueError, match=r"x\.yaml.*unknown option 'tacher'"):
+        task_defaults({"tacher": "mpnet-base"}, "x.yaml")
+    with pytest.raises(ValueError, match=r"x\.yaml.*unknown option 'seeds'"):  # what a run is, not how it trains
+        task_defaults({"seeds": 4}, "x.yaml")
+    with pytest.raises(ValueError, match=r"x\.yaml"):
+        task_defaults({"lr": "fast"}, "x.yaml")
+    with pytest.raises(ValueError, match="mapping"):
+        task_defaults(["lr"], "x.yaml")
+
+
+def test_run_prints_which_values_came_from_the_task_and_writes_nothing_on_bad_input(tmp_path, capfd):
+    from distilbench.cli import main
+
+    code = main(["run", "--objective", "ted", "--task", "wikitext2", "--seeds", "2", "--lr", "2e-3",
+                 "--data-dir", str(tmp_path / "missing"), "--results", str(tmp_path / "r.sqlite")])
+    out, err = capfd.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
+    line = next(x for x in out.splitlines() if "own defaults" in x)
+    assert f"--teacher {SCRATCH}" in line and "--layer-map ted" in line
+    assert "--lr " not in line  # given on the command line: not the task's
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_a_suite_cell_takes_the_task_defaults_under_its_own_settings(tmp_path):
+    from distilbench.suite import load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\ntasks: [wikitext2]\nobjectives: [kd]\ninits: [first-k]\nteachers: ['{SCRATCH}']\n"
+                    "seeds: [0]\nsettings:\n  lr: 5.0e-4\n")
+    (cfg,) = load_suite(path, "cpu").configs()
+    assert (cfg.lr, cfg.teacher_lr, cfg.layer_map) == (5e-4, 1e-3, "ted")
+
+
+@pytest.mark.parametrize("task, folder, alternative", [("squad", "squad-v1.1", "squad-devsplit"),
+                                                       ("qnli", "QNLI", "qnli-devsplit")])
+def test_a_missing_train_split_names_the_task_carved_from_the_files_that_exist(tmp_path, capfd, task, folder,
+                                                                               alternative):
+    """Issue 20's `run --task squad` offline: one line naming --task squad-devsplit, never a silent substitution."""
+    from distilbench.cli import main
+
+    (tmp_path / "data" / folder).mkdir(parents=True)
+    code = main(["run", "--task", task, "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path / "r.sqlite")])
+    err = capfd.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "does not exist" in err and f"--task {alternative} is carved out" in err
+    assert not (tmp_path / "r.sqlite").exists()
