@@ -77,3 +77,29 @@ def test_a_missing_train_split_names_the_task_carved_from_the_files_that_exist(t
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "does not exist" in err and f"--task {alternative} is carved out" in err
     assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_the_teacher_command_takes_only_the_teachers_defaults(tmp_path, capfd, monkeypatch):
+    """`distilbench teacher --task wikitext2 --init random --teacher-config gpt2-tiny` (2 layers) must not inherit the
+    task's student options (2 student layers by TED's map need a teacher of 4 layers)."""
+    from distilbench.cli import main
+    from distilbench.training import runner
+
+    seen = {}
+
+    class Stop:  # the Runner the command builds: records its config, trains nothing
+        def __init__(self, cfg):
+            seen["cfg"] = cfg
+
+        def teacher(self):
+            raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "Runner", Stop)
+    with pytest.raises(SystemExit):
+        main(["teacher", "--task", "wikitext2", "--init", "random", "--teacher-config", "gpt2-tiny",
+              "--data-dir", str(tmp_path), "--results", str(tmp_path / "r.sqlite")])
+    cfg = seen["cfg"]
+    assert (cfg.teacher, cfg.teacher_lr, cfg.teacher_epochs) == ("scratch:gpt2-tiny", 1e-3, 5.0)
+    assert (cfg.layer_map, cfg.lr) == (RunConfig.layer_map, RunConfig.lr)  # a student's options: not taken
+    out = capfd.readouterr().out
+    assert "--teacher-lr 0.001" in out and "--layer-map" not in out and "--teacher scratch:n_layer" not in out

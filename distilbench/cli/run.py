@@ -62,9 +62,13 @@ def main(command: str, args: dict[str, Any]) -> int:
         args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
     from ..data.tasks import get_task, task_run_defaults
 
-    cfg = build_config(args, yaml_path, defaults_of=task_run_defaults)
+    def defaults_of(task: str) -> dict[str, Any]:  # `teacher` trains no student: only the teacher's own options
+        values = task_run_defaults(task)
+        return values if command == "run" else {k: v for k, v in values.items() if k in (*TEACHER_FLAGS, "teacher")}
+
+    cfg = build_config(args, yaml_path, defaults_of=defaults_of)
     given = {**(load_yaml(yaml_path) if yaml_path else {}), **args}
-    taken = {k: v for k, v in task_run_defaults(cfg.task).items() if k not in given}
+    taken = {k: v for k, v in defaults_of(cfg.task).items() if k not in given}
     if taken:  # say where a value nobody typed came from
         name = get_task(cfg.task).name
         print(f"task {name}'s own defaults (registry/tasks/{name}.yaml; a flag overrides each): "
