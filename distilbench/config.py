@@ -85,8 +85,8 @@ class RunConfig:
     max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).", group=DATA)
     data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.", group=DATA)
     results: str = _f("runs/results.sqlite", "results store: an SQLite file, or a PostgreSQL URL (postgresql+psycopg2://USER@HOST:PORT/DB) that processes on several machines share, dividing the runs between them.", group=DATA)
-    save_students: str | None = _f(None, "keep each run's trained student: a transformers folder (weights, tokenizer, labels, model card "
-                                         "README.md, distilbench.json) under DIR/TASK/OBJECTIVE/INIT/seedK-RUNKEY; not part of the "
+    save_students: str | None = _f(None, "keep each run's trained student: a transformers folder (weights, tokenizer, a classifier's labels, "
+                                         "model card README.md, distilbench.json; classification, extractive QA and causal LMs) under DIR/TASK/OBJECTIVE/INIT/seedK-RUNKEY; not part of the "
                                          "run's identity (see `distilbench export`).", group=DATA)
     force: bool = _f(False, "rerun and replace rows that already exist.", group=DATA)
     baseline: bool = _f(True, "also run the `none` baseline (same student, no teacher) for the table.", group=OBJECTIVES)

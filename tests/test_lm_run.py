@@ -193,3 +193,59 @@ def test_the_report_keeps_perplexity_in_its_units_and_bolds_the_lowest_ranked_ce
     assert "- **Teacher `scratch:gpt2-tiny`:** from-scratch teacher" in text and "lower is better" in text
     if kd.unranked:
         assert "(not below none)" in text
+
+
+def test_a_saved_lm_student_loads_as_a_causal_lm_and_recomputes_the_stored_perplexity(tmp_path, monkeypatch):
+    """--save-students on a causal-LM run: an AutoModelForCausalLM folder with the from-scratch teacher's BPE
+    tokenizer (padded, model_max_length = the block length) whose dev perplexity, by the harness's own code, is the
+    row's score; the card shows perplexity in its own units and says the signal check needs the `none` cell."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distilbench.cli import main
+    from distilbench.config import RunConfig
+    from distilbench.data.lm import corpus_ids
+    from distilbench.data.tasks import get_task, load_split
+    from distilbench.models.loading import cache_dir
+    from distilbench.training.lm import evaluate_perplexity
+
+    data = _corpus(tmp_path / "data")
+    store, root = tmp_path / "r.sqlite", tmp_path / "students"
+    assert main(["run", *COMMON, "--data-dir", str(data), "--results", str(store), "--objective", "kd", "--no-baseline",
+                 "--teacher", "scratch:gpt2-tiny", "--seeds", "1", "--student-layers", "1", "--epochs", "1",
+                 "--lr", "3e-3", "--workers", "1", "--save-students", str(root)]) == 0
+    (row,) = _rows(store)
+    folder = Path(row["extra"]["saved_student"])
+    assert folder == (root / "wikitext2" / "kd" / "layers_1" / f"seed0-{row['run_key']}").resolve()
+    assert json.loads((folder / "config.json").read_text())["n_layer"] == 1  # the student, not the 2-layer teacher
+    assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == 32
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    (teacher,) = [f for f in (cache_dir() / "teachers").glob("wikitext2-scratch_gpt2-tiny-*") if f.is_dir()]
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(teacher).get_vocab() and len(tokenizer) <= 300
+    assert tokenizer.pad_token is not None and tokenizer.pad_token == tokenizer.eos_token
+    dev = load_split(get_task("wikitext2"), "dev", data)
+    score = evaluate_perplexity(model, corpus_ids(tokenizer, dev), 32, 32, RunConfig().eval_batch_size,
+                                tokenizer.pad_token_id or 0)
+    assert score.perplexity == pytest.approx(row["score"], rel=1e-5)
+    assert score.tokens == row["extra"]["lm"]["tokens"] and score.windows == row["extra"]["lm"]["windows"]
+
+    card = (folder / "README.md").read_text()
+    meta = json.loads((folder / "distilbench.json").read_text())
+    assert meta["family"] == "causal-lm" and meta["pipeline_tag"] == "text-generation" and meta["dev"]["scale"] == 1
+    assert meta["signal_check"]["verdict"] == "not applicable" and meta["signal_check"]["p"] is None
+    for text in ("pipeline_tag: text-generation", "from transformers import AutoModelForCausalLM",
+                 "AutoModelForCausalLM.from_pretrained", "lower is better", "byte-level BPE",
+                 f"| perplexity (main) | {row['score']:.2f} | {row['teacher_score']:.2f} |",
+                 f"{row['extra']['lm']['tokens']} tokens scored", "Signal check: not applicable to a single run",
+                 "`none` student", "`wikitext-2-tokens/`", "from-scratch teacher"):
+        assert text in card, text
+    assert f"{100 * row['score']:.2f}" not in card  # never × 100
+    assert "(majority class" not in card and "majority-class predictor" not in card
+    assert "AutoModelForSequenceClassification" not in card
+    # `distilbench export` rewrites the same card from the stored row alone
+    assert main(["export", "--results", str(store), "--run-key", row["run_key"], "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "README.md").read_text() == card

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,69 @@ def test_floor_is_the_better_question_blind_answer():
     unanswerable = [QAExample(0, "q0", "t", ctx, "Who?", ()), examples[1]]
     v2 = floor(get_task("squad_v2"), unanswerable)  # v2.0: "" is right on the unanswerable question
     assert v2["name"] == "empty answer" and v2["scores"] == [1.0, 0.0]
+
+
+def test_a_saved_qa_student_loads_as_a_qa_model_and_rescores_to_the_stored_per_question_f1(qa_setup, tmp_path, monkeypatch):
+    """--save-students on extractive QA: an AutoModelForQuestionAnswering folder whose tokenizer cuts at the run's
+    window length; its dev windows scored by the harness give the row's per-question F1, one by one, from the very
+    weights that made them; the card says question-answering and names the question-blind floor."""
+    import torch
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from distilbench.config import RunConfig
+    from distilbench.data.qa import encode_qa
+    from distilbench.data.qa_answers import score_answers
+    from distilbench.data.tasks import get_task, load_split
+    from distilbench.training.qa_eval import predict_answers
+    from distilbench.training.qa_run import dev_results, window_settings
+
+    results, root = tmp_path / "results.sqlite", tmp_path / "students"
+    weights: dict = {}
+    real = runner_mod.predict_answers
+
+    def spy(model, *rest):  # the weights that predicted the stored answers
+        weights.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *rest)
+
+    monkeypatch.setattr(runner_mod, "predict_answers", spy)
+    assert main(_args(qa_setup, results, "--objective", "kd", "--no-baseline", "--save-students", str(root))) == 0
+    (row,) = _rows(results)
+    folder = Path(row["extra"]["saved_student"])
+    assert folder == (root / "squad-devsplit" / "kd" / re.sub(r"[^A-Za-z0-9.,_+-]", "_", row["init"]) / f"seed0-{row['run_key']}").resolve()
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["BertForQuestionAnswering"]
+    assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == 64  # --max-length 64
+    stored = load_file(folder / "model.safetensors")
+    assert "qa_outputs.weight" in stored and all(torch.equal(stored[k], weights[k]) for k in stored)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = AutoModelForQuestionAnswering.from_pretrained(folder, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    task = get_task("squad-devsplit")
+    cfg = RunConfig(max_length=tokenizer.model_max_length)
+    dev = load_split(task, "dev", qa_setup["data"])
+    answers = predict_answers(model, encode_qa(tokenizer, dev, *window_settings(cfg, task)), task, cfg, Accelerator(cpu=True))
+    metrics = score_answers(task, dev, answers)
+    values, qids, _ = dev_results(answers, task, dev, metrics)
+    assert qids == row["extra"]["dev_labels"]
+    assert [round(v, 6) for v in values] == row["extra"]["dev_predictions"]
+    assert metrics["f1"] == pytest.approx(row["score"], abs=1e-9) and metrics["exact"] == pytest.approx(row["metrics"]["exact"])
+
+    card = (folder / "README.md").read_text()
+    meta = json.loads((folder / "distilbench.json").read_text())
+    check = check_rows([row])
+    assert meta["family"] == "extractive-qa" and meta["pipeline_tag"] == "question-answering"
+    assert meta["signal_check"]["floor"] == check.floor and check.floor.startswith("question-blind floor")
+    assert meta["dev"]["examples"] == 72 and meta["tokenizer"]["model_max_length"] == 64
+    verdict = "at chance" if check.at_chance else "above chance"
+    for text in ("pipeline_tag: question-answering", "from transformers import AutoModelForQuestionAnswering",
+                 "AutoModelForQuestionAnswering.from_pretrained", "72 questions",
+                 f"f1 (main) | {100 * row['score']:.2f} | {100 * row['teacher_score']:.2f}",
+                 f"Signal check: {verdict}** ({check.floor} {check.majority:.2f}", "`squad-v1.1/`"):
+        assert text in card, text
+    assert "majority class" not in card and "AutoModelForSequenceClassification" not in card
+    assert "--data-dir GLUE_DIR" not in card  # the data folder named generically: squad-v1.1/, not GLUE's
+    # `distilbench export` rewrites the same card from the stored row alone
+    assert main(["export", "--results", str(results), "--run-key", row["run_key"], "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "README.md").read_text() == card

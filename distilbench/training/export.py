@@ -1,21 +1,34 @@
 """Keep the student: ``--save-students DIR`` writes each run's trained student as a standard transformers folder, and
-``distilbench export`` finds a saved one again from its row in the results store.
+``distilbench export`` finds a saved one again from its row in the results store. Every task family is saved:
+sequence classification (and regression), extractive QA and causal language modelling.
 
 Layout: ``DIR/<task>/<objective>/<init>/seed<k>-<run_key>/``. The run key alone makes a folder unique; the levels
 above it only make a folder of many runs browsable (characters other than letters, digits and ``.,_+-`` become
 ``_``: ``layers:1,2,3`` -> ``layers_1,2,3``, ``att-kl+0.5*val-kl`` -> ``att-kl+0.5_val-kl``). A folder holds:
 
-* the sequence-classification model (``save_pretrained``), with ``id2label``/``label2id`` from the task's labels,
-  and its tokenizer, whose ``model_max_length`` is the run's ``--max-length``, so ``truncation=True`` cuts inputs
-  where the run cut them: ``AutoModelForSequenceClassification`` / ``AutoTokenizer.from_pretrained(folder)`` load it
-  offline and predict the run's stored dev labels;
-* ``README.md``, a model card, and ``distilbench.json``, the same metadata for machines: the command that
-  reproduces the run, objective and parameters, teacher, init and layer map, dev scores with the signal check, and
-  provenance (git revision, versions, run key).
+* the model (``save_pretrained``) and its tokenizer, per the task's family (:data:`FAMILIES`):
 
-The card and the JSON are functions of the stored row alone (:func:`metadata`), so ``export`` rewrites them exactly.
-A folder is written beside its target and renamed into place: a run killed while saving leaves no folder that
-looks complete. Saving is an output option: it never enters the run's identity (``run_key``/``config_hash``).
+  - sequence classification: ``AutoModelForSequenceClassification``, with ``id2label``/``label2id`` from the task's
+    labels; the tokenizer's ``model_max_length`` is the run's ``--max-length``, so ``truncation=True`` cuts inputs
+    where the run cut them, and the folder predicts the run's stored dev labels;
+  - extractive QA: ``AutoModelForQuestionAnswering`` (start/end scores per token); ``model_max_length`` is the run's
+    window length (:func:`distilbench.training.qa_run.window_settings`), and the folder's windows scored by the
+    harness give the run's stored per-question F1;
+  - causal LM: ``AutoModelForCausalLM`` with the run's tokenizer (a from-scratch teacher's byte-level BPE, its pad
+    token set to its end-of-text token); ``model_max_length`` is the run's block length (``--max-length``), and the
+    folder's dev perplexity is the run's score;
+
+  all load offline with ``AutoModelFor...`` / ``AutoTokenizer.from_pretrained(folder)``;
+* ``README.md``, a model card, and ``distilbench.json``, the same metadata for machines: the command that
+  reproduces the run, objective and parameters, teacher, init and layer map, dev scores (classification and QA
+  metrics × 100, perplexity in its own units, lower is better) with the signal check (a single run's bootstrap
+  against the majority class, or QA's question-blind floor; an LM's check is against the ``none`` student and needs
+  the cells, so the card says it does not apply to one run), and provenance (git revision, versions, run key).
+
+The card and the JSON are functions of the stored row and the task registry alone (:func:`metadata`), so ``export``
+rewrites them exactly. A folder is written beside its target and renamed into place: a run killed while saving leaves
+no folder that looks complete. Saving is an output option: it never enters the run's identity
+(``run_key``/``config_hash``).
 """
 from __future__ import annotations
 
@@ -32,10 +45,24 @@ from ..errors import UsageError
 
 CARD, META = "README.md", "distilbench.json"
 FORMAT = 1
+CLASSIFICATION, QA, LM = "sequence-classification", "extractive-qa", "causal-lm"
+# family -> (the model card's pipeline_tag, the transformers class that loads the folder)
+FAMILIES = {CLASSIFICATION: ("text-classification", "AutoModelForSequenceClassification"),
+            QA: ("question-answering", "AutoModelForQuestionAnswering"),
+            LM: ("text-generation", "AutoModelForCausalLM")}
 BOOTSTRAP_TEST = ("one-sided paired bootstrap over the dev examples of this run's predictions against the majority-class "
                   "predictor ({samples} resamples, seed {seed}; distilbench.results.chance.example_test). The seed-level "
                   "t-test of `run` and the reports needs more than one seed, so a single student is judged by this test "
                   "alone.")
+QA_BOOTSTRAP_TEST = ("one-sided paired bootstrap over the dev questions of this run's per-question F1 against the "
+                     "question-blind floor's (the better on dev of the empty answer and the context's first sentence, "
+                     "predictors that never read the question; {samples} resamples, seed {seed}; "
+                     "distilbench.results.chance.example_test). The seed-level t-test of `run` and the reports needs "
+                     "more than one seed, so a single student is judged by this test alone.")
+LM_TEST = ("against the `none` student of the same init and seeds (distilbench.results.lm_signal): one-sided, a paired "
+           "t-test of perplexity over seeds and a paired bootstrap of the per-window mean NLL over the dev windows.")
+LM_NOTE = ("a causal LM has no majority class: it is checked against the `none` student, comparing this objective's "
+           "cell with the `none` cell (2 or more seeds each), which `distilbench run` and the reports show")
 
 
 def _part(text: str) -> str:
@@ -51,7 +78,8 @@ def student_folder(root: str | Path, row: Mapping) -> Path:
 def run_command(row: Mapping, save_root: str | None = None, extra_args: tuple[str, ...] = ()) -> str:
     """The ``distilbench run`` line that trains exactly this run again (same run key): its cell, its seed alone, and
     the settings it stored as different from the defaults. The data folder is not stored with a row: add
-    ``--data-dir`` (or set ``$GLUE_DIR``) where the data is."""
+    ``--data-dir`` (the folder that holds the task's folder: ``RTE/``, ``squad-v1.1/``, ``wikitext-2-tokens/``; or
+    set ``$GLUE_DIR``) where the data is."""
     extra = row.get("extra") or {}
     args = ["distilbench", "run", "--task", str(row["task"]), "--objective", str(row["objective"]),
             "--teacher", str(row["teacher"]), "--init", str(row["init"]), "--seed-list", str(row["seed"])]
@@ -70,10 +98,56 @@ def run_command(row: Mapping, save_root: str | None = None, extra_args: tuple[st
     return shlex.join([*args, *extra_args])
 
 
-def _signal(row: Mapping) -> dict[str, Any]:
-    """The signal check of one run: the bootstrap over its dev examples against the majority predictor."""
+def family(row: Mapping) -> str:
+    """The task family of ``row`` (:data:`FAMILIES`) from the task registry; for a task no longer registered, from
+    what the row stored (``extra.lm`` for a causal LM, per-question F1 for extractive QA)."""
+    from ..data.tasks import get_task
+
+    try:
+        return get_task(str(row["task"])).family
+    except UsageError:
+        extra = row.get("extra") or {}
+        return LM if extra.get("lm") else QA if extra.get("per_example") == "f1" else CLASSIFICATION
+
+
+def _data_folder(row: Mapping) -> str | None:
+    """The task's folder inside ``--data-dir`` (``RTE``, ``squad-v1.1``, ``wikitext-2-tokens``); None if unknown."""
+    from ..data.tasks import get_task
+
+    try:
+        task = get_task(str(row["task"]))
+    except UsageError:
+        return None
+    return getattr(task, "folder", None) or getattr(task, "glue_dir", None)
+
+
+def _token_length(row: Mapping, kind: str) -> dict[str, Any]:
+    """The tokenizer's ``model_max_length`` (what the run cut at) and, for QA, its windows' stride, from the row."""
+    from ..config import RunConfig
+
+    max_length = ((row.get("extra") or {}).get("settings") or {}).get("max_length", RunConfig.max_length)
+    if kind == QA:
+        from types import SimpleNamespace
+
+        from ..data.tasks import get_task
+        from .qa_run import window_settings
+
+        try:
+            length, stride, question = window_settings(SimpleNamespace(max_length=max_length), get_task(str(row["task"])))
+        except UsageError:
+            return {"model_max_length": None}
+        return {"model_max_length": length, "doc_stride": stride, "max_question_length": question}
+    return {"model_max_length": max_length}
+
+
+def _signal(row: Mapping, kind: str) -> dict[str, Any]:
+    """The signal check of one run: the bootstrap over its dev examples against the majority predictor (extractive
+    QA: against the question-blind floor); for a causal LM, why one run is not checked."""
     from ..results.chance import ALPHA, SAMPLES, SEED, check_rows
 
+    if kind == LM:
+        return {"verdict": "not applicable", "test": LM_TEST, "alpha": ALPHA, "p": None, "majority": None,
+                "floor": "the `none` student", "note": LM_NOTE}
     result = check_rows([row])
     if not result.applies:
         verdict = "not applicable"
@@ -81,36 +155,50 @@ def _signal(row: Mapping) -> dict[str, Any]:
         verdict = "not checked"
     else:
         verdict = "at chance" if result.at_chance else "above chance"
-    return {"verdict": verdict, "test": BOOTSTRAP_TEST.format(samples=SAMPLES, seed=SEED), "alpha": ALPHA,
+    test = QA_BOOTSTRAP_TEST if kind == QA else BOOTSTRAP_TEST
+    return {"verdict": verdict, "test": test.format(samples=SAMPLES, seed=SEED), "alpha": ALPHA,
             "p": None if result.example_p != result.example_p else round(result.example_p, 6),  # nan -> None
             "majority": None if result.majority != result.majority else round(result.majority, 4),
-            "note": result.reason or None}
+            "floor": result.floor, "note": result.reason or None}
 
 
 def metadata(row: Mapping) -> dict[str, Any]:
-    """What the model card and ``distilbench.json`` say, from the stored row alone."""
+    """What the model card and ``distilbench.json`` say, from the stored row (and the task registry) alone."""
     extra, params = row.get("extra") or {}, row.get("params") or {}
     saved = extra.get("saved_student")
     root = str(Path(saved).parents[3]) if saved else "DIR"  # DIR/<task>/<objective>/<init>/seed<k>-<key>
     metrics = {k: v for k, v in (row.get("metrics") or {}).items() if k != "score"}
     teacher_dev = extra.get("teacher_dev") or {}
+    kind = family(row)
+    pipeline_tag, auto_class = FAMILIES.get(kind, FAMILIES[CLASSIFICATION])
+    lm = extra.get("lm") or {}
+    dev = {"main_score": extra.get("main_score"), "score": row.get("score"), "metrics": metrics,
+           "examples": len(extra["dev_labels"]) if extra.get("dev_labels") is not None else None,
+           "teacher_score": row.get("teacher_score"), "teacher": teacher_dev or None,
+           "fingerprint": params.get("dev"),
+           "scale": 1 if kind == LM else 100,  # how the card shows the scores: perplexity in its own units
+           "higher_is_better": not (kind == LM or lm.get("higher_is_better") is False)}
+    if kind == LM:  # the dev "examples" are evaluation windows
+        dev.update({"examples": None, "windows": lm.get("windows"), "tokens": lm.get("tokens"),
+                    "eval_max_length": lm.get("eval_max_length"), "eval_stride": lm.get("eval_stride")})
     return {
         "format": FORMAT, "run_key": row["run_key"], "config_hash": row.get("config_hash"),
         "command": run_command(row, root),
         "task": row["task"], "task_version": row.get("task_version"), "seed": int(row["seed"]),
+        "family": kind, "pipeline_tag": pipeline_tag, "auto_class": auto_class, "data_folder": _data_folder(row),
+        "tokenizer": {**_token_length(row, kind),
+                      **({"from_scratch_bpe": bool(lm.get("from_scratch_teacher"))} if kind == LM else {})},
         "objective": row["objective"], "objective_version": row.get("objective_version"),
         "objective_params": params.get("objective_params") or {},
         "teacher": row.get("teacher"), "teacher_key": extra.get("teacher_key"), "team": extra.get("team"),
+        "teacher_note": lm.get("teacher_note"),
         "student": row.get("student"), "init": row.get("init"),
         "layer_map": (params.get("objective_params") or {}).get("layer_map") or (extra.get("settings") or {}).get("layer_map", "init"),
         "init_mapping": extra.get("layer_mapping") or [],
         "hparams": params.get("hparams") or {}, "settings": extra.get("settings") or {},
         "student_params": extra.get("student_params"), "best_epoch": extra.get("best_epoch"),
-        "dev": {"main_score": extra.get("main_score"), "score": row.get("score"), "metrics": metrics,
-                "examples": len(extra["dev_labels"]) if extra.get("dev_labels") is not None else None,
-                "teacher_score": row.get("teacher_score"), "teacher": teacher_dev or None,
-                "fingerprint": params.get("dev")},
-        "signal_check": _signal(row),
+        "dev": dev,
+        "signal_check": _signal(row, kind),
         "provenance": {"run_key": row["run_key"], "git_rev": row.get("git_rev"), "versions": row.get("versions") or {},
                        "device": extra.get("device")},
         "saved_student": saved,
@@ -121,41 +209,97 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{100 * float(x):.2f}"
 
 
+def _value(name: str, x: Any, scale: int) -> str:
+    """One dev metric as the card shows it: a fraction × 100 (classification, QA), perplexity and NLL in their own
+    units (causal LM); counts and thresholds (SQuAD v2.0's ``total``, ``best_f1_thresh``) as they are."""
+    if x is None:
+        return "n/a"
+    if name.endswith("total"):
+        return f"{float(x):.0f}"
+    if name.endswith("_thresh") or (scale == 1 and name == "nll"):
+        return f"{float(x):.4f}"
+    return f"{float(x):.2f}" if scale == 1 else _pct(x)
+
+
+LM_TABLE = ("perplexity", "nll")  # the LM metrics the table shows; tokens and windows go in its heading
+
+
+def _score_lines(meta: Mapping) -> list[str]:
+    """The card's dev-score section: heading, table."""
+    dev, kind = meta["dev"], meta["family"]
+    teacher = dev["teacher"] or {}
+    if kind == LM:
+        heading = (f"## Dev scores ({meta['task']} dev, {dev['tokens']} tokens scored in {dev['windows']} windows of "
+                   f"{dev['eval_max_length']} tokens every {dev['eval_stride']}, best epoch {meta['best_epoch']})")
+        note = ("Perplexity = exp(mean next-token NLL) over the whole dev text, in its own units: **lower is better**; "
+                "NLL in nats per token.")
+        names = [k for k in LM_TABLE if k in dev["metrics"]]
+    else:
+        unit = "questions" if kind == QA else "examples"
+        heading = f"## Dev scores ({meta['task']} dev, {dev['examples']} {unit}, best epoch {meta['best_epoch']})"
+        note = "Scores × 100 (higher is better)" + ("; F1 and exact match per SQuAD's rules." if kind == QA else ".")
+        names = sorted(dev["metrics"])
+    rows = [f"| {k}{' (main)' if k == dev['main_score'] else ''} | {_value(k, dev['metrics'][k], dev['scale'])} | "
+            f"{_value(k, teacher.get(k), dev['scale'])} |" for k in names]
+    return [heading, "", note, "", "| metric | student | teacher |", "|---|---|---|", *rows]
+
+
+def _signal_line(check: Mapping) -> str:
+    if check["verdict"] == "not applicable" and check.get("floor") == "the `none` student":
+        return f"**Signal check: not applicable to a single run**: {check['note']}."
+    return (f"**Signal check: {check['verdict']}**"
+            + (f" ({check.get('floor') or 'majority class'} {check['majority']:.2f}, p = {check['p']:.4f}, "
+               f"α = {check['alpha']})" if check["p"] is not None and check["majority"] is not None else "")
+            + (f": {check['note']}" if check.get("note") else "") + ".")
+
+
+def _loader_lines(meta: Mapping) -> list[str]:
+    auto, tok, kind = meta["auto_class"], meta["tokenizer"], meta["family"]
+    if kind == QA:
+        comment = (f"model_max_length = the run's window length ({tok.get('model_max_length')} tokens; its windows "
+                   f"overlapped by doc_stride {tok.get('doc_stride')})")
+    elif kind == LM:
+        bpe = "the from-scratch teacher's byte-level BPE, " if tok.get("from_scratch_bpe") else ""
+        comment = f"{bpe}model_max_length = the run's block length ({tok.get('model_max_length')} tokens)"
+    else:
+        comment = "truncation=True cuts where the run cut"
+    return ["```python", f"from transformers import {auto}, AutoTokenizer", "",
+            f'model = {auto}.from_pretrained("PATH/TO/THIS/FOLDER")',
+            f'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")  # {comment}',
+            "```"]
+
+
 def card(meta: Mapping) -> str:
     """The model card (README.md) of a saved student."""
     dev, check, prov = meta["dev"], meta["signal_check"], meta["provenance"]
     teams = f" (team: {', '.join(meta['team'])})" if meta.get("team") else ""
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-classification",
+    folder = meta.get("data_folder")
+    data_hint = (f"add `--data-dir DATA_DIR`, the folder that holds `{folder}/` (or set `$GLUE_DIR` to it)" if folder
+                 else "add `--data-dir DATA_DIR`, the folder that holds the task's data (or set `$GLUE_DIR` to it)")
+    teacher_kind = "trained from scratch" if meta.get("teacher_note") else "fine-tuned"
+    lines = ["---", "library_name: transformers", f"pipeline_tag: {meta['pipeline_tag']}",
              "tags: [distilbench, knowledge-distillation]", "---", "",
              f"# {meta['student']}: {meta['objective']} student of {meta['teacher']} on {meta['task']}, seed {meta['seed']}", "",
              f"A student distilled by distilbench (run `{meta['run_key']}`), saved as a standard transformers folder.", "",
-             "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
-             'model = AutoModelForSequenceClassification.from_pretrained("PATH/TO/THIS/FOLDER")',
-             'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")  # truncation=True cuts where the run cut',
-             "```", "",
+             *_loader_lines(meta), "",
              "## Distillation command", "",
              "```bash", meta["command"], "```", "",
-             "The data folder is not part of the stored run: add `--data-dir GLUE_DIR` (or set `$GLUE_DIR`). "
-             "The same command, with the same data, has the same run key.", "",
+             f"The data folder is not part of the stored run: {data_hint}; without either the task's data is read "
+             "from the hub. The same command, with the same data, has the same run key.", "",
              "## Objective, teacher, student", "",
              f"- objective: `{meta['objective']}` v{meta['objective_version']}, parameters: "
              + (", ".join(f"{k}={v}" for k, v in sorted(meta["objective_params"].items())) or "none"),
-             f"- teacher: `{meta['teacher']}` (fine-tuned, cache key `{meta['teacher_key']}`){teams}",
+             f"- teacher: `{meta['teacher']}` ({teacher_kind}, cache key `{meta['teacher_key']}`){teams}",
+             *([f"  - {meta['teacher_note']}"] if meta.get("teacher_note") else []),
              f"- init: `{meta['init']}`; student `{meta['student']}`, {meta['student_params']} parameters",
              f"- layer map: `{meta['layer_map']}`",
              *[f"  - {line}" for line in meta["init_mapping"]],
              "- hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(meta["hparams"].items())),
              "- settings other than the defaults: " + (", ".join(f"{k}={v}" for k, v in sorted(meta["settings"].items())) or "none"),
              "",
-             f"## Dev scores ({meta['task']} dev, {dev['examples']} examples, best epoch {meta['best_epoch']})", "",
-             "| metric | student | teacher |", "|---|---|---|",
-             *[f"| {k}{' (main)' if k == dev['main_score'] else ''} | {_pct(v)} | {_pct((dev['teacher'] or {}).get(k))} |"
-               for k, v in sorted(dev["metrics"].items())],
+             *_score_lines(meta),
              "",
-             f"**Signal check: {check['verdict']}**"
-             + (f" (majority class {check['majority']:.2f}, p = {check['p']:.4f}, α = {check['alpha']})"
-                if check["p"] is not None and check["majority"] is not None else "")
-             + (f": {check['note']}" if check.get("note") else "") + ".", "",
+             _signal_line(check), "",
              f"Test: {check['test']}", "",
              "## Provenance", "",
              f"- run key: `{prov['run_key']}` (config hash `{meta['config_hash']}`)",

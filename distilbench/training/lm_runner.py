@@ -14,6 +14,9 @@ inits, rows) shared.
 - **Per-example values** (``extra.dev_predictions``): each evaluation window's mean next-token NLL in nats, with the
   tokens it scores in ``extra.dev_labels``; the signal check compares them, paired by window, with the ``none``
   student's (:mod:`distilbench.results.lm_signal`).
+- **Saving** (``--save-students``): the student as an ``AutoModelForCausalLM`` folder with the run's tokenizer (a
+  from-scratch teacher's BPE, padded; ``model_max_length`` = ``--max-length``) and a model card showing perplexity in
+  its own units (:mod:`.export`).
 """
 from __future__ import annotations
 
@@ -185,8 +188,12 @@ class LMRunner(Runner):
                        "from_scratch_teacher": is_scratch(cfg.teacher),
                        "teacher_note": SCRATCH_NOTE if is_scratch(cfg.teacher) else None,
                        "data_note": task.provenance}
-        if cfg.save_students and self.accelerator.is_main_process:
-            self.log(f"{fit.label}: --save-students is not supported for causal LMs yet; student not saved")
+        if cfg.save_students and self.accelerator.is_main_process:  # here, where the model lives (a worker's process too)
+            from .export import save_student
+
+            # the run's tokenizer (a from-scratch teacher's BPE, padded); model_max_length = the block length
+            self.log(f"{fit.label}: student saved to "
+                     f"{save_student(fit.student, fit.tokenizer, None, cfg.max_length, row, cfg.save_students)}")
         return row
 
 

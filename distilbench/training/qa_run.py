@@ -21,6 +21,9 @@ one place, so that the shared modules only dispatch here on ``task.family``.
   of always predicting the majority class; F1 0 on v1.1) and the context's **first sentence**. Its per-question F1
   is stored with each row (``extra.floor``), so the check pairs the student with it question by question; its mean
   is the row's ``majority``. A student that learned nothing about questions does not beat it.
+- **Saving** (``--save-students``): the student as an ``AutoModelForQuestionAnswering`` folder whose tokenizer's
+  ``model_max_length`` is the window length (:func:`window_settings`), its card naming the question-blind floor
+  (:mod:`.export`).
 """
 from __future__ import annotations
 
@@ -176,12 +179,10 @@ def dev_results(predictions, task: QATask, examples: list[QAExample], metrics: d
 
 def check_qa_run(cfg: RunConfig, task: QATask, objective, teacher_config) -> None:
     """What a QA run refuses before anything trains: a teacher with another task's head; a student with its own
-    vocabulary (span scores are compared token by token); multi-teacher objectives (they read class logits);
-    ``--save-students`` (the export writes classifiers)."""
+    vocabulary (span scores are compared token by token); multi-teacher objectives (they read class logits).
+    ``--save-students`` is taken: the student is saved as an ``AutoModelForQuestionAnswering`` folder whose tokenizer
+    cuts at the run's window length (:mod:`distilbench.training.export`)."""
     check_head(cfg.teacher, task, teacher_config)
-    if cfg.save_students:
-        raise UsageError(f"--save-students exports classifiers with their labels; task {task.name} is extractive QA, "
-                         f"whose export is not written yet: run without --save-students")
     if objective.multi_teacher:
         raise UsageError(f"{objective.name} weighs class distributions of a team; task {task.name} is extractive QA: "
                          f"use a single-teacher objective (kd, lwd, ted, ...)")

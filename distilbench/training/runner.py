@@ -36,7 +36,7 @@ from .plan import plan_run, run_identity
 from .precision import resolve as resolve_precision
 from .profile import model_profile, row_profile
 from .qa_eval import predict_answers
-from .qa_run import QAEncodings, dev_results, encode_for, is_qa
+from .qa_run import QAEncodings, dev_results, encode_for, is_qa, window_settings
 from .rows import FitResult, student_row
 from .sources import Encodings, TeacherSources
 from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, teacher_cached
@@ -416,5 +416,7 @@ class Runner:
         if cfg.save_students and self.accelerator.is_main_process:  # here, where the model lives (a worker's process too)
             from .export import save_student
 
-            self.log(f"{label}: student saved to {save_student(student, tokenizer, task.labels, cfg.max_length, row, cfg.save_students)}")
+            # QA: no labels, and the tokenizer cuts at the run's window length (distilbench.training.qa_run.window_settings)
+            labels, length = (None, window_settings(cfg, task)[0]) if is_qa(task) else (task.labels, cfg.max_length)
+            self.log(f"{label}: student saved to {save_student(student, tokenizer, labels, length, row, cfg.save_students)}")
         return row
