@@ -202,12 +202,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config {path} must be a mapping of option: value")
     known = {f.name for f in dataclasses.fields(RunConfig)}
+    return _options(data, f"config {path}", known, f"accepted: {', '.join(sorted(known))}")
+
+
+def _options(data: dict, where: str, known: set[str], accepted: str) -> dict[str, Any]:
+    """Option name (dashes or underscores) -> value, each name checked against ``known`` and each value converted to
+    its field's type (:func:`_coerce`); anything wrong is a one-line UsageError naming ``where``."""
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise UsageError(f"config {path}: unknown option {key!r}; accepted: {', '.join(sorted(known))}")
-        out[name] = _coerce(name, value, f"config {path}")
+            raise UsageError(f"{where}: unknown option {key!r}; {accepted}")
+        out[name] = _coerce(name, value, where)
     return out
 
 
@@ -223,17 +229,11 @@ def task_defaults(value: Any, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"task file {source}: defaults must be a mapping of option: value")
     known = {f.name for f in dataclasses.fields(RunConfig)} - set(NOT_TASK_DEFAULTS)
-    out = {}
-    for key, item in value.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise ValueError(f"task file {source}: defaults has unknown option {key!r}; accepted: run's options except "
-                             f"{', '.join(NOT_TASK_DEFAULTS)}")
-        try:
-            out[name] = _coerce(name, item, f"task file {source}")
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
-    return out
+    try:
+        return _options(value, f"task file {source}: defaults", known,
+                        f"accepted: run's options except {', '.join(NOT_TASK_DEFAULTS)}")
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
