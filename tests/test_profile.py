@@ -251,3 +251,17 @@ def test_workers_read_what_the_calling_process_measured(tiny_run_args, tmp_path,
         for who in ("student", "teacher"):
             stored = r["extra"]["profile"][who]
             assert stored["latency"]["cpu"] == measured[stored["arch"]] and stored["latency"]["cpu"]["threads"] == threads
+
+
+def test_a_failed_measurement_costs_the_row_its_profile_not_the_run(tiny_model, monkeypatch):
+    """pair_profiles: when measuring raises (out of memory, an unwritable cache), both profiles are None and one line
+    says why; the run's row then reads n/a in those columns instead of the finished run being lost."""
+    said = []
+    assert P.pair_profiles(tiny_model, tiny_model, 1, said.append)[0]["params"] == P.param_counts(tiny_model)[0]
+
+    def fail(model, threads, measure_missing=True):
+        raise OSError("cache not writable")
+
+    monkeypatch.setattr(P, "model_profile", fail)
+    assert P.pair_profiles(tiny_model, tiny_model, 1, said.append) == [None, None]
+    assert said == ["[bold red]size and speed not measured: OSError: cache not writable[/]"]

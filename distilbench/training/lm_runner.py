@@ -170,9 +170,9 @@ class LMRunner(Runner):
                  f"{fit.result.examples_per_s:.1f} blocks/s)")
         profile = None
         if self.accelerator.is_main_process:
-            from .profile import row_profile
+            from .profile import pair_profiles, row_profile
 
-            models = self._profiles(fit.student, teacher_net, torch.get_num_threads())
+            models = pair_profiles(fit.student, teacher_net, torch.get_num_threads(), self.log)
             profile = row_profile(*models, dev_metrics["score"], teacher_metrics["score"], False, fit.spent)
         per_window = np.array(score.window_nll) / np.maximum(1, np.array(score.window_tokens))
         row = student_row(cfg, plan, fit, key=key, identity=identity, seed=seed, record=record, dev_metrics=dev_metrics,
@@ -188,12 +188,7 @@ class LMRunner(Runner):
                        "from_scratch_teacher": is_scratch(cfg.teacher),
                        "teacher_note": SCRATCH_NOTE if is_scratch(cfg.teacher) else None,
                        "data_note": task.provenance}
-        if cfg.save_students and self.accelerator.is_main_process:  # here, where the model lives (a worker's process too)
-            from .export import save_student
-
-            # the run's tokenizer (a from-scratch teacher's BPE, padded); model_max_length = the block length
-            self.log(f"{fit.label}: student saved to "
-                     f"{save_student(fit.student, fit.tokenizer, None, cfg.max_length, row, cfg.save_students)}")
+        self.keep_student(fit, None, cfg.max_length, row)  # the run's tokenizer (a from-scratch teacher's BPE, padded)
         return row
 
 

@@ -219,6 +219,16 @@ def model_profile(model: nn.Module, threads: int, measure_missing: bool = True) 
 # --------------------------------------------------------------------------- what a row stores
 
 
+def pair_profiles(student: nn.Module, teacher: nn.Module, threads: int, log) -> list:
+    """[student's, teacher's] size and speed; [None, None] when measuring fails (reported through ``log``): a finished
+    run is never lost to its measurement, its row then reads n/a there."""
+    try:
+        return [model_profile(student, threads), model_profile(teacher, threads)]
+    except Exception as exc:  # noqa: BLE001 - out of memory on a GPU, an unwritable cache, ...
+        log(f"[bold red]size and speed not measured: {type(exc).__name__}: {exc}[/]")
+        return [None, None]
+
+
 def retained(score: float | None, teacher_score: float | None, higher_is_better: bool = True) -> float | None:
     """The share of the teacher's score the student keeps, on the task's main score (1.0 = as good as the teacher).
 
@@ -254,4 +264,4 @@ def row_profile(student: dict[str, Any] | None, teacher: dict[str, Any] | None, 
     return out
 
 
-__all__ = ["param_counts", "serialized_bytes", "model_profile", "measure", "retained", "ratios", "row_profile"]
+__all__ = ["param_counts", "serialized_bytes", "model_profile", "pair_profiles", "measure", "retained", "ratios", "row_profile"]

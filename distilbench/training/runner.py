@@ -34,7 +34,7 @@ from .inference import TeacherInference
 from .leasing import DONE, HELD, STORED, train_under_lease
 from .plan import plan_run, run_identity
 from .precision import resolve as resolve_precision
-from .profile import model_profile, row_profile
+from .profile import pair_profiles, row_profile
 from .qa_eval import predict_answers
 from .qa_run import QAEncodings, dev_results, encode_for, is_qa, window_settings
 from .rows import FitResult, student_row
@@ -261,20 +261,11 @@ class Runner:
         threads = threads or torch.get_num_threads()
         teacher_net = teacher_net if teacher_net is not None else self.teacher_net(record)
         student, _ = self._new_student(plan.seeds[0], teacher_net)
-        found = self._profiles(student, teacher_net, threads)
+        found = pair_profiles(student, teacher_net, threads, self.log)
         if None not in found:
             self.log(f"size and speed (batch 1 on the cpu, {threads} thread(s)): " + ", ".join(
                 f"{who} {p['params'] / 1e6:.2f}M params, {p['latency']['cpu']['b1']['ms']:.1f} ms"
                 for who, p in zip(("student", "teacher"), found)))
-
-    def _profiles(self, student, teacher_net, threads: int) -> list:
-        """[student's, teacher's] size and speed (distilbench.training.profile); [None, None] when measuring fails: a finished
-        run is never lost to its measurement, its row then reads n/a there."""
-        try:
-            return [model_profile(student, threads), model_profile(teacher_net, threads)]
-        except Exception as exc:  # noqa: BLE001 - out of memory on a GPU, an unwritable cache, ...
-            self.log(f"[bold red]size and speed not measured: {type(exc).__name__}: {exc}[/]")
-            return [None, None]
 
     def prepare_team(self) -> list[TeacherRecord]:
         """A multi-teacher objective's team: every member fine-tuned (or reused) and scored, then loaded once with its
@@ -408,15 +399,20 @@ class Runner:
                  f"{fit.result.examples_per_s:.1f} ex/s)")
         profile = None
         if self.accelerator.is_main_process:  # measured by profile_models before the runs; read from its cache here
-            models = self._profiles(student, teacher_net, torch.get_num_threads())
+            models = pair_profiles(student, teacher_net, torch.get_num_threads(), self.log)
             profile = row_profile(*models, dev_metrics["score"], teacher_metrics["score"], task.higher_is_better, fit.spent)
         row = student_row(cfg, plan, fit, key=key, identity=identity, seed=seed, record=record, dev_metrics=dev_metrics,
                           teacher_metrics=teacher_metrics, dev_preds=dev_preds, dev_labels=dev_labels,
                           precision=self.precision, device=str(self.accelerator.device), profile=profile, qa_extra=qa_extra)
-        if cfg.save_students and self.accelerator.is_main_process:  # here, where the model lives (a worker's process too)
+        # QA: no labels, and the tokenizer cuts at the run's window length (distilbench.training.qa_run.window_settings)
+        labels, length = (None, window_settings(cfg, task)[0]) if is_qa(task) else (task.labels, cfg.max_length)
+        self.keep_student(fit, labels, length, row)
+        return row
+
+    def keep_student(self, fit: FitResult, labels, max_length: int, row: dict) -> None:
+        """``--save-students``: write the trained student here, where the model lives (a worker's process too)."""
+        if self.cfg.save_students and self.accelerator.is_main_process:
             from .export import save_student
 
-            # QA: no labels, and the tokenizer cuts at the run's window length (distilbench.training.qa_run.window_settings)
-            labels, length = (None, window_settings(cfg, task)[0]) if is_qa(task) else (task.labels, cfg.max_length)
-            self.log(f"{label}: student saved to {save_student(student, tokenizer, labels, length, row, cfg.save_students)}")
-        return row
+            folder = save_student(fit.student, fit.tokenizer, labels, max_length, row, self.cfg.save_students)
+            self.log(f"{fit.label}: student saved to {folder}")
