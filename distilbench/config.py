@@ -268,12 +268,18 @@ def parse_workers(value: str) -> str:
     return str(n)
 
 
+def merge_options(cli: dict[str, Any], yaml_path: str | None = None,
+                  defaults_of: Callable[[str], dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's options: the task's own defaults (``defaults_of(task)``, from its registry file) < YAML < explicitly
+    given CLI flags (the dataclass's defaults fill the rest). Also returns the task defaults nobody overrode, so a
+    command can say where a value nobody typed came from."""
+    given = {**(load_yaml(yaml_path) if yaml_path else {}), **cli}
+    own = defaults_of(given.get("task", RunConfig.task)) if defaults_of is not None else {}
+    taken = {k: v for k, v in own.items() if k not in given}
+    return {**taken, **given}, taken
+
+
 def build_config(cli: dict[str, Any], yaml_path: str | None = None,
                  defaults_of: Callable[[str], dict[str, Any]] | None = None) -> RunConfig:
-    """Merge defaults < the task's own defaults (``defaults_of(task)``, from its registry file) < YAML < explicitly
-    given CLI flags, then validate."""
-    values = load_yaml(yaml_path) if yaml_path else {}
-    values.update(cli)
-    if defaults_of is not None:
-        values = {**defaults_of(values.get("task", RunConfig.task)), **values}
-    return RunConfig(**values).validate()
+    """Merge (:func:`merge_options`), then validate."""
+    return RunConfig(**merge_options(cli, yaml_path, defaults_of)[0]).validate()

@@ -103,3 +103,26 @@ def test_the_teacher_command_takes_only_the_teachers_defaults(tmp_path, capfd, m
     assert (cfg.layer_map, cfg.lr) == (RunConfig.layer_map, RunConfig.lr)  # a student's options: not taken
     out = capfd.readouterr().out
     assert "--teacher-lr 0.001" in out and "--layer-map" not in out and "--teacher scratch:n_layer" not in out
+
+
+def test_search_takes_the_task_defaults_too_and_every_command_says_which_it_took(tmp_path, capsys):
+    """`search` builds its trials' config through the same merge as `run` (it once skipped the task's defaults: a
+    wikitext2 study fell back to the mpnet-base teacher); a value given on the command line or in --config is not
+    reported as taken from the task."""
+    from distilbench.cli.flags import config_from
+    from distilbench.config import merge_options
+
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("epochs: 1\n")
+    values, taken = merge_options({"task": "wikitext2", "lr": 2e-3}, str(yaml_path), task_run_defaults)
+    assert (values["lr"], values["epochs"], values["teacher"]) == (2e-3, 1, SCRATCH)
+    assert set(taken) == {"teacher", "teacher_epochs", "teacher_lr", "teacher_micro_batch", "student_layers", "layer_map"}
+    cfg = config_from({"task": "wikitext2", "objective": "kd"}, None)
+    assert (cfg.teacher, cfg.lr) == (SCRATCH, 1e-3)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("task wikitext2's own defaults (registry/tasks/wikitext2.yaml") and f"--teacher {SCRATCH}" in line
+    teacher_only = config_from({"task": "wikitext2"}, None, ("teacher", "teacher_lr"))
+    assert (teacher_only.teacher, teacher_only.teacher_lr, teacher_only.lr) == (SCRATCH, 1e-3, RunConfig.lr)
+    assert capsys.readouterr().out.strip().endswith(f"--teacher {SCRATCH}, --teacher-lr 0.001")  # only those two
+    config_from({"task": "rte"}, None)
+    assert capsys.readouterr().out == ""  # a task without defaults: nothing to say

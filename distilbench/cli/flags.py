@@ -37,4 +37,23 @@ def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | No
             section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
 
 
-__all__ = ["Parser", "add_config_flags"]
+def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None = None) -> RunConfig:
+    """The command's RunConfig (CLI > --config YAML > the task's own defaults > dataclass), printing in one line the
+    values taken from the task's registry file, since nobody typed them; ``only``: the task defaults this command
+    uses (``teacher`` trains no student)."""
+    from ..config import merge_options
+    from ..data.tasks import get_task, task_run_defaults
+
+    def defaults_of(task: str) -> dict:
+        return {k: v for k, v in task_run_defaults(task).items() if only is None or k in only}
+
+    values, taken = merge_options(args, yaml_path, defaults_of)
+    cfg = RunConfig(**values).validate()
+    if taken:
+        name = get_task(cfg.task).name
+        print(f"task {name}'s own defaults (registry/tasks/{name}.yaml; a flag overrides each): "
+              + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()))
+    return cfg
+
+
+__all__ = ["Parser", "add_config_flags", "config_from"]

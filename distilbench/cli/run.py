@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import RunConfig, build_config, load_yaml
+from ..config import RunConfig
 from ..errors import UsageError
-from .flags import add_config_flags
+from .flags import add_config_flags, config_from
 
 RUN_EXAMPLES = """examples:
   distilbench run --objective kd --task rte --seeds 4 --data-dir ../shared/data/glue
@@ -60,19 +60,8 @@ def main(command: str, args: dict[str, Any]) -> int:
         from ..search import best_params
 
         args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
-    from ..data.tasks import get_task, task_run_defaults
-
-    def defaults_of(task: str) -> dict[str, Any]:  # `teacher` trains no student: only the teacher's own options
-        values = task_run_defaults(task)
-        return values if command == "run" else {k: v for k, v in values.items() if k in (*TEACHER_FLAGS, "teacher")}
-
-    cfg = build_config(args, yaml_path, defaults_of=defaults_of)
-    given = {**(load_yaml(yaml_path) if yaml_path else {}), **args}
-    taken = {k: v for k, v in defaults_of(cfg.task).items() if k not in given}
-    if taken:  # say where a value nobody typed came from
-        name = get_task(cfg.task).name
-        print(f"task {name}'s own defaults (registry/tasks/{name}.yaml; a flag overrides each): "
-              + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()))
+    # `teacher` trains no student: only the teacher's own options come from the task's defaults
+    cfg = config_from(args, yaml_path, None if command == "run" else (*TEACHER_FLAGS, "teacher"))
     from ..training.runner import Runner
     from .summary import summary_table, time_breakdown
 

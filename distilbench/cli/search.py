@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..config import build_config
 from ..errors import UsageError
-from .flags import add_config_flags
+from .flags import add_config_flags, config_from
 
 OPTIONS = ("trials", "storage", "study", "pruner", "sampler_seed", "heartbeat", "out")
 
@@ -32,7 +31,7 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
     yaml_path = args.pop("config", None)
     opts = {k: args.pop(k) for k in OPTIONS}
     fixed = set(args) | (set(load_yaml(yaml_path)) if yaml_path else set())  # what the user set is not searched
-    cfg = build_config(args, yaml_path)
+    cfg = config_from(args, yaml_path)  # a task's own defaults apply to its trials too (wikitext2: the scratch teacher)
     if cfg.save_students:  # trials are scored on the selection split and never kept
         raise UsageError("--save-students is for `distilbench run` and `suite`; a search keeps no student: run the best "
                          "trial with `distilbench run --params best:STUDY --save-students DIR`")
