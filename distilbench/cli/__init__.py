@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..allocator import tune as tune_allocator
 from ..errors import TrainingDiverged, UsageError
 from . import export, ls, report, run, search, suite
 from .flags import Parser, add_config_flags  # noqa: F401 - the flags every command shares
@@ -34,6 +35,7 @@ def make_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tune_allocator()  # large per-step tensors stay on the heap instead of being page-faulted in every step
     try:
         args = vars(make_parser().parse_args(argv))
         command = args.pop("command")

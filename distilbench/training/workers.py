@@ -112,7 +112,7 @@ def start_processes(target: Callable, args: list[tuple], threads: int) -> list:
     old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: str(threads) for k in old})
     try:
-        procs = [ctx.Process(target=target, args=entry, daemon=True) for entry in args]
+        procs = [ctx.Process(target=_start, args=(target, *entry), daemon=True) for entry in args]
         for proc in procs:
             proc.start()
     finally:
@@ -122,6 +122,14 @@ def start_processes(target: Callable, args: list[tuple], threads: int) -> list:
             else:
                 os.environ[k] = v
     return procs
+
+
+def _start(target: Callable, *args) -> None:
+    """A spawned process's first step: the allocator's settings (distilbench.allocator), then its work."""
+    from ..allocator import tune
+
+    tune()
+    target(*args)
 
 
 def exit_with_parent(interval_s: float = 2.0) -> None:
