@@ -126,7 +126,7 @@ def test_autoskd_suite_gives_its_team_to_multi_teacher_cells_only():
     for scale, first in (("cpu", "mpnet-base"), ("paper", "google-bert/bert-large-uncased")):
         suite = load_suite(REPO / "benchmarks" / "autoskd.yaml", scale)
         configs = suite.configs()
-        assert len(configs) == len(suite.tasks) * len(suite.objectives)
+        assert len(configs) == len(suite.tasks) * len(suite.entries) == len(suite.tasks) * 6  # autoskd twice: SSWO, CR
         for c in configs:
             if c.objective in ("autoskd", "skd", "avgkd"):
                 assert c.teachers.split(",")[0] == first and len(c.teachers.split(",")) == 3
@@ -134,7 +134,12 @@ def test_autoskd_suite_gives_its_team_to_multi_teacher_cells_only():
                 assert c.teachers is None  # kd and none learn from the grid's teacher alone
     cpu = load_suite(REPO / "benchmarks" / "autoskd.yaml", "cpu")
     assert {c.objective: c.theta_init for c in cpu.configs()}["skd"] == "random"
-    assert all(c.candidates == 2 and c.max_train_examples == 1000 for c in cpu.configs())
+    # the scale of p002-table1/-table3 and ted-table2 (their teacher and their none and kd runs are shared)
+    assert cpu.tasks == ["qnli-devsplit"] and all(c.candidates == 2 and c.max_train_examples == 2000 and c.epochs == 2
+                                                  and c.teacher_epochs == 2 and c.theta_lr == 1e-3 for c in cpu.configs())
+    assert [c.theta_update for c in cpu.configs() if c.objective == "autoskd"] == ["sswo", "cr"]
+    mrpc = load_suite(REPO / "benchmarks" / "autoskd.yaml", "cpu-mrpc")  # the first cpu run's settings
+    assert mrpc.tasks == ["mrpc"] and len(mrpc.configs()) == 5 and all(c.max_train_examples == 1000 for c in mrpc.configs())
 
 
 def test_table1_and_table3_share_the_every_k_runs():
