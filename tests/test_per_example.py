@@ -198,3 +198,19 @@ def test_report_without_predictions_says_na(tmp_path):
         notes = [r["note"] for r in csv.DictReader(f)]
     assert len(notes) == 3 and all(n.startswith("no per-example predictions stored") for n in notes)
     assert "| n/a |" in (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
+
+
+def test_perplexity_per_window_bootstrap_is_exp_of_the_token_weighted_nll_in_its_own_units():
+    """Causal LM: predictions are each window's mean NLL, labels its scored tokens; a run's perplexity is
+    exp(sum(nll * tokens) / sum(tokens)) and the observed difference is in perplexity units (not x 100)."""
+    nll_a = {0: [4.0, 5.0, 6.0], 1: [4.2, 5.1, 5.9]}
+    nll_b = {0: [4.1, 5.2, 6.1], 1: [4.3, 5.0, 6.2]}
+    tokens = [100, 50, 10]
+
+    def ppl(nll):
+        return math.exp(sum(x * t for x, t in zip(nll, tokens)) / sum(tokens))
+    assert batched_score(["perplexity"], "perplexity", np.array([nll_a[0]]), np.array([tokens]))[0] == pytest.approx(ppl(nll_a[0]))
+    result = per_example_test(nll_a, nll_b, tokens, ["perplexity"], "perplexity", samples=200)
+    expected = np.mean([ppl(nll_a[s]) - ppl(nll_b[s]) for s in (0, 1)])
+    assert result.diff == pytest.approx(expected, abs=1e-8) and -20 < expected < 0  # a is better (lower) here
+    assert result.mcnemar == ()  # no right/wrong per window

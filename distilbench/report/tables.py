@@ -60,11 +60,11 @@ def chance_notes(cells, orders: dict) -> list[str]:
     for t in task_order({c.task for c in checked}, orders.get("tasks", ())):
         task_cells = [c for c in checked if c.task == t]
         low = [c for c in task_cells if c.unranked]
+        what = "at chance" if task_cells[0].higher_is_better else "not below none"
         if len(low) == len(task_cells):
-            what = "at chance" if task_cells[0].higher_is_better else "not below none"
             lines.append(f"**{t}: every student cell is {what}: no objective can be ranked on this task at this size.**")
         elif low:
-            lines.append(f"{t}: {len(low)} of {len(task_cells)} cells at chance (not ranked): "
+            lines.append(f"{t}: {len(low)} of {len(task_cells)} cells {what} (not ranked): "
                          + ", ".join(sorted({c.label for c in low})) + ".")
     return [line for x in lines for line in (x, "")]
 

@@ -34,11 +34,12 @@ BOOTSTRAP_SAMPLES = 2000
 EXAMPLE_SCORE = "example-score"
 BOOTSTRAP_SEED = 0
 REGRESSION_METRICS = ("pearson", "spearman")
+PERPLEXITY = "perplexity"  # causal LM: predictions = each window's mean NLL (nats), labels = its scored tokens
 
 
 @dataclass(frozen=True)
 class ExampleTest:
-    """``a`` minus ``b`` on the dev examples, scores × 100. NaN fields carry a ``reason``."""
+    """``a`` minus ``b`` on the dev examples, scores × 100 (a perplexity in its own units). NaN fields carry a ``reason``."""
 
     seeds: tuple[int, ...]
     n_examples: int
@@ -62,6 +63,9 @@ def batched_score(metrics: Sequence[str], main: str, preds: np.ndarray, labels: 
 
     if main == EXAMPLE_SCORE:  # per-example scores (extractive QA: each question's F1): the score is their mean
         return np.asarray(preds, dtype=float).mean(axis=1)
+    if main == PERPLEXITY:  # exp of the token-weighted mean NLL over the (resampled) windows
+        tokens = np.asarray(labels, dtype=float)
+        return np.exp((np.asarray(preds, dtype=float) * tokens).sum(axis=1) / tokens.sum(axis=1))
 
     def one(name: str) -> np.ndarray:
         p, y = preds, labels
@@ -120,7 +124,8 @@ def per_example_test(a: Mapping[int, Sequence[float]], b: Mapping[int, Sequence[
     lengths = sorted({len(side[s]) for side in (a, b) for s in seeds})
     if n == 0 or lengths != [n]:
         return _nan(seeds, n, f"predictions and labels differ in length (predictions: {lengths}, labels: {n})")
-    regression = main in REGRESSION_METRICS or main == EXAMPLE_SCORE or any(m in REGRESSION_METRICS for m in metrics)
+    regression = main in (*REGRESSION_METRICS, EXAMPLE_SCORE, PERPLEXITY) or any(m in REGRESSION_METRICS for m in metrics)
+    scale = 1.0 if main == PERPLEXITY else 100.0  # a perplexity difference stays in its own units
     pa = np.array([np.asarray(a[s], dtype=float if regression else int) for s in seeds])
     pb = np.array([np.asarray(b[s], dtype=float if regression else int) for s in seeds])
 
@@ -129,7 +134,7 @@ def per_example_test(a: Mapping[int, Sequence[float]], b: Mapping[int, Sequence[
         total = np.zeros(len(idx))
         for k in range(len(seeds)):
             total += batched_score(metrics, main, pa[k][idx], yy) - batched_score(metrics, main, pb[k][idx], yy)
-        return 100 * total / len(seeds)
+        return scale * total / len(seeds)
 
     observed = float(np.round(diff(np.arange(n)[None, :])[0], 10))
     rng = np.random.default_rng(seed)
