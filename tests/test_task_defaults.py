@@ -117,11 +117,11 @@ def test_search_takes_the_task_defaults_too_and_every_command_says_which_it_took
     values, taken = merge_options({"task": "wikitext2", "lr": 2e-3}, str(yaml_path), task_run_defaults)
     assert (values["lr"], values["epochs"], values["teacher"]) == (2e-3, 1, SCRATCH)
     assert set(taken) == {"teacher", "teacher_epochs", "teacher_lr", "teacher_micro_batch", "student_layers", "layer_map"}
-    cfg = config_from({"task": "wikitext2", "objective": "kd"}, None)
-    assert (cfg.teacher, cfg.lr) == (SCRATCH, 1e-3)
+    cfg, given = config_from({"task": "wikitext2", "objective": "kd"}, None)
+    assert (cfg.teacher, cfg.lr) == (SCRATCH, 1e-3) and given == {"task", "objective"}
     line = capsys.readouterr().out.strip()
     assert line.startswith("task wikitext2's own defaults (registry/tasks/wikitext2.yaml") and f"--teacher {SCRATCH}" in line
-    teacher_only = config_from({"task": "wikitext2"}, None, ("teacher", "teacher_lr"))
+    teacher_only, _ = config_from({"task": "wikitext2"}, None, ("teacher", "teacher_lr"))
     assert (teacher_only.teacher, teacher_only.teacher_lr, teacher_only.lr) == (SCRATCH, 1e-3, RunConfig.lr)
     assert capsys.readouterr().out.strip().endswith(f"--teacher {SCRATCH}, --teacher-lr 0.001")  # only those two
     config_from({"task": "rte"}, None)

@@ -37,10 +37,10 @@ def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | No
             section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
 
 
-def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None = None) -> RunConfig:
+def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None = None) -> tuple[RunConfig, set[str]]:
     """The command's RunConfig (CLI > --config YAML > the task's own defaults > dataclass), printing in one line the
     values taken from the task's registry file, since nobody typed them; ``only``: the task defaults this command
-    uses (``teacher`` trains no student)."""
+    uses (``teacher`` trains no student). Also returns the option names the user set (flags and YAML)."""
     from ..config import merge_options
     from ..data.tasks import get_task, task_run_defaults
 
@@ -53,7 +53,7 @@ def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None 
         name = get_task(cfg.task).name
         print(f"task {name}'s own defaults (registry/tasks/{name}.yaml; a flag overrides each): "
               + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()))
-    return cfg
+    return cfg, set(values) - set(taken)
 
 
 __all__ = ["Parser", "add_config_flags", "config_from"]

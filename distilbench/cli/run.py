@@ -61,7 +61,7 @@ def main(command: str, args: dict[str, Any]) -> int:
 
         args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
     # `teacher` trains no student: only the teacher's own options come from the task's defaults
-    cfg = config_from(args, yaml_path, None if command == "run" else (*TEACHER_FLAGS, "teacher"))
+    cfg, _ = config_from(args, yaml_path, None if command == "run" else (*TEACHER_FLAGS, "teacher"))
     from ..training.runner import Runner
     from .summary import summary_table, time_breakdown
 

@@ -25,13 +25,12 @@ def add_parser(sub) -> None:
 
 
 def main(args: dict[str, Any], argv: Sequence[str]) -> int:
-    from ..config import load_yaml
     from ..search import run_search
 
     yaml_path = args.pop("config", None)
     opts = {k: args.pop(k) for k in OPTIONS}
-    fixed = set(args) | (set(load_yaml(yaml_path)) if yaml_path else set())  # what the user set is not searched
-    cfg = config_from(args, yaml_path)  # a task's own defaults apply to its trials too (wikitext2: the scratch teacher)
+    # a task's own defaults apply to its trials too (wikitext2: the scratch teacher); what the user set is not searched
+    cfg, fixed = config_from(args, yaml_path)
     if cfg.save_students:  # trials are scored on the selection split and never kept
         raise UsageError("--save-students is for `distilbench run` and `suite`; a search keeps no student: run the best "
                          "trial with `distilbench run --params best:STUDY --save-students DIR`")
