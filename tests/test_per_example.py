@@ -214,3 +214,19 @@ def test_perplexity_per_window_bootstrap_is_exp_of_the_token_weighted_nll_in_its
     expected = np.mean([ppl(nll_a[s]) - ppl(nll_b[s]) for s in (0, 1)])
     assert result.diff == pytest.approx(expected, abs=1e-8) and -20 < expected < 0  # a is better (lower) here
     assert result.mcnemar == ()  # no right/wrong per window
+
+
+def test_per_example_section_names_perplexity_units_and_no_mcnemar_for_an_lm_task():
+    """The section's header says a perplexity Δ is in its own units, and an LM row's McNemar cell says why it is empty
+    (not "regression"); a classification-only report keeps the plain header."""
+    from distilbench.report.tables import per_example_section
+    from distilbench.results.per_example import ExampleComparison, ExampleTest
+
+    test = ExampleTest((0, 1), 3, -1.5, -2.0, -1.0, 0.001)
+    lm = ExampleComparison("wikitext2 | fam", "wikitext2", "kd", "none", "h1", "h2", test, 0.002)
+    md = "\n".join(per_example_section([lm], 200, {}, {"wikitext2"}))
+    assert "main score × 100; perplexity in its own units" in md
+    assert "| kd | none | 0 1 | ↓ -1.50 | -2.00 – -1.00 | 0.001 | **0.002** | – (perplexity) |" in md
+    reg = ExampleComparison("stsb | fam", "stsb", "kd", "none", "h1", "h2", test, 0.002)
+    md = "\n".join(per_example_section([reg], 200, {}))
+    assert "perplexity" not in md and "| – (regression) |" in md

@@ -264,11 +264,14 @@ def detectable_line(fam) -> str:
             f"which needs more). A difference below it that is not significant is inconclusive, not absent.")
 
 
-def per_example_section(example_comparisons, samples: int, orders: dict) -> list[str]:
-    """Section 3.3: per family, one row per pair: Δ on the dev set, its bootstrap CI and p (Holm), McNemar per seed."""
+def per_example_section(example_comparisons, samples: int, orders: dict, lm_tasks=frozenset()) -> list[str]:
+    """Section 3.3: per family, one row per pair: Δ on the dev set, its bootstrap CI and p (Holm), McNemar per seed.
+    ``lm_tasks``: the lower-is-better (perplexity) tasks, whose Δ is in perplexity units and resamples windows."""
+    units = ("main score × 100; perplexity in its own units, over windows of the test text" if lm_tasks
+             else "main score × 100")
     md = ["### 3.3 Per-example tests on the dev predictions", "",
           f"Paired bootstrap over dev examples ({samples} resamples, the same indices for every seed of both sides; "
-          f"Δ = mean over seeds of row − column, main score × 100): 95% percentile CI and two-sided p of the centred "
+          f"Δ = mean over seeds of row − column, {units}): 95% percentile CI and two-sided p of the centred "
           f"test, Holm-corrected within the family, **bold** when below {ALPHA}. McNemar (classification only): "
           f"exact binomial p per seed on the examples exactly one side got right, `n01/n10` = only the first / only "
           f"the second right; uncorrected. Method: `distilbench/results/per_example.py`.", ""]
@@ -285,7 +288,8 @@ def per_example_section(example_comparisons, samples: int, orders: dict) -> list
             if math.isnan(r.diff):
                 grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), "n/a", "", "", "", r.reason])
                 continue
-            mcn = "; ".join(f"{s}: {n01}/{n10} p={fp(p)}" for s, n01, n10, p in r.mcnemar) or "– (regression)"
+            kind = "perplexity" if ex.task in lm_tasks else "regression"
+            mcn = "; ".join(f"{s}: {n01}/{n10} p={fp(p)}" for s, n01, n10, p in r.mcnemar) or f"– ({kind})"
             grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), f"{arrow(r.diff)} {fnum(r.diff, 2)}",
                               f"{fnum(r.ci_low, 2)} – {fnum(r.ci_high, 2)}", fp(r.bootstrap_p), fp(ex.holm_p), mcn])
             if ex.holm_p < ALPHA:
