@@ -226,7 +226,7 @@ def test_per_example_section_names_perplexity_units_and_no_mcnemar_for_an_lm_tas
     lm = ExampleComparison("wikitext2 | fam", "wikitext2", "kd", "none", "h1", "h2", test, 0.002)
     md = "\n".join(per_example_section([lm], 200, {}, {"wikitext2"}))
     assert "main score × 100; perplexity in its own units" in md
-    assert "| kd | none | 0 1 | ↓ -1.50 | -2.00 – -1.00 | 0.001 | **0.002** | – (perplexity) |" in md
+    assert "| kd | none | 0 1 | ↑ -1.50 | -2.00 – -1.00 | 0.001 | **0.002** | – (perplexity) |" in md  # lower = better: ↑
     reg = ExampleComparison("stsb | fam", "stsb", "kd", "none", "h1", "h2", test, 0.002)
     md = "\n".join(per_example_section([reg], 200, {}))
-    assert "perplexity" not in md and "| – (regression) |" in md
+    assert "perplexity" not in md and "| ↓ -1.50 |" in md and "| – (regression) |" in md

@@ -353,3 +353,23 @@ def test_the_plots_floor_line_is_named_by_what_it_is_majority_class_or_the_qa_fl
         _reference_lines(ax, cells)
         assert ax.get_legend_handles_labels()[1] == want
         plt.close(fig)
+
+
+def test_significance_arrows_point_to_the_better_side_for_a_lower_is_better_score():
+    """Perplexity: the row with the lower mean is the better one and reads ↑ (a classification row reads ↑ when its
+    mean is higher); the detectable difference is in perplexity, not points."""
+    from types import SimpleNamespace as NS
+
+    from distilbench.report.format import arrow
+    from distilbench.report.tables import detectable_line, significance_grid
+
+    assert (arrow(-2.0, higher_is_better=False), arrow(2.0, higher_is_better=False), arrow(2.0)) == ("↑", "↓", "↑")
+    for hib, row_kd in ((False, "↑ 0.010"), (True, "↓ 0.010")):
+        cell = NS(higher_is_better=hib)
+        kd, none = NS(a_cell=cell, scores={0: 170.0, 1: 171.0}), NS(a_cell=cell, scores={0: 180.0, 1: 178.0})
+        cmp = NS(a="kd", b="none", holm_p=0.01, a_cell=cell, b_cell=none.a_cell,
+                 result=NS(mean_diff=-8.5, mismatched_seeds=False, n=2))
+        grid = significance_grid("t", [cmp], ["kd", "none"])
+        assert grid.rows[0][2] == row_kd and grid.rows[1][1] == ("↓ 0.010" if row_kd.startswith("↑") else "↑ 0.010")
+        cmp.a_cell, cmp.b_cell = NS(higher_is_better=hib, scores=kd.scores), NS(scores=none.scores)
+        assert ("perplexity**" in detectable_line([cmp])) is (not hib)

@@ -33,8 +33,11 @@ def fp(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def arrow(diff: float) -> str:
-    return "↑" if diff > 0 else "↓" if diff < 0 else "="
+def arrow(diff: float, higher_is_better: bool = True) -> str:
+    """↑ when ``diff`` (a − b) says a is better, ↓ when worse: for a lower-is-better score (perplexity) a negative
+    difference is the better side."""
+    better = diff if higher_is_better else -diff
+    return "↑" if better > 0 else "↓" if better < 0 else "="
 
 
 def slug(text: str) -> str:

@@ -84,7 +84,8 @@ def plot_inits(path: Path, title: str, cells, labels: list[str], inits: list[str
 
 
 def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> None:
-    """Heat map of signed -log10(Holm p): red = row higher than column, blue = lower; text = the corrected p."""
+    """Heat map of signed -log10(Holm p): red = row better than column (higher; lower for a perplexity), blue = worse;
+    text = the corrected p."""
     import numpy as np
 
     plt = _plt()
@@ -99,9 +100,10 @@ def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> 
                 text[i][j] = "≠ seeds"
             elif not math.isnan(cmp.holm_p):
                 strength = -math.log10(max(cmp.holm_p, 1e-3))
-                direction = np.sign(sign * cmp.result.mean_diff)
+                hib = cmp.a_cell.higher_is_better
+                direction = np.sign(sign * cmp.result.mean_diff) * (1 if hib else -1)
                 values[i, j] = direction * strength
-                text[i][j] = f"{arrow(sign * cmp.result.mean_diff)}{fp(cmp.holm_p)}"
+                text[i][j] = f"{arrow(sign * cmp.result.mean_diff, hib)}{fp(cmp.holm_p)}"
     import textwrap
 
     shown = ["\n".join(textwrap.wrap(name, 18, break_long_words=False)) or name for name in names]  # long labels (`ted [beta=1.0]`) wrap
@@ -119,7 +121,7 @@ def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> 
     ax.set_yticklabels(shown, fontsize=8)
     ax.set_title(title, fontsize=9)
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label("± -log10(Holm p); + = row higher")
+    bar.set_label("± -log10(Holm p); + = row better")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

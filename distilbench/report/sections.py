@@ -50,7 +50,8 @@ def inits_section(cells, orders: dict, modal_n: int) -> tuple[list[str], list[Gr
 
 SIGNIFICANCE_INTRO = (
     f"Paired over seeds (seed k of both sides shares data order, selection split and student init). Entry in "
-    f"row r, column c: ↑ if r's mean is higher than c's, ↓ if lower, then the paired t-test p-value "
+    f"row r, column c: ↑ if r's mean is better than c's (higher; lower for a perplexity), ↓ if worse, then the "
+    f"paired t-test p-value "
     f"Holm–Bonferroni-corrected within the matrix; **bold** when below {ALPHA}. `seeds differ`: the two cells "
     f"ran different seed sets and are not compared; `n/a`: fewer than 2 seeds. Uncorrected t-test and "
     f"Wilcoxon signed-rank p-values, the mean difference and its 95% CI are in `comparisons.csv`.")

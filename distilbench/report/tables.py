@@ -221,7 +221,7 @@ def significance_grid(title: str, comparisons, names: list[str]) -> Grid:
             elif math.isnan(cmp.holm_p):
                 text = "n/a"
             else:
-                text = f"{arrow(sign * res.mean_diff)} {fp(cmp.holm_p)}"
+                text = f"{arrow(sign * res.mean_diff, cmp.a_cell.higher_is_better)} {fp(cmp.holm_p)}"
                 if cmp.holm_p < ALPHA:
                     grid.bold.add((i, j + 1))
             grid.rows[i][j + 1] = text
@@ -259,7 +259,8 @@ def detectable_line(fam) -> str:
     n = min(len(d) for d in diffs)
     sd = pooled_sd(diffs)
     mde = detectable_difference(sd, n)
-    return (f"Smallest detectable paired difference: **{fnum(mde, 2)} points** (two-sided α = {A}, power {POWER}, "
+    units = "points" if fam[0].a_cell.higher_is_better else "perplexity"  # an LM's differences keep their units
+    return (f"Smallest detectable paired difference: **{fnum(mde, 2)} {units}** (two-sided α = {A}, power {POWER}, "
             f"n = {n} seeds, pooled sd of the paired differences {fnum(sd, 2)} over {len(diffs)} pair{'s' if len(diffs) > 1 else ''}; before Holm, "
             f"which needs more). A difference below it that is not significant is inconclusive, not absent.")
 
@@ -271,7 +272,7 @@ def per_example_section(example_comparisons, samples: int, orders: dict, lm_task
              else "main score × 100")
     md = ["### 3.3 Per-example tests on the dev predictions", "",
           f"Paired bootstrap over dev examples ({samples} resamples, the same indices for every seed of both sides; "
-          f"Δ = mean over seeds of row − column, {units}): 95% percentile CI and two-sided p of the centred "
+          f"Δ = mean over seeds of row − column, {units}; ↑ when the row is the better side): 95% percentile CI and two-sided p of the centred "
           f"test, Holm-corrected within the family, **bold** when below {ALPHA}. McNemar (classification only): "
           f"exact binomial p per seed on the examples exactly one side got right, `n01/n10` = only the first / only "
           f"the second right; uncorrected. Method: `distilbench/results/per_example.py`.", ""]
@@ -290,7 +291,7 @@ def per_example_section(example_comparisons, samples: int, orders: dict, lm_task
                 continue
             kind = "perplexity" if ex.task in lm_tasks else "regression"
             mcn = "; ".join(f"{s}: {n01}/{n10} p={fp(p)}" for s, n01, n10, p in r.mcnemar) or f"– ({kind})"
-            grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), f"{arrow(r.diff)} {fnum(r.diff, 2)}",
+            grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), f"{arrow(r.diff, ex.task not in lm_tasks)} {fnum(r.diff, 2)}",
                               f"{fnum(r.ci_low, 2)} – {fnum(r.ci_high, 2)}", fp(r.bootstrap_p), fp(ex.holm_p), mcn])
             if ex.holm_p < ALPHA:
                 grid.bold.add((i, 6))
