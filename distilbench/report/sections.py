@@ -127,7 +127,7 @@ def plots_section(out: Path, cells, sections, profiles: dict, orders: dict,
                "per-seed points, mean and 95% CI.", ""]
     for name, caption in init_plots:
         md += [f"![{caption}]({name})", ""]
-    md += ["Significance heat maps (signed −log10 of the Holm-corrected p; red: the row is higher).", ""]
+    md += ["Significance heat maps (signed −log10 of the Holm-corrected p; red: the row is better, higher or, for a perplexity, lower).", ""]
     for name, caption in significance:
         md += [f"![{caption.replace('`', '')}]({name})", ""]
     pareto_md, pareto = pareto_plots(out, cells, profiles, orders)
