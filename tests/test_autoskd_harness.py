@@ -232,7 +232,9 @@ def test_cli_autoskd_team_run_stores_theta_and_candidates_and_skips_on_rerun(tin
     out = results.parent / "report"  # θ per phase as a table and a bar chart (paper 003, Figure 2)
     assert main(["report", "--results", str(results), "--out", str(out)]) == 0
     text = (out / "README.md").read_text()
-    assert "## 6. AutoSKD: learned categorical distributions" in text and "![AutoSKD theta on rte](theta-rte.png)" in text
+    rule = json.loads(rows[0]["extra"])["objective_report"]["theta_update"].upper()  # the section names SSWO or CR
+    assert "## 6. AutoSKD: learned categorical distributions" in text and f"![AutoSKD theta on rte ({rule})](theta-rte.png)" in text
+    assert f"### rte, θ update {rule}, config `" in text
     rep = json.loads(rows[0]["extra"])["objective_report"]
     assert f"{rep['theta_phase1'][0]:.3f}" in text or len(rows) > 1
     assert (out / "theta-rte.png").stat().st_size > 1000

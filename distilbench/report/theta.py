@@ -36,14 +36,15 @@ def theta_stats(reps: list[dict]) -> dict[str, tuple]:
 
 def theta_table(task: str, config_hash: str, reps: list[dict], stats: dict[str, tuple]) -> list[str]:
     team = reps[0]["team"]
-    md = [f"### {task}, config `{config_hash}` ({len(reps)} seeds, m = {reps[0].get('m')})", "",
+    rule = f", θ update {reps[0]['theta_update'].upper()}" if reps[0].get("theta_update") else ""  # SSWO or CR
+    md = [f"### {task}{rule}, config `{config_hash}` ({len(reps)} seeds, m = {reps[0].get('m')})", "",
           "| Teacher | " + " | ".join(stats) + " |", "|---|" + "---:|" * len(stats)]
     for j, name in enumerate(team):
         md.append(f"| `{name}` | " + " | ".join(f"{m[j]:.3f} ± {sd[j]:.3f}" for m, sd in stats.values()) + " |")
     return md
 
 
-def plot_theta(path: Path, task: str, team: list[str], stats: dict[str, tuple], seeds: int) -> None:
+def plot_theta(path: Path, task: str, team: list[str], stats: dict[str, tuple], seeds: int, rule: str = "") -> None:
     """Bars: θ per teacher, one bar per series, whiskers ± 1 std over seeds."""
     import numpy as np
 
@@ -56,7 +57,8 @@ def plot_theta(path: Path, task: str, team: list[str], stats: dict[str, tuple], 
     ax.set_xticks(x, [Path(t).name if "/" in t else t for t in team], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("θ")
     ax.set_ylim(0, 1)
-    ax.set_title(f"AutoSKD θ on {task}: bar = mean, whisker = ± 1 std over {seeds} seeds", fontsize=9)
+    ax.set_title(f"AutoSKD θ on {task}{' (' + rule.upper() + ')' if rule else ''}: bar = mean, whisker = ± 1 std "
+                 f"over {seeds} seeds", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the bars
     fig.tight_layout()
     _save(fig, path)
@@ -76,9 +78,10 @@ def theta_section(rows: list[dict], out: Path) -> tuple[list[str], list[Path]]:
         md += theta_table(task, config_hash, reps, stats)
         per_task[task] = per_task.get(task, 0) + 1
         name = f"theta-{slug(task)}" + (f"-{per_task[task]}" if per_task[task] > 1 else "") + ".png"
-        plot_theta(out / name, task, reps[0]["team"], stats, len(reps))
+        plot_theta(out / name, task, reps[0]["team"], stats, len(reps), reps[0].get("theta_update", ""))
         files.append(out / name)
-        md += ["", f"![AutoSKD theta on {task}]({name})", ""]
+        rule = reps[0].get("theta_update")
+        md += ["", f"![AutoSKD theta on {task}{' (' + rule.upper() + ')' if rule else ''}]({name})", ""]
     return md, files
 
 
