@@ -34,10 +34,9 @@ def theta_stats(reps: list[dict]) -> dict[str, tuple]:
             for k, v in series.items() if v}
 
 
-def theta_table(task: str, config_hash: str, reps: list[dict], stats: dict[str, tuple]) -> list[str]:
+def theta_table(task: str, config_hash: str, reps: list[dict], stats: dict[str, tuple], rule: str = "") -> list[str]:
     team = reps[0]["team"]
-    rule = f", θ update {reps[0]['theta_update'].upper()}" if reps[0].get("theta_update") else ""  # SSWO or CR
-    md = [f"### {task}{rule}, config `{config_hash}` ({len(reps)} seeds, m = {reps[0].get('m')})", "",
+    md = [f"### {task}{', θ update ' + rule if rule else ''}, config `{config_hash}` ({len(reps)} seeds, m = {reps[0].get('m')})", "",
           "| Teacher | " + " | ".join(stats) + " |", "|---|" + "---:|" * len(stats)]
     for j, name in enumerate(team):
         md.append(f"| `{name}` | " + " | ".join(f"{m[j]:.3f} ± {sd[j]:.3f}" for m, sd in stats.values()) + " |")
@@ -57,7 +56,7 @@ def plot_theta(path: Path, task: str, team: list[str], stats: dict[str, tuple], 
     ax.set_xticks(x, [Path(t).name if "/" in t else t for t in team], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("θ")
     ax.set_ylim(0, 1)
-    ax.set_title(f"AutoSKD θ on {task}{' (' + rule.upper() + ')' if rule else ''}: bar = mean, whisker = ± 1 std "
+    ax.set_title(f"AutoSKD θ on {task}{' (' + rule + ')' if rule else ''}: bar = mean, whisker = ± 1 std "
                  f"over {seeds} seeds", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the bars
     fig.tight_layout()
@@ -75,13 +74,13 @@ def theta_section(rows: list[dict], out: Path) -> tuple[list[str], list[Path]]:
     per_task: dict[str, int] = {}
     for (task, config_hash), reps in sorted(groups.items()):
         stats = theta_stats(reps)
-        md += theta_table(task, config_hash, reps, stats)
+        rule = (reps[0].get("theta_update") or "").upper()  # SSWO or CR; "" in rows stored before it was recorded
+        md += theta_table(task, config_hash, reps, stats, rule)
         per_task[task] = per_task.get(task, 0) + 1
         name = f"theta-{slug(task)}" + (f"-{per_task[task]}" if per_task[task] > 1 else "") + ".png"
-        plot_theta(out / name, task, reps[0]["team"], stats, len(reps), reps[0].get("theta_update", ""))
+        plot_theta(out / name, task, reps[0]["team"], stats, len(reps), rule)
         files.append(out / name)
-        rule = reps[0].get("theta_update")
-        md += ["", f"![AutoSKD theta on {task}{' (' + rule.upper() + ')' if rule else ''}]({name})", ""]
+        md += ["", f"![AutoSKD theta on {task}{' (' + rule + ')' if rule else ''}]({name})", ""]
     return md, files
 
 
