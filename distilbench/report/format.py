@@ -33,10 +33,15 @@ def fp(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def better_by(diff: float, higher_is_better: bool = True) -> float:
+    """``diff`` (a − b) signed so that positive means a is better: for a lower-is-better score (perplexity) a
+    negative difference is the better side."""
+    return diff if higher_is_better else -diff
+
+
 def arrow(diff: float, higher_is_better: bool = True) -> str:
-    """↑ when ``diff`` (a − b) says a is better, ↓ when worse: for a lower-is-better score (perplexity) a negative
-    difference is the better side."""
-    better = diff if higher_is_better else -diff
+    """↑ when ``diff`` (a − b) says a is better, ↓ when worse (:func:`better_by`)."""
+    better = better_by(diff, higher_is_better)
     return "↑" if better > 0 else "↓" if better < 0 else "="
 
 

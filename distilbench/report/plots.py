@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .format import arrow, fp, slug, task_order
+from .format import arrow, better_by, fp, slug, task_order
 from .plotting import pyplot as _plt, save as _save
 
 
@@ -100,10 +100,9 @@ def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> 
                 text[i][j] = "≠ seeds"
             elif not math.isnan(cmp.holm_p):
                 strength = -math.log10(max(cmp.holm_p, 1e-3))
-                hib = cmp.a_cell.higher_is_better
-                direction = np.sign(sign * cmp.result.mean_diff) * (1 if hib else -1)
-                values[i, j] = direction * strength
-                text[i][j] = f"{arrow(sign * cmp.result.mean_diff, hib)}{fp(cmp.holm_p)}"
+                better = better_by(sign * cmp.result.mean_diff, cmp.a_cell.higher_is_better)
+                values[i, j] = np.sign(better) * strength
+                text[i][j] = f"{arrow(better)}{fp(cmp.holm_p)}"
     import textwrap
 
     shown = ["\n".join(textwrap.wrap(name, 18, break_long_words=False)) or name for name in names]  # long labels (`ted [beta=1.0]`) wrap
