@@ -223,10 +223,27 @@ def test_per_example_section_names_perplexity_units_and_no_mcnemar_for_an_lm_tas
     from distilbench.results.per_example import ExampleComparison, ExampleTest
 
     test = ExampleTest((0, 1), 3, -1.5, -2.0, -1.0, 0.001)
-    lm = ExampleComparison("wikitext2 | fam", "wikitext2", "kd", "none", "h1", "h2", test, 0.002)
-    md = "\n".join(per_example_section([lm], 200, {}, {"wikitext2"}))
+    lm = ExampleComparison("wikitext2 | fam", "wikitext2", "kd", "none", "h1", "h2", test, 0.002, False, "perplexity")
+    md = "\n".join(per_example_section([lm], 200, {}))
     assert "main score × 100; perplexity in its own units" in md
     assert "| kd | none | 0 1 | ↑ -1.50 | -2.00 – -1.00 | 0.001 | **0.002** | – (perplexity) |" in md  # lower = better: ↑
-    reg = ExampleComparison("stsb | fam", "stsb", "kd", "none", "h1", "h2", test, 0.002)
+    reg = ExampleComparison("stsb | fam", "stsb", "kd", "none", "h1", "h2", test, 0.002, True, "regression")
     md = "\n".join(per_example_section([reg], 200, {}))
     assert "perplexity" not in md and "| ↓ -1.50 |" in md and "| – (regression) |" in md
+
+
+def test_each_pair_says_what_it_measures_and_why_mcnemar_is_empty():
+    """McNemar needs right/wrong examples: a QA pair (per-question F1), a regression and a perplexity pair each name
+    their kind in the empty McNemar cell, read from the task's metrics (not from a list of LM tasks)."""
+    from distilbench.report.tables import per_example_section
+    from distilbench.results.per_example import EXAMPLE_SCORE, PERPLEXITY, ExampleComparison, ExampleTest, _measure
+
+    assert _measure([EXAMPLE_SCORE], EXAMPLE_SCORE) == "per-question"
+    assert _measure([PERPLEXITY], PERPLEXITY) == "perplexity"
+    assert _measure(["pearson", "spearman"], "pearson") == "regression"
+    assert _measure(["accuracy", "f1"], "f1") == "classification"
+    test = ExampleTest((0, 1, 2), 5, 2.5, 1.0, 4.0, 0.004)
+    qa = ExampleComparison("squad-devsplit | fam", "squad-devsplit", "kd", "none", "h1", "h2", test, 0.01, True, "per-question")
+    md = "\n".join(per_example_section([qa], 200, {}))
+    assert "| kd | none | 0 1 2 | ↑ 2.50 | 1.00 – 4.00 | 0.004 | **0.010** | – (per-question) |" in md
+    assert "perplexity" not in md

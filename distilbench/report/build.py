@@ -241,7 +241,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
         from ..results.per_example import compare_examples
 
         examples = compare_examples(rows, comparisons, per_example)
-        md += per_example_section(examples, per_example, orders, {c.task for c in cells if not c.higher_is_better})
+        md += per_example_section(examples, per_example, orders)
     part, plot_files, pareto = plots_section(out, cells, sections, profiles, orders, significance)
     md += part + cells_section(cells, orders)
     theta_md, theta_files = theta_section(rows, out)

@@ -265,11 +265,11 @@ def detectable_line(fam) -> str:
             f"which needs more). A difference below it that is not significant is inconclusive, not absent.")
 
 
-def per_example_section(example_comparisons, samples: int, orders: dict, lm_tasks=frozenset()) -> list[str]:
+def per_example_section(example_comparisons, samples: int, orders: dict) -> list[str]:
     """Section 3.3: per family, one row per pair: Δ on the dev set, its bootstrap CI and p (Holm), McNemar per seed.
-    ``lm_tasks``: the lower-is-better (perplexity) tasks, whose Δ is in perplexity units and resamples windows."""
-    units = ("main score × 100; perplexity in its own units, over windows of the test text" if lm_tasks
-             else "main score × 100")
+    A perplexity pair (lower is better) keeps its Δ in perplexity units over windows; each pair says what it measures."""
+    units = ("main score × 100; perplexity in its own units, over windows of the test text"
+             if any(ex.measure == "perplexity" for ex in example_comparisons) else "main score × 100")
     md = ["### 3.3 Per-example tests on the dev predictions", "",
           f"Paired bootstrap over dev examples ({samples} resamples, the same indices for every seed of both sides; "
           f"Δ = mean over seeds of row − column, {units}; ↑ when the row is the better side): 95% percentile CI and two-sided p of the centred "
@@ -289,9 +289,8 @@ def per_example_section(example_comparisons, samples: int, orders: dict, lm_task
             if math.isnan(r.diff):
                 grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), "n/a", "", "", "", r.reason])
                 continue
-            kind = "perplexity" if ex.task in lm_tasks else "regression"
-            mcn = "; ".join(f"{s}: {n01}/{n10} p={fp(p)}" for s, n01, n10, p in r.mcnemar) or f"– ({kind})"
-            grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), f"{arrow(r.diff, ex.task not in lm_tasks)} {fnum(r.diff, 2)}",
+            mcn = "; ".join(f"{s}: {n01}/{n10} p={fp(p)}" for s, n01, n10, p in r.mcnemar) or f"– ({ex.measure})"
+            grid.rows.append([ex.a, ex.b, " ".join(map(str, r.seeds)), f"{arrow(r.diff, ex.higher_is_better)} {fnum(r.diff, 2)}",
                               f"{fnum(r.ci_low, 2)} – {fnum(r.ci_high, 2)}", fp(r.bootstrap_p), fp(ex.holm_p), mcn])
             if ex.holm_p < ALPHA:
                 grid.bold.add((i, 6))

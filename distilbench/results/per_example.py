@@ -124,7 +124,7 @@ def per_example_test(a: Mapping[int, Sequence[float]], b: Mapping[int, Sequence[
     lengths = sorted({len(side[s]) for side in (a, b) for s in seeds})
     if n == 0 or lengths != [n]:
         return _nan(seeds, n, f"predictions and labels differ in length (predictions: {lengths}, labels: {n})")
-    regression = main in (*REGRESSION_METRICS, EXAMPLE_SCORE, PERPLEXITY) or any(m in REGRESSION_METRICS for m in metrics)
+    regression = _measure(metrics, main) != "classification"
     scale = 1.0 if main == PERPLEXITY else 100.0  # a perplexity difference stays in its own units
     pa = np.array([np.asarray(a[s], dtype=float if regression else int) for s in seeds])
     pb = np.array([np.asarray(b[s], dtype=float if regression else int) for s in seeds])
@@ -183,6 +183,15 @@ def task_metrics(task: str, row: Mapping) -> tuple[list[str], str]:
     return info.metrics, info.main_score or (info.metrics[0] if info.metrics else "accuracy")
 
 
+def _measure(metrics: Sequence[str], main: str) -> str:
+    """What one example's prediction is, for the report: McNemar needs right/wrong (classification)."""
+    if main == EXAMPLE_SCORE:
+        return "per-question"
+    if main == PERPLEXITY:
+        return "perplexity"
+    return "regression" if any(m in REGRESSION_METRICS for m in metrics) else "classification"
+
+
 @dataclass(frozen=True)
 class ExampleComparison:
     family: str
@@ -193,6 +202,8 @@ class ExampleComparison:
     b_config_hash: str
     result: ExampleTest
     holm_p: float
+    higher_is_better: bool = True  # False for perplexity: a negative Δ means the row is better
+    measure: str = "classification"  # classification | regression | perplexity | per-question (extractive QA)
 
 
 def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: int = BOOTSTRAP_SAMPLES) -> list[ExampleComparison]:
@@ -207,20 +218,22 @@ def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: in
             by_cell.setdefault((str(r.get("task")), str(r.get("config_hash"))), []).append(r)
     out: list[ExampleComparison] = []
     for family, members in by_family(comparisons, "objectives").items():
-        results = []
+        results, measures = [], []
         for cmp in members:
             rows_a = by_cell.get((cmp.task, cmp.a_cell.config_hash), [])
             rows_b = by_cell.get((cmp.task, cmp.b_cell.config_hash), [])
             pa, la, why_a = predictions_of(rows_a)
             pb, lb, why_b = predictions_of(rows_b)
+            names, main = task_metrics(cmp.task, rows_a[0]) if rows_a else ((), "accuracy")
+            measures.append(_measure(names, main))
             if why_a or why_b:
                 results.append(_nan(reason=why_a or why_b))
             elif la != lb:
                 results.append(_nan(reason="the two cells were scored on different dev labels"))
             else:
-                names, main = task_metrics(cmp.task, rows_a[0])
                 results.append(per_example_test(pa, pb, la, names, main, samples))
         adjusted = holm([r.bootstrap_p for r in results])
-        out += [ExampleComparison(family, c.task, c.a, c.b, c.a_cell.config_hash, c.b_cell.config_hash, r, h)
-                for c, r, h in zip(members, results, adjusted)]
+        out += [ExampleComparison(family, c.task, c.a, c.b, c.a_cell.config_hash, c.b_cell.config_hash, r, h,
+                                  c.a_cell.higher_is_better, m)
+                for c, r, h, m in zip(members, results, adjusted, measures)]
     return out
