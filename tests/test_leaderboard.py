@@ -141,3 +141,32 @@ def test_rebuild_is_identical_and_dataframes_give_the_same(stored, tmp_path):
     for name in ("cells.csv", "pareto-latency-rte.png", "pareto-cost-rte.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+
+
+def test_pareto_labels_of_close_points_do_not_overlap_and_stay_inside_on_the_right():
+    """Two cells with almost the same latency and score get labels on different lines; the rightmost point's label
+    goes to its left (it would leave the figure on the right)."""
+    from distilbench.report.leaderboard import LABEL_PT, label_offsets
+    from distilbench.report.plotting import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    spots = {(10.0, 50.0): "kd · 1,8,12", (10.5, 50.2): "hid-cls · 1,8,12", (60.0, 20.0): "none", (98.0, 90.0): "teacher"}
+    out = label_offsets(ax, spots)
+    plt.close(fig)
+    (_, low, ha_low), (_, high, ha_high) = out[(10.0, 50.0)], out[(10.5, 50.2)]
+    assert ha_low == ha_high == "left" and high - low >= LABEL_PT  # moved up at least one line
+    assert out[(60.0, 20.0)] == (4.0, 3.0, "left")  # alone: the default place
+    assert out[(98.0, 90.0)][0] < 0 and out[(98.0, 90.0)][2] == "right"
+
+
+def test_a_perplexity_axis_is_not_labelled_times_100():
+    """Scores of a lower-is-better task are plotted in their own units, and the axis says so."""
+    from types import SimpleNamespace
+
+    from distilbench.report.format import score_axis
+
+    assert score_axis(SimpleNamespace(main_score="perplexity", higher_is_better=False)) == "perplexity"
+    assert score_axis(SimpleNamespace(main_score="f1", higher_is_better=True)) == "f1 × 100"

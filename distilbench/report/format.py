@@ -45,6 +45,11 @@ def arrow(diff: float, higher_is_better: bool = True) -> str:
     return "↑" if better > 0 else "↓" if better < 0 else "="
 
 
+def score_axis(cell) -> str:
+    """The axis label of a cell's plotted score: the main score × 100, or a perplexity in its own units."""
+    return cell.main_score if not cell.higher_is_better else f"{cell.main_score} × 100"
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 

@@ -245,7 +245,7 @@ def csv_values(p: CellProfile | None) -> list[str]:
 class Point:
     label: str
     x: float
-    y: float  # score × 100 (the cell's mean)
+    y: float  # the cell's mean score × 100 (a perplexity in its own units)
     front: bool = False
     teacher: bool = False
 
@@ -299,8 +299,6 @@ def plot_pareto(path: Path, title: str, points: Sequence[Point], xlabel: str, yl
         ax.scatter([q.x], [q.y], s=26 if q.front else 16, marker="*" if q.teacher else "o", zorder=3,
                    color="tab:red" if q.teacher else ("tab:blue" if q.front else "tab:gray"))
         at.setdefault((q.x, q.y), []).append(q.label)
-    for (x, y), names in at.items():
-        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
     front = sorted({(q.x, q.y) for q in points if q.front})
     if len(front) > 1:  # the best score reachable at each cost: a staircase through the front
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="tab:blue", linewidth=1, alpha=0.7,
@@ -316,10 +314,41 @@ def plot_pareto(path: Path, title: str, points: Sequence[Point], xlabel: str, yl
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    for (x, y), (dx, dy, ha) in label_offsets(ax, {k: ", ".join(v) for k, v in at.items()}).items():
+        lead = {"arrowprops": {"arrowstyle": "-", "color": "tab:gray", "linewidth": 0.4}} if dy > 3.0 else {}
+        ax.annotate(", ".join(at[(x, y)]), (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va="bottom",
+                    fontsize=LABEL_PT, **lead)  # a moved label keeps a thin line to its point
     save(fig, path)
     plt.close(fig)
     return list(points)
 
 
+LABEL_PT = 6.5
+
+
+def label_offsets(ax, labels: dict[tuple[float, float], str]) -> dict[tuple[float, float], tuple[float, float, str]]:
+    """Where each point's label goes, in points from the point: right of it, or left of it in the right quarter of
+    the axes (a label there would leave the figure); a label that would overlap one already placed (estimated boxes,
+    bottom to top) moves up a line until it does not."""
+    to_pt = 72.0 / ax.figure.dpi
+    left, right = (ax.transAxes.transform((u, 0))[0] * to_pt for u in (0.0, 1.0))
+    placed: list[tuple[float, float, float, float]] = []  # label boxes in points: x0, x1, y0, y1
+    out = {}
+    for (x, y), text in sorted(labels.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        px, py = (v * to_pt for v in ax.transData.transform((x, y)))
+        width, height = 0.55 * LABEL_PT * len(text), LABEL_PT + 1.5
+        ha = "right" if px > left + 0.75 * (right - left) else "left"
+        dx = -4.0 if ha == "right" else 4.0
+        x0 = px + dx - width if ha == "right" else px + dx
+        dy = 3.0
+        while any(x0 < b[1] and x0 + width > b[0] and py + dy < b[3] and py + dy + height > b[2] for b in placed):
+            dy += height
+        if dy > 3.0:  # a moved label stands further out, so its line to the point shows
+            dx *= 4
+        placed.append((x0, x0 + width, py + dy, py + dy + height))
+        out[(x, y)] = (dx, dy, ha)
+    return out
+
+
 __all__ = ["CellProfile", "cell_profiles", "size_speed_grid", "csv_values", "CSV_HEADER", "DEFINITIONS", "Point",
-           "pareto_front", "pareto_points", "plot_pareto"]
+           "pareto_front", "pareto_points", "plot_pareto", "label_offsets"]

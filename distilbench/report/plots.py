@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .format import arrow, better_by, fp, slug, task_order
+from .format import arrow, better_by, fp, score_axis, slug, task_order
 from .plotting import pyplot as _plt, save as _save
 
 
@@ -52,7 +52,7 @@ def _finish_score_plot(plt, fig, ax, path: Path, title: str, cells, labels: list
     """Objective labels along x, the score's name, the title, a light grid; saved and closed."""
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right")
-    ax.set_ylabel(f"{cells[0].main_score} × 100")
+    ax.set_ylabel(score_axis(cells[0]))
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -173,7 +173,7 @@ def pareto_plots(out: Path, cells, profiles: dict, orders: dict) -> tuple[list[s
         cuts = sorted(k for t, k in groups if t == task)
         suffix = f"-{cuts.index(cut) + 1}" if len(cuts) > 1 else ""
         what = task + (f" (max_eval_examples={cut})" if cut else "")
-        ylabel = f"{members[0].main_score} × 100"
+        ylabel = score_axis(members[0])
         for axis, xlabel, title in (("latency", "latency, batch 1, CPU (ms)", "latency"),
                                     ("cost", "training cost per run (s)", "training cost")):
             points = pareto_points(members, profiles, axis, label_of)
