@@ -55,7 +55,8 @@ def plot_theta(path: Path, task: str, team: list[str], stats: dict[str, tuple], 
         ax.bar(x + (k - (len(stats) - 1) / 2) * width, m, width, yerr=sd, capsize=3, label=label)
     ax.set_xticks(x, [Path(t).name if "/" in t else t for t in team], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("θ")
-    ax.set_ylim(0, 1)
+    top = max([1.0] + [float(a + b) for m, sd in stats.values() for a, b in zip(m, sd)])
+    ax.set_ylim(0, 1.02 * top)  # θ ≤ 1, but a whisker of mean + std may pass 1: the axis keeps it whole
     ax.set_title(f"AutoSKD θ on {task}{' (' + rule + ')' if rule else ''}: bar = mean, whisker = ± 1 std "
                  f"over {seeds} seeds", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # outside the bars
