@@ -79,6 +79,40 @@ def test_a_missing_train_split_names_the_task_carved_from_the_files_that_exist(t
     assert not (tmp_path / "r.sqlite").exists()
 
 
+@pytest.mark.parametrize("task, folder, files, alternative", [
+    ("squad", "squad-v1.1", {"dev-v1.1.json": '{"version": "1.1", "data": []}'}, "squad-devsplit"),
+    ("qnli", "QNLI", {"dev.tsv": "index\tquestion\tsentence\tlabel\n"}, "qnli-devsplit")])
+def test_offline_the_task_runs_on_its_split_of_the_files_that_are_here_and_says_so(tmp_path, capfd, monkeypatch, task,
+                                                                                  folder, files, alternative):
+    """Issue 20's done-when: `run --task squad` offline (only SQuAD's dev file here) runs squad-devsplit, with one line
+    saying so and that its numbers are not comparable; with its own files present the task runs as named."""
+    from distilbench.cli import main
+    from distilbench.training import runner
+
+    (tmp_path / "data" / folder).mkdir(parents=True)
+    for name, text in files.items():
+        (tmp_path / "data" / folder / name).write_text(text)
+    seen = []
+
+    class Stop:  # the Runner the command builds: records its config, trains nothing
+        def __init__(self, cfg):
+            seen.append(cfg)
+            raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "Runner", Stop)
+    args = ["run", "--task", task, "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path / "r.sqlite")]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert seen[-1].task == alternative
+    (line,) = [x for x in capfd.readouterr().err.splitlines() if x.strip()]
+    assert line.startswith(f"{task}: ") and f"runs --task {alternative}" in line and "not comparable" in line.lower()
+    for name in ("train.tsv", "train-v1.1.json"):  # its own training file present: no stand-in
+        (tmp_path / "data" / folder / name).write_text(next(iter(files.values())))
+    with pytest.raises(SystemExit):
+        main(args)
+    assert seen[-1].task == task and "runs --task" not in capfd.readouterr().err
+
+
 def test_the_teacher_command_takes_only_the_teachers_defaults(tmp_path, capfd, monkeypatch):
     """`distilbench teacher --task wikitext2 --init random --teacher-config gpt2-tiny` (2 layers) must not inherit the
     task's student options (2 student layers by TED's map need a teacher of 4 layers)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 
 from ..config import GROUPS, RunConfig
@@ -42,12 +43,17 @@ def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None 
     values taken from the task's registry file, since nobody typed them; ``only``: the task defaults this command
     uses (``teacher`` trains no student). Also returns the option names the user set (flags and YAML)."""
     from ..config import merge_options
+    from ..data.offline import offline_substitute
     from ..data.tasks import get_task, task_run_defaults
 
     def defaults_of(task: str) -> dict:
         return {k: v for k, v in task_run_defaults(task).items() if only is None or k in only}
 
     values, taken = merge_options(args, yaml_path, defaults_of)
+    swap = offline_substitute(values["task"], values.get("data_dir")) if values.get("task") else None
+    if swap:  # e.g. --task squad offline, where only SQuAD's dev file exists: its split, said in one line
+        print(swap[1], file=sys.stderr)
+        values, taken = merge_options({**args, "task": swap[0]}, yaml_path, defaults_of)
     cfg = RunConfig(**values).validate()
     if taken:
         name = get_task(cfg.task).name

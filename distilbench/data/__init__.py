@@ -1,6 +1,7 @@
 """Data: tasks, their examples, batches and metrics.
 
 - ``tasks``: the task registry (``registry/tasks/*.yaml``) and reading a task's TSV files;
+- ``offline``: the task that stands in, said in one line, when a task's own files are not here (squad -> squad-devsplit);
 - ``batching``: tokenising, splitting, subsampling and batching examples (torch tensors);
 - ``metrics``: GLUE metrics with numpy, scipy and scikit-learn;
 - extractive question answering (SQuAD): ``qa_tasks`` (the task family ``extractive-qa`` and its SQuAD-format JSON
