@@ -324,6 +324,7 @@ def plot_pareto(path: Path, title: str, points: Sequence[Point], xlabel: str, yl
 
 
 LABEL_PT = 6.5
+GAP = 4.0  # points kept between two labels side by side
 
 
 def label_offsets(ax, labels: dict[tuple[float, float], str]) -> dict[tuple[float, float], tuple[float, float, str]]:
@@ -336,16 +337,20 @@ def label_offsets(ax, labels: dict[tuple[float, float], str]) -> dict[tuple[floa
     out = {}
     for (x, y), text in sorted(labels.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         px, py = (v * to_pt for v in ax.transData.transform((x, y)))
-        width, height = 0.55 * LABEL_PT * len(text), LABEL_PT + 1.5
+        width, height = 0.6 * LABEL_PT * len(text), LABEL_PT + 1.5
         ha = "right" if px > left + 0.75 * (right - left) else "left"
-        dx = -4.0 if ha == "right" else 4.0
-        x0 = px + dx - width if ha == "right" else px + dx
+
+        def box(dy: float) -> tuple[float, tuple[float, float, float, float]]:
+            dx = (-4.0 if ha == "right" else 4.0) * (4 if dy > 3.0 else 1)  # a moved label stands further out,
+            x0 = px + dx - width if ha == "right" else px + dx               # so its line to the point shows
+            return dx, (x0, x0 + width, py + dy, py + dy + height)
+
         dy = 3.0
-        while any(x0 < b[1] and x0 + width > b[0] and py + dy < b[3] and py + dy + height > b[2] for b in placed):
+        dx, mine = box(dy)
+        while any(mine[0] < b[1] + GAP and mine[1] + GAP > b[0] and mine[2] < b[3] and mine[3] > b[2] for b in placed):
             dy += height
-        if dy > 3.0:  # a moved label stands further out, so its line to the point shows
-            dx *= 4
-        placed.append((x0, x0 + width, py + dy, py + dy + height))
+            dx, mine = box(dy)
+        placed.append(mine)
         out[(x, y)] = (dx, dy, ha)
     return out
 
