@@ -373,3 +373,22 @@ def test_significance_arrows_point_to_the_better_side_for_a_lower_is_better_scor
         assert grid.rows[0][2] == row_kd and grid.rows[1][1] == ("↓ 0.010" if row_kd.startswith("↑") else "↑ 0.010")
         cmp.a_cell, cmp.b_cell = NS(higher_is_better=hib, scores=kd.scores), NS(scores=none.scores)
         assert ("perplexity**" in detectable_line([cmp])) is (not hib)
+
+
+def test_settings_heading_names_a_cells_own_settings_by_its_label_not_its_task():
+    """A setting of one cell (TED's beta in ted-table3) is listed under that cell, not as if it held for the task;
+    one that the cell's label already names is not repeated; cells with the same own settings are named together."""
+    from types import SimpleNamespace as Cell
+
+    from distilbench.report.tables import settings_heading
+
+    common = {("epochs", 2.0)}
+    cells = [Cell(task="squad", label="none", settings=frozenset(common)),
+             Cell(task="squad", label="ted", settings=frozenset(common | {("beta", 10.0)})),
+             Cell(task="squad", label="ted [beta=1.0]", settings=frozenset(common | {("beta", 1.0)})),
+             Cell(task="squad", label="skd", settings=frozenset(common | {("theta_lr", 0.001)})),
+             Cell(task="squad", label="avgkd", settings=frozenset(common | {("theta_lr", 0.001)}))]
+    assert settings_heading(cells) == "epochs=2.0; avgkd, skd: theta_lr=0.001; ted: beta=10.0"
+    two_tasks = [Cell(task="rte", label="kd", settings=frozenset({("epochs", 2.0), ("max_length", 128)})),
+                 Cell(task="mrpc", label="kd", settings=frozenset({("epochs", 2.0)}))]
+    assert settings_heading(two_tasks) == "epochs=2.0; rte: max_length=128"

@@ -104,18 +104,30 @@ def score_sections(cells, orders) -> list[tuple[tuple[str, str, str, str, str], 
 
 
 def settings_heading(cells) -> str:
-    """The non-default settings of a table's cells: those every cell shares once, the others per task."""
+    """The non-default settings of a table's cells: those every cell shares once, then those every cell of a task
+    shares per task, then a cell's own (``ted: beta=10.0``) unless its label already names them."""
     if not cells:
         return ""
-    common = set(cells[0].settings)
-    for c in cells[1:]:
-        common &= set(c.settings)
-    parts = [", ".join(f"{k}={v}" for k, v in sorted(common))] if common else []
-    per_task: dict[str, set] = {}
-    for c in cells:
-        per_task.setdefault(c.task, set()).update(set(c.settings) - common)
-    parts += [f"{t}: " + ", ".join(f"{k}={v}" for k, v in sorted(extra)) for t, extra in sorted(per_task.items()) if extra]
+    common = set.intersection(*(set(c.settings) for c in cells))
+    parts = [_joined(common)] if common else []
+    own: dict[str, set] = {}
+    for t in sorted({c.task for c in cells}):
+        members = [c for c in cells if c.task == t]
+        shared = set.intersection(*(set(c.settings) for c in members)) - common
+        parts += [f"{t}: {_joined(shared)}"] if shared else []
+        for c in members:
+            rest = {kv for kv in set(c.settings) - common - shared if f"{kv[0]}={kv[1]}" not in c.label}
+            if rest:
+                own.setdefault(c.label + (f" ({t})" if len(members) < len(cells) else ""), set()).update(rest)
+    by_settings: dict[str, list[str]] = {}  # cells with the same own settings are named together
+    for label, rest in sorted(own.items()):
+        by_settings.setdefault(_joined(rest), []).append(label)
+    parts += [f"{', '.join(labels)}: {joined}" for joined, labels in by_settings.items()]
     return "; ".join(parts)
+
+
+def _joined(settings) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings))
 
 
 def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
