@@ -27,10 +27,10 @@ def offline_substitute(name: str, data_dir: str | os.PathLike | None) -> tuple[s
         where = folder / getattr(t, "folder", getattr(t, "glue_dir", ""))
         return [where / t.files[s] for s in ("train", "dev") if not (where / t.files[s]).is_file()]
 
-    gone = missing(task)
-    if not gone or missing(get_task(task.offline)):
-        return None
     other = get_task(task.offline)
+    gone = missing(task)
+    if not gone or missing(other):
+        return None
     return other.name, (f"{task.name}: {', '.join(map(str, gone))} not found, so this runs --task {other.name}: "
                         f"{other.provenance or 'carved out of the files that are here'}")
 

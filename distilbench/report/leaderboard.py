@@ -314,9 +314,10 @@ def plot_pareto(path: Path, title: str, points: Sequence[Point], xlabel: str, yl
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    for (x, y), (dx, dy, ha) in label_offsets(ax, {k: ", ".join(v) for k, v in at.items()}).items():
-        lead = {"arrowprops": {"arrowstyle": "-", "color": "tab:gray", "linewidth": 0.4}} if dy > 3.0 else {}
-        ax.annotate(", ".join(at[(x, y)]), (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va="bottom",
+    texts = {k: ", ".join(v) for k, v in at.items()}
+    for (x, y), (dx, dy, ha) in label_offsets(ax, texts).items():
+        lead = {"arrowprops": {"arrowstyle": "-", "color": "tab:gray", "linewidth": 0.4}} if dy > LABEL_DY else {}
+        ax.annotate(texts[(x, y)], (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va="bottom",
                     fontsize=LABEL_PT, **lead)  # a moved label keeps a thin line to its point
     save(fig, path)
     plt.close(fig)
@@ -324,6 +325,7 @@ def plot_pareto(path: Path, title: str, points: Sequence[Point], xlabel: str, yl
 
 
 LABEL_PT = 6.5
+LABEL_DY = 3.0  # points above its point where a label sits unless it has to move up
 GAP = 4.0  # points kept between two labels side by side
 
 
@@ -341,11 +343,11 @@ def label_offsets(ax, labels: dict[tuple[float, float], str]) -> dict[tuple[floa
         ha = "right" if px > left + 0.75 * (right - left) else "left"
 
         def box(dy: float) -> tuple[float, tuple[float, float, float, float]]:
-            dx = (-4.0 if ha == "right" else 4.0) * (4 if dy > 3.0 else 1)  # a moved label stands further out,
+            dx = (-4.0 if ha == "right" else 4.0) * (4 if dy > LABEL_DY else 1)  # a moved label stands further out,
             x0 = px + dx - width if ha == "right" else px + dx               # so its line to the point shows
             return dx, (x0, x0 + width, py + dy, py + dy + height)
 
-        dy = 3.0
+        dy = LABEL_DY
         dx, mine = box(dy)
         while any(mine[0] < b[1] + GAP and mine[1] + GAP > b[0] and mine[2] < b[3] and mine[3] > b[2] for b in placed):
             dy += height

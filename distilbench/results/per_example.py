@@ -189,7 +189,7 @@ def _measure(metrics: Sequence[str], main: str) -> str:
         return "per-question"
     if main == PERPLEXITY:
         return "perplexity"
-    return "regression" if any(m in REGRESSION_METRICS for m in metrics) else "classification"
+    return "regression" if main in REGRESSION_METRICS or any(m in REGRESSION_METRICS for m in metrics) else "classification"
 
 
 @dataclass(frozen=True)
