@@ -61,11 +61,13 @@ def one(args) -> dict:
     from distilbench.models.loading import load_classifier, load_tokenizer
     from distilbench.objectives import Context, get_objective
     from distilbench.data.tasks import get_task, load_split, resolve_data_dir
+    from distilbench.training.precision import resolve
 
     task = get_task(args.task)
     tok = load_tokenizer(args.model)
     rows = load_split(task, "train", resolve_data_dir(args.data_dir))
-    cfg = RunConfig(task=args.task, batch_size=args.batch_size, progress=False)
+    cfg = RunConfig(task=args.task, batch_size=args.batch_size, progress=False, mixed_precision=args.precision)
+    precision = resolve(cfg.mixed_precision, cfg.cpu)[0]  # auto: decided per machine (and thread count), as a run does
     full = encode(tok, rows, cfg.max_length)
     longest = sorted(range(len(rows)), key=lambda i: -len(full.input_ids[i]))[: args.examples]
     enc, select = full.subset(longest), full.subset(longest[:16])
@@ -76,8 +78,8 @@ def one(args) -> dict:
     none = get_objective("none")(Context(task, cfg, [], net.config.hidden_size, None))
     start = time.perf_counter()
     result = train(net, none, None, train_enc=enc, select_enc=select, task=task, cfg=cfg, seed=0,
-                   accelerator=make_accelerator(cfg), epochs=args.epochs, lr=cfg.teacher_lr, micro_batch=int(micro))
-    return {"micro": args.one, "threads": torch.get_num_threads(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   accelerator=make_accelerator(cfg, precision), epochs=args.epochs, lr=cfg.teacher_lr, micro_batch=int(micro))
+    return {"micro": args.one, "threads": torch.get_num_threads(), "precision": precision, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "examples_per_s": result.examples_per_s, "seconds": time.perf_counter() - start,
             "tokens_per_batch": args.batch_size * max(len(enc.input_ids[i]) for i in range(len(enc)))}
 
@@ -93,6 +95,7 @@ def main() -> None:
     ap.add_argument("--micro", default="0,8,4",
                     help="micro-batch sizes to compare (0 = whole batches); N+ckpt adds activation checkpointing")
     ap.add_argument("--threads", default="2", help="torch thread counts to compare, comma-separated")
+    ap.add_argument("--precision", default="auto", help="--mixed-precision of every row (auto, fp32, bf16)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     ap.add_argument("--one-threads", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -103,7 +106,7 @@ def main() -> None:
         return
     print(f"teacher fine-tuning of {args.model} on the {args.examples} longest {args.task} examples, batch {args.batch_size}, "
           f"{args.epochs} epochs, one process per row")
-    print(f"{'micro-batch':>12} {'checkpointing':>13} {'threads':>7} {'peak RSS MiB':>13} {'examples/s':>11} {'seconds':>8}")
+    print(f"{'micro-batch':>12} {'checkpointing':>13} {'threads':>7} {'precision':>9} {'peak RSS MiB':>13} {'examples/s':>11} {'seconds':>8}")
     for threads in (int(t) for t in args.threads.split(",")):
         for setting in args.micro.split(","):
             micro, ckpt = setting.split("+")[0], setting.endswith("+ckpt")
@@ -111,11 +114,11 @@ def main() -> None:
                 sys.exit(f"--micro: {setting!r} is not N or N+ckpt (N = micro-batch size, 0 = whole batches)")
             cmd = [sys.executable, __file__, "--model", args.model, "--task", args.task, "--data-dir", args.data_dir,
                    "--examples", str(args.examples), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                   "--one", setting, "--one-threads", str(threads)]
+                   "--precision", args.precision, "--one", setting, "--one-threads", str(threads)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             label = "whole batch" if micro == "0" else micro
-            print(f"{label:>12} {'yes' if ckpt else 'no':>13} {r['threads']:>7} {r['peak_rss_mib']:>13.0f} "
+            print(f"{label:>12} {'yes' if ckpt else 'no':>13} {r['threads']:>7} {r['precision']:>9} {r['peak_rss_mib']:>13.0f} "
                   f"{r['examples_per_s']:>11.2f} {r['seconds']:>8.1f}", flush=True)
 
 

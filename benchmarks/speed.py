@@ -194,11 +194,13 @@ def main() -> None:
     print(f"\n(a) distillation epoch / plain epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print(f"(d) peak resident memory of this process: {rss_mb():.0f} MiB")
     steps = len(length_grouped_batches(enc.lengths(), cfg.batch_size, 0, 0))
-    roofline(step_flops, bare, plain, steps, acc.device, args.peak_size)
+    roofline(step_flops, bare, plain, steps, acc.device, args.peak_size, precision)
 
 
-def roofline(step_flops: int, bare_s: float, none_s: float, steps: int, device, size: int) -> None:
-    """(g): achieved GFLOP/s of the student's training steps against this process's measured matmul peak."""
+def roofline(step_flops: int, bare_s: float, none_s: float, steps: int, device, size: int,
+             precision: str = "fp32") -> None:
+    """(g): achieved GFLOP/s of the student's training steps against this process's measured matmul peak. The steps
+    ran at ``precision``: that peak is the limit (under bf16 autocast the fp32 ratio can exceed 1)."""
     shape = ((size, size, size),)
     peaks = {"fp32": matmul_gflops(shape, False, device)}
     native, why = bf16_matmul_native(device)
@@ -216,6 +218,7 @@ def roofline(step_flops: int, bare_s: float, none_s: float, steps: int, device, 
         achieved = step_flops / secs / 1e9
         print(f"    achieved, {label}: {achieved:.1f} GFLOP/s = " + ", ".join(
             f"{achieved / peak:.3f} of the {name} peak" for name, peak in peaks.items()))
+    print(f"    (the steps ran in {precision}: read the {precision} peak's ratio)")
 
 
 def trainer_kd(teacher, student, enc, task, cfg, tmp: Path, tokenizer) -> float:
