@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import os
 import sys
 from pathlib import Path
 
@@ -25,13 +26,11 @@ from distilbench.allocator import tune  # noqa: E402
 from distilbench.models.inits import copy_layers  # noqa: E402
 from distilbench.models.loading import load_classifier  # noqa: E402
 from distilbench.training.precision import resolve  # noqa: E402
+from rss import status  # noqa: E402  (benchmarks/rss.py, beside this script)
 
 
 def heap_mib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon"):
-            return int(line.split()[1]) // 1024
-    return -1
+    return status(os.getpid())["RssAnon"] // 1024  # rss.py's reader of /proc/P/status, in KiB
 
 
 def main() -> None:
