@@ -108,6 +108,9 @@ def start_processes(target: Callable, args: list[tuple], threads: int) -> list:
     threads (OMP/MKL set for the spawned interpreter, which reads them at start; restored here after)."""
     import multiprocessing as mp
 
+    from ..allocator import release
+
+    release()  # this process waits from now on: the heap it freed (teacher, caches) goes back before workers need it
     ctx = mp.get_context("spawn")
     old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: str(threads) for k in old})
