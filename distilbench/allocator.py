@@ -48,10 +48,10 @@ def tune() -> bool:
 
 def release() -> bool:
     """Hand the heap this process has freed back to the system (glibc's ``malloc_trim(0)``), under the same rule as
-    :func:`tune`; True when some memory went back. For a process that is about to wait: a parent that fine-tuned the teacher and built
-    the caches keeps gigabytes of freed blocks it never reuses while its workers train (glibc holds them either way:
-    the teacher's batches come in many sizes, so freed blocks sit between live ones). A process that goes on
-    training gains nothing: its next steps fault the same pages back in."""
+    :func:`tune`; True when some memory went back. For a process that is about to wait: a parent that fine-tuned the
+    teacher and built the caches keeps gigabytes of freed blocks it never reuses while its workers train (glibc holds
+    them either way: the teacher's batches come in many sizes, so freed blocks sit between live ones). A process that
+    goes on training gains nothing: its next steps fault the same pages back in."""
     if not wanted():
         return False
     try:
