@@ -6,9 +6,10 @@
 Each run copies layers 1-3 of ``--model`` into a fresh student (as ``--init first-k`` does), trains it ``--steps``
 steps with fused AdamW on random token batches of 16 x W tokens (W cycles through ``--widths``: 48,64,96,128 by
 default; ``--widths 24-128`` draws every width of the range, as length-grouped batches of real text do) under the
-precision ``--precision`` (default: what ``--mixed-precision auto`` resolves to), then drops it. Printed per run: the heap (``RssAnon``) at the end, after ``del`` + ``gc.collect()``, and
-after glibc's ``malloc_trim(0)``. Flat figures mean that training itself keeps nothing between runs, so growth seen in
-a real worker comes from what the harness keeps; the trim column shows what glibc holds freed.
+precision ``--precision`` (default: what ``--mixed-precision auto`` resolves to), then drops it. Printed per run: the
+heap (``RssAnon``) at the end, after ``del`` + ``gc.collect()``, and after glibc's ``malloc_trim(0)``. Flat figures
+mean that training itself keeps nothing between runs, so growth seen in a real worker comes from what the harness
+keeps; the trim column shows what glibc holds freed.
 
 Why widths matter: under bf16 on a CPU, torch runs matmuls through oneDNN, which JIT-compiles a kernel per shape and
 keeps it in its primitive cache (up to ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` primitives, 1,024 by default), so a run
@@ -70,7 +71,9 @@ def main() -> None:
         opt = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
         gen = torch.Generator().manual_seed(run)
         for step in range(args.steps):
-            width = widths[step % len(widths)] if "-" not in args.widths else widths[int(torch.randint(len(widths), (1,), generator=gen))]
+            ranged = "-" in args.widths  # a range: draw each width, as length-grouped batches arrive
+            drawn = int(torch.randint(len(widths), (1,), generator=gen)) if ranged else step % len(widths)
+            width = widths[drawn]
             ids = torch.randint(5, 1000, (16, width), generator=gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
