@@ -55,12 +55,16 @@ def test_ted_run_names_its_stages_and_ends_with_the_time_breakdown(tiny_run_args
     outputs = re.search(r"^teacher-output cache: computing .* -> (\S+)$", err, re.M)
     assert outputs and outputs.group(1).startswith(str(cache)), err
 
-    # the table's title on one line, the student, teacher and settings on one caption line below it
+    # the table's title: the task and score, then the cut-down settings whole on its second line (issue 16: a copied
+    # table says it is not full size); the student and teacher on one caption line below the table
     lines = out.splitlines()
-    assert any(line.strip() == "rte dev accuracy (%)" for line in lines), out
+    at = next(k for k, line in enumerate(lines) if line.strip() == "rte dev accuracy (%)")
+    settings = lines[at + 1].strip()
+    assert settings.startswith("settings: ") and "epochs=1" in settings, out
+    assert settings.endswith("max_eval_examples=24, max_train_examples=48, teacher_epochs=1.0"), out
+    assert lines[at + 2].startswith("┏"), out  # the title has two lines, no more: the settings line did not wrap
     caption = [line for line in lines if line.startswith("student ")]
-    assert len(caption) == 1 and caption[0].endswith("max_eval_examples=24, max_train_examples=48, teacher_epochs=1.0")
-    assert f"teacher {tiny_run_args[tiny_run_args.index('--teacher') + 1]};" in caption[0]
+    assert len(caption) == 1 and caption[0].endswith(f"teacher {tiny_run_args[tiny_run_args.index('--teacher') + 1]}")
 
     times = breakdown(out)
     assert times["teacher"] > 0 and times["students"] > 0

@@ -15,6 +15,15 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help text wrapped at spaces only: a name like ``qnli-devsplit`` in a list of accepted values stays whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """One flag per RunConfig field (or per field in ``only``), under its field's `--help` section (config.GROUPS)."""
     hints = typing.get_type_hints(RunConfig)

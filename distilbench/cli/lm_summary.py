@@ -14,7 +14,7 @@ def lm_summary_table(rows: list[dict], task, cfg: RunConfig, precision: str = "f
     from rich.markup import escape
 
     from ..results.lm_signal import MARK, check_against_none
-    from .summary import seed_table, settings_text
+    from .summary import seed_table, settings_text, with_settings
 
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
@@ -25,13 +25,12 @@ def lm_summary_table(rows: list[dict], task, cfg: RunConfig, precision: str = "f
     means = {o: float(np.mean([by[(o, s)]["score"] for s in seeds if (o, s) in by])) for o in objectives}
     ranked = [o for o in objectives if o == "none" or checks[o].below is not False]
     best = min(ranked, key=lambda o: means[o]) if ranked else None  # lower is better
-    title = f"{task.name} dev perplexity (lower is better)"
+    title = with_settings(f"{task.name} dev perplexity (lower is better)", settings_text(run_settings(cfg, precision)))
     table = seed_table(title, objectives, seeds, by, 1, {o: MARK for o in checks if checks[o].below is False}, best)
     extra = (rows[0].get("extra") or {}).get("lm", {}) if rows else {}
     if rows:
         table.add_row("teacher", *[f"{rows[0]['teacher_score']:.2f}"] * len(objectives))
-    cut = settings_text(run_settings(cfg, precision))
-    lines = [escape(f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}" + (f"; settings: {cut}" if cut else "")),
+    lines = [escape(f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}"),
              f"perplexity = exp(mean next-token NLL) over the whole dev text in windows of {extra.get('eval_max_length')} "
              f"tokens every {extra.get('eval_stride')} ({extra.get('tokens')} tokens scored); {task.provenance}"]
     if extra.get("teacher_note"):

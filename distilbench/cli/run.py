@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import UsageError
-from .flags import add_config_flags, config_from
+from .flags import Formatter, add_config_flags, config_from
 
 RUN_EXAMPLES = """examples:
   distilbench run --objective kd --task rte --seeds 4 --data-dir ../shared/data/glue
@@ -24,7 +24,7 @@ TEACHER_FLAGS = ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "teache
 
 def add_run_parser(sub) -> None:
     run = sub.add_parser("run", allow_abbrev=False, help="distil students (seeds paired), store every result, print the table",
-                         usage="%(prog)s [options]", epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         usage="%(prog)s [options]", epilog=RUN_EXAMPLES, formatter_class=Formatter)
     run.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     run.add_argument("--params", default=None, metavar="best:STUDY",
                      help="take the hyper-parameters of a search's best trial (precedence: CLI > study > YAML > defaults)")
@@ -33,7 +33,8 @@ def add_run_parser(sub) -> None:
 
 
 def add_teacher_parser(sub) -> None:
-    teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score")
+    teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score",
+                             formatter_class=Formatter)
     teacher.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     teacher.add_argument("--model", dest="teacher", default=argparse.SUPPRESS, help="teacher alias, hub id or path")
     teacher.add_argument("--init", dest="teacher_init", choices=("pretrained", "random"), default="pretrained",
@@ -63,7 +64,7 @@ def main(command: str, args: dict[str, Any]) -> int:
     # `teacher` trains no student: only the teacher's own options come from the task's defaults
     cfg, _ = config_from(args, yaml_path, None if command == "run" else (*TEACHER_FLAGS, "teacher"))
     from ..training.runner import Runner
-    from .summary import summary_table, time_breakdown
+    from .summary import print_parts, summary_table, time_breakdown
 
     if command == "teacher":
         cfg.baseline = False
@@ -75,10 +76,7 @@ def main(command: str, args: dict[str, Any]) -> int:
         return 0
     runner = Runner(cfg)
     rows = runner.run()
-    from rich.console import Console
-    console = Console()
-    for part in [*summary_table(rows, runner.plan.task, cfg, runner.precision), *time_breakdown(runner)]:
-        console.print(part, soft_wrap=isinstance(part, str))  # a line longer than the terminal is not cut by rich
+    print_parts([*summary_table(rows, runner.plan.task, cfg, runner.precision), *time_breakdown(runner)])
     if runner.lost:
         print(f"distilbench: {len(runner.lost)} run(s) lost with a worker that died ({', '.join(runner.lost)}); "
               "rerun the same command to train them", file=sys.stderr)

@@ -20,14 +20,36 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
+def with_settings(title: str, settings: str) -> str:
+    """A table title with the run's non-default settings as its second line (issue 16: a cut-down run says so in
+    its title, so a copied table cannot pass for a full-size one)."""
+    from rich.markup import escape
+
+    return title + (f"\nsettings: {escape(settings)}" if settings else "")  # a title is read as markup
+
+
+def print_parts(parts: list) -> None:
+    """Print a summary's parts to stdout: tables at least as wide as their titles (not cut at a narrow or captured
+    console's 80 columns), lines whole (``soft_wrap``: a line longer than the terminal is not cut by rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for part in parts:
+        if isinstance(part, Table) and (part.min_width or 0) > console.width:  # print(width=) caps at the console's
+            Console(width=part.min_width).print(part)
+        else:
+            console.print(part, soft_wrap=isinstance(part, str))
+
+
 def seed_table(title: str, objectives: list[str], seeds: list[int], by: dict, scale: float, marks: dict[str, str],
                best: str | None = None):
     """The per-seed table both `run` summaries print: a column per objective, a row per seed, then mean ± std (scores
-    × ``scale``), ``best`` in bold, `` (MARK)`` after each objective ``marks`` names; at least as wide as its title, so
-    the title never wraps."""
+    × ``scale``), ``best`` in bold, `` (MARK)`` after each objective ``marks`` names; at least as wide as its title's
+    longest line, so the title never wraps (print it at least that wide: :func:`print_parts`)."""
     from rich.table import Table
 
-    table = Table(title=title, min_width=len(title))
+    table = Table(title=title, min_width=max(len(line) for line in title.splitlines()))
     table.add_column("seed")
     for o in objectives:
         table.add_column(o, justify="right")
@@ -61,9 +83,8 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str =
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["objective"], r["seed"]): r for r in rows}
     checks = {o: check_rows([r for r in rows if r["objective"] == o]) for o in objectives}
-    cut = settings_text(run_settings(cfg, precision))
-    title = f"{task.name} dev {task.main_score} (%)"
-    caption = f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}" + (f"; settings: {cut}" if cut else "")
+    title = with_settings(f"{task.name} dev {task.main_score} (%)", settings_text(run_settings(cfg, precision)))
+    caption = f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}"
     table = seed_table(title, objectives, seeds, by, 100, {o: MARK for o in objectives if checks[o].at_chance})
     if rows:
         table.add_row("teacher", *[f"{100 * rows[0]['teacher_score']:.2f}"] * len(objectives))
