@@ -171,6 +171,40 @@ def test_report_per_example_section_and_csv(tmp_path):
     assert report.BOOTSTRAP_SAMPLES == per_example.BOOTSTRAP_SAMPLES
 
 
+def test_init_pairs_get_per_example_tests_after_the_objective_pairs(tmp_path):
+    """Paper 002 Table 3's claims compare one objective from two student inits: those pairs get the bootstrap too
+    (paired by seed and dev example), Holm within their own family, listed after the objective families."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for init, right in (("layers:1,2,3", 0.85), ("layers:4,8,12", 0.6)):
+        for objective in ("none", "kd"):
+            for seed in (0, 1, 2):
+                preds = [y if rng.random() < right else 1 - y for y in LABELS]
+                r = student_row(objective, seed, preds, LABELS, {"dev_predictions": preds, "dev_labels": LABELS},
+                                {"epochs": 1.0})
+                student = f"mpnet-base[{init}]"
+                r.update(init=init, student=student, config_hash=f"{objective}-{init}",
+                         params={**r["params"], "init": init, "student": student})
+                rows.append(r)
+    report = build_report(rows, tmp_path / "r", command="x", per_example=200)
+    families = list(dict.fromkeys(ex.family for ex in report.example_comparisons))
+    assert len(families) == 4 and all("init layers:" in f for f in families[:2])  # objective families first
+    inits = [ex for ex in report.example_comparisons if "init layers:" not in ex.family]
+    assert sorted((ex.a, ex.b) for ex in inits) == [("layers:1,2,3", "layers:4,8,12")] * 2
+    for ex in inits:  # the numbers of per_example_test on the two cells' predictions; a family of one pair
+        objective = "kd" if "| kd |" in ex.family else "none"
+        side = {i: {r["seed"]: r["extra"]["dev_predictions"] for r in rows
+                    if r["objective"] == objective and r["init"] == i} for i in (ex.a, ex.b)}
+        direct = per_example_test(side[ex.a], side[ex.b], LABELS, ["accuracy"], "accuracy", samples=200)
+        assert ex.result.diff == pytest.approx(direct.diff) and ex.result.diff > 10  # 85% against 60% right
+        assert ex.holm_p == pytest.approx(direct.bootstrap_p) and ex.holm_p < 0.05
+    readme = (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### 3.3"):readme.index("## 4.")]
+    headings = [line for line in section.splitlines() if line.startswith("#### ")]
+    assert [h.split(" | ")[2] for h in headings] == ["init layers:1,2,3", "init layers:4,8,12", "kd", "none"]
+    assert section.count("| layers:1,2,3 | layers:4,8,12 | 0 1 2 | ↑ ") == 2
+
+
 def test_report_command_per_example_is_kept_on_rebuild_and_validated(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     with ResultsStore("results.sqlite") as store:

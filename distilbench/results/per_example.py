@@ -207,8 +207,9 @@ class ExampleComparison:
 
 
 def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: int = BOOTSTRAP_SAMPLES) -> list[ExampleComparison]:
-    """The per-example tests of every objective comparison in ``comparisons`` (:func:`distilbench.results.stats.compare`
-    output, same order), Holm-corrected over the bootstrap p-values of each family."""
+    """The per-example tests of every comparison in ``comparisons`` (:func:`distilbench.results.stats.compare` output):
+    objective pairs first, then init pairs (one objective from two student inits, e.g. paper 002 Table 3's "lower
+    layers lift KD"), each family in its input order and Holm-corrected over its own bootstrap p-values."""
     from .rows import is_result, row_dicts
     from .stats import by_family, holm
 
@@ -217,7 +218,8 @@ def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: in
         if is_result(r):
             by_cell.setdefault((str(r.get("task")), str(r.get("config_hash"))), []).append(r)
     out: list[ExampleComparison] = []
-    for family, members in by_family(comparisons, "objectives").items():
+    families = [*by_family(comparisons, "objectives").items(), *by_family(comparisons, "inits").items()]
+    for family, members in families:
         results, measures = [], []
         for cmp in members:
             rows_a = by_cell.get((cmp.task, cmp.a_cell.config_hash), [])
