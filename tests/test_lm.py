@@ -48,6 +48,25 @@ def test_missing_or_empty_corpus_is_one_clear_line(tmp_path):
         load_split(t, "train", tmp_path)
 
 
+def test_openwebtext_is_read_from_the_users_files_only(tmp_path):
+    """Issue 21: OpenWebText where a user has it. No hub copy has a test split, so without --data-dir the task is
+    refused in one line naming the folder and files; with them its splits are the files' lines, in order."""
+    t = get_task("openwebtext")
+    assert t.family == "causal-lm" and t.main_score == "perplexity" and not t.higher_is_better
+    assert (t.glue_dir, t.files, t.hub_path) == ("openwebtext", {"train": "train.txt", "dev": "test.txt"}, "")
+    assert "user's own files" in t.provenance and "no published test" in t.provenance
+    with pytest.raises(DataError, match=r"^openwebtext is read only from your own copy: pass --data-dir with a folder "
+                                        r"openwebtext/ holding train.txt and test.txt") as refused:
+        load_split(t, "dev", None)
+    assert "\n" not in str(refused.value)
+    folder = tmp_path / "openwebtext"
+    folder.mkdir()
+    (folder / "train.txt").write_text("a page of text .\nanother line\n", encoding="utf-8")
+    (folder / "test.txt").write_text("held out .\n", encoding="utf-8")
+    train, dev = load_split(t, "train", tmp_path), load_split(t, "dev", tmp_path)
+    assert [e.text_a for e in train] == ["a page of text .\n", "another line\n"] and [e.text_a for e in dev] == ["held out .\n"]
+
+
 def test_blocks_are_consecutive_and_full_and_a_short_corpus_is_refused():
     assert lm.pack_blocks(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # the partial block [8, 9] dropped
     with pytest.raises(DataError) as err:

@@ -191,6 +191,10 @@ def test_the_report_keeps_perplexity_in_its_units_and_bolds_the_lowest_ranked_ce
     text = (tmp_path / "rep" / "README.md").read_text()
     assert f"**{fnum(best.stats['mean'], 1)} ± {fnum(best.stats['std'], 2)}**" in text
     assert "- **Teacher `scratch:gpt2-tiny`:** from-scratch teacher" in text and "lower is better" in text
+    # the stride the rows were scored with, read from them (issue 21: in every report), with what was scored
+    windows, tokens = rows[0]["extra"]["lm"]["windows"], rows[0]["extra"]["lm"]["tokens"]
+    assert (f"- **Evaluation `wikitext2`:** perplexity = exp(mean next-token NLL) over the whole test text, windows "
+            f"of 32 tokens every 32 (non-overlapping); {windows:,} windows, {tokens:,} tokens scored") in text
     if kd.unranked:
         assert "(not below none)" in text
 

@@ -392,3 +392,20 @@ def test_settings_heading_names_a_cells_own_settings_by_its_label_not_its_task()
     two_tasks = [Cell(task="rte", label="kd", settings=frozenset({("epochs", 2.0), ("max_length", 128)})),
                  Cell(task="mrpc", label="kd", settings=frozenset({("epochs", 2.0)}))]
     assert settings_heading(two_tasks) == "epochs=2.0; rte: max_length=128"
+
+
+def test_the_header_states_each_lm_tasks_window_and_stride_from_its_rows():
+    """Issue 21: a perplexity report says how it was measured, from the stored rows, one line per distinct setting."""
+    from distilbench.report.build import _lm_evaluation
+
+    def row(task, length, stride, windows, tokens):
+        return {"task": task, "extra": {"lm": {"eval_max_length": length, "eval_stride": stride, "windows": windows,
+                                               "tokens": tokens}}}
+
+    rows = [row("wikitext2", 128, 64, 5100, 323743), row("wikitext2", 128, 64, 5100, 323743), {"task": "rte"}]
+    assert _lm_evaluation(rows) == [
+        "- **Evaluation `wikitext2`:** perplexity = exp(mean next-token NLL) over the whole test text, windows of 128 "
+        "tokens every 64 (sliding: every scored token has at least 64 tokens of context); 5,100 windows, 323,743 "
+        "tokens scored"]
+    assert len(_lm_evaluation([*rows, row("wikitext2", 128, 128, 2550, 323743)])) == 2
+    assert _lm_evaluation([{"task": "rte", "extra": {}}]) == []

@@ -153,10 +153,11 @@ def _task_from_yaml(spec: dict[str, Any], source: str) -> Task:
 
 def _lm_task(spec: dict[str, Any], source: str) -> Task:
     """A causal-LM corpus (``registry/tasks/wikitext2.yaml``): ``folder`` inside --data-dir holds one text file per
-    split (``files``: train, dev); the hub dataset has a ``text`` column of lines. Scored by perplexity (``metrics``,
-    ``main_score``, ``higher_is_better: false``, declared in the file)."""
+    split (``files``: train, dev); the hub dataset has a ``text`` column of lines (``hub: null``: a corpus read only
+    from a user's own files, e.g. OpenWebText, whose hub copy has no test split). Scored by perplexity
+    (``metrics``, ``main_score``, ``higher_is_better: false``, declared in the file)."""
     try:
-        hub = spec["hub"]
+        hub = spec["hub"] or {"path": "", "config": "", "train_split": "", "dev_split": ""}
         return Task(name=str(spec["name"]).lower(), version=str(spec["version"]), glue_dir=spec["folder"],
                     files={"train": spec["files"]["train"], "dev": spec["files"]["dev"]}, text_columns=("text",),
                     labels=None, regression=False, metrics=tuple(spec["metrics"]), main_score=spec["main_score"],
@@ -388,6 +389,9 @@ def _load_source(task: Task, split: str, data_dir: Path | None) -> list[Example]
 def _load_corpus(task: Task, split: str, data_dir: Path | None) -> list[Example]:
     """A causal-LM split as its lines, in order, each with its newline (``text_a``; no label): from
     ``<data_dir>/<folder>/<file>`` or the hub dataset's ``text`` column. An empty split is refused."""
+    if data_dir is None and not task.hub_path:
+        raise DataError(f"{task.name} is read only from your own copy: pass --data-dir with a folder {task.glue_dir}/ "
+                        f"holding {task.files['train']} and {task.files['dev']} (one line of raw text per line)")
     if data_dir is None:
         try:
             import datasets

@@ -126,6 +126,25 @@ def _provenance(cells) -> list[tuple[str, str]]:
     return out
 
 
+def _lm_evaluation(rows: list[dict]) -> list[str]:
+    """Per causal-LM task, how its perplexity was measured, from the stored rows (issue 21: the stride in every
+    report): window length, stride, windows and tokens scored; one line per distinct setting."""
+    found = set()
+    for r in rows:
+        lm = ((r.get("extra") or {}).get("lm") or {})
+        if lm.get("eval_stride") is not None:
+            found.add((str(r.get("task")), lm.get("eval_max_length"), lm["eval_stride"], lm.get("windows"),
+                       lm.get("tokens")))
+    out = []
+    for task, length, stride, windows, tokens in sorted(found, key=str):
+        kind = ("non-overlapping" if stride == length
+                else f"sliding: every scored token has at least {length - stride} tokens of context")
+        count = f"; {windows:,} windows, {tokens:,} tokens scored" if windows and tokens else ""
+        out.append(f"- **Evaluation `{task}`:** perplexity = exp(mean next-token NLL) over the whole test text, "
+                   f"windows of {length} tokens every {stride} ({kind}){count}")
+    return out
+
+
 def _versions(rows: list[dict]) -> str:
     found: dict[str, set[str]] = {}
     for r in rows:
@@ -170,6 +189,7 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         "`cells.csv`",
         f"- **Settings that differ from the defaults:** {settings_heading(cells) or 'none'}",
         *[f"- **Task `{t}`:** {p}" for t, p in _provenance(cells)],
+        *_lm_evaluation(rows),
         # a causal LM's from-scratch teacher (distilbench.models.scratch), said wherever its results are shown
         *sorted({f"- **Teacher `{r['teacher']}`:** {((r.get('extra') or {}).get('lm') or {})['teacher_note']}" for r in rows
                  if ((r.get("extra") or {}).get("lm") or {}).get("teacher_note")}),
