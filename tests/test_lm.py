@@ -254,6 +254,38 @@ def test_attention_objectives_on_a_causal_lm_compare_only_the_keys_it_attends_to
     assert pair("att-mse", "rte") != pytest.approx(want_mse.item(), rel=1e-2)
 
 
+def test_hidden_state_objectives_on_a_causal_lm_read_its_real_tokens_unchanged():
+    """Issue 21: the hidden-state objectives run unchanged on a causal LM. hid-seq = the squared error of the layer's
+    hidden states averaged over the hidden size and over the real tokens (padding ignored: changing a padded position
+    changes nothing); hid-cls = the MSE of the first position's states, as on a classifier."""
+    from distilbench.config import RunConfig
+    from distilbench.objectives import Context, Outputs, get_objective
+
+    teacher, student = _tiny_lm(), _tiny_lm()
+    torch.manual_seed(6)
+    student.transformer.h[0].mlp.c_fc.weight.data.normal_(0, 0.3)
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    with torch.no_grad():
+        s_out, t_out = (m(input_ids=ids, attention_mask=mask, output_hidden_states=True) for m in (student, teacher))
+    ctx = Context(get_task("wikitext2"), RunConfig(task="wikitext2"), [(1, 1), (2, 2)], 16, 16, student_heads=2,
+                  teacher_heads=2)
+    batch = {"attention_mask": mask}
+
+    def loss(name, s_states):
+        return get_objective(name)(ctx).pair_loss(Outputs(s_out.logits, s_states, None),
+                                                   Outputs(t_out.logits, t_out.hidden_states, None), 1, 1, 0, batch).item()
+
+    h_s, h_t = s_out.hidden_states[1], t_out.hidden_states[1]
+    want_seq = (h_s - h_t).pow(2).mean(-1)[mask.bool()].mean().item()
+    assert want_seq > 1e-4 and loss("hid-seq", s_out.hidden_states) == pytest.approx(want_seq, rel=1e-5)
+    assert loss("hid-cls", s_out.hidden_states) == pytest.approx((h_s[:, 0] - h_t[:, 0]).pow(2).mean().item(), rel=1e-5)
+    padded = list(s_out.hidden_states)
+    padded[1] = h_s.clone()
+    padded[1][1, 4:] += 100.0  # the second sequence's two padded positions
+    assert loss("hid-seq", tuple(padded)) == pytest.approx(want_seq, rel=1e-5)
+
+
 def test_a_gpt2_student_copies_the_teachers_layers_embeddings_and_tied_lm_head():
     from distilbench.models.inits import copy_layers, layer_list
 
