@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = ap.parse_args()
     widths = parse_widths(args.widths)
+    ranged = "-" in args.widths  # a range: draw each step's width, as length-grouped batches arrive
     tuned = tune()
     torch.set_num_threads(args.threads)
     precision = resolve("auto", True)[0] if args.precision == "auto" else args.precision
@@ -71,7 +72,6 @@ def main() -> None:
         opt = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
         gen = torch.Generator().manual_seed(run)
         for step in range(args.steps):
-            ranged = "-" in args.widths  # a range: draw each width, as length-grouped batches arrive
             drawn = int(torch.randint(len(widths), (1,), generator=gen)) if ranged else step % len(widths)
             width = widths[drawn]
             ids = torch.randint(5, 1000, (16, width), generator=gen)

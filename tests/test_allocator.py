@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,8 +66,10 @@ RELEASE = """
 import json, os, sys
 import torch
 from distilbench.allocator import release, tune
+sys.path.insert(0, BENCHMARKS)
+from rss import status  # benchmarks/rss.py's reader of /proc/P/status
 def heap_mib():
-    return int(next(l for l in open(f"/proc/{os.getpid()}/status") if l.startswith("RssAnon")).split()[1]) // 1024
+    return status(os.getpid())["RssAnon"] // 1024
 tune()
 blocks = [torch.ones(1 << 21 + (i % 3)) for i in range(96)]  # 8, 16 and 32 MiB blocks: ~1.8 GiB, every page written
 keep = blocks[::8]  # a few stay alive between the freed ones, as a parent's models and caches do
@@ -80,12 +83,13 @@ print(json.dumps({"freed": freed, "released": heap_mib(), "done": done}))
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
 def test_release_hands_the_freed_heap_back_to_the_system():
     env = {k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS and k != "DISTILBENCH_MALLOC"}
-    out = subprocess.run([sys.executable, "-c", RELEASE], env=env, capture_output=True, text=True, check=True)
+    script = RELEASE.replace("BENCHMARKS", repr(str(Path(__file__).resolve().parents[1] / "benchmarks")))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     # tuned, glibc keeps the ~1.6 GiB freed (trim threshold 2 GiB); released, only the live ~0.2 GiB and torch remain
     assert r["done"] is True and r["freed"] > 1500
     assert r["released"] < r["freed"] - 1200
-    out = subprocess.run([sys.executable, "-c", RELEASE], env={**env, "DISTILBENCH_MALLOC": "default"},
+    out = subprocess.run([sys.executable, "-c", script], env={**env, "DISTILBENCH_MALLOC": "default"},
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1])["done"] is False  # the user's choice: left alone
 

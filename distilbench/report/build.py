@@ -131,7 +131,7 @@ def _lm_evaluation(rows: list[dict]) -> list[str]:
     report): window length, stride, windows and tokens scored; one line per distinct setting."""
     found = set()
     for r in rows:
-        lm = ((r.get("extra") or {}).get("lm") or {})
+        lm = extra_of(r).get("lm") or {}
         if lm.get("eval_stride") is not None:
             found.add((str(r.get("task")), lm.get("eval_max_length"), lm["eval_stride"], lm.get("windows"),
                        lm.get("tokens")))
@@ -191,8 +191,8 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         *[f"- **Task `{t}`:** {p}" for t, p in _provenance(cells)],
         *_lm_evaluation(rows),
         # a causal LM's from-scratch teacher (distilbench.models.scratch), said wherever its results are shown
-        *sorted({f"- **Teacher `{r['teacher']}`:** {((r.get('extra') or {}).get('lm') or {})['teacher_note']}" for r in rows
-                 if ((r.get("extra") or {}).get("lm") or {}).get("teacher_note")}),
+        *sorted({f"- **Teacher `{r['teacher']}`:** {(extra_of(r).get('lm') or {})['teacher_note']}" for r in rows
+                 if (extra_of(r).get("lm") or {}).get("teacher_note")}),
         "",
         f"Scores are the dev main score × 100{lm_units} (mean ± std over seeds, "
         f"std with ddof=1; n={modal_n} seeds unless marked). A label like `kd [temperature=4.0]` names what tells two configurations of one objective apart.",

@@ -294,7 +294,7 @@ def per_example_section(example_comparisons, samples: int, orders: dict) -> list
     if not fams:
         return md + ["No pairs to compare.", ""]
     tasks = task_order({fam[0].task for fam in fams.values()}, orders.get("tasks", ()))
-    # per task, in compare_examples' order: the objective families (by name), then the init families (by name)
+    # per task, in compare_examples' order: build_report gives the objective families (by name), then the init ones
     for family, fam in sorted(fams.items(), key=lambda kv: tasks.index(kv[1][0].task)):
         grid = Grid(family, ["A", "B", "Seeds", "Δ", "95% CI", "p", "Holm p", "McNemar per seed"], align="llr")
         for i, ex in enumerate(fam):

@@ -207,9 +207,9 @@ class ExampleComparison:
 
 
 def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: int = BOOTSTRAP_SAMPLES) -> list[ExampleComparison]:
-    """The per-example tests of every comparison in ``comparisons`` (:func:`distilbench.results.stats.compare` output):
-    objective pairs first, then init pairs (one objective from two student inits, e.g. paper 002 Table 3's "lower
-    layers lift KD"), each family in its input order and Holm-corrected over its own bootstrap p-values."""
+    """The per-example tests of every comparison in ``comparisons`` (:func:`distilbench.results.stats.compare` output:
+    objective pairs, and init pairs: one objective from two student inits, e.g. paper 002 Table 3's "lower layers
+    lift KD"), family by family in input order, each Holm-corrected over its own bootstrap p-values."""
     from .rows import is_result, row_dicts
     from .stats import by_family, holm
 
@@ -218,8 +218,7 @@ def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: in
         if is_result(r):
             by_cell.setdefault((str(r.get("task")), str(r.get("config_hash"))), []).append(r)
     out: list[ExampleComparison] = []
-    families = [*by_family(comparisons, "objectives").items(), *by_family(comparisons, "inits").items()]
-    for family, members in families:
+    for family, members in by_family(comparisons).items():
         results, measures = [], []
         for cmp in members:
             rows_a = by_cell.get((cmp.task, cmp.a_cell.config_hash), [])
