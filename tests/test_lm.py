@@ -92,6 +92,20 @@ def test_evaluation_windows_score_each_token_once():
         lm.eval_windows(ids, 4, stride=5)
 
 
+def test_the_evaluation_is_described_in_one_wording():
+    """`run`'s summary, the model card and the report all print lm_text's words (golden strings)."""
+    from distilbench.data.lm_text import evaluation_text, windows_text
+
+    assert windows_text(128, 128, 2550, 323743) == ("windows of 128 tokens every 128 (non-overlapping); 2,550 windows, "
+                                                    "323,743 tokens scored")
+    assert windows_text(1024, 512) == ("windows of 1024 tokens every 512 (sliding: every scored token has at least "
+                                       "512 tokens of context)")  # no count where the row stored none
+    assert windows_text(None, 512) == "windows not recorded"
+    assert evaluation_text({"eval_max_length": 32, "eval_stride": 8, "windows": 3, "tokens": 70}) == (
+        "perplexity = exp(mean next-token NLL) over the whole test text, windows of 32 tokens every 8 (sliding: every "
+        "scored token has at least 24 tokens of context); 3 windows, 70 tokens scored")
+
+
 def _tiny_lm(vocab=40):
     from transformers import GPT2Config, GPT2LMHeadModel
 

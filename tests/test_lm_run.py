@@ -244,7 +244,9 @@ def test_a_saved_lm_student_loads_as_a_causal_lm_and_recomputes_the_stored_perpl
     for text in ("pipeline_tag: text-generation", "from transformers import AutoModelForCausalLM",
                  "AutoModelForCausalLM.from_pretrained", "lower is better", "byte-level BPE",
                  f"| perplexity (main) | {row['score']:.2f} | {row['teacher_score']:.2f} |",
-                 f"{row['extra']['lm']['tokens']} tokens scored", "Signal check: not applicable to a single run",
+                 "Perplexity = exp(mean next-token NLL) over the whole test text, windows of 32 tokens every 32 "
+                 f"(non-overlapping); {row['extra']['lm']['windows']:,} windows, {row['extra']['lm']['tokens']:,} "
+                 "tokens scored", "Signal check: not applicable to a single run",
                  "`none` student", "`wikitext-2-tokens/`", "from-scratch teacher"):
         assert text in card, text
     assert f"{100 * row['score']:.2f}" not in card  # never × 100

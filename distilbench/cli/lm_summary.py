@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import RunConfig
+from ..data.lm_text import evaluation_text
 from ..training.plan import run_settings
 
 
@@ -31,8 +32,7 @@ def lm_summary_table(rows: list[dict], task, cfg: RunConfig, precision: str = "f
     if rows:
         table.add_row("teacher", *[f"{rows[0]['teacher_score']:.2f}"] * len(objectives))
     lines = [escape(f"student {rows[0]['student'] if rows else '?'}, teacher {cfg.teacher}"),
-             f"perplexity = exp(mean next-token NLL) over the whole dev text in windows of {extra.get('eval_max_length')} "
-             f"tokens every {extra.get('eval_stride')} ({extra.get('tokens')} tokens scored); {task.provenance}"]
+             f"{evaluation_text(extra)}; {task.provenance}"]
     if extra.get("teacher_note"):
         lines.append(f"[bold]{escape(extra['teacher_note'])}[/]")
     for o, c in checks.items():

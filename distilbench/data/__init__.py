@@ -8,6 +8,7 @@
   reader, pure Python), ``qa`` (question/context windows with offsets and start/end labels), ``qa_answers`` (the best
   legal span over a question's windows, and its scores), ``squad_metrics`` (the official EM/F1 definitions, pure Python).
 - ``lm``: causal-LM corpora tokenised, packed into blocks and cut into evaluation windows; the next-token NLL (torch).
+- ``lm_text``: how a causal-LM score was measured, in the one wording `run`, the model card and the report print.
 
 May import: the bottom layer only (``config``, ``errors``, ``plugins``, ``hashing``). Importing this package imports
 neither torch nor numpy: ``tasks`` is YAML, and ``distilbench report`` reads it.

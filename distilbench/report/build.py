@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..data.lm_text import PERPLEXITY, windows_text
 from .csvs import CELLS_HEADER, write_csvs  # noqa: F401 - CELLS_HEADER: the cells.csv columns (tests import it here)
 from .format import Grid, extra_of
 from .sections import cells_section, inits_section, objectives_section, plots_section, significance_section
@@ -135,14 +136,8 @@ def _lm_evaluation(rows: list[dict]) -> list[str]:
         if lm.get("eval_stride") is not None:
             found.add((str(r.get("task")), lm.get("eval_max_length"), lm["eval_stride"], lm.get("windows"),
                        lm.get("tokens")))
-    out = []
-    for task, length, stride, windows, tokens in sorted(found, key=str):
-        kind = ("non-overlapping" if stride == length
-                else f"sliding: every scored token has at least {length - stride} tokens of context")
-        count = f"; {windows:,} windows, {tokens:,} tokens scored" if windows and tokens else ""
-        out.append(f"- **Evaluation `{task}`:** perplexity = exp(mean next-token NLL) over the whole test text, "
-                   f"windows of {length} tokens every {stride} ({kind}){count}")
-    return out
+    return [f"- **Evaluation `{task}`:** {PERPLEXITY}, {windows_text(length, stride, windows, tokens)}"
+            for task, length, stride, windows, tokens in sorted(found, key=str)]
 
 
 def _versions(rows: list[dict]) -> str:

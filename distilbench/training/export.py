@@ -41,6 +41,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..data.lm_text import evaluation_text
 from ..errors import UsageError
 
 CARD, META = "README.md", "distilbench.json"
@@ -229,10 +230,10 @@ def _score_lines(meta: Mapping) -> list[str]:
     dev, kind = meta["dev"], meta["family"]
     teacher = dev["teacher"] or {}
     if kind == LM:
-        heading = (f"## Dev scores ({meta['task']} dev, {dev['tokens']} tokens scored in {dev['windows']} windows of "
-                   f"{dev['eval_max_length']} tokens every {dev['eval_stride']}, best epoch {meta['best_epoch']})")
-        note = ("Perplexity = exp(mean next-token NLL) over the whole dev text, in its own units: **lower is better**; "
-                "NLL in nats per token.")
+        heading = f"## Dev scores ({meta['task']} dev, {dev['windows']} windows, best epoch {meta['best_epoch']})"
+        described = evaluation_text(dev)  # the same words as `run`'s summary and the report
+        note = (f"{described[0].upper()}{described[1:]}. Perplexity is in its own units: **lower is better**; NLL in "
+                "nats per token.")
         names = [k for k in LM_TABLE if k in dev["metrics"]]
     else:
         unit = "questions" if kind == QA else "examples"
