@@ -5,7 +5,7 @@ window length, stride, windows and tokens scored); they read it from here so tha
 """
 from __future__ import annotations
 
-PERPLEXITY = "perplexity = exp(mean next-token NLL) over the whole test text"  # every LM task's dev file is its test text
+_SCORE = "perplexity = exp(mean next-token NLL) over the whole test text"  # every LM task's dev file is its test text
 
 
 def windows_text(max_length: int | None, stride: int | None, windows: int | None = None,
@@ -23,5 +23,5 @@ def windows_text(max_length: int | None, stride: int | None, windows: int | None
 def evaluation_text(lm: dict) -> str:
     """The whole description from a row's ``extra['lm']`` block (``eval_max_length``, ``eval_stride``, ``windows``,
     ``tokens``)."""
-    return f"{PERPLEXITY}, " + windows_text(lm.get("eval_max_length"), lm.get("eval_stride"), lm.get("windows"),
+    return f"{_SCORE}, " + windows_text(lm.get("eval_max_length"), lm.get("eval_stride"), lm.get("windows"),
                                             lm.get("tokens"))

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data.lm_text import PERPLEXITY, windows_text
+from ..data.lm_text import evaluation_text
 from .csvs import CELLS_HEADER, write_csvs  # noqa: F401 - CELLS_HEADER: the cells.csv columns (tests import it here)
 from .format import Grid, extra_of
 from .sections import cells_section, inits_section, objectives_section, plots_section, significance_section
@@ -130,14 +130,9 @@ def _provenance(cells) -> list[tuple[str, str]]:
 def _lm_evaluation(rows: list[dict]) -> list[str]:
     """Per causal-LM task, how its perplexity was measured, from the stored rows (issue 21: the stride in every
     report): window length, stride, windows and tokens scored; one line per distinct setting."""
-    found = set()
-    for r in rows:
-        lm = extra_of(r).get("lm") or {}
-        if lm.get("eval_stride") is not None:
-            found.add((str(r.get("task")), lm.get("eval_max_length"), lm["eval_stride"], lm.get("windows"),
-                       lm.get("tokens")))
-    return [f"- **Evaluation `{task}`:** {PERPLEXITY}, {windows_text(length, stride, windows, tokens)}"
-            for task, length, stride, windows, tokens in sorted(found, key=str)]
+    found = {(str(r.get("task")), evaluation_text(lm)) for r in rows
+             if (lm := extra_of(r).get("lm") or {}).get("eval_stride") is not None}
+    return [f"- **Evaluation `{task}`:** {text}" for task, text in sorted(found)]
 
 
 def _versions(rows: list[dict]) -> str:
