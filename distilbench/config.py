@@ -40,6 +40,11 @@ class RunConfig:
     objective: str = _f("kd", "distillation objective (see `distilbench ls objectives`); `none` = plain fine-tuning.", group=OBJECTIVES)
     teacher: str = _f("mpnet-base", "teacher: an embedded alias (mpnet-base, minilm-l6), a hub id or a local path.", group=MODELS)
     student: str | None = _f(None, "student model: alias, hub id or path; shorthand for --init pretrained:MODEL.", group=MODELS)
+    pooling: str | None = _f(None, "sentence representation of teacher and student for sentence tasks (the classification or "
+                                   "regression head, hid-cls, hid-cls-contrast, TED's filter heads): cls (first token) | mean (over the "
+                                   "real tokens). Default: each model's own (`distilbench ls models`: mean for the embedded "
+                                   "sentence-transformers, cls for MLM-pretrained models). Stored in every row.", group=MODELS,
+                             choices=("cls", "mean"))
     init: str = _f("first-k", "student initialisation: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL.", group=MODELS)
     student_layers: int = _f(3, "number of student layers for every-k / first-k / last-k / random.", group=MODELS)
     seeds: int = _f(1, "run seeds 0..N-1 (paired: seed k gives every objective the same data order and init).", group=TRAINING)
@@ -124,7 +129,7 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
         for f in dataclasses.fields(self):  # the flags refuse these too; a YAML value arrives here unchecked
             accepted = f.metadata.get("choices")
-            if accepted and getattr(self, f.name) not in accepted:
+            if accepted and getattr(self, f.name) is not None and getattr(self, f.name) not in accepted:
                 raise UsageError(f"--{f.name.replace('_', '-')} must be one of {', '.join(accepted)} (got {getattr(self, f.name)!r})")
         if self.teacher_topk is not None and self.teacher_topk < 1:
             raise UsageError(f"--teacher-topk must be >= 1 (got {self.teacher_topk})")
@@ -174,7 +179,8 @@ def check_folder(flag: str, value: str) -> None:
 # what a run is (its cell and seeds) or where and how it runs and reports: never "settings" of what it measured.
 # --mixed-precision is a request (auto decides per machine): the precision it resolved to is what a row records
 # (``precision`` in its settings when not fp32, see training.plan.run_settings)
-_NOT_SETTINGS = ("task", "objective", "teacher", "student", "init", "seeds", "seed_list", "data_dir", "results", "force",
+# --pooling: the pooling it resolved to is recorded instead (``pooling`` in a row's identity and extra, in report headers)
+_NOT_SETTINGS = ("task", "objective", "teacher", "student", "init", "pooling", "seeds", "seed_list", "data_dir", "results", "force",
                  "baseline", "progress", "cpu", "teachers", "workers", "mixed_precision",
                  "save_students")
 

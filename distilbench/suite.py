@@ -13,12 +13,14 @@ A suite file is plain YAML data::
     settings: {student_layers: 3}      # RunConfig options for every scale (`distilbench run --help`); `team: [A, B]`
                                        # sets --teachers of the multi-teacher objectives (autoskd, skd, avgkd) only
     task_settings: {sst2: {max_train_examples: 2000}}
+    claims:                            # what the report's cells test: verdicts computed by distilbench.results.claims
+      - {id: ted-lwd, paper: 001 Table 2, claim: TED beats LWD, paper_numbers: "QNLI 93.1 vs 92.9", better: ted, worse: lwd}
     scales:                            # --scale NAME picks one; its keys override the ones above
       cpu: {epochs: 2}
       paper: {teachers: [FacebookAI/roberta-base], epochs: 10, task_settings: {sst2: {max_train_examples: null}}}
 
 A scale holds RunConfig options plus, optionally, its own ``tasks``, ``objectives``, ``inits``, ``teachers``,
-``seeds`` and ``task_settings``. Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
+``seeds``, ``task_settings`` and ``claims`` (which replace the suite's: its cells may be labelled differently). Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
 ``task_settings`` (suite, then scale) < command-line flags < the grid (task, objective and an objective entry's
 own options, init, teacher, seeds). Two entries of one objective are told apart in the report by the options that
 differ (``ted [ted_teacher_filters=random]``).
@@ -46,9 +48,10 @@ from rich.markup import escape  # a cell label such as "ted [beta=1.0]" is text,
 from .config import RunConfig, _coerce
 from .data.tasks import task_run_defaults
 from .errors import TrainingDiverged, UsageError
+from .results.claims import parse_claims
 
 GRID = ("tasks", "objectives", "inits", "teachers", "seeds")
-TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales")
+TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales", "claims")
 # RunConfig fields a suite sets per cell itself: never options in the YAML or on the command line
 CELL_FIELDS = ("task", "objective", "init", "teacher", "student", "seeds", "seed_list", "baseline")
 SUITE_FLAGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in CELL_FIELDS)
@@ -69,6 +72,7 @@ class Suite:
     settings: dict[str, Any]  # merged options of every cell (before task_settings)
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # command-line flags
+    claims: list = field(default_factory=list)  # what the report's cells test (distilbench.results.claims), as written
     entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (objective, its own options) per cell;
     # default: each of ``objectives`` with none
 
@@ -152,7 +156,7 @@ def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[s
         name = str(key).replace("-", "_")
         if name == "team":  # the team of multi-teacher objectives (RunConfig.teachers; `teachers` is the grid's axis)
             options["teachers"] = _coerce("teachers", ",".join(map(str, value)) if isinstance(value, list) else value, where)
-        elif allow_grid and name in (*GRID, "task_settings"):
+        elif allow_grid and name in (*GRID, "task_settings", "claims"):
             grid[name] = value
         elif name in CELL_FIELDS:
             hint = {"student": "list it in inits as pretrained:MODEL", "baseline": "list none in objectives"}.get(
@@ -161,7 +165,7 @@ def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[s
         elif name in known:
             options[name] = _coerce(name, value, where)
         else:
-            accepted = sorted(known - set(CELL_FIELDS)) + (list(GRID) + ["task_settings"] if allow_grid else [])
+            accepted = sorted(known - set(CELL_FIELDS)) + (list(GRID) + ["task_settings", "claims"] if allow_grid else [])
             raise UsageError(f"{where}: unknown option {key!r}; accepted: {', '.join(accepted)}")
     return options, grid
 
@@ -231,7 +235,12 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
     stray = sorted(set(task_settings) - set(tasks))
     if stray:
         raise UsageError(f"suite {path}: task_settings for {', '.join(stray)}, which is not in tasks ({', '.join(tasks)})")
-    return Suite(name=str(data.get("name") or path.stem), path=path, scale=scale,
+    claims = scale_grid["claims"] if "claims" in scale_grid else data.get("claims")  # a scale's own replace the suite's
+    try:  # checked now, before anything trains; the report computes their verdicts
+        parse_claims(claims, f"suite {path}" + (f": scales.{scale}" if "claims" in scale_grid else ""))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return Suite(name=str(data.get("name") or path.stem), path=path, scale=scale, claims=list(claims or []),
                  description=str(data.get("description") or "").strip(), tasks=tasks,
                  objectives=list(dict.fromkeys(name for name, _ in entries)), entries=entries,
                  inits=_str_list(grid["inits"], f"suite {path}: inits"),
@@ -313,7 +322,8 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
         report = build_report(rows, out, command=command, results=display(configs[0].results),
                               title=f"{suite.name} ({suite.scale} scale)" + (f": {suite.description}" if suite.description else ""),
                               orders={"tasks": suite.tasks, "objectives": suite.objectives,
-                                      "inits": list(dict.fromkeys(r["init"] for r in rows))})
+                                      "inits": list(dict.fromkeys(r["init"] for r in rows))},
+                              claims=suite.claims or None)
     return SuiteResult(report, failed)
 
 

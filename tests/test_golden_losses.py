@@ -31,7 +31,7 @@ def outputs(d: int, layers: int, seed: int, n_out: int) -> Outputs:
     return Outputs(r(B, n_out), hidden, att)
 
 
-def loss_of(name: str, task: str = "rte", stage_name: str | None = None) -> tuple[float, dict[str, float]]:
+def loss_of(name: str, task: str = "rte", stage_name: str | None = None, pooling: str = "cls") -> tuple[float, dict[str, float]]:
     """The objective's loss and unweighted terms at one of its stages (default: the last) on the fixed tensors."""
     t = get_task(task)
     n_out = 1 if t.regression else t.num_labels
@@ -39,7 +39,8 @@ def loss_of(name: str, task: str = "rte", stage_name: str | None = None) -> tupl
     torch.manual_seed(0)
     multi = getattr(get_objective(name), "multi_teacher", False)
     ctx = Context(t, cfg, PAIRS, DS, DT, num_teachers=3 if multi else 1, student_heads=H, teacher_heads=H, seed=0,
-                  team=[{"name": f"t{i}", "params": 100 * (i + 1), "select_score": 0.5 + 0.1 * i} for i in range(3)] if multi else [])
+                  team=[{"name": f"t{i}", "params": 100 * (i + 1), "select_score": 0.5 + 0.1 * i} for i in range(3)] if multi else [],
+                  pooling=pooling, teacher_pooling=pooling)
     obj = get_objective(name)(ctx)
     s = outputs(DS, 3, 1, n_out)
     teachers = [outputs(DT, 6, 2 + i, n_out) for i in range(3 if multi else 1)]
@@ -110,3 +111,34 @@ def test_golden_loss(name, task, stage):
     assert set(terms) == set(want_terms)
     for k, v in terms.items():
         assert v == pytest.approx(want_terms[k], rel=4e-7, abs=1.5e-6), (name, task, stage, k, v)
+
+
+# The same tensors with mean-pooled models (distilbench.models.pooling): only the terms that read the sentence
+# representation move (Hid-CLS, Hid-CLS-Contrast, TED's filter heads in Stage I and ted-kl's in Stage II); TED's
+# Stage II MSE compares every token and stays as it was.
+GOLDEN_MEAN = {
+    ("hid-cls", "rte", "distil"): (1.992717, {"hid-cls": 0.776697, "ce": 0.469041, "kd": 0.186744}),
+    ("hid-cls", "stsb", "distil"): (3.976587, {"hid-cls": 0.776697, "ce": 0.849741, "kd": 2.350148}),
+    ("hid-cls-contrast", "rte", "distil"): (4.728380, {"hid-cls-contrast": 3.512361, "ce": 0.469041, "kd": 0.186744}),
+    ("hid-cls-contrast", "stsb", "distil"): (6.712251, {"hid-cls-contrast": 3.512361, "ce": 0.849741, "kd": 2.350148}),
+    ("ted", "rte", "filters"): (4.192152, {"filters_t": 2.155921, "filters_s": 2.036231}),
+    ("ted", "stsb", "filters"): (2.248297, {"filters_t": 1.325391, "filters_s": 0.922906}),
+    ("ted-kl", "rte", "filters"): (4.192152, {"filters_t": 2.155921, "filters_s": 2.036231}),
+    ("ted-kl", "rte", "distil"): (10.367163, {"ted-kl": 0.091511, "ce": 0.469041, "kd": 0.186744}),
+    ("ted-kl", "stsb", "filters"): (2.248297, {"filters_t": 1.325391, "filters_s": 0.922906}),
+    ("ted-kl", "stsb", "distil"): (13.629511, {"ted-kl": 0.104296, "ce": 0.849741, "kd": 2.350148}),
+}
+
+
+@pytest.mark.parametrize("name, task, stage", sorted(GOLDEN))
+def test_golden_loss_mean_pooled(name, task, stage):
+    loss, terms = loss_of(name, task, stage, pooling="mean")
+    want_loss, want_terms = GOLDEN_MEAN.get((name, task, stage), GOLDEN[(name, task, stage)])
+    assert loss == pytest.approx(want_loss, rel=4e-7, abs=1.5e-6), (name, task, stage, loss)
+    for k, v in terms.items():
+        assert v == pytest.approx(want_terms[k], rel=4e-7, abs=1.5e-6), (name, task, stage, k, v)
+
+
+def test_only_objectives_that_read_the_sentence_representation_depend_on_pooling():
+    assert {n for n, *_ in GOLDEN_MEAN} == {n for n, *_ in GOLDEN if get_objective(n).reads_sentence}
+    assert all(get_objective(n).reads_sentence for n, *_ in GOLDEN_MEAN)

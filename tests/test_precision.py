@@ -137,11 +137,11 @@ GOLDEN = {"run_key": "6a66053a12feeefb", "config_hash": "bc220532127035f5", "tea
 def _keys(monkeypatch, precision_: str | None) -> dict[str, str]:
     """Every key a run makes, for fixed inputs; ``None`` calls each function without the new argument."""
     monkeypatch.setattr(teacher, "model_fingerprint", lambda name: "w" * 16)
-    cfg = RunConfig().validate()
+    cfg = RunConfig(pooling="cls").validate()  # first-token heads: the pooling of every row stored before it was recorded
     task = get_task("rte")
     dev = [Example(i, f"a{i}", f"b{i}", i % 2) for i in range(5)]
     train = [Example(i, f"t{i}", f"u{i}", i % 2) for i in range(7)]
-    plan = SimpleNamespace(cfg=cfg, task=task, init=parse_init("first-k", 12, 3), dev=dev)
+    plan = SimpleNamespace(cfg=cfg, task=task, init=parse_init("first-k", 12, 3), dev=dev, pooling="cls")
     record = teacher.TeacherRecord("mpnet-base", "tkey0123", Path("/nonexistent"), {})
     enc = Encoded(train, [[1, 2, 3]] * 7, None, 0)
     p = {} if precision_ is None else {"precision": precision_}

@@ -13,7 +13,7 @@ import sys
 
 from ..allocator import tune as tune_allocator
 from ..errors import TrainingDiverged, UsageError
-from . import export, ls, report, run, search, suite
+from . import export, findings, ls, report, run, search, suite
 from .flags import Parser, add_config_flags  # noqa: F401 - the flags every command shares
 from .run import RUN_EXAMPLES  # noqa: F401
 from .suite import SUITE_EXAMPLES  # noqa: F401
@@ -29,6 +29,7 @@ def make_parser() -> Parser:
     export.add_parser(sub)
     ls.add_parser(sub)
     report.add_parser(sub)
+    findings.add_parser(sub)
     suite.add_parser(sub)
     return parser
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             return ls.main(args["what"])
         if command == "export":
             return export.main(args)
+        if command == "findings":
+            return findings.main(args)
         if command == "report":
             return report.main(args, given)
         if command == "suite":

@@ -29,7 +29,8 @@ def main(what: str) -> int:
         for name in MODELS:
             try:
                 d = describe(name)
-                print(f"{name}\t{d.get('architecture')}\t{d.get('layers')} layers\thidden {d.get('hidden')}\t{d.get('path')}")
+                print(f"{name}\t{d.get('architecture')}\t{d.get('layers')} layers\thidden {d.get('hidden')}\t"
+                      f"pooling {d.get('pooling')}\t{d.get('path')}")
             except UsageError as exc:
                 print(f"{name}\tnot installed: {exc}")
     return 0

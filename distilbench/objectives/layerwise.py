@@ -120,6 +120,7 @@ def combine(spec: str, get) -> type[Objective]:
                       attentions=any(c.needs.attentions for _, c in parts),
                       token_aligned=any(c.needs.token_aligned for _, c in parts))
         params = tuple(dict.fromkeys(p for _, c in parts for p in c.params))
+        reads_sentence = any(c.reads_sentence for _, c in parts)
         search_space = {k: v for _, c in parts for k, v in c.space().items()}
 
         def __init__(self, ctx: Context):

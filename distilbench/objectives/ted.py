@@ -1,7 +1,8 @@
 """TED: task-aware layer-wise distillation (Liang et al. 2023, paper 001), two declared stages.
 
 Stage I (Eq. 4-5), ``filters``, shared across student seeds and cached beside the teacher: the models are frozen;
-for each layer pair k a filter g^k with a task head (softmax classifier, or a regression head, at [CLS]; for extractive QA
+for each layer pair k a filter g^k with a task head (softmax classifier, or a regression head, on the model's sentence
+representation: [CLS], or the mean over real tokens for a mean-pooled model, ``--pooling``; for extractive QA
 the task's own span head, a Linear(d_t, 2) giving start/end scores on every token) is trained on the task loss, all K
 jointly: ``min_W sum_k l(head_k(g_t^k(H_t^{M(k)}))[CLS])``. Teacher filters map d_t -> d_t, student filters
 d_s -> d_t (§5.3). With a student initialised from teacher layers (A.4 case 2.2) the student's filter k is by default a
@@ -98,6 +99,7 @@ class TED(LayerObjective):
     version = "1.0"
     paper = "Liang et al. 2023 (TED), Eq. 4-7: task-aware filters (Stage I), then L + a1*KD + a2*sum_k MSE(g_t, g_s)"
     needs = Needs(logits=True, hidden_states=True, token_aligned=True)
+    reads_sentence = True  # the filters' classification heads (Stage I; ted-kl's Stage II too)
     params = LayerObjective.params + ("ted_filter", "ted_student_filters", "ted_teacher_filters", "ted_filter_epochs",
                                       "ted_filter_lr", "ted_finetune_student")
     use_kl = False
@@ -195,10 +197,10 @@ class TED(LayerObjective):
         mask, labels = batch["attention_mask"], batch["labels"]
         terms = {}
         if self.ctx.config.ted_teacher_filters == "trained":
-            terms["filters_t"] = sum(self.task_loss(h(self._pool(f(teacher.hidden_states[t], mask))), labels, mask)
+            terms["filters_t"] = sum(self.task_loss(h(self._pool(f(teacher.hidden_states[t], mask), batch, True)), labels, mask)
                                      for (_, t), f, h in zip(self.ctx.layer_map, self.t_filters, self.t_heads))
         if self.student_mode == "train":
-            terms["filters_s"] = sum(self.task_loss(h(self._pool(f(student.hidden_states[s], mask))), labels, mask)
+            terms["filters_s"] = sum(self.task_loss(h(self._pool(f(student.hidden_states[s], mask), batch)), labels, mask)
                                      for (s, _), f, h in zip(self.ctx.layer_map, self.s_filters, self.s_heads))
         loss = sum(terms.values())
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
@@ -209,7 +211,7 @@ class TED(LayerObjective):
         gs = self.s_filters[k](student.hidden_states[s], mask)
         if not self.use_kl:  # Eq. 6: MSE(g_t^k, g_s^k)
             return masked_mse(student=gs, teacher=gt, mask=mask)
-        zs, zt = self.s_heads[k](self._pool(gs)), self.t_heads[k](self._pool(gt))  # Remark 3.2: the heads' predictions
+        zs, zt = self.s_heads[k](self._pool(gs, batch)), self.t_heads[k](self._pool(gt, batch, True))  # Remark 3.2: the heads' predictions
         if self.span:  # start/end distributions over the window's real tokens, as kd compares them
             return span_kl(student=zs, teacher=zt, mask=mask)
         if self.lm:  # at every real position: next-token distributions
@@ -218,10 +220,11 @@ class TED(LayerObjective):
             return F.mse_loss(zs.float(), zt.float())
         return logit_kl(student=zs, teacher=zt)
 
-    def _pool(self, h: torch.Tensor) -> torch.Tensor:
-        """What a filter's head reads: the [CLS] position for a classification head, every position for extractive QA's
-        span head ([B, L, 2] scores) and for an LM head."""
-        return h if (self.lm or self.span) else h[:, 0]
+    def _pool(self, h: torch.Tensor, batch: dict, teacher: bool = False) -> torch.Tensor:
+        """What a filter's head reads: the model's sentence representation for a classification head (position 0, or
+        the mean over the real tokens for a mean-pooled model: ``Objective.sentence``), every position for extractive
+        QA's span head ([B, L, 2] scores) and for an LM head."""
+        return h if (self.lm or self.span) else self.sentence(h, batch, teacher)
 
     def report(self) -> dict:
         n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())

@@ -54,7 +54,7 @@ from .tables import modal_n_of, per_example_section, score_sections, settings_he
 from .theta import theta_section
 
 _GENERATED = ("README.md", "cells.csv", "comparisons.csv", "report.json")
-_OPTIONAL = ("per_example.csv",)  # written only with --per-example; removed on a rebuild without it
+_OPTIONAL = ("per_example.csv", "claims.csv")  # written only with --per-example / declared claims; removed otherwise
 _GENERATED_GLOBS = ("scores-*.png", "inits-*.png", "significance-*.png", "theta-*.png", "pareto-*.png")
 
 
@@ -75,11 +75,13 @@ def with_checks(cells, rows) -> list:
     import dataclasses
 
     from ..results.chance import check_rows
+    from ..results.pooling import first_token_caveat
     from ..results.rows import rows_by_cell
 
     by = rows_by_cell(rows)
     return [dataclasses.replace(c, chance=_lm_check(c, cells, by) if not c.higher_is_better else check_rows(by[c.key]),
-                                settings=_settings_of(by[c.key])) for c in cells]
+                                settings=_settings_of(by[c.key]), pooling_caveat=first_token_caveat(by[c.key]))
+            for c in cells]
 
 
 def _lm_check(cell, cells, by):
@@ -125,6 +127,28 @@ def _provenance(cells) -> list[tuple[str, str]]:
         if note:
             out.append((t, note))
     return out
+
+
+def _pooling(rows: list[dict]) -> list[str]:
+    """Which sentence representation the sentence-task cells' heads (and Hid-CLS, TED's filter heads) read, from the
+    rows: rows stored before the pooling was recorded used the first token (cls)."""
+    from ..errors import UsageError
+    from ..data.tasks import get_task
+
+    found: dict[str, int] = {}
+    for r in rows:
+        try:
+            if get_task(str(r.get("task"))).family != "sequence-classification":
+                continue
+        except UsageError:
+            pass
+        mode = extra_of(r).get("pooling") or "cls"
+        found[mode] = found.get(mode, 0) + 1
+    if not found:
+        return []
+    words = {"cls": "cls (the first token)", "mean": "mean (over the real tokens)"}
+    text = "; ".join(f"{words.get(m, m)}: {n} run{'s' if n != 1 else ''}" for m, n in sorted(found.items()))
+    return [f"- **Pooling (the sentence representation of heads, Hid-CLS and TED's filter heads):** {text}"]
 
 
 def _lm_evaluation(rows: list[dict]) -> list[str]:
@@ -179,6 +203,7 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         "`cells.csv`",
         f"- **Settings that differ from the defaults:** {settings_heading(cells) or 'none'}",
         *[f"- **Task `{t}`:** {p}" for t, p in _provenance(cells)],
+        *_pooling(rows),
         *_lm_evaluation(rows),
         # a causal LM's from-scratch teacher (distilbench.models.scratch), said wherever its results are shown
         *sorted({f"- **Teacher `{r['teacher']}`:** {(extra_of(r).get('lm') or {})['teacher_note']}" for r in rows
@@ -215,9 +240,15 @@ def _clear(out: Path) -> None:
             stale.unlink()
 
 
+def _write_inputs(out: Path, inputs: dict) -> None:
+    """``report.json``: what a rebuild needs to write the same report (``distilbench report DIR``)."""
+    (out / "report.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def build_report(rows: Any, out: str | Path, *, command: str, results: str | None = None,
                  orders: dict[str, Sequence[str]] | None = None, title: str | None = None,
-                 date: datetime | None = None, per_example: int = 0, folder: str | None = None) -> Report:
+                 date: datetime | None = None, per_example: int = 0, folder: str | None = None,
+                 claims: list | None = None) -> Report:
     """Write the report of ``rows`` (``ResultsStore.rows()`` or ``.dataframe()``) into ``out``; print nothing.
 
     ``command``: the exact command line to print in the header. ``orders``: preferred order of ``tasks``,
@@ -225,9 +256,14 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     for the per-example tests of :mod:`distilbench.results.per_example` (section 3.3 and ``per_example.csv``); 0
     leaves them out. ``folder``: the report folder as the ``Rebuild:`` line and ``report.json`` name it (default
     ``out``; a rebuild of a moved copy passes the name it was first written under, so that every file comes out the
-    same).
+    same). ``claims``: the declared claims (plain data, a suite's ``claims:``; :mod:`distilbench.results.claims`),
+    whose computed verdicts open the README and fill ``claims.csv``; kept in ``report.json`` for a rebuild.
     """
+    from ..results.claims import evaluate, parse_claims
     from ..results.stats import compare
+    from .claims import claims_section, write_claims_csv
+
+    declared = parse_claims(claims, "the report's claims")
 
     orders = dict(orders or {})
     rows, cells, profiles = _checked_cells(rows, results)
@@ -238,6 +274,7 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     sections = score_sections(cells, orders)
     md = header(rows, cells, command=command, results=results, title=title, folder=folder,
                 date=date or datetime.now(timezone.utc), modal_n=modal_n)
+    claims_at = len(md)  # the claims section opens the report, once the per-example tests it shows are known
     part, tables = objectives_section(sections, profiles, orders, modal_n)
     md += part
     part, init_tables = inits_section(cells, orders, modal_n)
@@ -252,16 +289,20 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
 
         examples = compare_examples(rows, comparisons, per_example)
         md += per_example_section(examples, per_example, orders)
+    md[claims_at:claims_at] = claims_section(verdicts := evaluate(declared, cells, examples) if declared else [])
     part, plot_files, pareto = plots_section(out, cells, sections, profiles, orders, significance)
     md += part + cells_section(cells, orders)
     theta_md, theta_files = theta_section(rows, out)
     (out / "README.md").write_text("\n".join(md + theta_md), encoding="utf-8")
-    inputs = {"command": command, "title": title, "results": results, "folder": folder,
-              "orders": {k: list(v) for k, v in sorted(orders.items())}}
-    inputs.update({"per_example": per_example} if per_example else {})
-    (out / "report.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    _write_inputs(out, {"command": command, "title": title, "results": results, "folder": folder,
+                        "orders": {k: list(v) for k, v in sorted(orders.items())},
+                        **({"per_example": per_example} if per_example else {}),
+                        **({"claims": [c.as_dict() for c in declared]} if declared else {})})
     write_csvs(out, cells, profiles, comparisons, examples if per_example else None)
+    if declared:
+        write_claims_csv(out, verdicts)
     files = ([out / n for n in _GENERATED] + ([out / "per_example.csv"] if per_example else [])
+             + ([out / "claims.csv"] if declared else [])
              + [out / name for name, _ in significance] + plot_files + theta_files)
     return Report(out, cells, comparisons, tables + init_tables, files, pareto, examples)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .format import ALPHA, Grid, fnum, slug, task_order
 from .plots import init_figures, pareto_plots, plot_scores, plot_significance
-from .tables import (chance_notes, detectable_line, inits_table, objectives_table, settings_heading,
+from .tables import (chance_notes, pooling_notes, detectable_line, inits_table, objectives_table, settings_heading,
                      significance_grid, size_speed_section)
 
 Figures = list[tuple[str, str]]  # (file name, caption) per figure
@@ -27,7 +27,7 @@ def objectives_section(sections, profiles: dict, orders: dict, modal_n: int) -> 
         md += [f"### 1.{k} {heading}" if multi else f"### {heading}", ""]
         md += [f"Settings that differ from the defaults: {cut}.", ""] if cut else []
         md += ["**Bold**: best in the column among cells above chance. Avg: mean over the tasks, only for rows with "
-               "every task.", "", grid.markdown(), "", *chance_notes(members, orders)]
+               "every task.", "", grid.markdown(), "", *chance_notes(members, orders), *pooling_notes(members)]
         md += size_speed_section(members, profiles, orders, defined)
         defined = defined or any(profiles[c.key].runs for c in members)
     return md, tables

@@ -69,6 +69,16 @@ def chance_notes(cells, orders: dict) -> list[str]:
     return [line for x in lines for line in (x, "")]
 
 
+def pooling_notes(cells) -> list[str]:
+    """Lines under a score table naming the cells that cannot test a claim about their objective because they read
+    the first token of a mean-pooled model (:mod:`distilbench.results.pooling`)."""
+    flagged = sorted({c.label for c in cells if c.pooling_caveat})
+    if not flagged:
+        return []
+    why = next(c.pooling_caveat for c in cells if c.pooling_caveat)
+    return [f"**First-token heads:** {', '.join(f'`{x}`' for x in flagged)}: {why}; see docs/pooling.md.", ""]
+
+
 def _best(values: dict[Any, float], higher: bool) -> set:
     """Keys of the best value; NaN (a cell that may not be ranked) never wins."""
     finite = {k: v for k, v in values.items() if not math.isnan(v)}

@@ -164,6 +164,8 @@ class Cell:
     # that differ from the defaults ({name: value}), from the cell's rows
     chance: Any = field(default=None, hash=False, compare=False)
     settings: tuple[tuple[str, str], ...] = field(default=(), hash=False, compare=False)
+    # set by the report: why the cell cannot test a claim about its objective, from its rows (results.pooling), or None
+    pooling_caveat: str | None = field(default=None, hash=False, compare=False)
 
     @property
     def unranked(self) -> bool:
@@ -186,8 +188,9 @@ class Cell:
 def _flat(params: Mapping[str, Any]) -> dict[str, Any]:
     """The run identity flattened to name -> value (``hparams.epochs`` -> ``epochs``, ``objective_version`` -> ``v``).
     An identity without ``precision`` is fp32's (fp32 is left out of it), so two precisions of one objective are
-    labelled ``[precision=bf16]`` and ``[precision=fp32]``."""
-    out: dict[str, Any] = {"precision": "fp32"}
+    labelled ``[precision=bf16]`` and ``[precision=fp32]``; likewise an identity without ``pooling`` is a first-token
+    head's (``[pooling=cls]`` beside ``[pooling=mean]``; per-token tasks never differ in it)."""
+    out: dict[str, Any] = {"precision": "fp32", "pooling": "cls"}
     for k, v in params.items():
         if k in ("hparams", "objective_params") and isinstance(v, Mapping):
             out.update(v)

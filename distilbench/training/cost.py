@@ -57,8 +57,9 @@ def outputs_part(record: TeacherRecord, folder: Path, seconds: float | None) -> 
     return part("outputs", folder, record.path.parent, seconds)
 
 
-def record_stage(path: Path, seconds: float) -> None:
-    atomic_write_json(_sidecar(path), {"seconds": seconds})
+def record_stage(path: Path, seconds: float, history: list[dict] | None = None) -> None:
+    """The stage's seconds, and its epochs' losses (``history``: what every run that reads the stage then shows)."""
+    atomic_write_json(_sidecar(path), {"seconds": seconds, **({"history": history} if history else {})})
 
 
 def stage_parts(objective, shared, result, epochs: float, lr: float, root: Path, write: bool) -> tuple[list[dict], float]:
@@ -77,7 +78,7 @@ def stage_parts(objective, shared, result, epochs: float, lr: float, root: Path,
         if stage.name in result.stage_times and stage.name not in cached:  # trained here, not read from the cache
             own += result.stage_times[stage.name]
             if write:
-                record_stage(path, result.stage_times[stage.name])
+                record_stage(path, result.stage_times[stage.name], [h for h in result.history if h.get("stage") == stage.name])
         parts.append(part("stage", path, root, _seconds(_sidecar(path))))
     return parts, own
 

@@ -13,6 +13,7 @@ Objectives take part only through the hooks of :class:`distilbench.objectives.Ob
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -307,7 +308,11 @@ def _load_shared_stage(objective: Objective, stage: Stage, path: Path | None, re
     if path is None or not path.exists():
         return False
     objective.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    result.history.append({"stage": stage.name, "cached": str(path)})
+    try:  # the losses of the run that trained it (training.cost.record_stage), so every row shows how the stage went
+        trained = json.loads(path.with_suffix(".json").read_text()).get("history") or []
+    except (OSError, ValueError):
+        trained = []
+    result.history.append({"stage": stage.name, "cached": str(path), **({"trained": trained} if trained else {})})
     return True
 
 

@@ -15,11 +15,12 @@ from ..data.batching import BatchLoader, Encoded, eval_batches
 from ..data.tasks import Example, Task
 from ..models.inits import copy_layers, parse_init
 from ..models.loading import load_task_model, load_tokenizer
+from ..models.pooling import set_pooling
 from ..objectives import Context, Needs, Outputs, get_objective
 from .outputs import model_outputs
 from .qa_eval import span_scores
 from .qa_run import encode_for, is_qa, span_logits, window_settings
-from .teacher import split_for_teacher
+from .teacher import split_for_teacher, teacher_pooling
 from .trainer import Trainer
 
 
@@ -39,6 +40,9 @@ class TeacherInference:
         tokenizer = load_tokenizer(base)
         torch.manual_seed(cfg.teacher_seed)  # the new task head is random: the teacher seed fixes it
         net = load_task_model(base, task, attn_implementation=None)
+        pooling = teacher_pooling(cfg, model_name, task)
+        if pooling:  # its head reads this sentence representation; saved in its config, so the cached teacher keeps it
+            set_pooling(net, pooling)
         if init:  # a truncated teacher: those layers of the pretrained model, then fine-tuned like any teacher
             net, mapping = copy_layers(net, parse_init(init, net.config.num_hidden_layers, cfg.student_layers).layers, cfg.teacher_seed)
             for line in mapping:

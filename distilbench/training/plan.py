@@ -14,7 +14,7 @@ from ..data.batching import fingerprint, selection_split, subsample
 from ..data.tasks import Example, Task, get_task, load_split, resolve_data_dir
 from ..errors import UsageError
 from ..models.inits import InitPlan, parse_init
-from ..models.loading import load_tokenizer, model_config, model_fingerprint, resolve_model
+from ..models.loading import declared_pooling, load_tokenizer, model_config, model_fingerprint, resolve_model
 from ..objectives import Objective, get_objective
 from ..results.store import ResultsStore
 from .lm import check_lm_run, refuse_lm_family
@@ -40,6 +40,7 @@ class Plan:
     seeds: list[int]
     pairs: list[tuple[int, int]]
     team: list[str]  # multi-teacher objectives: canonical member names (NAME or NAME@layers:...)
+    pooling: str | None = None  # the student's sentence representation (sentence tasks only; distilbench.models.pooling)
 
 
 def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
@@ -65,6 +66,7 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
             raise UsageError(f"objective {main.name} compares token positions, but teacher {cfg.teacher} and student "
                              f"{init.pretrained} have different vocabularies; use a student initialised from the teacher's "
                              f"layers, or an objective that needs no token alignment (kd, hid-cls)")
+    pooling = student_pooling(cfg, task, init.pretrained)
     student_layers = (model_config(init.pretrained).num_hidden_layers
                       if init.pretrained else init.num_layers)
     pairs = distillation_pairs(cfg.layer_map, init, student_layers, teacher_config.num_hidden_layers)
@@ -76,7 +78,19 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
                          f"or a smaller --selection-fraction")
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
     return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, train_all,
-                dev, len(train_file), store, cfg.seed_values(), pairs, team)
+                dev, len(train_file), store, cfg.seed_values(), pairs, team, pooling)
+
+
+def student_pooling(cfg: RunConfig, task: Task, pretrained: str | None) -> str | None:
+    """The student's sentence representation: ``--pooling``, else its own model's (a pretrained student) or the
+    teacher's (a student built from the teacher's layers or config); None for per-token tasks (QA, causal LM), where
+    ``--pooling`` is refused."""
+    if task.family != "sequence-classification":
+        if cfg.pooling is not None:
+            raise UsageError(f"--pooling applies to sentence classification and regression; {task.name} is {task.family} "
+                             "(its heads read every token): leave --pooling out")
+        return None
+    return cfg.pooling or declared_pooling(pretrained or cfg.teacher)
 
 
 def lm_teacher_config(cfg: RunConfig):
@@ -136,6 +150,9 @@ def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord,
                                                       "max_grad_norm", "selection_fraction", "select_best_epoch", "max_train_examples")},
             **({"teacher_cache": "fp16"} if cfg.teacher_cache == "fp16" else {}),  # fp16 teacher outputs change results
             "dev": fingerprint(plan.dev), "seed": seed,
+            # a mean-pooled student (and teacher) computes other things; absent for cls, the pooling of every row
+            # stored before it was recorded, so their keys hold
+            **({"pooling": plan.pooling} if plan.pooling not in (None, "cls") else {}),
             **({"team": [r.key for r in team]} if team else {}),
             # bf16 changes results, so it makes another cell (never paired with fp32); absent for fp32, the precision
             # of every row stored before it was recorded, so their keys hold

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..hashing import stable_hash
+from ..models.loading import declared_pooling
 from ..objectives import Objective
 from .harness import TrainResult
 from .plan import Plan, run_settings
@@ -49,6 +50,10 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
                       "settings": run_settings(cfg, precision),  # what the table titles must say (cut-down data, ...)
                       "precision": precision,
+                      # the student's sentence representation (sentence tasks; None for QA and causal LM): rows stored
+                      # before it was recorded used first-token heads (report.format.pooling_of reads them as cls)
+                      "pooling": plan.pooling, "reads_sentence": type(objective).reads_sentence,
+                      "teacher_declared_pooling": declared_pooling(cfg.teacher) if plan.pooling else None,
                       "device": device, "main_score": task.main_score, "team": plan.team if fit.multi else None,
                       "stage_times_s": result.stage_times, "objective_report": objective.report(),
                       "student_params": sum(p.numel() for p in fit.student.parameters()),

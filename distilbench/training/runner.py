@@ -27,6 +27,7 @@ from ..errors import TrainingDiverged, UsageError
 from ..hashing import run_key
 from ..models.inits import build_student
 from ..models.loading import load_task_model, load_tokenizer
+from ..models.pooling import model_pooling, set_pooling
 from ..objectives import Context
 from . import cost
 from .harness import evaluate, make_accelerator, predict, train
@@ -276,9 +277,9 @@ class Runner:
 
     def _new_student(self, seed, teacher_net):
         """Seed ``seed``'s student built from its init, and the layer mapping it was copied with."""
-        task = self.plan.task
-        return build_student(self.plan.init, teacher_net, seed,
-                             lambda name: load_task_model(name, task, attn_implementation=None))
+        student, mapping = build_student(self.plan.init, teacher_net, seed,
+                                         lambda name: load_task_model(name, self.plan.task, attn_implementation=None))
+        return (set_pooling(student, self.plan.pooling) if self.plan.pooling else student), mapping
 
     def _build(self, objective_cls, seed, teacher_net, log: bool = True):
         """Seed ``seed``'s student (built from its init), its tokenizer, and the objective instance for it."""
@@ -297,7 +298,8 @@ class Runner:
                                           num_teachers=max(1, len(team_nets)),
                                           student_heads=student.config.num_attention_heads,
                                           teacher_heads=teacher_net.config.num_attention_heads, teacher_model=teacher_net,
-                                          seed=seed, team=team_info, student_params=sum(p.numel() for p in student.parameters())))
+                                          seed=seed, team=team_info, student_params=sum(p.numel() for p in student.parameters()),
+                                          pooling=model_pooling(student), teacher_pooling=model_pooling(teacher_net)))
         return student, tokenizer, objective, mapping, multi
 
     def _teacher_source(self, objective, record, teacher_net, own_tokens: bool, parts: list | None = None):

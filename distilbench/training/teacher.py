@@ -22,7 +22,7 @@ from ..config import RunConfig
 
 from ..hashing import stable_hash
 from ..data.batching import Encoded, encode, fingerprint, selection_split
-from ..models.loading import cache_dir, load_causal_lm, load_task_model, load_tokenizer, model_fingerprint
+from ..models.loading import cache_dir, declared_pooling, load_causal_lm, load_task_model, load_tokenizer, model_fingerprint
 from ..models.scratch import is_scratch, scratch_identity
 from .precision import identity_part
 from ..data.tasks import Example, Task
@@ -41,7 +41,15 @@ class TeacherRecord:
         return self.meta.get("dev", {}).get(dev_fp)
 
 
+def teacher_pooling(cfg: RunConfig, model: str, task: Task) -> str | None:
+    """A sentence task's teacher reads ``--pooling``, else its model's own sentence representation; None otherwise."""
+    if task.family != "sequence-classification":
+        return None
+    return cfg.pooling or declared_pooling(model)
+
+
 def teacher_identity(cfg: RunConfig, model: str, task: Task, train_fp: str, precision: str = "fp32") -> dict:
+    pooling = teacher_pooling(cfg, model, task)
     return {"format": TEACHER_FORMAT, "model": model, "weights": model_fingerprint(model.partition("@")[0]), "task": task.name,
             "task_version": task.version, "train": train_fp, "epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr,
             "batch_size": cfg.batch_size, "max_length": cfg.max_length, "warmup_ratio": cfg.warmup_ratio,
@@ -51,7 +59,9 @@ def teacher_identity(cfg: RunConfig, model: str, task: Task, train_fp: str, prec
             **({"micro_batch": cfg.teacher_micro_batch} if cfg.teacher_micro_batch else {}),
             **identity_part(precision),  # a bf16 fine-tuning makes other weights; absent for fp32 (older keys hold)
             # a from-scratch causal LM (scratch:SIZE): its shape and tokenizer too; absent otherwise (older keys hold)
-            **({"scratch": scratch_identity(model, cfg.bpe_vocab)} if is_scratch(model) else {})}
+            **({"scratch": scratch_identity(model, cfg.bpe_vocab)} if is_scratch(model) else {}),
+            # a mean-pooled head makes another teacher; absent for cls (older keys hold)
+            **({"pooling": pooling} if pooling not in (None, "cls") else {})}
 
 
 @contextmanager
