@@ -59,14 +59,13 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
-    if args.train_examples < 2:
-        raise SystemExit("--train-examples must be >= 2")
+    if args.train_examples < 2 or args.max_length < 2:
+        ap.error(f"--train-examples {args.train_examples} / --max-length {args.max_length}: each must be a count >= 2")
     torch.manual_seed(0)
     task = get_task(args.task)
     data_dir = resolve_data_dir(args.data_dir)
     train = subsample(load_split(task, "train", data_dir), args.train_examples)
     dev = load_split(task, "dev", data_dir)
-    text = lambda e: e.text_a if e.text_b is None else (e.text_a, e.text_b)
     majority = max(np.mean([e.label == c for e in dev]) for c in set(e.label for e in dev))
     print(f"task {task.name}: {len(train)} probe training examples, {len(dev)} dev examples, majority class "
           f"{100 * majority:.2f}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
@@ -74,11 +73,9 @@ def main() -> None:
         start = time.perf_counter()
         path = resolve_model(name)
         tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-        pair = lambda exs: [text(e) for e in exs]
-        to_texts = lambda exs: pair(exs) if exs[0].text_b is None else None
-        texts_tr, texts_dev = to_texts(train), to_texts(dev)
-        if texts_tr is None:
-            raise SystemExit(f"{task.name} is a sentence-pair task; this probe reads single sentences (use sst2 or cola)")
+        if train[0].text_b is not None:
+            ap.error(f"--task {task.name} is a sentence-pair task; this probe reads single sentences (sst2 or cola)")
+        texts_tr, texts_dev = [e.text_a for e in train], [e.text_a for e in dev]
         ftr, mtr = features(model, tokenizer, texts_tr, args.max_length)
         fdev, mdev = features(model, tokenizer, texts_dev, args.max_length)
         ytr, ydev = np.array([e.label for e in train]), np.array([e.label for e in dev])

@@ -17,10 +17,11 @@ ABOVE = ChanceResult(True, 50.0, 70.0, 0.001, 0.001, False)
 AT_CHANCE = ChanceResult(True, 50.0, 50.5, 0.4, 0.3, True)
 
 
-def cell(label, scores, teacher=80.0, chance=ABOVE, task="rte", init="layers:1,2,3", caveat=None, objective=None):
+def cell(label, scores, teacher=80.0, chance=ABOVE, task="rte", init="layers:1,2,3", caveat=None, objective=None,
+         revisions=("code:aaaa",)):
     return Cell(task, objective or label.split(" ")[0], init, "mpnet-base", f"mpnet-base[{init}]", f"h-{label}-{init}",
                 label, "s", "i", "accuracy", True, dict(enumerate(scores)), (teacher,), chance=chance,
-                pooling_caveat=caveat)
+                pooling_caveat=caveat, revisions=revisions)
 
 
 def claims(*pairs, distillation=True):
@@ -67,6 +68,38 @@ def test_first_token_heads_on_a_mean_pooled_model_are_not_testable():
     cells = [cell("hid-cls", BIG, caveat="not testable with first-token heads: ..."), cell("kd", SMALL)]
     r = evaluate(claims(("hid-cls", "kd")), cells)[0]
     assert r.verdict == "not testable" and "first-token heads" in r.reason
+
+
+def test_cells_of_different_training_code_keep_their_verdict_and_are_flagged():
+    same = evaluate(claims(("ted", "lwd")), [cell("ted", BIG), cell("lwd", SMALL)])[0]
+    assert same.verdict == "reproduced" and "flagged" not in same.reason
+    mixed = evaluate(claims(("ted", "lwd")), [cell("ted", BIG), cell("lwd", SMALL, revisions=("code:bbbb",))])[0]
+    assert mixed.verdict == "reproduced"
+    assert mixed.reason.endswith("flagged: cells computed by 2 versions of the training path (aaaa, bbbb)")
+    old = verdict(not_testable=[], n=3, diff=1.0, p_holm=0.5, detectable=3.0, revisions=("git:abc", "git:def-dirty"))
+    assert old[0] == "inconclusive" and "2 revisions (abc, def-dirty); the training path's code was not recorded" in old[1]
+    assert "flagged" in verdict(not_testable=["x at chance"], n=3, diff=1.0, p_holm=0.5, detectable=3.0,
+                                revisions=("code:a", "code:b"))[1]
+
+
+def test_the_training_path_fingerprint_ignores_prose_and_follows_code(tmp_path):
+    from distilbench.results.revisions import row_revision
+    from distilbench.training.provenance import code_fingerprint
+
+    fp = code_fingerprint.__wrapped__
+    (tmp_path / "training").mkdir()
+    loop = tmp_path / "training" / "loop.py"
+    loop.write_text('"""The loop."""\nx = 1  # one\n')
+    base = fp(tmp_path)
+    loop.write_text('"""The training loop, reworded."""\n# a comment\nx = 1\n')
+    assert fp(tmp_path) == base
+    (tmp_path / "training" / "export.py").write_text("y = 2\n")  # not on the training path
+    assert fp(tmp_path) == base
+    loop.write_text('"""The loop."""\nx = 2\n')
+    assert fp(tmp_path) != base and len(base) == 12
+    assert row_revision({"extra": {"code_fingerprint": base}, "git_rev": "abc"}) == f"code:{base}"
+    assert row_revision({"extra": "{}", "git_rev": "abc-dirty"}) == "git:abc-dirty"
+    assert row_revision({"extra": {}}) == "unknown"
 
 
 def test_significant_only_per_example_is_inconclusive_with_the_examples_beside_it():

@@ -173,7 +173,8 @@ EXPECTED = {
     },
     'hid-cls': {
         'version': '1.0',
-        'paper': 'Wang et al. 2023 §3 Hid-CLS (Sun et al. 2019b): sum over layer pairs of MSE(h_S[CLS] W_h, h_T[CLS])',
+        'paper': ('Wang et al. 2023 §3 Hid-CLS (Sun et al. 2019b): sum over layer pairs of MSE(h_S[CLS] W_h, h_T[CLS]); '
+                  "[CLS] = the model's sentence representation (--pooling)"),
         'params': ('temperature', 'alpha_kd', 'beta', 'schedule', 'layer_map'),
         'param_values': {'temperature': 2.0, 'alpha_kd': 1.0, 'beta': 1.0, 'schedule': 'joint', 'layer_map': 'init'},
         'needs': Needs(logits=True, hidden_states=True, attentions=False, token_aligned=False),
@@ -204,7 +205,7 @@ EXPECTED = {
     'hid-cls-contrast': {
         'version': '1.0',
         'paper': ('Wang et al. 2023 §3 Hid-CLS-Contrast (CoDIR, Sun et al. 2020a): InfoNCE on normalised [CLS], '
-                  'tau=0.07'),
+                  "tau=0.07; [CLS] = the model's sentence representation (--pooling)"),
         'params': ('temperature', 'alpha_kd', 'beta', 'schedule', 'layer_map'),
         'param_values': {'temperature': 2.0, 'alpha_kd': 1.0, 'beta': 1.0, 'schedule': 'joint', 'layer_map': 'init'},
         'needs': Needs(logits=True, hidden_states=True, attentions=False, token_aligned=False),

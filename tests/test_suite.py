@@ -112,7 +112,10 @@ def test_ted_suite_holds_table6_ablations_as_ted_cells_with_their_own_options():
     assert [label for label, _ in suite.cells()][5] == \
         "qnli-devsplit/ted [beta=1.0, ted_student_filters=random]/first-k/mpnet-base"
     table6 = load_suite(REPO / "benchmarks" / "ted-table2.yaml", "paper-table6")
-    assert table6.tasks == ["mnli", "sst2", "rte"] and len(table6.configs()) == 12
+    assert table6.tasks == ["mnli", "sst2", "rte"] and len(table6.configs()) == 15
+    # paper 001 Table 6's rows, in order: TED, Abl.1 (no W_s), Abl.2 (no W_t, W_s random), Abl.3, Abl.4 (no W_t, W_s trained)
+    assert [(c.ted_teacher_filters, c.ted_student_filters) for c in table6.configs()][:5] == [
+        ("trained", "copy"), ("trained", "none"), ("none", "random"), ("trained", "random"), ("none", "train")]
     assert all(c.epochs == 10 and c.student_layers == 6 and c.layer_map == "ted" for c in table6.configs())
 
 

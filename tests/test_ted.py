@@ -177,6 +177,8 @@ def test_cli_stage_one_runs_once_and_is_reused(tiny_run_args, tmp_path, monkeypa
     stage_one = [h for h in hist[0] if h["stage"] == "filters"]
     assert stage_one and hist[1][0] == {"stage": "filters", "cached": hist[1][0]["cached"], "trained": stage_one}
     assert rows[0]["extra"]["objective_report"]["filter_params_teacher"] == 2 * (32 * 32 + 32 + 32 * 2 + 2)
+    from distilbench.training.provenance import code_fingerprint
+    assert {r["extra"]["code_fingerprint"] for r in rows} == {code_fingerprint()}
     assert "filters" in rows[0]["extra"]["stage_times_s"]
     assert main(args[:2] + ["ted-kl"] + args[3:]) == 0  # ted-kl shares TED's Stage I cache
     kl = ResultsStore(tmp_path / "results.sqlite").rows(objective="ted-kl")
@@ -202,3 +204,99 @@ def test_default_beta_is_the_objectives_own_and_enters_the_identity():
     assert get_objective("ted").param_values(RunConfig(beta=7.0))["beta"] == 7.0
     _, _, _, ted, _ = _objective()
     assert ted.beta == 100.0 and ted.identity()["beta"] == 100.0
+
+
+def _trainable(ted):
+    """Which filter groups of a TED objective train now: names among t_filters, t_heads, s_filters, s_heads."""
+    groups = ("t_filters", "t_heads", "s_filters", "s_heads")
+    return {g for g in groups if any(p.requires_grad for p in getattr(ted, g).parameters())}
+
+
+# paper 001 Table 6: (options, what Stage I trains, what Stage II trains among the filters, how W_s starts Stage II)
+TABLE6 = {
+    "abl1": (dict(ted_student_filters="none"), {"t_filters", "t_heads"}, set(), "absent"),
+    "abl2": (dict(ted_teacher_filters="none", ted_student_filters="random"), None, {"s_filters"}, "random"),
+    "abl3": (dict(ted_student_filters="random"), {"t_filters", "t_heads"}, {"s_filters"}, "random"),
+    "abl4": (dict(ted_teacher_filters="none", ted_student_filters="train"), {"s_filters", "s_heads"}, {"s_filters"}, "stage I"),
+    "ted": (dict(), {"t_filters", "t_heads"}, {"s_filters"}, "copy"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(TABLE6))
+def test_table6_rows_train_exactly_their_filters(row):
+    options, stage_one, stage_two, start = TABLE6[row]
+    _, _, _, ted, _ = _objective(**options)
+    stages = ted.stages()
+    assert [s.name for s in stages] == (["distil"] if stage_one is None else ["filters", "distil"])
+    if stage_one is not None:
+        ted.begin_stage(stages[0])
+        assert _trainable(ted) == stage_one
+        assert stages[0].needs_student == ("s_filters" in stage_one)
+    initial = [p.detach().clone() for f in ted.s_filters for p in f.parameters()]
+    with torch.no_grad():  # what Stage I would have left: recognisable weights on the sides it trains
+        for group in stage_one or ():
+            for p in getattr(ted, group).parameters():
+                p.fill_(0.5)
+    ted.begin_stage(stages[-1])
+    assert _trainable(ted) == stage_two
+    s_weights = [p for f in ted.s_filters for p in f.parameters()]
+    if start == "absent":
+        assert not s_weights and ted.s_filters[0].arch == "identity"
+    elif start == "random":  # as initialised: neither a copy of the teacher's nor the identity (no silent override)
+        assert all(torch.equal(p, q) for p, q in zip(s_weights, initial))
+        assert not torch.equal(ted.s_filters[0].net.weight, torch.eye(16))
+        assert not torch.equal(ted.s_filters[0].net.weight, torch.full((16, 16), 0.5))
+    else:  # "stage I" (kept) or "copy" (from the teacher filter, which Stage I left at 0.5)
+        assert s_weights and all(torch.equal(p, torch.full_like(p, 0.5)) for p in s_weights)
+    teacher_side = [p for f in ted.t_filters for p in f.parameters()]
+    assert (not teacher_side) == (options.get("ted_teacher_filters") == "none")
+
+
+def test_abl1_compares_the_student_layer_with_the_filtered_teacher_layer():
+    torch.manual_seed(5)
+    _, _, _, ted, _ = _objective(ted_student_filters="none", beta=3.0)
+    ted.begin_stage(Stage("distil"))
+    B, L = 2, 4
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    h_t = [torch.randn(B, L, 16) for _ in range(5)]
+    h_s = [torch.randn(B, L, 16) for _ in range(3)]
+    out = ted.intermediate(Outputs(torch.zeros(B, 2), tuple(h_s)), Outputs(torch.zeros(B, 2), tuple(h_t)),
+                           {"attention_mask": mask, "labels": torch.tensor([0, 1])})
+    expected = 0.0
+    for k, (s, t) in enumerate([(1, 1), (2, 3)]):
+        W, b = ted.t_filters[k].net.weight, ted.t_filters[k].net.bias
+        real = mask.bool()
+        gt = h_t[t][real] @ W.T + b
+        expected += ((gt - h_s[s][real]) ** 2).mean()
+    assert out.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name, options, fragment", [
+    ("ted", dict(ted_finetune_student=True, ted_student_filters="random"), "--ted-finetune-student"),
+    ("ted", dict(ted_finetune_student=True, ted_student_filters="none"), "has none to train"),
+    ("ted-kl", dict(ted_student_filters="none"), "ted-kl compares"),
+])
+def test_combinations_it_cannot_honour_are_refused(name, options, fragment):
+    from distilbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=fragment):
+        get_objective(name).check_options(RunConfig(**options), get_task("sst2"))
+    with pytest.raises(UsageError, match=fragment):
+        _objective(name, **options)
+
+
+def test_student_without_filters_needs_the_teachers_width():
+    from distilbench.errors import UsageError
+
+    tok, teacher, _ = _models()
+    ctx = Context(get_task("sst2"), RunConfig(ted_student_filters="none"), [(1, 1)], 8, 16, teacher_model=teacher)
+    with pytest.raises(UsageError, match=r"equal hidden sizes \(student 8, teacher 16\)"):
+        get_objective("ted")(ctx)
+
+
+def test_cli_refuses_an_unhonoured_combination_with_exit_2_writing_nothing(tiny_run_args, tmp_path, capsys):
+    args = ["run", "--objective", "ted-kl", "--ted-student-filters", "none", "--seeds", "1", *tiny_run_args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ted-student-filters none" in err[0]
+    assert not (tmp_path / "results.sqlite").exists()

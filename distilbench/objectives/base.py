@@ -188,6 +188,11 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def check_options(cls, config: "RunConfig", task: "Task") -> None:
+        """Refuse, with one line (``UsageError``), a combination of this objective's options that it cannot honour,
+        before anything runs or is written; a combination is honoured or refused, never silently changed."""
+
+    @classmethod
     def space(cls) -> dict[str, tuple]:
         """The full search space: every ``search_space`` of the class hierarchy, subclasses last."""
         merged: dict[str, tuple] = {}

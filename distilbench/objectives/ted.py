@@ -20,8 +20,14 @@ frozen, never trained: the "language-model filters"), applied at every position,
 the next-token NLL (``task_loss`` of token logits); ``ted-kl`` compares the heads' next-token distributions over the
 real positions. ``--ted-filter layer`` is not available for causal LMs.
 
-Ablations (Table 6): ``--ted-teacher-filters random`` (untrained teacher filters), ``none`` (no filters: LWD with a
-learnable W_s); ``--ted-student-filters random``. Layer mapping: ``--layer-map ted`` is the paper's M(k) = 2k-1 for
+Filter ablations (Table 6: W_t / W_s trained on the target task ✓, random ✗, or absent), each a pair of options:
+Abl.1 ``--ted-student-filters none`` (W_t ✓, no W_s: MSE(g_t(H_t), H_s), equal hidden sizes); Abl.2
+``--ted-teacher-filters none --ted-student-filters random`` (no W_t, W_s ✗); Abl.3 ``--ted-student-filters random``
+(W_t ✓, W_s ✗); Abl.4 ``--ted-teacher-filters none --ted-student-filters train`` (no W_t, W_s trained in Stage I on the
+frozen student); TED: the defaults. ``--ted-teacher-filters none`` with ``copy`` starts W_s as a copy of the absent
+teacher filter, the identity (LWD with a learnable W_s); ``--ted-teacher-filters random`` is not a paper row (untrained
+teacher filters, copied into the student's). A combination the objective cannot honour is refused
+(``TED.check_options``), never changed. Layer mapping: ``--layer-map ted`` is the paper's M(k) = 2k-1 for
 k <= K/2, else 2k. Filter architectures (§6.5, Table 8): ``linear`` (default), ``mlp`` (two layers with GeLU),
 ``layer`` (initialised from the weights of the model's layer after M(k), or M(k) itself for the last layer).
 """
@@ -109,6 +115,18 @@ class TED(LayerObjective):
     search_space = {"beta": ("float", 10.0, 1000.0, "log"),  # alpha_2: the paper's range, 10..1000 (§5.3)
                     "ted_filter_lr": ("float", 1e-4, 1e-2, "log")}
 
+    @classmethod
+    def check_options(cls, config, task) -> None:
+        student = config.ted_student_filters
+        if config.ted_finetune_student and student in ("random", "none"):
+            raise UsageError(f"--ted-finetune-student trains the student's filters in Stage I; --ted-student-filters {student} "
+                             f"has none to train: use copy or train")
+        if cls.use_kl and student == "none":
+            raise UsageError("ted-kl compares the predictions of the filters' heads; --ted-student-filters none leaves the "
+                             "student no filter: use copy, train or random")
+        if task.family == "causal-lm" and config.ted_filter == "layer":
+            raise UsageError("--ted-filter layer is not available for causal LMs; use linear or mlp")
+
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         cfg = ctx.config
@@ -118,15 +136,17 @@ class TED(LayerObjective):
         self.lm = ctx.task.family == "causal-lm"
         ds, dt = ctx.student_hidden, ctx.teacher_hidden
         n_out = 2 if self.span else ctx.task.num_labels
-        if self.lm and cfg.ted_filter == "layer":
-            raise UsageError("--ted-filter layer is not available for causal LMs; use linear or mlp")
+        type(self).check_options(cfg, ctx.task)
         lm_head = _FrozenLMHead(ctx.teacher_model) if self.lm else None
         head = (lambda: lm_head) if self.lm else (lambda: nn.Linear(dt, n_out))
         self.student_mode = "train" if cfg.ted_finetune_student else cfg.ted_student_filters
         if self.student_mode == "copy" and ds != dt:
             self.student_mode = "train"  # a teacher filter cannot take the student's width: train the student's own (§5.3)
+        if self.student_mode == "none" and ds != dt:
+            raise UsageError(f"--ted-student-filters none compares the student's layers with the teacher's directly, which "
+                             f"needs equal hidden sizes (student {ds}, teacher {dt}); use copy, train or random")
         t_arch = "identity" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
-        s_arch = "linear" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
+        s_arch = "identity" if self.student_mode == "none" else "linear" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
         layers = None
         if cfg.ted_filter == "layer" and cfg.ted_teacher_filters != "none":
             from ..models.inits import layer_list
@@ -143,8 +163,8 @@ class TED(LayerObjective):
         if self.student_mode != "train":  # copy: overwritten at Stage II; random: seeded by the run (ablation)
             self.s_filters = nn.ModuleList([_Filter(s_arch, ds, dt, nxt(t)) for _, t in ctx.layer_map])
             self.s_heads = nn.ModuleList([head() for _ in ctx.layer_map])
-        if s_arch == "linear" and t_arch == "identity" and ds == dt:
-            for f in self.s_filters:  # the LWD ablation starts from plain MSE, as `lwd` does
+        if self.student_mode == "copy" and t_arch == "identity":
+            for f in self.s_filters:  # a copy of the absent teacher filter: W_s starts at the identity, plain MSE as `lwd`
                 nn.init.eye_(f.net.weight)
                 nn.init.zeros_(f.net.bias)
 
@@ -178,7 +198,7 @@ class TED(LayerObjective):
             self.s_heads.requires_grad_(self.student_mode == "train")
             return
         # copy: student filter k <- the teacher filter at M(k); with --ted-teacher-filters none there is none to copy and
-        # W_s stays where __init__ put it (the identity: LWD with a learnable W_s, the Table 6 "No W_t" row)
+        # W_s stays where __init__ put it (the identity). random / train / none: W_s as __init__ or Stage I left it
         if self.student_mode == "copy" and self.ctx.config.ted_teacher_filters != "none" and not getattr(self, "_copied", False):
             self.s_filters.load_state_dict(self.t_filters.state_dict())  # student filter k <- trained teacher filter at M(k)
             self.s_heads.load_state_dict(self.t_heads.state_dict())

@@ -76,11 +76,13 @@ def with_checks(cells, rows) -> list:
 
     from ..results.chance import check_rows
     from ..results.pooling import first_token_caveat
+    from ..results.revisions import revisions
     from ..results.rows import rows_by_cell
 
     by = rows_by_cell(rows)
     return [dataclasses.replace(c, chance=_lm_check(c, cells, by) if not c.higher_is_better else check_rows(by[c.key]),
-                                settings=_settings_of(by[c.key]), pooling_caveat=first_token_caveat(by[c.key]))
+                                settings=_settings_of(by[c.key]), pooling_caveat=first_token_caveat(by[c.key]),
+                                revisions=revisions(by[c.key]))
             for c in cells]
 
 

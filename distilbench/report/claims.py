@@ -9,7 +9,7 @@ from .csvs import write_csv
 from .format import fcsv, fpcsv
 
 CLAIMS_HEADER = ["id", "paper", "claim", "paper_numbers", "task", "better", "worse", "n", "better_mean", "worse_mean",
-                 "diff", "ci_low", "ci_high", "p", "p_holm", "family_size", "detectable", "verdict", "reason", "examples"]
+                 "diff", "ci_low", "ci_high", "p", "p_holm", "family_size", "detectable", "verdict", "reason", "examples", "revisions"]
 
 
 def _mean(cell) -> float:
@@ -35,7 +35,8 @@ def claims_section(results) -> list[str]:
           f"opposite direction; a cell at chance, a first-token head on a mean-pooled model, or (for a distillation "
           f"claim) a teacher no better than its students makes a claim **not testable**; anything else is "
           f"**inconclusive**, read against the smallest difference the design could detect. The per-example bootstrap "
-          f"(section 3.3) is shown beside the verdict, never as one. Δ = claimed-better minus claimed-worse (for a "
+          f"(section 3.3) is shown beside the verdict, never as one. A claim whose cells were computed by more than one version "
+          f"of the training path (its code fingerprint, or for older rows their git revision) is flagged in Why. Δ = claimed-better minus claimed-worse (for a "
           f"lower-is-better score, its sign flipped: Δ > 0 always means the claim's direction).", "",
           "| Claim | Paper | Paper's numbers | Task | Cells | Δ (95% CI), n | Holm p | Verdict | Why | Per example |",
           "|---|---|---|---|---|---|---:|---|---|---|"]
@@ -59,5 +60,7 @@ def write_claims_csv(out: Path, results) -> None:
                      r.better.label if r.better is not None else c.better.text(),
                      r.worse.label if r.worse is not None else c.worse.text(), str(r.n), fcsv(_mean(r.better)),
                      fcsv(_mean(r.worse)), fcsv(r.diff), fcsv(r.ci[0]), fcsv(r.ci[1]), fpcsv(r.p), fpcsv(r.p_holm),
-                     str(r.family_size), fcsv(r.detectable), r.verdict, r.reason, r.examples])
+                     str(r.family_size), fcsv(r.detectable), r.verdict, r.reason, r.examples,
+                     " ".join(sorted(set((r.better.revisions if r.better is not None else ()) +
+                                         (r.worse.revisions if r.worse is not None else ()))))])
     write_csv(out / "claims.csv", CLAIMS_HEADER, rows)

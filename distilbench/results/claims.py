@@ -14,6 +14,8 @@ verdict is decided:
   in the claimed / the opposite direction;
 - **inconclusive** otherwise, with the smallest paired difference the design could detect.
 
+A claim whose cells were computed by more than one version of the training path (:mod:`.revisions`) keeps its
+verdict and is flagged beside it: the difference may be the code's.
 The per-example bootstrap is shown beside a verdict ("examples agree / disagree / n.s."), never as one.
 """
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .revisions import revision_flag
 
 ALPHA = 0.05
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable")
@@ -109,19 +113,23 @@ def parse_claims(data: Any, source: str) -> list[Claim]:
 
 
 # --------------------------------------------------------------------------- the rule
-def verdict(*, not_testable: Sequence[str], n: int, diff: float, p_holm: float, detectable: float) -> tuple[str, str]:
+def verdict(*, not_testable: Sequence[str], n: int, diff: float, p_holm: float, detectable: float,
+            revisions: Sequence[str] = ()) -> tuple[str, str]:
     """The verdict of one claim on one task, and why. ``not_testable``: reasons the cells cannot test the claim (at
     chance, first-token heads, a teacher no better than its students); ``diff``: better minus worse, in the direction
     where positive means the claim holds; ``p_holm``: the seed-level paired t-test's p, Holm-corrected over the
-    report's whole family of claims; ``detectable``: the smallest paired difference the design could detect."""
+    report's whole family of claims; ``detectable``: the smallest paired difference the design could detect;
+    ``revisions``: which code computed the two cells' rows (flagged in the reason when more than one)."""
+    flag = revision_flag(revisions)
+    flagged = f"; flagged: {flag}" if flag else ""
     if not_testable:
-        return "not testable", "; ".join(not_testable)
+        return "not testable", "; ".join(not_testable) + flagged
     if n < 2 or math.isnan(p_holm):
-        return "inconclusive", f"{n} paired seed(s): no seed-level test"
+        return "inconclusive", f"{n} paired seed(s): no seed-level test{flagged}"
     if p_holm < ALPHA:
-        return ("reproduced" if diff > 0 else "contradicted"), f"Holm p {p_holm:.3g} < {ALPHA}"
+        return ("reproduced" if diff > 0 else "contradicted"), f"Holm p {p_holm:.3g} < {ALPHA}{flagged}"
     size = f"; detectable over seeds: {detectable:.2f}" if math.isfinite(detectable) else ""
-    return "inconclusive", f"Holm p {p_holm:.3g}{size}"
+    return "inconclusive", f"Holm p {p_holm:.3g}{size}{flagged}"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -217,5 +225,6 @@ def evaluate(claims: Sequence[Claim], cells: Sequence, example_comparisons: Sequ
         if r.better is None:
             r.verdict = "not testable"
             continue
-        r.verdict, r.reason = verdict(not_testable=r.notes, n=r.n, diff=r.diff, p_holm=r.p_holm, detectable=r.detectable)
+        r.verdict, r.reason = verdict(not_testable=r.notes, n=r.n, diff=r.diff, p_holm=r.p_holm, detectable=r.detectable,
+                                      revisions=tuple(r.better.revisions) + tuple(r.worse.revisions))
     return results

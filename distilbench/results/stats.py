@@ -166,6 +166,8 @@ class Cell:
     settings: tuple[tuple[str, str], ...] = field(default=(), hash=False, compare=False)
     # set by the report: why the cell cannot test a claim about its objective, from its rows (results.pooling), or None
     pooling_caveat: str | None = field(default=None, hash=False, compare=False)
+    # set by the report: which code computed the cell's rows (results.revisions.revisions)
+    revisions: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     @property
     def unranked(self) -> bool:

@@ -53,6 +53,8 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     dev = load_split(task, "dev", data_dir)[: cfg.max_eval_examples] if read_dev else None
 
     refuse_lm_family(task, cfg)
+    for objective in objectives:
+        objective.check_options(cfg, task)
     teacher_config = lm_teacher_config(cfg) if task.family == "causal-lm" else model_config(cfg.teacher)
     if task.family == "causal-lm":
         check_lm_run(task, cfg, teacher_config, train_file, dev, objectives,

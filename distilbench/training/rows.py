@@ -14,7 +14,7 @@ from ..models.loading import declared_pooling
 from ..objectives import Objective
 from .harness import TrainResult
 from .plan import Plan, run_settings
-from .provenance import git_revision, package_versions
+from .provenance import code_fingerprint, git_revision, package_versions
 from .teacher import TeacherRecord
 
 
@@ -50,6 +50,7 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       "teacher_dev": teacher_metrics, "majority": record.meta.get("majority"),
                       "settings": run_settings(cfg, precision),  # what the table titles must say (cut-down data, ...)
                       "precision": precision,
+                      "code_fingerprint": code_fingerprint(),  # the training path's code (claims flag cells that differ)
                       # the student's sentence representation (sentence tasks; None for QA and causal LM): rows stored
                       # before it was recorded used first-token heads (report.format.pooling_of reads them as cls)
                       "pooling": plan.pooling, "reads_sentence": type(objective).reads_sentence,
