@@ -206,9 +206,11 @@ def _spawn_workers(processes: int, threads: int, args: tuple) -> list[int]:
 
 
 def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None, study_name: str | None,
-               pruner: str, sampler_seed: int, out: str | None, heartbeat: int, command: str) -> int:
+               pruner: str, sampler_seed: int, out: str | None, heartbeat: int, command: str,
+               write_report_too: bool = True) -> int:
     """Validate, open (or continue) the study, fill the caches, run the trials (in ``--workers`` processes when more
-    than one: independent trials, the cores shared out), then write the report."""
+    than one: independent trials, the cores shared out), then write the report (not when ``write_report_too`` is
+    False: a Slurm array task, whose study is its output)."""
     import optuna
     from rich.console import Console
 
@@ -253,8 +255,9 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     runner.plan.store.close()
     # no re-open needed: Optuna's RDB storage reads trials it has not seen (the workers') from the database on access
     out_dir = Path(out) if out else Path("reports") / f"search-{name}"
-    write_report(study, out_dir, command, display(url), objective_cls.name, free)
-    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+    if write_report_too:
+        write_report(study, out_dir, command, display(url), objective_cls.name, free)
+    if write_report_too and any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         console.print(f"best selection score {(100 if runner.plan.task.higher_is_better else 1) * study.best_value:.2f} with {study.best_params}; report in {out_dir}/README.md")
     return 1 if any(code != 0 for code in codes) else 0
 

@@ -13,6 +13,7 @@ A suite file is plain YAML data::
     settings: {student_layers: 3}      # RunConfig options for every scale (`distilbench run --help`); `team: [A, B]`
                                        # sets --teachers of the multi-teacher objectives (autoskd, skd, avgkd) only
     task_settings: {sst2: {max_train_examples: 2000}}
+    slurm: {partition: gpu, time: 240, cpus: 8, gpus: 1}   # --launcher slurm: each array task's resources
     claims:                            # what the report's cells test: verdicts computed by distilbench.results.claims
       - {id: ted-lwd, paper: 001 Table 2, claim: TED beats LWD, paper_numbers: "QNLI 93.1 vs 92.9", better: ted, worse: lwd}
     scales:                            # --scale NAME picks one; its keys override the ones above
@@ -20,7 +21,7 @@ A suite file is plain YAML data::
       paper: {teachers: [FacebookAI/roberta-base], epochs: 10, task_settings: {sst2: {max_train_examples: null}}}
 
 A scale holds RunConfig options plus, optionally, its own ``tasks``, ``objectives``, ``inits``, ``teachers``,
-``seeds``, ``task_settings`` and ``claims`` (which replace the suite's: its cells may be labelled differently). Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
+``seeds``, ``task_settings``, ``claims`` and ``slurm`` (which replace the suite's: its cells may be labelled differently). Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
 ``task_settings`` (suite, then scale) < command-line flags < the grid (task, objective and an objective entry's
 own options, init, teacher, seeds). Two entries of one objective are told apart in the report by the options that
 differ (``ted [ted_teacher_filters=random]``).
@@ -51,7 +52,7 @@ from .errors import TrainingDiverged, UsageError
 from .results.claims import parse_claims
 
 GRID = ("tasks", "objectives", "inits", "teachers", "seeds")
-TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales", "claims")
+TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales", "claims", "slurm")
 # RunConfig fields a suite sets per cell itself: never options in the YAML or on the command line
 CELL_FIELDS = ("task", "objective", "init", "teacher", "student", "seeds", "seed_list", "baseline")
 SUITE_FLAGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in CELL_FIELDS)
@@ -73,6 +74,7 @@ class Suite:
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # command-line flags
     claims: list = field(default_factory=list)  # what the report's cells test (distilbench.results.claims), as written
+    slurm: dict[str, Any] = field(default_factory=dict)  # `slurm:` options of --launcher slurm (distilbench.cluster), as written
     entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (objective, its own options) per cell;
     # default: each of ``objectives`` with none
 
@@ -156,7 +158,7 @@ def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[s
         name = str(key).replace("-", "_")
         if name == "team":  # the team of multi-teacher objectives (RunConfig.teachers; `teachers` is the grid's axis)
             options["teachers"] = _coerce("teachers", ",".join(map(str, value)) if isinstance(value, list) else value, where)
-        elif allow_grid and name in (*GRID, "task_settings", "claims"):
+        elif allow_grid and name in (*GRID, "task_settings", "claims", "slurm"):
             grid[name] = value
         elif name in CELL_FIELDS:
             hint = {"student": "list it in inits as pretrained:MODEL", "baseline": "list none in objectives"}.get(
@@ -165,7 +167,7 @@ def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[s
         elif name in known:
             options[name] = _coerce(name, value, where)
         else:
-            accepted = sorted(known - set(CELL_FIELDS)) + (list(GRID) + ["task_settings", "claims"] if allow_grid else [])
+            accepted = sorted(known - set(CELL_FIELDS)) + (list(GRID) + ["task_settings", "claims", "slurm"] if allow_grid else [])
             raise UsageError(f"{where}: unknown option {key!r}; accepted: {', '.join(accepted)}")
     return options, grid
 
@@ -240,7 +242,9 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
         parse_claims(claims, f"suite {path}" + (f": scales.{scale}" if "claims" in scale_grid else ""))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return Suite(name=str(data.get("name") or path.stem), path=path, scale=scale, claims=list(claims or []),
+    slurm = scale_grid["slurm"] if "slurm" in scale_grid else data.get("slurm")  # a scale's own replace the suite's
+    slurm = _mapping(slurm, f"suite {path}: slurm")
+    return Suite(name=str(data.get("name") or path.stem), path=path, scale=scale, claims=list(claims or []), slurm=slurm,
                  description=str(data.get("description") or "").strip(), tasks=tasks,
                  objectives=list(dict.fromkeys(name for name, _ in entries)), entries=entries,
                  inits=_str_list(grid["inits"], f"suite {path}: inits"),
@@ -296,8 +300,9 @@ class SuiteResult:
         return 1 if self.failed else 0
 
 
-def run_suite(suite: Suite, command: str, out: str | Path | None = None, console=None) -> SuiteResult:
-    """Validate, run every cell (stored seeds are skipped), write the report of the suite's rows. A cell whose
+def run_suite(suite: Suite, command: str, out: str | Path | None = None, console=None, write_report: bool = True) -> SuiteResult:
+    """Validate, run every cell (stored seeds are skipped), write the report of the suite's rows (unless ``write_report``
+    is False: a Slurm array task, whose store is the output). A cell whose
     training diverged does not stop the others; the report shows what finished. Progress goes to ``console``
     (default stderr); the report's tables are the caller's to print (``cli.suite``)."""
     from rich.console import Console
@@ -318,7 +323,7 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     rows = [r for part in cell_rows for r in part]
     out = Path(out) if out is not None else default_out(suite)
     report = None
-    if rows:
+    if rows and write_report:
         report = build_report(rows, out, command=command, results=display(configs[0].results),
                               title=f"{suite.name} ({suite.scale} scale)" + (f": {suite.description}" if suite.description else ""),
                               orders={"tasks": suite.tasks, "objectives": suite.objectives,

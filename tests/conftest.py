@@ -171,3 +171,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------------ Slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_conf(tmp_path_factory):
+    """A single-node Slurm for the tests: $DISTILBENCH_TEST_SLURM_CONF (`.ci/run` starts one), else one started here
+    by .ci/slurm-up.sh (root, Debian's slurm-wlm and munge installed), else the test is skipped and says why. Never
+    a cluster the user's own SLURM_CONF points at."""
+    conf = os.environ.get("DISTILBENCH_TEST_SLURM_CONF")
+    started = None
+    if not conf:
+        missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch") if not shutil.which(b)]
+        if missing:
+            pytest.skip(f"no Slurm: DISTILBENCH_TEST_SLURM_CONF is unset and {', '.join(missing)} not installed "
+                        "(Debian: slurm-wlm, munge)")
+        if os.geteuid() != 0:
+            pytest.skip("no Slurm: DISTILBENCH_TEST_SLURM_CONF is unset and starting slurmd needs root")
+        started = tmp_path_factory.mktemp("slurm")
+        up = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up.sh"), str(started)], capture_output=True, text=True,
+                            timeout=120)
+        if up.returncode != 0:
+            pytest.skip(f"no Slurm: .ci/slurm-up.sh could not start one ({up.stderr.strip()[-300:]})")
+        conf = up.stdout.strip().split("=", 1)[1]
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+    if started is not None:
+        subprocess.run(["bash", str(REPO / ".ci" / "slurm-up.sh"), str(started), "stop"], capture_output=True, timeout=60)

@@ -72,3 +72,42 @@ def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None 
 
 
 __all__ = ["Parser", "add_config_flags", "config_from"]
+
+
+# --launcher and its Slurm options (distilbench.cluster): where a suite's or a search's workers run, never what they measure
+LAUNCHER_FLAGS = ("launcher", "jobs", "report", "slurm_partition", "slurm_time", "slurm_cpus", "slurm_mem_gb", "slurm_gpus",
+                  "slurm_account", "slurm_extra", "slurm_setup", "slurm_logs", "slurm_requeue")
+
+
+def add_launcher_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--launcher local|slurm``, ``--jobs N`` and the ``--slurm-*`` options, in their own `--help` section."""
+    from ..cluster import LAUNCHERS
+
+    g = parser.add_argument_group("cluster", f"--launcher slurm submits --jobs array tasks, each a {what} worker "
+                                  "against the shared PostgreSQL store, and returns (distilbench.cluster)")
+    g.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                   help="local (default): run here; slurm: submit a Slurm job array through submitit")
+    g.add_argument("--jobs", type=int, default=None, help="array tasks to submit with --launcher slurm (workers)")
+    g.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the report when done (default); array tasks do not: the store is their output")
+    g.add_argument("--slurm-partition", default=None, help="partition of each task")
+    g.add_argument("--slurm-time", type=int, default=None, help="time limit of each task, minutes (default 240)")
+    g.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per task (default 2)")
+    g.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per task, GB (default: the partition's)")
+    g.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per task (default 0)")
+    g.add_argument("--slurm-account", default=None, help="account to charge")
+    g.add_argument("--slurm-extra", action="append", default=None, metavar="--NAME=VALUE",
+                   help="another sbatch option, e.g. --slurm-extra=--qos=high (repeatable)")
+    g.add_argument("--slurm-setup", action="append", default=None, metavar="LINE",
+                   help="a shell line run before each task, e.g. 'module load cuda' (repeatable)")
+    g.add_argument("--slurm-logs", default=None, help="folder of the tasks' scripts and logs (default slurm-logs/NAME)")
+    g.add_argument("--slurm-requeue", action=argparse.BooleanOptionalAction, default=None,
+                   help="requeue a preempted or timed-out task (it resumes from the store)")
+
+
+def pop_launcher_flags(args: dict) -> dict:
+    """Remove the launcher flags from parsed ``args``; returns them, the ``--slurm-*`` ones under ``slurm`` (the
+    ones given, without the prefix)."""
+    out = {k: args.pop(k) for k in LAUNCHER_FLAGS}
+    out["slurm"] = {k.removeprefix("slurm_"): out.pop(k) for k in list(out) if k.startswith("slurm_")}
+    return out

@@ -1,10 +1,11 @@
 """`distilbench search`: tune an objective with Optuna on the selection split (never dev)."""
 from __future__ import annotations
 
+import shlex
 from typing import Any, Sequence
 
 from ..errors import UsageError
-from .flags import add_config_flags, config_from
+from .flags import add_config_flags, add_launcher_flags, config_from, pop_launcher_flags
 
 OPTIONS = ("trials", "storage", "study", "pruner", "sampler_seed", "heartbeat", "out")
 
@@ -22,20 +23,47 @@ def add_parser(sub) -> None:
     search.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats; a silent trial fails after twice that and is retried")
     search.add_argument("--out", default=None, help="report folder (default reports/search-STUDY)")
     add_config_flags(search)
+    add_launcher_flags(search, "search")
 
 
 def main(args: dict[str, Any], argv: Sequence[str]) -> int:
+    from ..cluster import check_jobs
     from ..search import run_search
 
     yaml_path = args.pop("config", None)
     opts = {k: args.pop(k) for k in OPTIONS}
+    launch = pop_launcher_flags(args)
     # a task's own defaults apply to its trials too (wikitext2: the scratch teacher); what the user set is not searched
     cfg, fixed = config_from(args, yaml_path)
     if cfg.save_students:  # trials are scored on the selection split and never kept
         raise UsageError("--save-students is for `distilbench run` and `suite`; a search keeps no student: run the best "
                          "trial with `distilbench run --params best:STUDY --save-students DIR`")
+    jobs = check_jobs(launch["jobs"], launch["launcher"])
+    if launch["launcher"] == "slurm":
+        return _submit(cfg, opts, argv, jobs, launch["slurm"])
     return run_search(cfg, fixed, opts["trials"], opts["storage"], opts["study"], opts["pruner"],
-                      opts["sampler_seed"], opts["out"], opts["heartbeat"], "distilbench " + " ".join(argv))
+                      opts["sampler_seed"], opts["out"], opts["heartbeat"], "distilbench " + " ".join(argv),
+                      write_report_too=launch["report"])
+
+
+def _submit(cfg, opts: dict, argv: Sequence[str], jobs: int, flags: dict) -> int:
+    """The stores checked here (both shared: the results and the Optuna study), then the array; returns at once."""
+    from pathlib import Path
+
+    from ..cluster import announce, check_shared_store, local_argv, slurm_options, submit
+    from ..results.backends import display
+    from ..search import default_study_name, storage_url
+
+    if opts["trials"] < 1:
+        raise UsageError(f"--trials must be >= 1 (got {opts['trials']})")
+    check_shared_store(cfg.results, "--results")
+    url = storage_url(opts["storage"], cfg.results)
+    check_shared_store(url, "--storage")
+    name = opts["study"] or default_study_name(cfg)
+    done = submit(argv, jobs, slurm_options(None, flags), name, Path("slurm-logs") / f"search-{name}")
+    local = shlex.join(["distilbench", *local_argv(argv)])
+    print(announce(done, display(url), f"{local}   (once the trials are done: writes the study's report)"))
+    return 0
 
 
 __all__ = ["add_parser", "main"]

@@ -6,12 +6,13 @@ import argparse
 import shlex
 from typing import Any, Sequence
 
-from .flags import add_config_flags
+from .flags import add_config_flags, add_launcher_flags, pop_launcher_flags
 
 SUITE_EXAMPLES = """examples:
   distilbench suite benchmarks/ted-table2.yaml --scale cpu
   distilbench suite benchmarks/p002-table1.yaml --scale cpu --workers 2 --data-dir ../shared/data/glue
   distilbench suite benchmarks/autoskd.yaml --scale paper --results runs/autoskd-paper.sqlite --out reports/autoskd-paper
+  distilbench suite benchmarks/ted-table2.yaml --scale paper --results postgresql://me@db/grid --launcher slurm --jobs 16
 """
 
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     suite.add_argument("--scale", default="cpu", help="which `scales:` entry of the suite to run (default: cpu)")
     suite.add_argument("--out", default=None, help="report folder (default: reports/NAME, reports/NAME-SCALE for other scales)")
     add_config_flags(suite, SUITE_FLAGS)
+    add_launcher_flags(suite, "suite")
 
 
 def main(args: dict[str, Any], argv: Sequence[str]) -> int:
@@ -33,17 +35,41 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
     report's tables and the cells that diverged. Exit code: 0, or 1 when a cell's training diverged."""
     from rich.console import Console
 
+    from ..cluster import check_jobs
     from ..suite import load_suite, run_suite
     from .report import print_report
 
     args = dict(args)
     path, scale, out = args.pop("suite_file"), args.pop("scale"), args.pop("out")
-    result = run_suite(load_suite(path, scale, overrides=args), shlex.join(["distilbench", *argv]), out)
+    launch = pop_launcher_flags(args)
+    suite = load_suite(path, scale, overrides=args)
+    jobs = check_jobs(launch["jobs"], launch["launcher"])
+    if launch["launcher"] == "slurm":
+        return _submit(suite, argv, jobs, launch["slurm"], out)
+    result = run_suite(suite, shlex.join(["distilbench", *argv]), out, write_report=launch["report"])
     if result.report is not None:
         print_report(result.report)
     if result.failed:
         Console(stderr=True).print(f"[bold red]{len(result.failed)} cell(s) diverged:[/]\n" + "\n".join(result.failed))
     return result.code
+
+
+def _submit(suite, argv: Sequence[str], jobs: int, flags: dict, out: str | None) -> int:
+    """Every cell validated and the store checked here, before anything is submitted; then the array, and return."""
+    from pathlib import Path
+
+    from ..cluster import announce, check_shared_store, slurm_options, submit
+    from ..results.backends import display
+    from ..suite import default_out, validate
+
+    results = suite.configs()[0].results
+    check_shared_store(results, "--results")
+    options = slurm_options(suite.slurm, flags, f"suite {suite.path}: slurm")
+    validate(suite)  # every cell, as a local suite would, before the array exists
+    done = submit(argv, jobs, options, suite.name, Path("slurm-logs") / suite.name)
+    report = f"distilbench report --results {results} --out {out or default_out(suite)}"
+    print(announce(done, display(results), report))
+    return 0
 
 
 __all__ = ["SUITE_EXAMPLES", "add_parser", "main"]
