@@ -87,6 +87,10 @@ class RunConfig:
     selection_fraction: float = _f(0.1, "seeded held-out slice of train used for every selection (best epoch); dev is never used to select.", group=TRAINING)
     select_best_epoch: bool = _f(True, "keep the epoch with the best selection-split score.", group=TRAINING)
     max_train_examples: int | None = _f(None, "subsample train to N examples (fixed, reproducible sample).", group=DATA)
+    teacher_max_train_examples: int | None = _f(None, "fine-tune the teacher on N training examples of the same fixed sample, "
+                                                "of which the students' --max-train-examples are a subset: a teacher trained on "
+                                                "more labelled data than its students (sentence tasks). Default: the students' sample.",
+                                                group=DATA)
     max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).", group=DATA)
     data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.", group=DATA)
     results: str = _f("runs/results.sqlite", "results store: an SQLite file, or a PostgreSQL URL (postgresql+psycopg2://USER@HOST:PORT/DB) that processes on several machines share, dividing the runs between them.", group=DATA)
@@ -127,6 +131,11 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+        if self.teacher_max_train_examples is not None and (
+                self.teacher_max_train_examples < (self.max_train_examples or 1) or self.max_train_examples is None):
+            raise UsageError(f"--teacher-max-train-examples {self.teacher_max_train_examples}: a count of at least the "
+                             f"students' --max-train-examples ({self.max_train_examples}), which must be given: the teacher's "
+                             f"sample holds the students'")
         for f in dataclasses.fields(self):  # the flags refuse these too; a YAML value arrives here unchecked
             accepted = f.metadata.get("choices")
             if accepted and getattr(self, f.name) is not None and getattr(self, f.name) not in accepted:

@@ -18,7 +18,7 @@ RUN_EXAMPLES = """examples:
 
 TEACHER_FLAGS = ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "teacher_micro_batch", "batch_size", "eval_batch_size",
                  "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "selection_fraction",
-                 "select_best_epoch", "max_train_examples", "max_eval_examples", "data_dir", "results",
+                 "select_best_epoch", "max_train_examples", "teacher_max_train_examples", "max_eval_examples", "data_dir", "results",
                  "cpu", "mixed_precision", "progress", "bpe_vocab", "eval_stride")
 
 

@@ -41,6 +41,11 @@ class Plan:
     pairs: list[tuple[int, int]]
     team: list[str]  # multi-teacher objectives: canonical member names (NAME or NAME@layers:...)
     pooling: str | None = None  # the student's sentence representation (sentence tasks only; distilbench.models.pooling)
+    teacher_train: list[Example] | None = None  # what the teacher fine-tunes on: train_all, or a larger sample holding it
+
+    @property
+    def teacher_examples(self) -> list[Example]:
+        return self.teacher_train if self.teacher_train is not None else self.train_all
 
 
 def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
@@ -78,9 +83,15 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
         raise UsageError(f"{len(train_all)} training example(s) leave none to train on once --selection-fraction "
                          f"{cfg.selection_fraction} holds out the selection split; give at least 2 (--max-train-examples) "
                          f"or a smaller --selection-fraction")
+    teacher_train = None
+    if cfg.teacher_max_train_examples is not None:
+        if task.family != "sequence-classification":
+            raise UsageError(f"--teacher-max-train-examples applies to sentence classification and regression; {task.name} "
+                             f"is {task.family}: leave it out")
+        teacher_train = subsample(train_file, cfg.teacher_max_train_examples)  # the first of one permutation: holds train_all
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
     return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, train_all,
-                dev, len(train_file), store, cfg.seed_values(), pairs, team, pooling)
+                dev, len(train_file), store, cfg.seed_values(), pairs, team, pooling, teacher_train)
 
 
 def student_pooling(cfg: RunConfig, task: Task, pretrained: str | None) -> str | None:

@@ -105,10 +105,10 @@ class Runner:
     def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
-        if self.accelerator.num_processes > 1 and not teacher_cached(cfg, name, task, self.plan.train_all, self.precision):
+        if self.accelerator.num_processes > 1 and not teacher_cached(cfg, name, task, self.plan.teacher_examples, self.precision):
             raise UsageError(f"teacher {name} is not fine-tuned for {task.name} yet: under accelerate launch, fine-tune it first in "
                              f"one process (`distilbench teacher --task {task.name} --model {name}` with the same options)")
-        record = ensure_teacher(cfg, name, task, self.plan.train_all, self.inference().fine_tune, self.log,
+        record = ensure_teacher(cfg, name, task, self.plan.teacher_examples, self.inference().fine_tune, self.log,
                                 self.precision)
         if self.plan.dev is None:  # a search: dev stays unread; the teacher's own selection score is what is known
             self.log(f"teacher {name} on {task.name}: selection {task.main_score} = {100 * record.meta['select_score']:.2f}")
