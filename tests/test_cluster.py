@@ -78,6 +78,16 @@ def test_bad_launcher_input_is_one_line_exit_2_and_nothing_submitted(extra, says
     assert not (tmp_path / "r.sqlite").exists() and not (tmp_path / "slurm-logs").exists()
 
 
+def test_a_local_suite_with_no_report_stores_its_runs_and_writes_no_report(tmp_path, tiny_teacher, glue_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = tiny_suite(tmp_path, tiny_teacher, glue_dir)
+    store = tmp_path / "r.sqlite"
+    assert main(["suite", str(suite), "--results", str(store), "--no-report"]) == 0
+    assert len(ResultsStore(store).rows()) == 4 and not (tmp_path / "reports").exists()
+    assert main(["suite", str(suite), "--results", str(store)]) == 0  # nothing left to train: the report only
+    assert (tmp_path / "reports" / "tiny" / "README.md").exists()
+
+
 def test_search_array_refuses_a_sqlite_study(tiny_run_args, capfd, monkeypatch):
     monkeypatch.setattr("distilbench.cluster.submit", lambda *a, **k: pytest.fail("submitted"))
     argv = ["search", "--objective", "kd", "--trials", "2", "--launcher", "slurm", "--jobs", "2", *tiny_run_args]
@@ -117,7 +127,8 @@ def _env(marks: Path) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _submit(argv: list[str], env: dict[str, str], capsys, monkeypatch) -> str:
+def _submit(argv: list[str], env: dict[str, str], capsys, monkeypatch, cwd: Path) -> str:
+    monkeypatch.chdir(cwd)  # the tasks run where the array was submitted: a report would land in cwd/reports
     for k, v in env.items():
         monkeypatch.setenv(k, v)  # sbatch exports the submitting environment to the tasks
     capsys.readouterr()
@@ -156,14 +167,15 @@ def test_a_suite_array_stores_every_run_exactly_once(slurm_conf, pg_database, tm
     suite = tiny_suite(tmp_path, tiny_teacher, glue_dir)  # none and kd × 2 seeds = 4 runs
     logs = tmp_path / "logs"
     array = _submit(["suite", str(suite), "--results", pg_database, "--launcher", "slurm", "--jobs", "2",
-                     "--slurm-cpus", "1", "--slurm-time", "20", "--slurm-logs", str(logs)], _env(marks), capsys, monkeypatch)
+                     "--slurm-cpus", "1", "--slurm-time", "20", "--slurm-logs", str(logs)], _env(marks), capsys, monkeypatch,
+                    tmp_path)
     _wait(lambda: _finished(array), 600, f"array {array}")
     rows = ResultsStore(pg_database).rows()
     keys = Counter(r["run_key"] for r in rows)
     assert len(keys) == 4 and set(keys.values()) == {1}, _logs(logs)
     starts = (marks / "starts").read_text().split("\n")
     assert {line.split()[0] for line in starts if line} == {"0", "1"}  # both tasks trained runs
-    assert not (tmp_path / "reports").exists()  # array tasks write no report
+    assert not (tmp_path / "reports").exists()  # array tasks write no report (a local suite writes reports/tiny)
 
 
 @pytest.mark.integration
@@ -176,7 +188,8 @@ def test_a_scancelled_task_loses_only_its_run_and_the_other_finishes_the_grid(sl
     suite = tiny_suite(tmp_path, tiny_teacher, glue_dir, seeds=[0, 1, 2])  # 6 runs
     logs = tmp_path / "logs"
     array = _submit(["suite", str(suite), "--results", pg_database, "--launcher", "slurm", "--jobs", "2",
-                     "--slurm-cpus", "1", "--slurm-time", "20", "--slurm-logs", str(logs)], _env(marks), capsys, monkeypatch)
+                     "--slurm-cpus", "1", "--slurm-time", "20", "--slurm-logs", str(logs)], _env(marks), capsys, monkeypatch,
+                    tmp_path)
     _wait(lambda: (marks / "ready-0").exists() and (marks / "ready-1").exists(), 300, "both tasks to start a run")
     subprocess.run(["scancel", f"{array}_0"], check=True)
     _wait(lambda: _finished(array), 600, f"array {array} after scancel")
@@ -200,9 +213,10 @@ def test_a_search_array_fills_its_study(slurm_conf, postgres_url, pg_database, t
     env = {"DISTILBENCH_WORKERS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     array = _submit(["search", "--objective", "kd", "--trials", str(trials), "--study", "arr", "--pruner", "none",
                      "--seeds", "1", *args, "--launcher", "slurm", "--jobs", "2", "--slurm-cpus", "1",
-                     "--slurm-logs", str(logs)], env, capsys, monkeypatch)
+                     "--slurm-logs", str(logs)], env, capsys, monkeypatch, tmp_path)
     _wait(lambda: _finished(array), 600, f"search array {array}")
     study = optuna.load_study(study_name="arr", storage=pg_database)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert trials <= len(finished) <= trials + 1, _logs(logs)  # each task stops at N; the other may be mid-trial then
     assert [t.number for t in study.trials] == list(range(len(study.trials)))
+    assert not (tmp_path / "reports").exists()  # the tasks write no report; the printed local command does
