@@ -102,6 +102,45 @@ def test_the_training_path_fingerprint_ignores_prose_and_follows_code(tmp_path):
     assert row_revision({"extra": {}}) == "unknown"
 
 
+MODEST = [71.0, 69.0, 74.0, 72.0, 71.0]  # +1.26 over BASE with noise (t p ~0.1): not significant on one task
+BASE = [70.0, 69.5, 71.0, 70.0, 70.2]
+
+
+def test_across_tasks_combines_testable_tasks_with_stouffer_and_its_own_holm_family():
+    from distilbench.results.claims import ACROSS, stouffer
+
+    cells = [cell("kd", MODEST, task=t) for t in ("rte", "mrpc", "sst2")] + \
+            [cell("none", BASE, task=t) for t in ("rte", "mrpc", "sst2")]
+    out = evaluate(claims(("kd", "none"), distillation=False), cells)
+    per_task, across = [r for r in out if not r.across], [r for r in out if r.across]
+    assert [r.task for r in per_task] == ["mrpc", "rte", "sst2"] and len(across) == 1
+    a = across[0]
+    assert a.task == ACROSS and a.tasks == ("mrpc", "rte", "sst2") and a.n == 15 and a.family_size == 1
+    assert a.p == pytest.approx(stouffer([r.diff for r in per_task], [r.p for r in per_task], [5, 5, 5]))
+    assert a.p < min(r.p for r in per_task)  # three agreeing tasks say more than one
+    assert a.verdict == "reproduced" and all(r.verdict == "inconclusive" for r in per_task)
+    assert a.diff == pytest.approx(sum(r.diff for r in per_task) / 3)
+
+
+def test_stouffer_by_hand():
+    from scipy import stats
+
+    from distilbench.results.claims import stouffer
+
+    z1, z2 = stats.norm.isf(0.04 / 2), -stats.norm.isf(0.5 / 2)
+    expected = 2 * stats.norm.sf(abs((2 * z1 + 3 * z2) / (4 + 9) ** 0.5))
+    assert stouffer([1.0, -1.0], [0.04, 0.5], [4, 9]) == pytest.approx(expected)
+
+
+def test_across_tasks_leaves_out_untestable_tasks_and_needs_two():
+    cells = [cell("kd", MODEST, task="rte"), cell("none", BASE, task="rte"),
+             cell("kd", MODEST, task="mrpc", chance=AT_CHANCE), cell("none", BASE, task="mrpc")]
+    a = [r for r in evaluate(claims(("kd", "none"), distillation=False), cells) if r.across][0]
+    assert a.verdict == "not testable" and "1 of 2 tasks testable" in a.reason
+    one_task = evaluate(claims(("kd", "none"), distillation=False), cells[:2])
+    assert not any(r.across for r in one_task)
+
+
 def test_significant_only_per_example_is_inconclusive_with_the_examples_beside_it():
     noisy = [70.0, 62.0, 75.0]
     cells = [cell("ted", noisy), cell("lwd", [69.0, 63.0, 73.0])]

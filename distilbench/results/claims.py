@@ -17,6 +17,11 @@ verdict is decided:
 A claim whose cells were computed by more than one version of the training path (:mod:`.revisions`) keeps its
 verdict and is flagged beside it: the difference may be the code's.
 The per-example bootstrap is shown beside a verdict ("examples agree / disagree / n.s."), never as one.
+
+A claim tested on two or more tasks also gets an **across-task** verdict from the same rule: the tasks where it is
+testable are combined by Stouffer's method, each task's two-sided seed-level t-test turned into a signed z
+(z = sign(Δ) Φ⁻¹(1 − p/2)) and weighted by √n (scale-free: accuracy, correlation and MCC combine), Holm-corrected
+over the report's across-task results (their own family); fewer than two testable tasks make it not testable.
 """
 from __future__ import annotations
 
@@ -133,10 +138,13 @@ def verdict(*, not_testable: Sequence[str], n: int, diff: float, p_holm: float, 
 
 
 # --------------------------------------------------------------------------- evaluation
+ACROSS = "across tasks"
+
+
 @dataclass
 class ClaimResult:
     claim: Claim
-    task: str
+    task: str  # a task name, or ACROSS (``tasks`` then names the tasks combined)
     better: Any = None  # stats.Cell, or None when missing
     worse: Any = None
     n: int = 0
@@ -150,6 +158,12 @@ class ClaimResult:
     verdict: str = "not testable"
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    tasks: tuple[str, ...] = ()  # across-task results: the tasks combined
+    revisions: tuple[str, ...] = ()  # across-task results: which code computed the combined cells
+
+    @property
+    def across(self) -> bool:
+        return self.task == ACROSS
 
 
 def _not_testable(claim: Claim, a, b) -> list[str]:
@@ -227,4 +241,48 @@ def evaluate(claims: Sequence[Claim], cells: Sequence, example_comparisons: Sequ
             continue
         r.verdict, r.reason = verdict(not_testable=r.notes, n=r.n, diff=r.diff, p_holm=r.p_holm, detectable=r.detectable,
                                       revisions=tuple(r.better.revisions) + tuple(r.worse.revisions))
-    return results
+    return _with_across(claims, results)
+
+
+def stouffer(diffs: Sequence[float], pvalues: Sequence[float], ns: Sequence[int]) -> float:
+    """Two-sided p of Stouffer's weighted Z over independent tests: each two-sided p turned into a z signed by its
+    difference, weights √n."""
+    from scipy import stats
+
+    z = [math.copysign(float(stats.norm.isf(max(p, 1e-300) / 2)), d) if d != 0 else 0.0 for d, p in zip(diffs, pvalues)]
+    w = [math.sqrt(n) for n in ns]
+    combined = sum(wi * zi for wi, zi in zip(w, z)) / math.sqrt(sum(wi * wi for wi in w))
+    return float(2 * stats.norm.sf(abs(combined)))
+
+
+def _with_across(claims: Sequence[Claim], results: list[ClaimResult]) -> list[ClaimResult]:
+    """Each claim's per-task results, then its across-task result when it was tested on two or more tasks."""
+    from .stats import holm
+
+    out, across = [], []
+    for claim in claims:
+        mine = [r for r in results if r.claim is claim]
+        out += mine
+        tested = [r for r in mine if r.better is not None]
+        if len(tested) < 2:
+            continue
+        usable = [r for r in tested if not r.notes and r.n >= 2 and not math.isnan(r.p)]
+        a = ClaimResult(claim, ACROSS, n=sum(r.n for r in usable), tasks=tuple(r.task for r in usable))
+        a.diff = float(np.mean([r.diff for r in usable])) if usable else math.nan
+        if len(usable) >= 2:
+            a.p = stouffer([r.diff for r in usable], [r.p for r in usable], [r.n for r in usable])
+        else:
+            a.notes = [f"{len(usable)} of {len(tested)} tasks testable: nothing to combine"]
+        a.revisions = tuple(sorted({v for r in usable for c in (r.better, r.worse) for v in c.revisions}))
+        out.append(a)
+        across.append(a)
+    for a, adjusted in zip(across, holm([a.p for a in across])):
+        a.p_holm = adjusted
+    size = sum(1 for a in across if not math.isnan(a.p))
+    for a in across:
+        a.family_size = size
+        a.verdict, a.reason = verdict(not_testable=a.notes, n=a.n, diff=a.diff, p_holm=a.p_holm,
+                                      detectable=math.nan, revisions=a.revisions)
+        if a.tasks and not a.notes:
+            a.reason += f"; Stouffer over {', '.join(a.tasks)}"
+    return out
