@@ -5,8 +5,16 @@
 #   eval "$(.ci/slurm-up.sh /tmp/slurm-ci)"      # stop: .ci/slurm-up.sh /tmp/slurm-ci stop
 set -uo pipefail
 dir=${1:?usage: slurm-up.sh DIR [stop]}
-if [ "${2:-}" = stop ]; then
-  for pid in "$dir/slurmd.pid" "$dir/slurmctld.pid"; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null; done
+if [ "${2:-}" = stop ]; then  # and wait until they are gone: slurmctld writes its state as it shuts down
+  pids=$(cat "$dir/slurmd.pid" "$dir/slurmctld.pid" 2>/dev/null)
+  [ -n "$pids" ] && kill $pids 2>/dev/null
+  for _ in $(seq 50); do
+    alive=0
+    for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && exit 0
+    sleep 0.2
+  done
+  kill -9 $pids 2>/dev/null
   exit 0
 fi
 for bin in munged slurmctld slurmd sbatch; do
