@@ -11,9 +11,13 @@ nodes must reach the store. Slurm options come from flags or the suite's ``slurm
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -192,10 +196,19 @@ def submit(argv: Sequence[str], jobs: int, options: SlurmOptions, name: str, def
     executor.update_parameters(job_name=f"distilbench-{name}", array_parallelism=jobs, **options.executor_parameters())
     fn = _requeueable() if options.requeue else run_task
     task = task_argv(argv)
-    try:
-        submitted = executor.map_array(fn, [task] * jobs)
-    except (submitit.core.utils.FailedJobError, FileNotFoundError, OSError) as exc:
-        raise UsageError(f"sbatch refused the array: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+    # sbatch's complaints reach our stderr (its own, and submitit's echo of them): caught, then said in one line
+    with tempfile.TemporaryFile() as err, contextlib.redirect_stderr(io.StringIO()):
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            submitted = executor.map_array(fn, [task] * jobs)
+        except (submitit.core.utils.FailedJobError, FileNotFoundError, OSError) as exc:
+            err.seek(0)
+            said = " ".join((str(exc) or err.read().decode(errors="replace")).split())
+            raise UsageError(f"sbatch refused the array: {said[-400:] or type(exc).__name__}") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
     return Submitted([j.job_id for j in submitted], logs)
 
 

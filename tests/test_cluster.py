@@ -220,3 +220,20 @@ def test_a_search_array_fills_its_study(slurm_conf, postgres_url, pg_database, t
     assert trials <= len(finished) <= trials + 1, _logs(logs)  # each task stops at N; the other may be mid-trial then
     assert [t.number for t in study.trials] == list(range(len(study.trials)))
     assert not (tmp_path / "reports").exists()  # the tasks write no report; the printed local command does
+
+
+def test_an_sbatch_refusal_is_one_line_and_exit_2(tmp_path, tiny_teacher, glue_dir, pg_database, capfd, monkeypatch):
+    import shutil
+
+    if not shutil.which("sbatch"):
+        pytest.skip("sbatch is not installed (Debian: slurm-wlm)")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken-slurm.conf").write_text("# no ClusterName\n")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "broken-slurm.conf"))  # sbatch refuses it at once
+    suite = tiny_suite(tmp_path, tiny_teacher, glue_dir)
+    capfd.readouterr()
+    argv = ["suite", str(suite), "--results", pg_database, "--launcher", "slurm", "--jobs", "2",
+            "--slurm-logs", str(tmp_path / "logs")]
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch refused the array: " in err[0] and "ClusterName" in err[0], err
