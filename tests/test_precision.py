@@ -160,9 +160,9 @@ def test_fp32_keys_are_unchanged_and_bf16_keys_differ(monkeypatch):
     assert _keys(monkeypatch, "fp16")["run_key"] not in (GOLDEN["run_key"], bf16["run_key"])
 
 
-def test_committed_rows_hold_no_precision():
-    """The committed stores were trained in fp32 before precision was recorded: their identities lack the entry that
-    fp32 leaves out, so each row's key is still the key of its identity."""
+def test_committed_rows_key_their_identity_and_name_only_non_fp32_precisions():
+    """Every committed row's key is the key of its identity. Rows trained in fp32 (all those stored before precision
+    was recorded among them) lack the precision entry, which fp32 leaves out; rows trained in bf16 or fp16 carry it."""
     stores = sorted(Path(__file__).resolve().parents[1].glob("reports/*/results.sqlite"))
     checked = 0
     for path in stores:
@@ -173,7 +173,9 @@ def test_committed_rows_hold_no_precision():
             store.close()
         checked += len(rows)  # a store a suite has only begun may hold none yet
         for r in rows:
-            assert "precision" not in r["params"] and run_key(r["params"]) == r["run_key"], (path, r["run_key"])
+            assert r["params"].get("precision", "bf16") in ("bf16", "fp16"), (path, r["run_key"])
+            assert run_key(r["params"]) == r["run_key"], (path, r["run_key"])
+            assert ("precision" in r["params"]) == (r["extra"].get("precision", "fp32") != "fp32"), (path, r["run_key"])
     assert checked >= 18  # reports/p002-table1 alone holds 18 student rows
 
 
