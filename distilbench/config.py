@@ -204,16 +204,21 @@ def nondefault_settings(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config is plain data: keys are RunConfig field names (dashes or underscores)."""
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The data of a YAML file; an unreadable or malformed file is one UsageError naming ``what`` it is."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config is plain data: keys are RunConfig field names (dashes or underscores)."""
+    data = read_yaml(path, "config") or {}
     if not isinstance(data, dict):
         raise UsageError(f"config {path} must be a mapping of option: value")
     known = {f.name for f in dataclasses.fields(RunConfig)}

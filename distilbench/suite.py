@@ -46,7 +46,7 @@ from typing import Any
 
 from rich.markup import escape  # a cell label such as "ted [beta=1.0]" is text, not console markup
 
-from .config import RunConfig, _coerce
+from .config import RunConfig, _coerce, read_yaml
 from .data.tasks import task_run_defaults
 from .errors import TrainingDiverged, UsageError
 from .results.claims import parse_claims
@@ -202,15 +202,8 @@ def _task_settings(value: Any, where: str) -> dict[str, dict[str, Any]]:
 
 def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str, Any] | None = None) -> Suite:
     """Read and check a suite file for one scale; names are checked by :func:`validate`."""
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read suite {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"suite {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, "suite")
     data = _mapping(data, f"suite {path}")
     unknown = sorted(str(k) for k in data if k not in TOP_KEYS)
     if unknown:

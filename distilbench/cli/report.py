@@ -59,17 +59,11 @@ def read_claims(spec: str | None) -> list | None:
     checked; None when no file is given."""
     if spec is None:
         return None
-    import yaml
-
+    from ..config import read_yaml
     from ..results.claims import parse_claims
 
     path, scale = (spec.rsplit(":", 1) if ":" in spec and not Path(spec).is_file() else (spec, None))
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"--claims {path}: cannot read it ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--claims {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, "--claims file")
     if not isinstance(data, dict):
         raise UsageError(f"--claims {path}: the file declares no `claims:` list")
     scales = data.get("scales") if isinstance(data.get("scales"), dict) else {}
