@@ -63,7 +63,7 @@ class SlurmOptions:
         return params
 
 
-# YAML / flag name -> (SlurmOptions field, type, meaning used in the error line)
+# YAML / flag name (a SlurmOptions field) -> (type, meaning used in the error line)
 _KEYS = {"partition": (str, "a partition name"), "time": (int, "minutes, >= 1"), "cpus": (int, "CPUs per task, >= 1"),
          "mem_gb": (float, "GB per task, > 0"), "gpus": (int, "GPUs per task, >= 0"), "account": (str, "an account name"),
          "extra": (list, "sbatch options such as --qos=high"), "setup": (list, "shell lines"),
