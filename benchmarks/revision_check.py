@@ -1,0 +1,100 @@
+"""Rerun stored runs at the checkout's revision and compare their scores (issue 35, item 2).
+
+A committed store may hold cells trained at several revisions; a claim comparing them is flagged. This script shows
+whether the training path's changes moved the numbers: for each ``OBJECTIVE@INIT:SEED`` it reads the stored row,
+rebuilds its `distilbench run` command from the row's own identity (task, objective and its options, init, teacher,
+seed, training hyper-parameters; teacher settings, which the identity holds only as a hash, come after ``--``), runs
+it into a scratch store, checks that the rerun has the same run key (the same configuration), and prints the stored
+and the new score side by side.
+
+    python benchmarks/revision_check.py reports/p002-table3/results.sqlite --data-dir ../shared/data/glue \\
+        --cell kd@layers:4,8,12:0 --cell kd@layers:1,2,3:0 -- --teacher-epochs 2 --pooling cls
+
+Rows stored before the precision was recorded were trained in fp32: the rerun uses ``--mixed-precision fp32``
+unless the row names another. Scores need not be bit-identical across CPUs (other vector instructions, other
+rounding); read a difference against the cell's spread over seeds, which the script prints beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HPARAM_FLAGS = ("batch_size", "epochs", "lr", "max_grad_norm", "max_length", "max_train_examples",
+                "selection_fraction", "warmup_ratio", "weight_decay")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def rows_of(store: Path, objective: str, init: str) -> list[dict]:
+    con = sqlite3.connect(store)
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("SELECT * FROM runs WHERE kind = 'student' AND objective = ? AND init = ?",
+                                         (objective, init))]
+    con.close()
+    return rows
+
+
+def command(row: dict, data_dir: str, results: Path, extra: list[str]) -> list[str]:
+    params = json.loads(row["params"])
+    hp = params["hparams"]
+    args = [sys.executable, "-m", "distilbench", "run", "--task", row["task"], "--objective", row["objective"],
+            "--init", row["init"], "--teacher", row["teacher"], "--seed-list", str(row["seed"]), "--no-baseline",
+            "--data-dir", data_dir, "--results", str(results), "--no-progress"]
+    for name in HPARAM_FLAGS:
+        if hp.get(name) is not None:
+            args += [flag(name), str(hp[name])]
+    args.append("--select-best-epoch" if hp.get("select_best_epoch", True) else "--no-select-best-epoch")
+    for name, value in (params.get("objective_params") or {}).items():
+        if isinstance(value, bool):
+            args.append(flag(name) if value else "--no-" + flag(name)[2:])
+        elif value is not None:
+            args += [flag(name), str(value)]
+    precision = (json.loads(row["extra"] or "{}") or {}).get("precision") or params.get("precision") or "fp32"
+    return args + ["--mixed-precision", precision] + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("store", type=Path)
+    ap.add_argument("--cell", action="append", required=True, help="OBJECTIVE@INIT:SEED, e.g. kd@layers:4,8,12:0")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--scratch", type=Path, help="store for the reruns (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="revision-check-")) / "results.sqlite"
+    print(f"store {args.store}; reruns in {scratch}")
+    print("| cell | seed | stored at | stored | rerun | rerun - stored | cell sd over seeds | same run key |")
+    print("|---|---:|---|---:|---:|---:|---:|---|")
+    for spec in args.cell:
+        objective, _, rest = spec.partition("@")
+        init, _, seed = rest.rpartition(":")
+        rows = rows_of(args.store, objective, init)
+        row = next((r for r in rows if str(r["seed"]) == seed), None)
+        if row is None:
+            print(f"{spec}: no stored row (objective {objective}, init {init}, seed {seed})", file=sys.stderr)
+            return 2
+        subprocess.run(command(row, args.data_dir, scratch, extra), check=True)
+        con = sqlite3.connect(scratch)
+        new = con.execute("SELECT run_key, score, extra FROM runs WHERE kind = 'student' AND objective = ? AND init = ? "
+                          "AND seed = ? ORDER BY created_at DESC", (objective, init, int(seed))).fetchone()
+        con.close()
+        sd = statistics.stdev([r["score"] for r in rows]) if len(rows) > 1 else float("nan")
+        fp = (json.loads(new[2] or "{}") or {}).get("code_fingerprint", "?")
+        print(f"| {objective} @ {init} | {seed} | {row['git_rev']} | {100 * row['score']:.2f} | {100 * new[1]:.2f} "
+              f"(code {fp}) | {100 * (new[1] - row['score']):+.2f} | {100 * sd:.2f} | {new[0] == row['run_key']} |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
