@@ -206,7 +206,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_cli_autoskd_team_run_stores_theta_and_candidates_and_skips_on_rerun(tiny_run_args, tiny_team, capsys):
-    argv = ["run", *tiny_run_args, "--objective", "autoskd", "--teachers", ",".join(tiny_team), "--student-layers", "2",
+    team = ",".join(tiny_team[:2] + [f"{tiny_team[0]}@layers:1,2"])  # a layer list's commas stay inside its member
+    argv = ["run", *tiny_run_args, "--objective", "autoskd", "--teachers", team, "--student-layers", "2",
             "--candidates", "2", "--seeds", "2", "--epochs", "2"]
     assert main(argv) == 0
     results = Path(tiny_run_args[tiny_run_args.index("--results") + 1])

@@ -6,6 +6,7 @@ new key, and everything else (where it runs, how many workers) stays out of it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +125,8 @@ def plan_team(cfg: RunConfig, objective: type[Objective], task: Task) -> list[st
         return []
     if task.regression:
         raise UsageError(f"{objective.name} distils class distributions; {task.name} is a regression task: use a classification task")
-    team = [t.strip() for t in (cfg.teachers or "").split(",") if t.strip()]
+    # a comma before a digit continues a layer list (NAME@layers:1,2,3), it does not start the next member
+    team = [t.strip() for t in re.split(r",(?!\s*\d)", cfg.teachers or "") if t.strip()]
     if len(team) < 2:
         raise UsageError(f"{objective.name} needs a team of at least two teachers, e.g. --teachers mpnet-base,minilm-l6,mpnet-base@first-k "
                          f"(got {cfg.teachers!r})")
