@@ -202,6 +202,11 @@ def test_default_beta_is_the_objectives_own_and_enters_the_identity():
     assert get_objective("ted").param_values(RunConfig())["beta"] == 100.0
     assert get_objective("hid-seq").param_values(RunConfig())["beta"] == 1.0
     assert get_objective("ted").param_values(RunConfig(beta=7.0))["beta"] == 7.0
+    # a causal LM: the paper's alpha_2 for language modelling (001 §4.3); LWD keeps its own
+    assert get_objective("ted").param_values(RunConfig(task="wikitext2"))["beta"] == 0.1
+    assert get_objective("ted-kl").param_values(RunConfig(task="wikitext2"))["beta"] == 0.1
+    assert get_objective("lwd").param_values(RunConfig(task="wikitext2"))["beta"] == 1.0
+    assert get_objective("ted").param_values(RunConfig(task="wikitext2", beta=100.0))["beta"] == 100.0
     _, _, _, ted, _ = _objective()
     assert ted.beta == 100.0 and ted.identity()["beta"] == 100.0
 

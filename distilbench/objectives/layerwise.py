@@ -36,9 +36,14 @@ class LayerObjective(Objective):
                     "beta": ("float", 0.1, 100.0, "log")}
 
     @classmethod
+    def beta_default(cls, config) -> float:
+        """The weight of the intermediate term when ``--beta`` is not given (an objective may choose it by task)."""
+        return cls.default_beta
+
+    @classmethod
     def param_values(cls, config) -> dict:
         values = super().param_values(config)
-        values["beta"] = cls.default_beta if config.beta is None else config.beta
+        values["beta"] = cls.beta_default(config) if config.beta is None else config.beta
         return values
 
     @property
