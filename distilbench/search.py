@@ -186,10 +186,10 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
     import torch
     from rich.console import Console
 
-    from .training.runner import Runner
+    from .training.families import make_runner
 
     torch.set_num_threads(threads)
-    runner = Runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
+    runner = make_runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
     runner.console = Console(stderr=True)
     _optimize(_open_study(url, name, heartbeat, sampler_seed + index, pruner, cfg), runner, fixed, trials)
     runner.plan.store.close()
@@ -216,7 +216,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
 
     from .results.backends import display
     from .objectives import get_objective
-    from .training.runner import Runner
+    from .training.families import make_runner
     from .training.workers import resolve
 
     if trials < 1:
@@ -229,7 +229,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     console = Console(stderr=True)
     # validate everything (task, models, data, seeds) before the study exists; dev is never opened (read_dev=False)
     cfg.baseline = False
-    runner = Runner(cfg, console, read_dev=False)
+    runner = make_runner(cfg, console, read_dev=False)
     url = storage_url(storage, cfg.results)
     name = study_name or default_study_name(cfg)
     study = _open_study(url, name, heartbeat, sampler_seed, pruner, cfg)

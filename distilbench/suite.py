@@ -29,7 +29,7 @@ The ``none`` baseline is a grid objective like any other (the runner's automatic
 
 Every cell is validated before anything trains (unknown objective, task, init, model, a layer out of range, bad
 data: one error line naming every unknown objective). Then each cell runs through
-``distilbench.training.runner.Runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
+``distilbench.training.families.make_runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
 suite resumes where it stopped. Several suite processes sharing one store (a PostgreSQL ``--results`` on many
 machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.results.leases`), a run another process is
 training is skipped, and once every other cell is done the process waits for those runs (or takes over one whose
@@ -328,7 +328,7 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
 def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
     """Cell by cell in this process; cells with runs another worker was training are waited for after every other
     cell. Returns each finished cell's rows, in cell order, and the cells that diverged."""
-    from .training import runner
+    from .training import families
 
     by_cell: dict[int, list[dict]] = {}
     held: list[int] = []  # cells with runs another worker was training: waited for after every other cell
@@ -336,7 +336,7 @@ def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[d
     for i, (label, cfg) in enumerate(cells, start=1):
         console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}, seeds {cfg.seed_list}")
         try:
-            cell = runner.Runner(cfg, console=console)
+            cell = families.make_runner(cfg, console=console)
             by_cell[i] = cell.run(wait=False)
         except TrainingDiverged as exc:
             failed.append(f"{label}: {exc}")
@@ -348,7 +348,7 @@ def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[d
         label, cfg = cells[i - 1]
         console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}: runs other workers were training")
         try:
-            by_cell[i] = runner.Runner(cfg, console=console).run()
+            by_cell[i] = families.make_runner(cfg, console=console).run()
         except TrainingDiverged as exc:
             failed.append(f"{label}: {exc}")
             console.print(f"[bold red]cell {escape(label)} diverged: {exc}[/]")
@@ -358,13 +358,13 @@ def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[d
 def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
     """--workers N in a suite: each cell's teacher, caches and shared stages first, cell by cell in this process;
     then every cell's pending runs in one pool of workers; then each cell's stored rows."""
-    from .training import runner
+    from .training import families
     from .training.workers import resolve, run_jobs
 
     prepared, jobs, owners = [], [], []
     for i, (label, cfg) in enumerate(cells, start=1):
         console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}, seeds {cfg.seed_list}: teacher and shared parts")
-        r = runner.Runner(cfg, console=console)
+        r = families.make_runner(cfg, console=console)
         record, todo = r.pending()
         if todo:
             jobs += r.jobs(todo, record, r.teacher_net(record))

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distilbench.training import precision, runner, teacher, teacher_cache
+from distilbench.training import families, precision, runner, teacher, teacher_cache
 from distilbench.config import RunConfig
 from distilbench.hashing import run_key, stable_hash
 from distilbench.data.batching import Encoded
@@ -279,7 +279,7 @@ def test_a_worker_runs_at_the_precision_its_job_carries(monkeypatch):
         def run_and_store(self, objective, seed, record, net, prefix=""):
             pass
 
-    monkeypatch.setattr(runner, "Runner", FakeRunner)
+    monkeypatch.setattr(families, "make_runner", FakeRunner)
     todo, results = queue.Queue(), queue.Queue()
     values = {"task": "rte", "workers": "1"}
     for k, p in enumerate(("bf16", "bf16", "fp32")):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import distilbench.training.qa_runner as qa_runner_mod
 import distilbench.training.runner as runner_mod
 from conftest import TrainingStarted, no_training
 from distilbench.cli import main
@@ -213,13 +214,13 @@ def test_a_saved_qa_student_loads_as_a_qa_model_and_rescores_to_the_stored_per_q
 
     results, root = tmp_path / "results.sqlite", tmp_path / "students"
     weights: dict = {}
-    real = runner_mod.predict_answers
+    real = qa_runner_mod.predict_answers
 
     def spy(model, *rest):  # the weights that predicted the stored answers
         weights.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real(model, *rest)
 
-    monkeypatch.setattr(runner_mod, "predict_answers", spy)
+    monkeypatch.setattr(qa_runner_mod, "predict_answers", spy)
     assert main(_args(qa_setup, results, "--objective", "kd", "--no-baseline", "--save-students", str(root))) == 0
     (row,) = _rows(results)
     folder = Path(row["extra"]["saved_student"])

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import distilbench.training.runner as runner_mod
+from distilbench.training import families
 from conftest import no_training, read_csv, REPO
 from distilbench.cli import main
 from distilbench.objectives import OBJECTIVES
@@ -181,7 +182,7 @@ def test_grid_order_precedence_and_report(tmp_path, tiny_teacher, glue_dir, monk
                                                       "hparams": {"epochs": c.epochs}}}
                     for s in c.seed_values()]
 
-    monkeypatch.setattr(runner_mod, "Runner", FakeRunner)
+    monkeypatch.setattr(families, "make_runner", FakeRunner)
     monkeypatch.setattr(runner_mod, "train", no_training)
     path = tiny_suite(tmp_path, tiny_teacher, glue_dir, tasks=["rte", "wnli"], objectives=["kd", "none", "dummy-kd"],
                       seeds=3, task_settings={"wnli": {"epochs": 4, "lr": 1e-4}},

@@ -87,19 +87,19 @@ def test_offline_the_task_runs_on_its_split_of_the_files_that_are_here_and_says_
     """Issue 20's done-when: `run --task squad` offline (only SQuAD's dev file here) runs squad-devsplit, with one line
     saying so and that its numbers are not comparable; with its own files present the task runs as named."""
     from distilbench.cli import main
-    from distilbench.training import runner
+    from distilbench.training import families
 
     (tmp_path / "data" / folder).mkdir(parents=True)
     for name, text in files.items():
         (tmp_path / "data" / folder / name).write_text(text)
     seen = []
 
-    class Stop:  # the Runner the command builds: records its config, trains nothing
+    class Stop:  # the runner the command builds: records its config, trains nothing
         def __init__(self, cfg):
             seen.append(cfg)
             raise SystemExit(0)
 
-    monkeypatch.setattr(runner, "Runner", Stop)
+    monkeypatch.setattr(families, "make_runner", Stop)
     args = ["run", "--task", task, "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path / "r.sqlite")]
     with pytest.raises(SystemExit):
         main(args)
@@ -117,18 +117,18 @@ def test_the_teacher_command_takes_only_the_teachers_defaults(tmp_path, capfd, m
     """`distilbench teacher --task wikitext2 --init random --teacher-config gpt2-tiny` (2 layers) must not inherit the
     task's student options (2 student layers by TED's map need a teacher of 4 layers)."""
     from distilbench.cli import main
-    from distilbench.training import runner
+    from distilbench.training import families
 
     seen = {}
 
-    class Stop:  # the Runner the command builds: records its config, trains nothing
+    class Stop:  # the runner the command builds: records its config, trains nothing
         def __init__(self, cfg):
             seen["cfg"] = cfg
 
         def teacher(self):
             raise SystemExit(0)
 
-    monkeypatch.setattr(runner, "Runner", Stop)
+    monkeypatch.setattr(families, "make_runner", Stop)
     with pytest.raises(SystemExit):
         main(["teacher", "--task", "wikitext2", "--init", "random", "--teacher-config", "gpt2-tiny",
               "--data-dir", str(tmp_path), "--results", str(tmp_path / "r.sqlite")])

@@ -63,18 +63,18 @@ def main(command: str, args: dict[str, Any]) -> int:
         args = {**best_params(params[5:], storage, args.get("results", RunConfig.results)), **args}
     # `teacher` trains no student: only the teacher's own options come from the task's defaults
     cfg, _ = config_from(args, yaml_path, None if command == "run" else (*TEACHER_FLAGS, "teacher"))
-    from ..training.runner import Runner
+    from ..training.families import make_runner
     from .summary import print_parts, summary_table, time_breakdown
 
     if command == "teacher":
         cfg.baseline = False
         cfg.objective = "none"
         cfg.init = "random"  # no student is built: its layer count is not checked against the teacher's
-        record = Runner(cfg).teacher()
+        record = make_runner(cfg).teacher()
         if cfg.teacher.startswith("scratch:"):  # where it is kept, and how a run names it
             print(f"teacher {cfg.teacher} (from scratch): {record.path}; distil from it with --teacher {cfg.teacher}")
         return 0
-    runner = Runner(cfg)
+    runner = make_runner(cfg)
     rows = runner.run()
     print_parts([*summary_table(rows, runner.plan.task, cfg, runner.precision), *time_breakdown(runner)])
     if runner.lost:

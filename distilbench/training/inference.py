@@ -11,15 +11,13 @@ from accelerate import Accelerator
 from torch import nn
 
 from ..config import RunConfig
-from ..data.batching import BatchLoader, Encoded, eval_batches
+from ..data.batching import BatchLoader, Encoded, encode, eval_batches
 from ..data.tasks import Example, Task
 from ..models.inits import copy_layers, parse_init
 from ..models.loading import load_task_model, load_tokenizer
 from ..models.pooling import set_pooling
 from ..objectives import Context, Needs, Outputs, get_objective
 from .outputs import model_outputs
-from .qa_eval import span_scores
-from .qa_run import encode_for, is_qa, span_logits, window_settings
 from .teacher import split_for_teacher, teacher_pooling
 from .trainer import Trainer
 
@@ -48,19 +46,20 @@ class TeacherInference:
             for line in mapping:
                 self.log(f"  {model_name}: {line}")
         none = get_objective("none")(Context(task, cfg, [], net.config.hidden_size, None))
-        result = self.trainer(net, none, None, encode_for(task, cfg, tokenizer, train_part),
-                              encode_for(task, cfg, tokenizer, select_part), seed=cfg.teacher_seed,
+        result = self.trainer(net, none, None, self.encode(tokenizer, train_part),
+                              self.encode(tokenizer, select_part), seed=cfg.teacher_seed,
                               epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, label=f"teacher {model_name}",
                               micro_batch=cfg.teacher_micro_batch)
         return net, tokenizer, {"best_epoch": result.best_epoch, "select_score": result.best_select_score,
                                 "history": result.history, "examples_per_s": result.examples_per_s}
 
+    def encode(self, tokenizer, examples: list[Example]) -> Encoded:
+        """Family hook: examples tokenised as this family's models read them."""
+        return encode(tokenizer, examples, self.cfg.max_length)
+
     @torch.no_grad()
     def logits(self, net: nn.Module, enc: Encoded) -> torch.Tensor:
-        """``net``'s logits for every example of ``enc``, in its order (float32, on the CPU)."""
-        if is_qa(self.task):  # per window: start and end scores of every token, [n_windows, max_length, 2]
-            width = window_settings(self.cfg, self.task)[0]
-            return span_logits(lambda w: span_scores(net, w, self.cfg, self.accelerator), enc, width)
+        """Family hook: ``net``'s logits for every example of ``enc``, in its order (float32, on the CPU)."""
         device = self.accelerator.device
         net.eval().to(device)
         batches = eval_batches(enc.lengths(), self.cfg.eval_batch_size)

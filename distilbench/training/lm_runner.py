@@ -75,8 +75,10 @@ class LMRunner(Runner):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.encodings = Encodings(lm=True)
         self._dev_ids: dict[tuple, list[int]] = {}
+
+    def new_encodings(self):
+        return Encodings(lm=True)  # the lines packed into blocks of --max-length tokens
 
     def _teacher_tokenizer(self):
         return None if is_scratch(self.cfg.teacher) else self._padded(load_tokenizer(self.cfg.teacher))

@@ -34,11 +34,13 @@ class FitResult:
 
 def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identity: dict, seed: int, record: TeacherRecord,
                 dev_metrics: dict, teacher_metrics: dict, dev_preds: np.ndarray, dev_labels: np.ndarray,
-                precision: str, device: str, profile: dict | None, qa_extra: dict | None = None) -> dict:
+                precision: str, device: str, profile: dict | None, family_extra: dict | None = None) -> dict:
     """The row stored for one (objective, seed) run: its identity, dev scores, the teacher's, and what to report.
-    Extractive QA (``qa_extra``, :func:`distilbench.training.qa_run.dev_results`): ``dev_preds`` are the questions'
-    F1, ``dev_labels`` their ids, and ``qa_extra`` (``per_example``, ``floor``) joins ``extra``."""
+    ``family_extra``: the task family's own fields, joined to ``extra``; with ``per_example`` set (extractive QA,
+    :func:`distilbench.training.qa_run.dev_results`) ``dev_preds`` are per-example scores (the questions' F1) and
+    ``dev_labels`` the examples' ids."""
     task, objective, result = plan.task, fit.objective, fit.result
+    scores = bool(family_extra and family_extra.get("per_example"))
     return {"run_key": key, "kind": "student", "task": task.name, "task_version": task.version, "objective": objective.name,
             "objective_version": objective.version, "init": plan.init.spec, "teacher": cfg.teacher,
             "student": identity["student"], "seed": seed, "config_hash": stable_hash({k: v for k, v in identity.items() if k != "seed"}),
@@ -62,9 +64,9 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       "profile": profile,
                       # per-example dev predictions and labels in dev order: what the per-example paired tests
                       # (McNemar, bootstrap over examples: distilbench.results.per_example) between two runs need
-                      "dev_predictions": _per_example(dev_preds, task.regression or qa_extra is not None),
-                      "dev_labels": list(dev_labels) if qa_extra is not None else _per_example(dev_labels, task.regression),
-                      **(qa_extra or {})}}
+                      "dev_predictions": _per_example(dev_preds, task.regression or scores),
+                      "dev_labels": list(dev_labels) if scores else _per_example(dev_labels, task.regression),
+                      **(family_extra or {})}}
 
 
 def _per_example(values, regression: bool) -> list:

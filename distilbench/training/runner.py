@@ -20,9 +20,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..data.batching import fingerprint, selection_split
-from ..data.qa_answers import score_answers
 from ..data.metrics import compute_metrics
-from ..data.tasks import get_task
 from ..errors import TrainingDiverged, UsageError
 from ..hashing import run_key
 from ..models.inits import build_student
@@ -36,8 +34,6 @@ from .leasing import DONE, HELD, STORED, train_under_lease
 from .plan import plan_run, run_identity
 from .precision import resolve as resolve_precision
 from .profile import pair_profiles, row_profile
-from .qa_eval import predict_answers
-from .qa_run import QAEncodings, dev_results, encode_for, is_qa, window_settings
 from .rows import FitResult, student_row
 from .sources import Encodings, TeacherSources
 from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, teacher_cached
@@ -47,13 +43,7 @@ __all__ = ["DONE", "HELD", "STORED", "FitResult", "Runner"]
 
 
 class Runner:
-    def __new__(cls, cfg: RunConfig, *args, **kwargs):
-        """``Runner(cfg)`` for a causal-LM task is an :class:`.lm_runner.LMRunner` (for CLI, suites, searches, workers)."""
-        if cls is Runner and get_task(cfg.task).family == "causal-lm":
-            from .lm_runner import LMRunner
-
-            cls = LMRunner
-        return super().__new__(cls)
+    """A sentence task's runner; another family's subclasses it, overriding the "family hook" methods (:mod:`.families`)."""
 
     def __init__(self, cfg: RunConfig, console: Console | None = None, read_dev: bool = True, precision: str | None = None):
         self.started = time.perf_counter()
@@ -72,7 +62,11 @@ class Runner:
         self.team_records: list[TeacherRecord] = []
         self.team: list[tuple] = []  # (record, loaded model, tokenizer) per member, see prepare_team
         # tokenisations, kept for the life of the runner (extractive QA: windows numbered in the whole train file's)
-        self.encodings = QAEncodings(cfg, self.plan.task, self.plan.train_all) if is_qa(self.plan.task) else Encodings()
+        self.encodings = self.new_encodings()
+
+    def new_encodings(self):
+        """Family hook: the runner's tokenisations, kept for its life."""
+        return Encodings()
 
     def _teacher_tokenizer(self):
         """The teacher's tokenizer (a causal LM trained from scratch has none before its teacher exists: LMRunner)."""
@@ -116,11 +110,11 @@ class Runner:
         dev_fp = fingerprint(self.plan.dev)
         if record.dev_metrics(dev_fp) is None:
             net = load_teacher(record, task)
-            dev_enc = encode_for(task, cfg, load_tokenizer(str(record.path)), self.plan.dev)
+            dev_enc = self.inference().encode(load_tokenizer(str(record.path)), self.plan.dev)
             metrics = evaluate(net, dev_enc, task, cfg, self.accelerator)
             record_dev_metrics(record, dev_fp, metrics)
         metrics = record.dev_metrics(dev_fp)
-        majority = None if is_qa(task) else task.majority_score([e.label for e in self.plan.dev])
+        majority = self.majority()
         self.log(f"teacher {name} on {task.name} dev: {task.main_score} = {100 * metrics['score']:.2f}"
                  + (f" (majority class {100 * majority:.2f})" if majority is not None else ""))
         if majority is not None and metrics["score"] - majority < 0.02:
@@ -129,6 +123,10 @@ class Runner:
                      f"Give the teacher more data or epochs (--teacher-epochs), a stronger model (--teacher), or pick another task.[/]")
         record.meta["majority"] = majority
         return record
+
+    def majority(self) -> float | None:
+        """Family hook: dev's majority-class score, the floor the teacher is warned against (None: no such floor)."""
+        return self.plan.task.majority_score([e.label for e in self.plan.dev])
 
     # -- the runs -------------------------------------------------------------------------------------------------
     def pending(self) -> tuple[TeacherRecord, list[tuple]]:
@@ -385,15 +383,7 @@ class Runner:
         plan, cfg, task = self.plan, self.cfg, self.plan.task
         fit = self.fit(objective_cls, seed, record, teacher_net)
         student, tokenizer, label = fit.student, fit.tokenizer, fit.label
-        qa_extra = None
-        if is_qa(task):  # per question: its F1 (distilbench.training.qa_run); the question ids in place of labels
-            answers = predict_answers(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
-            dev_metrics = score_answers(task, plan.dev, answers)
-            dev_preds, dev_labels, qa_extra = dev_results(answers, task, plan.dev, dev_metrics)
-        else:
-            dev_preds = predict(student, self._encode(tokenizer, plan.dev), task, cfg, self.accelerator)
-            dev_labels = np.array([e.label for e in plan.dev])
-            dev_metrics = compute_metrics(task, dev_preds, dev_labels)
+        dev_preds, dev_labels, dev_metrics, family_extra = self.score_dev(student, tokenizer)
         teacher_metrics = record.dev_metrics(fingerprint(plan.dev))
         if fit.multi:
             teacher_metrics = max((r.dev_metrics(fingerprint(plan.dev)) for r in self.team_records), key=lambda m: m["score"])
@@ -405,11 +395,21 @@ class Runner:
             profile = row_profile(*models, dev_metrics["score"], teacher_metrics["score"], task.higher_is_better, fit.spent)
         row = student_row(cfg, plan, fit, key=key, identity=identity, seed=seed, record=record, dev_metrics=dev_metrics,
                           teacher_metrics=teacher_metrics, dev_preds=dev_preds, dev_labels=dev_labels,
-                          precision=self.precision, device=str(self.accelerator.device), profile=profile, qa_extra=qa_extra)
-        # QA: no labels, and the tokenizer cuts at the run's window length (distilbench.training.qa_run.window_settings)
-        labels, length = (None, window_settings(cfg, task)[0]) if is_qa(task) else (task.labels, cfg.max_length)
-        self.keep_student(fit, labels, length, row)
+                          precision=self.precision, device=str(self.accelerator.device), profile=profile, family_extra=family_extra)
+        self.keep_student(fit, *self.saved_head(), row)
         return row
+
+    def score_dev(self, student, tokenizer) -> tuple:
+        """Family hook: the student's dev predictions, the labels they pair with, its dev metrics, and the family's
+        extra row fields (None here)."""
+        plan = self.plan
+        dev_preds = predict(student, self._encode(tokenizer, plan.dev), plan.task, self.cfg, self.accelerator)
+        dev_labels = np.array([e.label for e in plan.dev])
+        return dev_preds, dev_labels, compute_metrics(plan.task, dev_preds, dev_labels), None
+
+    def saved_head(self) -> tuple:
+        """Family hook: the label names and the tokenizer's length a saved student carries (``--save-students``)."""
+        return self.plan.task.labels, self.cfg.max_length
 
     def keep_student(self, fit: FitResult, labels, max_length: int, row: dict) -> None:
         """``--save-students``: write the trained student here, where the model lives (a worker's process too)."""

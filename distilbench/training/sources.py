@@ -20,7 +20,6 @@ from . import cost
 from .harness import SharedStages, TeacherSource
 from .inference import TeacherInference
 from .plan import Plan
-from .qa_run import is_qa, span_logits_path, teacher_span_logits, window_tokenisation
 from .teacher import TeacherRecord, logits_path, split_for_teacher, teacher_logits
 from .teacher_cache import open_or_build, parts_for
 
@@ -71,18 +70,9 @@ class TeacherSources:
         layers = sorted({t for _, t in plan.pairs})
         logits_only = objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned)
         if cfg.teacher_cache != "off" and (logits_only or objective.teacher_cache):
-            # the teacher's key names its weights and tokenizer; hashing its folder would also hash the caches kept there
-            tokenisation = f"{record.key}:{cfg.max_length}"
             enc_all = self.encode(self.tokenizer, plan.train_all)
-            if is_qa(plan.task):  # per window, keyed apart from classification logits (distilbench.training.qa_run)
-                tokenisation = window_tokenisation(record, cfg, plan.task)
-                compute = partial(self.inference.logits, teacher_net)
-                cache = [teacher_span_logits(record, enc_all, compute, tokenisation, self.precision)]
-                path = span_logits_path(record, enc_all, tokenisation, self.precision)
-            else:
-                cache = [teacher_logits(record, enc_all, plan.train_rows, partial(self.inference.logits, teacher_net),
-                                        tokenisation, self.precision)]
-                path = logits_path(record, enc_all, plan.train_rows, tokenisation, self.precision)
+            tokenisation, logits, path = self.logits_cache(record, enc_all, teacher_net)
+            cache = [logits]
             parts.append(cost.logits_part(record, path))
             if not logits_only:
                 outputs = [open_or_build(record.path, record.key, enc_all, tokenisation, layers, parts_for(objective.needs),
@@ -90,6 +80,16 @@ class TeacherSources:
                                          teacher_net.config.num_hidden_layers, cfg.eval_batch_size, self.log, self.precision)]
                 parts.append(cost.outputs_part(record, outputs[0].folder, outputs[0].build_s))
         return TeacherSource([teacher_net], objective.needs, cache, own_tokens, outputs, layers)
+
+    def logits_cache(self, record: TeacherRecord, enc_all, teacher_net) -> tuple[str, Any, Any]:
+        """Family hook: the teacher's logits over the whole train file (built once, then read from beside the
+        teacher), as ``(tokenisation key, logits, cache file)``."""
+        plan, cfg = self.plan, self.cfg
+        # the teacher's key names its weights and tokenizer; hashing its folder would also hash the caches kept there
+        tokenisation = f"{record.key}:{cfg.max_length}"
+        compute = partial(self.inference.logits, teacher_net)
+        return (tokenisation, teacher_logits(record, enc_all, plan.train_rows, compute, tokenisation, self.precision),
+                logits_path(record, enc_all, plan.train_rows, tokenisation, self.precision))
 
     def _team_source(self, objective: Objective, parts: list) -> TeacherSource:
         """Logits only: each member's logits over the whole train file, computed once on its own tokenisation."""
