@@ -3,12 +3,12 @@
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB on 64-bit) with a fresh ``mmap`` and
 returns it with ``munmap`` when freed, so a tensor that size, allocated and freed at every step, is page-faulted in
 anew each time: 4 KiB at a time, in the kernel. A causal LM's logits are such tensors ([16, 128, 8192] fp32 = 64 MiB,
-several per step: teacher, student, their softmaxes, the gradient). Measured on this project's 2-core machine
-(2026-12-02, one thread, a 2-layer 128-wide GPT-2 student of a 4-layer teacher, vocabulary 8,192, batches of 16 x 128
-tokens, forward KL + CE, AdamW): 1,731 ms a step, 775 ms of it system time, 248,000 page faults a step; with
-:func:`tune` 889 ms, 0 ms system time, 1 fault (``python benchmarks/allocator.py`` prints both). The whole causal-LM
-run of 2026-12-02 (`distilbench run --objective ted --task wikitext2 --seeds 2`) spent 1,017 s in the kernel against
-1,333 s in user code.
+several per step: teacher, student, their softmaxes, the gradient). On a 2-core machine (one thread, a 2-layer
+128-wide GPT-2 student of a 4-layer teacher, vocabulary 8,192, batches of 16 x 128 tokens, forward KL + CE, AdamW)
+a step took 1,731 ms, 775 ms of it system time, with 248,000 page faults; with :func:`tune` 889 ms, 0 ms system
+time, 1 fault (``python benchmarks/allocator.py`` prints both; dated figures in docs/measurements.md, "The C
+allocator"). A whole causal-LM run (`distilbench run --objective ted --task wikitext2 --seeds 2`) spent 1,017 s in
+the kernel against 1,333 s in user code.
 
 :func:`tune` keeps every block on the heap (``M_MMAP_MAX`` = 0) and freed memory in the process (``M_TRIM_THRESHOLD``
 2 GiB), so the next step reuses pages already mapped. The cost is memory: what is freed is not handed back to the system

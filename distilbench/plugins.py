@@ -3,7 +3,7 @@
 Shaped after lm-evaluation-harness's ``lm_eval/api/registry.py``. Entries may be objects or lazy
 ``"module:attr"`` strings, resolved on first use, so listing names never imports heavy modules.
 
-This module was ``registry.py``; renamed so that it is not confused with the repository's ``registry/`` folder of YAML
+Named ``plugins``, not ``registry``, so that it is not confused with the repository's ``registry/`` folder of YAML
 data. Bottom layer: imports only ``errors``.
 """
 from __future__ import annotations

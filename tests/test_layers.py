@@ -1,4 +1,4 @@
-"""The layers of README "Repository layout" hold: `lint-imports` passes with the contracts in pyproject.toml
+"""The layers of docs/design.md "Repository layout" hold: `lint-imports` passes with the contracts in pyproject.toml
 (``[tool.importlinter]``: imports point down only), `distilbench report` imports no torch, and no module or function
 is longer than issue #19 allows."""
 from __future__ import annotations

@@ -21,8 +21,8 @@ def settings_text(settings: dict) -> str:
 
 
 def with_settings(title: str, settings: str) -> str:
-    """A table title with the run's non-default settings as its second line (issue 16: a cut-down run says so in
-    its title, so a copied table cannot pass for a full-size one)."""
+    """A table title with the run's non-default settings as its second line (a cut-down run says so in its title,
+    so a copied table cannot pass for a full-size one)."""
     from rich.markup import escape
 
     return title + (f"\nsettings: {escape(settings)}" if settings else "")  # a title is read as markup

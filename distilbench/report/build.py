@@ -154,8 +154,8 @@ def _pooling(rows: list[dict]) -> list[str]:
 
 
 def _lm_evaluation(rows: list[dict]) -> list[str]:
-    """Per causal-LM task, how its perplexity was measured, from the stored rows (issue 21: the stride in every
-    report): window length, stride, windows and tokens scored; one line per distinct setting."""
+    """Per causal-LM task, how its perplexity was measured, from the stored rows (a perplexity depends on the stride,
+    so every report states it): window length, stride, windows and tokens scored; one line per distinct setting."""
     found = {(str(r.get("task")), evaluation_text(lm)) for r in rows
              if (lm := extra_of(r).get("lm") or {}).get("eval_stride") is not None}
     return [f"- **Evaluation `{task}`:** {text}" for task, text in sorted(found)]

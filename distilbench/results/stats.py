@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .rows import CELL_KEYS, is_result, rows_by_cell  # noqa: F401 - CELL_KEYS, is_result: as before
+from .rows import CELL_KEYS, is_result, rows_by_cell  # noqa: F401 - CELL_KEYS, is_result: re-exported
 
 CONFIDENCE = 0.95
 # parts of the run identity that make a cell's setting: everything except these

@@ -45,7 +45,7 @@ def resolve(workers: str | int, jobs: int, accelerator: bool = False) -> tuple[i
     """(processes, threads per process) for ``--workers`` given the number of jobs.
 
     ``N``: N processes (never more than the jobs), the cores shared out evenly. ``auto``: 1 on an accelerator (one
-    device); on a CPU, one single-thread process per core (measured faster: benchmarks/workers.py, README)."""
+    device); on a CPU, one single-thread process per core (benchmarks/workers.py measured it faster)."""
     n_cores = cores()
     if str(workers) == "auto":
         n = 1 if accelerator else n_cores
