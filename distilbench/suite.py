@@ -248,7 +248,8 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
 
 def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     """Check every name and every cell before anything trains; one UsageError naming all unknown objectives."""
-    from .training.plan import plan_run  # lazy: building the CLI parser must not import torch
+    from .training.families import runner_class  # lazy: building the CLI parser must not import torch
+    from .training.plan import plan_run
     from .objectives import OBJECTIVES, get_objective
     from .data.tasks import get_task
 
@@ -269,7 +270,7 @@ def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     cells = suite.cells()
     for label, cfg in cells:  # the runner's own checks (data, init, models, vocabularies), without training
         try:
-            plan = plan_run(cfg)
+            plan = plan_run(cfg, runner_class(get_task(cfg.task)))
         except UsageError as exc:
             raise UsageError(f"suite {suite.path}, cell {label}: {exc}") from None
         plan.store.close()

@@ -84,7 +84,7 @@ def test_two_training_examples_are_enough_to_plan(tiny_teacher, tmp_path, monkey
 
     data = write_rte(tmp_path / "glue", ROWS, ROWS)
     plan = runner_mod.plan_run(build_config({"teacher": str(tiny_teacher), "data_dir": str(data), "max_train_examples": 2,
-                                             "results": str(tmp_path / "r.sqlite")}))
+                                             "results": str(tmp_path / "r.sqlite")}), runner_mod.Runner)
     assert len(plan.train_all) == 2 and len(plan.dev) == 6
     plan.store.close()
 

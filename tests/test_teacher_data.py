@@ -7,6 +7,7 @@ import pytest
 from distilbench.config import RunConfig
 from distilbench.errors import UsageError
 from distilbench.training.plan import plan_run
+from distilbench.training.runner import Runner
 from distilbench.training.teacher import teacher_location
 
 
@@ -17,8 +18,8 @@ def _cfg(glue_dir, tmp_path, **kw):
 
 
 def test_the_teachers_sample_holds_the_students_and_makes_another_teacher(glue_dir, tmp_path):
-    small = plan_run(_cfg(glue_dir, tmp_path))
-    big = plan_run(_cfg(glue_dir, tmp_path, teacher_max_train_examples=200))
+    small = plan_run(_cfg(glue_dir, tmp_path), Runner)
+    big = plan_run(_cfg(glue_dir, tmp_path, teacher_max_train_examples=200), Runner)
     assert small.teacher_examples == small.train_all and len(big.teacher_examples) == 200
     assert big.train_all == small.train_all  # the students' data does not change
     ids = {e.idx for e in big.teacher_examples}

@@ -71,7 +71,7 @@ def summary_table(rows: list[dict], task: Task, cfg: RunConfig, precision: str =
     What to print, in order: the table (a short title, never wrapped), then lines (markup strings) for a console to
     print with ``soft_wrap``: the student, teacher and non-default settings, which can be longer than any terminal,
     and the notes."""
-    if task.family == "causal-lm":  # perplexity, lower is better; the signal check is against the none student
+    if task.causal:  # perplexity, lower is better; the signal check is against the none student
         from .lm_summary import lm_summary_table
 
         return lm_summary_table(rows, task, cfg, precision)

@@ -55,6 +55,12 @@ class QATask:
     def regression(self) -> bool:  # read by code written for every task: a span is no regression target
         return False
 
+    # what the family's models read and write (as data.tasks.Task's)
+    sentence_level = False
+    causal = False
+    span_output = True
+    percent = True
+
     @property
     def kind(self) -> str:
         return "extractive QA" + (", with unanswerable questions" if self.with_negative else "")

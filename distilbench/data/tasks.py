@@ -63,9 +63,18 @@ class Task:
     # missing-file error, never substituted silently (its numbers are not comparable)
     offline: str | None = None
 
+    # what the family's models read and write, for code that serves every family (objectives, checks, reports):
+    # one label or score per example from a sentence representation (--pooling applies); next-token prediction
+    # (causal attention; perplexity); start/end scores per token (extractive QA: qa_tasks.QATask); scores that are
+    # shares, shown x 100 (perplexity is not)
+    sentence_level = property(lambda self: self.family == "sequence-classification")
+    causal = property(lambda self: self.family == "causal-lm")
+    span_output = False
+    percent = property(lambda self: not self.causal)
+
     @property
     def kind(self) -> str:
-        if self.family == "causal-lm":
+        if self.causal:
             return "causal LM"
         return "regression" if self.regression else f"{self.num_labels} labels"
 
@@ -77,7 +86,7 @@ class Task:
     def majority_score(self, labels: Sequence[int]) -> float | None:
         """Main score of always predicting the most frequent label id (ties: the lowest id) — the floor a
         trained student must beat. None for regression or when there are no labels."""
-        if self.regression or self.family == "causal-lm" or not len(labels):  # an LM has no majority class
+        if self.regression or self.causal or not len(labels):  # an LM has no majority class
             return None
         counts = Counter(int(y) for y in labels)
         top = min(counts, key=lambda y: (-counts[y], y))
@@ -95,13 +104,9 @@ class Example:
 
 
 # --------------------------------------------------------------------------- registry from YAML
-
-
 def _task_dir():
-    """The YAML folder: ``<repo>/registry/tasks`` in a source checkout, else the package data of an installed wheel.
-
-    The checkout comes first: an editable install maps ``distilbench._registry`` to the checkout it was made from,
-    which is another one when this package is imported from a second worktree."""
+    """The YAML folder: ``<repo>/registry/tasks`` in a source checkout first (an editable install maps the package
+    data to the checkout it was made from, maybe another worktree), else the installed wheel's package data."""
     root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file() and (root / "registry" / "tasks").is_dir():
         return root / "registry" / "tasks"

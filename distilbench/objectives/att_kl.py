@@ -59,4 +59,4 @@ class AttKL(LayerObjective):
         x_s, x_t, mask = student.attentions[s - 1]["scores"], teacher.attentions[t - 1]["scores"], batch["attention_mask"]
         check_aligned(self.name, student=x_s, teacher=x_t, mask=mask)
         return masked_row_kl(student=x_s, teacher=x_t, mask=mask, average_heads=x_s.shape[1] != x_t.shape[1],
-                             causal=self.task.family == "causal-lm")
+                             causal=self.task.causal)

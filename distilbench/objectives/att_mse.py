@@ -40,4 +40,4 @@ class AttMSE(LayerObjective):
         a_s, a_t, mask = student.attentions[s - 1]["scores"], teacher.attentions[t - 1]["scores"], batch["attention_mask"]
         check_aligned(self.name, student=a_s, teacher=a_t, mask=mask)
         return masked_score_mse(student=a_s, teacher=a_t, mask=mask,
-                                causal=self.task.family == "causal-lm")
+                                causal=self.task.causal)

@@ -122,7 +122,7 @@ class Objective(nn.Module):
     - ``choose_teacher()``, then ``outer_step()``: each step that reads a teacher, in ``harness._loss`` (AutoSKD's
       teacher draw and θ update);
     - ``candidates()``, ``use_candidate()``, ``candidate_done()``, ``summary()``: after training, in
-      ``Runner.fit``/``Runner._retrain_candidates`` (AutoSKD's candidate retraining); ``report()``: into each row.
+      ``Runner.fit``/``training.candidates.retrain_candidates`` (AutoSKD's candidate retraining); ``report()``: into each row.
     """
 
     name: ClassVar[str]
@@ -224,7 +224,7 @@ class Objective(nn.Module):
         if self.task.regression:
             return F.mse_loss(student_logits.float(), teacher_logits.detach().float()), 1.0  # the teacher never learns
         t = self.ctx.config.temperature
-        if self.task.family == "extractive-qa":  # before the shape test: span scores [B, L, 2] are 3-d too
+        if self.task.span_output:  # before the shape test: span scores [B, L, 2] are 3-d too
             return span_kl(student=student_logits, teacher=teacher_logits, mask=_span_mask(mask), temperature=t), t * t
         if student_logits.dim() == 3:
             return forward_kl(student=student_logits, teacher=teacher_logits, mask=mask, temperature=t), t * t
@@ -237,7 +237,7 @@ class Objective(nn.Module):
         :func:`distilbench.data.lm.next_token_nll`)."""
         if self.task.regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        if self.task.family == "extractive-qa":
+        if self.task.span_output:
             scores = torch.where(_span_mask(mask).bool()[:, :, None], logits.float(), torch.finfo(torch.float32).min)
             return (F.cross_entropy(scores[..., 0], labels[:, 0]) + F.cross_entropy(scores[..., 1], labels[:, 1])) / 2
         if logits.dim() == 3:

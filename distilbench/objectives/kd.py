@@ -50,7 +50,7 @@ class DivergenceKD(Objective):
         if self.task.regression:
             raise UsageError(f"{self.name} compares class or token distributions; {self.task.name} is a regression task "
                              "(use kd, whose regression form is an MSE)")
-        if self.task.family == "extractive-qa":
+        if self.task.span_output:
             raise UsageError(f"{self.name} compares class or token distributions; {self.task.name} is extractive QA "
                              "(use kd, which compares the start and end distributions)")
 

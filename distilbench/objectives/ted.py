@@ -121,7 +121,7 @@ class TED(LayerObjective):
     def beta_default(cls, config) -> float:
         """100 for sentence and QA tasks; for a causal LM the paper's 0.1 (at 100 the filtered MSE outweighs the
         next-token loss and the student ends above the undistilled one's perplexity)."""
-        return cls.lm_default_beta if get_task(config.task).family == "causal-lm" else cls.default_beta
+        return cls.lm_default_beta if get_task(config.task).causal else cls.default_beta
 
     @classmethod
     def check_options(cls, config, task) -> None:
@@ -132,7 +132,7 @@ class TED(LayerObjective):
         if cls.use_kl and student == "none":
             raise UsageError("ted-kl compares the predictions of the filters' heads; --ted-student-filters none leaves the "
                              "student no filter: use copy, train or random")
-        if task.family == "causal-lm" and config.ted_filter == "layer":
+        if task.causal and config.ted_filter == "layer":
             raise UsageError("--ted-filter layer is not available for causal LMs; use linear or mlp")
 
     def __init__(self, ctx: Context):
@@ -140,8 +140,8 @@ class TED(LayerObjective):
         cfg = ctx.config
         # the filters' task heads are the task's own head (§3): classes at [CLS], extractive QA's start/end scores (a
         # Linear(d_t, 2) over every token), or a causal LM's frozen output head at every position
-        self.span = ctx.task.family == "extractive-qa"
-        self.lm = ctx.task.family == "causal-lm"
+        self.span = ctx.task.span_output
+        self.lm = ctx.task.causal
         ds, dt = ctx.student_hidden, ctx.teacher_hidden
         n_out = 2 if self.span else ctx.task.num_labels
         type(self).check_options(cfg, ctx.task)

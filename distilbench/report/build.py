@@ -140,7 +140,7 @@ def _pooling(rows: list[dict]) -> list[str]:
     found: dict[str, int] = {}
     for r in rows:
         try:
-            if get_task(str(r.get("task"))).family != "sequence-classification":
+            if not get_task(str(r.get("task"))).sentence_level:
                 continue
         except UsageError:
             pass

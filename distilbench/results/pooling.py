@@ -35,7 +35,7 @@ def reads_sentence(row: Mapping[str, Any]) -> bool:
 
 def _sentence_task(name: str) -> bool:
     try:
-        return get_task(name).family == "sequence-classification"
+        return get_task(name).sentence_level
     except UsageError:  # a task no longer registered: its rows say nothing else
         return True
 

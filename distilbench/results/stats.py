@@ -219,7 +219,7 @@ def task_info(task: str, row: Mapping[str, Any]) -> TaskInfo:
 
     try:
         t = get_task(task)
-        return TaskInfo(list(t.metrics), t.main_score, t.higher_is_better, t.family != "causal-lm")
+        return TaskInfo(list(t.metrics), t.main_score, t.higher_is_better, t.percent)
     except UsageError:  # a task that is no longer registered: the row still says what its score was
         metrics = row.get("metrics")
         stored = [k for k in (metrics if isinstance(metrics, Mapping) else {}) if k not in ("score", "combined")]

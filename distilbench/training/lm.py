@@ -138,5 +138,5 @@ def refuse_lm_family(task: Task, cfg) -> None:
     """A from-scratch teacher (``scratch:SIZE``) is a causal LM: refused for any other task family."""
     from ..models.scratch import is_scratch
 
-    if is_scratch(cfg.teacher) and task.family != "causal-lm":
+    if is_scratch(cfg.teacher) and not task.causal:
         raise UsageError(f"teacher {cfg.teacher} is a from-scratch causal LM; task {task.name} is {task.kind}")

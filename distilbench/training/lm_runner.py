@@ -29,12 +29,12 @@ from ..data.batching import fingerprint, selection_split
 from ..data.lm import corpus_ids, lm_blocks
 from ..errors import UsageError
 from ..models.inits import build_student
-from ..models.loading import load_causal_lm, load_tokenizer
-from ..models.scratch import SCRATCH_NOTE, is_scratch, random_causal_lm, scratch_spec, train_bpe
+from ..models.loading import load_causal_lm, load_tokenizer, model_config
+from ..models.scratch import SCRATCH_NOTE, is_scratch, random_causal_lm, scratch_config, scratch_spec, train_bpe
 from ..objectives import Context, get_objective
 from .harness import TeacherSource
 from .inference import TeacherInference
-from .lm import check_corpus, evaluate_perplexity
+from .lm import check_corpus, check_lm_run, evaluate_perplexity
 from .lm_topk import TopKSource, logits_only, topk_table
 from .rows import student_row
 from .runner import Runner
@@ -79,6 +79,16 @@ class LMRunner(Runner):
 
     def new_encodings(self):
         return Encodings(lm=True)  # the lines packed into blocks of --max-length tokens
+
+    @classmethod
+    def teacher_config(cls, cfg):
+        """A from-scratch teacher's config is built from its shape (``scratch:SIZE``); any other is the model's."""
+        return scratch_config(cfg.teacher, cfg.bpe_vocab) if is_scratch(cfg.teacher) else model_config(cfg.teacher)
+
+    @classmethod
+    def check_run(cls, cfg, task, teacher_config, train, dev, objectives) -> None:
+        check_lm_run(task, cfg, teacher_config, train, dev, objectives,
+                     cfg.init.partition(":")[2] if cfg.init.startswith("pretrained:") else None)
 
     def _teacher_tokenizer(self):
         return None if is_scratch(self.cfg.teacher) else self._padded(load_tokenizer(self.cfg.teacher))

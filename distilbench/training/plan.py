@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import RunConfig, nondefault_settings
 from ..data.batching import fingerprint, selection_split, subsample
@@ -18,10 +18,9 @@ from ..models.inits import InitPlan, parse_init
 from ..models.loading import declared_pooling, load_tokenizer, model_config, model_fingerprint, resolve_model
 from ..objectives import Objective, get_objective
 from ..results.store import ResultsStore
-from .lm import check_lm_run, refuse_lm_family
+from .lm import refuse_lm_family
 from .pairs import distillation_pairs
 from .precision import identity_part
-from .qa_run import check_qa_run
 from .teacher import TeacherRecord
 
 
@@ -49,8 +48,21 @@ class Plan:
         return self.teacher_train if self.teacher_train is not None else self.train_all
 
 
-def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
-    """Resolve and validate a run. ``read_dev=False`` (a search) never opens the dev file: ``Plan.dev`` is None."""
+class FamilyChecks(Protocol):
+    """What planning asks of a task family (its runner class, :mod:`.families`): the teacher's config, and the
+    family's own refusals, each one line (exit 2) before anything is trained."""
+
+    @classmethod
+    def teacher_config(cls, cfg: RunConfig) -> Any: ...
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig, task, teacher_config, train: list, dev: list | None,
+                  objectives: list[type[Objective]]) -> None: ...
+
+
+def plan_run(cfg: RunConfig, family: type[FamilyChecks], read_dev: bool = True) -> Plan:
+    """Resolve and validate a run of ``cfg.task``'s family. ``read_dev=False`` (a search) never opens the dev file:
+    ``Plan.dev`` is None."""
     task = get_task(cfg.task)
     main = get_objective(cfg.objective)
     objectives = [main] + ([get_objective("none")] if cfg.baseline and main.name != "none" else [])
@@ -61,12 +73,8 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
     refuse_lm_family(task, cfg)
     for objective in objectives:
         objective.check_options(cfg, task)
-    teacher_config = lm_teacher_config(cfg) if task.family == "causal-lm" else model_config(cfg.teacher)
-    if task.family == "causal-lm":
-        check_lm_run(task, cfg, teacher_config, train_file, dev, objectives,
-                     cfg.init.partition(":")[2] if cfg.init.startswith("pretrained:") else None)
-    if task.family == "extractive-qa":
-        check_qa_run(cfg, task, main, teacher_config)
+    teacher_config = family.teacher_config(cfg)
+    family.check_run(cfg, task, teacher_config, train_file, dev, objectives)
     init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
     if init.pretrained is not None:
         resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained
@@ -86,7 +94,7 @@ def plan_run(cfg: RunConfig, read_dev: bool = True) -> Plan:
                          f"or a smaller --selection-fraction")
     teacher_train = None
     if cfg.teacher_max_train_examples is not None:
-        if task.family != "sequence-classification":
+        if not task.sentence_level:
             raise UsageError(f"--teacher-max-train-examples applies to sentence classification and regression; {task.name} "
                              f"is {task.family}: leave it out")
         teacher_train = subsample(train_file, cfg.teacher_max_train_examples)  # the first of one permutation: holds train_all
@@ -99,19 +107,12 @@ def student_pooling(cfg: RunConfig, task: Task, pretrained: str | None) -> str |
     """The student's sentence representation: ``--pooling``, else its own model's (a pretrained student) or the
     teacher's (a student built from the teacher's layers or config); None for per-token tasks (QA, causal LM), where
     ``--pooling`` is refused."""
-    if task.family != "sequence-classification":
+    if not task.sentence_level:
         if cfg.pooling is not None:
             raise UsageError(f"--pooling applies to sentence classification and regression; {task.name} is {task.family} "
                              "(its heads read every token): leave --pooling out")
         return None
     return cfg.pooling or declared_pooling(pretrained or cfg.teacher)
-
-
-def lm_teacher_config(cfg: RunConfig):
-    """A causal-LM teacher's config: a from-scratch one's (``scratch:SIZE``, built from its shape) or the model's."""
-    from ..models.scratch import is_scratch, scratch_config
-
-    return scratch_config(cfg.teacher, cfg.bpe_vocab) if is_scratch(cfg.teacher) else model_config(cfg.teacher)
 
 
 def plan_team(cfg: RunConfig, objective: type[Objective], task: Task) -> list[str]:

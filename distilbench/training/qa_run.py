@@ -1,5 +1,5 @@
 """What a run of an extractive QA task (SQuAD, ``family: extractive-qa``) does differently from classification, in
-one place, so that the shared modules only dispatch here on ``task.family``.
+one place: the QA family's runner (:mod:`.qa_runner`) calls it, the shared modules never do.
 
 - **Windows.** A question becomes one or more windows (:func:`distilbench.data.qa.encode_qa`) with the task's
   ``max_length``/``doc_stride``; ``--max-length`` set away from its default 128 overrides the task's window length, and
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.batching import Encoded, encode, fingerprint
+from ..data.batching import fingerprint
 from ..data.qa import QAWindows, encode_qa
-from ..data.qa_tasks import FAMILY, QAExample, QATask
+from ..data.qa_tasks import QAExample, QATask
 from ..data.squad_metrics import f1_score, raw_scores_v2
 from ..errors import UsageError
 from ..hashing import stable_hash
@@ -49,10 +49,6 @@ TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipl
               "LMHeadModel", "ForConditionalGeneration")
 
 
-def is_qa(task) -> bool:
-    return getattr(task, "family", None) == FAMILY
-
-
 def window_settings(cfg: RunConfig, task: QATask) -> tuple[int, int, int]:
     """(max_length, doc_stride, max_question_length) of the run's windows."""
     if cfg.max_length == DEFAULT_MAX_LENGTH or cfg.max_length == task.max_length:
@@ -61,18 +57,14 @@ def window_settings(cfg: RunConfig, task: QATask) -> tuple[int, int, int]:
     return length, task.doc_stride * length // task.max_length, min(task.max_question_length, length // 3)
 
 
-def encode_for(task, cfg: RunConfig, tokenizer, examples) -> Encoded | QAWindows:
-    """A split tokenised for ``task``: QA windows, else :func:`distilbench.data.batching.encode`."""
-    if is_qa(task):
-        return encode_qa(tokenizer, examples, *window_settings(cfg, task))
-    return encode(tokenizer, examples, cfg.max_length)
+def encode_for(task: QATask, cfg: RunConfig, tokenizer, examples) -> QAWindows:
+    """A split tokenised as the run's QA windows."""
+    return encode_qa(tokenizer, examples, *window_settings(cfg, task))
 
 
 def check_head(model: str, task, config) -> None:
     """A QA task needs an encoder checkpoint (pretrained, or already a QA model): one fine-tuned with another task's
     head is refused, one line, rather than silently losing that head."""
-    if not is_qa(task):
-        return
     heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith(TASK_HEADS)]
     if heads:
         raise UsageError(f"{model} is a {heads[0]} checkpoint; task {task.name} is extractive QA and needs an encoder "

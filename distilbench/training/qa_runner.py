@@ -12,7 +12,7 @@ from torch import nn
 from ..data.qa_answers import score_answers
 from .inference import TeacherInference
 from .qa_eval import predict_answers, span_scores
-from .qa_run import QAEncodings, dev_results, encode_for, span_logits, span_logits_path, teacher_span_logits, \
+from .qa_run import QAEncodings, check_qa_run, dev_results, encode_for, span_logits, span_logits_path, teacher_span_logits, \
     window_settings, window_tokenisation
 from .runner import Runner
 from .sources import TeacherSources
@@ -40,6 +40,10 @@ class QATeacherSources(TeacherSources):
 
 
 class QARunner(Runner):
+    @classmethod
+    def check_run(cls, cfg, task, teacher_config, train, dev, objectives) -> None:
+        check_qa_run(cfg, task, objectives[0], teacher_config)
+
     def new_encodings(self):
         return QAEncodings(self.cfg, self.plan.task, self.plan.train_all)
 

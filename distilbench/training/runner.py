@@ -24,10 +24,11 @@ from ..data.metrics import compute_metrics
 from ..errors import TrainingDiverged, UsageError
 from ..hashing import run_key
 from ..models.inits import build_student
-from ..models.loading import load_task_model, load_tokenizer
+from ..models.loading import load_task_model, load_tokenizer, model_config
 from ..models.pooling import model_pooling, set_pooling
 from ..objectives import Context
 from . import cost
+from .candidates import retrain_candidates
 from .harness import evaluate, make_accelerator, predict, train
 from .inference import TeacherInference
 from .leasing import DONE, HELD, STORED, train_under_lease
@@ -51,7 +52,7 @@ class Runner:
         self.timings = {"teacher": 0.0, "caches": 0.0, "Stage I": 0.0, "students": 0.0}
         self.cfg = cfg
         self.console = console or Console(stderr=True)
-        self.plan = plan_run(cfg, read_dev)
+        self.plan = plan_run(cfg, type(self), read_dev)
         # resolved once per run; worker processes are handed the parent's (their thread count differs, and a probe
         # there could decide otherwise)
         self.precision, why = (precision, "the parent process's") if precision else resolve_precision(cfg.mixed_precision, cfg.cpu)
@@ -67,6 +68,15 @@ class Runner:
     def new_encodings(self):
         """Family hook: the runner's tokenisations, kept for its life."""
         return Encodings()
+
+    @classmethod
+    def teacher_config(cls, cfg: RunConfig):
+        """Family hook (planning): the teacher's model config."""
+        return model_config(cfg.teacher)
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig, task, teacher_config, train, dev, objectives) -> None:
+        """Family hook (planning): the family's own refusals; a sentence task has none beyond the shared ones."""
 
     def _teacher_tokenizer(self):
         """The teacher's tokenizer (a causal LM trained from scratch has none before its teacher exists: LMRunner)."""
@@ -349,34 +359,15 @@ class Runner:
                                                 self.accelerator.is_main_process)
         candidates = objective.candidates()  # hook: AutoSKD's snapshots of θ; none for most objectives
         if candidates:
-            student, result = self._retrain_candidates(candidates, result, objective, train_one, seed, teacher_net, label)
+            student, result = retrain_candidates(candidates, result, objective, train_one, label,
+                                                 lambda: self._new_student(seed, teacher_net)[0], self.log,
+                                                 self.plan.task.main_score)
         summary = objective.summary()
         if summary:
             self.log("\n".join(f"{label}: {line}" for line in summary.splitlines()))
         # a shared stage trained here is a shared part, not this run's own time; a teacher in the team is listed once
         spent = {"own_s": result.train_time_s - stage_s, "shared": list({p["id"]: p for p in parts + stage_parts}.values())}
         return FitResult(student, tokenizer, objective, result, mapping, multi, label, spent)
-
-    def _retrain_candidates(self, candidates, searched, objective, train_one, seed, teacher_net, label):
-        """Retrain a fresh student (same seed, same init) with each of the objective's candidates and keep the best on
-        the selection split: (that student, its result, carrying the search's epochs and the time of all of them)."""
-        self.log(f"{label}: {len(candidates)} candidate(s) to retrain: " + "; ".join(
-            "[" + ", ".join(f"{float(x):.3f}" for x in c) + "]" for c in candidates))
-        spent, best = searched.train_time_s, None
-        for k, candidate in enumerate(candidates):
-            fresh, _ = self._new_student(seed, teacher_net)
-            objective.use_candidate(k, candidate)  # hook
-            r = train_one(fresh, f"{label} candidate {k + 1}/{len(candidates)}")
-            objective.candidate_done(k, r.best_select_score)  # hook
-            spent += r.train_time_s
-            self.log(f"{label} candidate {k + 1}: selection {self.plan.task.main_score} = {100 * r.best_select_score:.2f}")
-            if best is None or r.best_select_score > best[0]:
-                best = (r.best_select_score, fresh, r)
-        _, student, chosen = best
-        chosen.history = searched.history + chosen.history  # the search's epochs, then the chosen retrain's
-        chosen.stage_times = {**{f"search-{k}": v for k, v in searched.stage_times.items()}, **chosen.stage_times}
-        chosen.train_time_s = spent
-        return student, chosen
 
     def run_one(self, objective_cls, seed, identity, key, record, teacher_net) -> dict:
         """Train one seed (:meth:`fit`), then score it on dev: its row."""

@@ -43,7 +43,7 @@ class TeacherRecord:
 
 def teacher_pooling(cfg: RunConfig, model: str, task: Task) -> str | None:
     """A sentence task's teacher reads ``--pooling``, else its model's own sentence representation; None otherwise."""
-    if task.family != "sequence-classification":
+    if not task.sentence_level:
         return None
     return cfg.pooling or declared_pooling(model)
 
@@ -134,7 +134,7 @@ def record_dev_metrics(record: TeacherRecord, dev_fp: str, metrics: dict) -> Non
 
 
 def load_teacher(record: TeacherRecord, task: Task, attn_implementation: str | None = None):
-    if task.family == "causal-lm":
+    if task.causal:
         return load_causal_lm(str(record.path), attn_implementation)
     return load_task_model(str(record.path), task, attn_implementation=attn_implementation)
 
