@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distilbench.training import families, precision, runner, teacher, teacher_cache
+from distilbench.training import precision, runner, teacher, teacher_cache
 from distilbench.config import RunConfig
 from distilbench.hashing import run_key, stable_hash
 from distilbench.data.batching import Encoded
@@ -279,11 +279,10 @@ def test_a_worker_runs_at_the_precision_its_job_carries(monkeypatch):
         def run_and_store(self, objective, seed, record, net, prefix=""):
             pass
 
-    monkeypatch.setattr(families, "make_runner", FakeRunner)
     todo, results = queue.Queue(), queue.Queue()
     values = {"task": "rte", "workers": "1"}
     for k, p in enumerate(("bf16", "bf16", "fp32")):
-        todo.put((k, workers.Job(values, 0, k, f"job {k}", p)))
+        todo.put((k, workers.Job(values, 0, k, f"job {k}", p, FakeRunner)))  # the parent's runner class
     todo.put(None)
     old = torch.get_num_threads()
     try:

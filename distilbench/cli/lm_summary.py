@@ -8,6 +8,7 @@ import numpy as np
 from ..config import RunConfig
 from ..data.lm_text import evaluation_text
 from ..training.plan import run_settings
+from .tables import seed_table, settings_text, with_settings
 
 
 def lm_summary_table(rows: list[dict], task, cfg: RunConfig, precision: str = "fp32") -> list:
@@ -15,7 +16,6 @@ def lm_summary_table(rows: list[dict], task, cfg: RunConfig, precision: str = "f
     from rich.markup import escape
 
     from ..results.lm_signal import MARK, check_against_none
-    from .summary import seed_table, settings_text, with_settings
 
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})

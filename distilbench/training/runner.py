@@ -39,6 +39,7 @@ from .rows import FitResult, student_row
 from .sources import Encodings, TeacherSources
 from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, teacher_cached
 from .trainer import Trainer
+from .workers import Job, resolve, run_jobs
 
 __all__ = ["DONE", "HELD", "STORED", "FitResult", "Runner"]
 
@@ -165,12 +166,11 @@ class Runner:
 
     def jobs(self, todo: list[tuple], record: TeacherRecord, teacher_net) -> list:
         """Workers' jobs for ``todo``, after building what the runs share (caches, shared stages) here, once."""
-        from .workers import Job
-
         for objective in dict.fromkeys(o for o, _ in todo):
             self.prepare(objective, record, teacher_net)
         values = dataclasses.asdict(self.cfg)
-        return [Job(values, self.plan.objectives.index(o), seed, f"{self.plan.task.name}/{o.name} seed {seed}", self.precision)
+        return [Job(values, self.plan.objectives.index(o), seed, f"{self.plan.task.name}/{o.name} seed {seed}", self.precision,
+                    type(self))
                 for o, seed in todo]
 
     def run_label(self, objective, seed: int) -> str:
@@ -219,8 +219,6 @@ class Runner:
     def run(self, wait: bool = True) -> list[dict]:
         """Train every pending run and return the stored rows. Runs another worker holds are skipped; with ``wait``
         this process then waits for them (:meth:`finish_held`), else they are left in ``self.held``."""
-        from .workers import resolve, run_jobs
-
         plan, cfg = self.plan, self.cfg
         start = time.perf_counter()
         record, todo = self.pending()

@@ -31,6 +31,7 @@ class Job:
     seed: int
     label: str
     precision: str = "fp32"  # resolved once, by the parent: every run of a configuration computes alike
+    runner: Any = None  # the parent's runner class (its task family's: distilbench.training.families), rebuilt here
 
 
 def cores() -> int:
@@ -162,7 +163,6 @@ def _worker(index: int, todo, results, threads: int) -> None:
 
     from ..hashing import stable_hash
     from ..errors import TrainingDiverged
-    from .families import make_runner
 
     torch.set_num_threads(threads)
     console = Console(stderr=True)
@@ -178,7 +178,7 @@ def _worker(index: int, todo, results, threads: int) -> None:
             if current[0] != key:
                 current = ("", None)  # release the previous cell's teacher first
                 cfg = RunConfig(**{**job.config, "progress": False}).validate()
-                runner = make_runner(cfg, console=Console(stderr=True, quiet=True), precision=job.precision)
+                runner = job.runner(cfg, console=Console(stderr=True, quiet=True), precision=job.precision)
                 record = runner.teacher()  # cached by the parent: loaded, not trained
                 runner.prepare_team()
                 runner.console = console
