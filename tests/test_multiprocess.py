@@ -1,5 +1,6 @@
-"""The multi-process path: `accelerate launch` with 2 CPU processes (gloo) runs the same harness and metrics pipeline
-and stores exactly one result row per (objective, seed) — the path to several GPUs."""
+"""The multi-process path, the one several GPUs take: `torchrun` (what `accelerate launch --multi_gpu` runs) with 2 CPU
+processes (gloo) trains data-parallel through the same harness and metrics pipeline. (`accelerate launch --cpu
+--num_processes 2` starts ONE process unless an MPI hostfile is given: it is no test of this path.)"""
 from __future__ import annotations
 
 import json
@@ -16,28 +17,41 @@ from conftest import REPO
 from distilbench.cli import main
 
 
+def _rows(results: Path) -> list[tuple]:
+    conn = sqlite3.connect(results)
+    rows = conn.execute("SELECT objective, seed, score, metrics, params, extra, run_key FROM runs "
+                        "WHERE kind = 'student' ORDER BY objective, seed").fetchall()
+    conn.close()
+    return rows
 
-def test_accelerate_launch_two_processes_one_row_per_seed(tiny_run_args, tmp_path, capfd):
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        pytest.skip("the `accelerate` launcher is not installed")
-    # under several processes the teacher must exist first (one process fine-tunes it)
-    assert main(["teacher", *_teacher_args(tiny_run_args)]) == 0
+
+def test_two_processes_train_one_row_per_seed_in_a_cell_of_their_own(tiny_run_args, tmp_path, capfd):
+    """Each process takes --batch-size examples a step and DDP averages the two (the student's gradients; the
+    objective's own modules by hand): a step sees twice the examples and an epoch has half the steps, so the run is
+    another computation than one process's, stored under its own key (``processes`` in its identity), one row per
+    seed, written once."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun (torch's launcher) is not installed")
+    assert main(["teacher", *_teacher_args(tiny_run_args)]) == 0  # under several processes the teacher must exist first
+    assert main(["run", *tiny_run_args, "--objective", "hid-seq", "--seeds", "2", "--no-baseline"]) == 0
     results = Path(tiny_run_args[tiny_run_args.index("--results") + 1])
+    one = _rows(results)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    argv = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "-m", "distilbench", "run", *tiny_run_args, "--objective", "hid-seq", "--seeds", "2"]
+    argv = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "distilbench", "run", *tiny_run_args,
+            "--objective", "hid-seq", "--seeds", "2"]
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("mean ± std") == 1  # one summary table: only the main process prints
-    conn = sqlite3.connect(results)
-    rows = conn.execute("SELECT objective, seed, score, metrics, extra FROM runs ORDER BY objective, seed").fetchall()
-    conn.close()
-    assert [(o, s) for o, s, *_ in rows] == [("hid-seq", 0), ("hid-seq", 1), ("none", 0), ("none", 1)]
-    for _, _, score, metrics, extra in rows:
+    two = [r for r in _rows(results) if json.loads(r[4]).get("processes") == 2]
+    assert [(o, s) for o, s, *_ in two] == [("hid-seq", 0), ("hid-seq", 1), ("none", 0), ("none", 1)]
+    assert [(o, s) for o, s, *_ in one] == [("hid-seq", 0), ("hid-seq", 1)] and len(_rows(results)) == 6
+    assert not {r[6] for r in one} & {r[6] for r in two}  # its own cell: never paired with one process's rows
+    for _, _, score, metrics, _, extra, _ in two:
         m = json.loads(metrics)
         assert m["score"] == score and 0 <= score <= 1 and "accuracy" in m
-        assert json.loads(extra)["history"]
+    steps = lambda row: json.loads(row[5])["history"][-1]["steps"]  # the stage's steps when its last epoch ended
+    assert [steps(r) for r in two[:2]] == [-(-steps(r) // 2) for r in one]  # each process takes every other batch
 
 
 def test_multi_process_run_refuses_a_teacher_that_is_not_trained_yet(tiny_run_args, tmp_path, monkeypatch, capfd):

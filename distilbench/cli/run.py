@@ -76,6 +76,8 @@ def main(command: str, args: dict[str, Any]) -> int:
         return 0
     runner = make_runner(cfg)
     rows = runner.run()
+    if not runner.accelerator.is_main_process:  # data-parallel processes (torchrun): the main one reports
+        return 0
     print_parts([*summary_table(rows, runner.plan.task, cfg, runner.precision), *time_breakdown(runner)])
     if runner.lost:
         print(f"distilbench: {len(runner.lost)} run(s) lost with a worker that died ({', '.join(runner.lost)}); "

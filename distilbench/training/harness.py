@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from torch import nn
 
@@ -47,7 +48,10 @@ def make_accelerator(cfg: RunConfig, precision: str | None = None) -> Accelerato
     """Device placement and mixed precision through accelerate: the same code on CPU, one GPU or several.
     ``precision`` (fp32 | bf16 | fp16) is the run's resolved precision; None resolves ``cfg.mixed_precision`` now."""
     precision = precision or resolve_precision(cfg.mixed_precision, cfg.cpu)[0]
-    return Accelerator(cpu=cfg.cpu, mixed_precision=ACCELERATE[precision])
+    # under torchrun without a GPU, accelerate joins the processes (gloo) only when told the run is on the CPU;
+    # otherwise each process would train alone
+    cpu = cfg.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=ACCELERATE[precision])
 
 
 @dataclass
@@ -127,7 +131,7 @@ def train(student: nn.Module, objective: Objective, teacher: TeacherSource | Non
         while run.step < run.total_steps:
             means = _train_epoch(loop, run, student)
             run.epoch += 1
-            record = {"stage": stage.name, "epoch": run.epoch, **means}
+            record = {"stage": stage.name, "epoch": run.epoch, "steps": run.step, **means}
             if index == len(stages) - 1 and stage.train_student:  # the last stage's student is the one kept
                 record["select"] = _select(loop, result, accelerator.unwrap_model(student), select_enc, run.epoch)
             result.history.append(record)
@@ -361,10 +365,13 @@ def _cycle(enc: Encoded, teacher_enc: Encoded | None, batch_size: int, seed: int
 
 
 def _average_grads(module: nn.Module) -> None:
-    import torch.distributed as dist
-
+    """Average the gradients of ``module``'s trainable parameters over the processes (DDP does it only for the
+    student it wraps): every process joins every all-reduce in the same order, with a zero gradient where its batch
+    did not reach a parameter."""
     for p in module.parameters():
-        if p.grad is not None:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
             p.grad /= dist.get_world_size()
 

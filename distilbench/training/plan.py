@@ -155,7 +155,7 @@ def student_name(cfg: RunConfig, init: InitPlan) -> str:
 
 
 def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord, seed: int,
-                 team: list[TeacherRecord] | None = None, precision: str = "fp32") -> dict[str, Any]:
+                 team: list[TeacherRecord] | None = None, precision: str = "fp32", processes: int = 1) -> dict[str, Any]:
     cfg = plan.cfg
     return {"task": plan.task.name, "task_version": plan.task.version, "objective": objective.name,
             "objective_version": objective.version, "objective_params": objective.param_values(cfg),
@@ -172,7 +172,10 @@ def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord,
             **({"team": [r.key for r in team]} if team else {}),
             # bf16 changes results, so it makes another cell (never paired with fp32); absent for fp32, the precision
             # of every row stored before it was recorded, so their keys hold
-            **identity_part(precision)}
+            **identity_part(precision),
+            # N data-parallel processes (torchrun / accelerate launch) each take --batch-size examples a step: a step
+            # averages N batches and an epoch has 1/N the steps, so the run computes something else; absent for one
+            **({"processes": processes} if processes > 1 else {})}
 
 
 def run_settings(cfg: RunConfig, precision: str) -> dict[str, Any]:

@@ -159,7 +159,7 @@ class Runner:
     def identity(self, objective, record, seed, team=None) -> dict:
         team = self.team_records if team is None else team
         return run_identity(self.plan, objective, record, seed, team if objective.multi_teacher else None,
-                            self.precision)
+                            self.precision, self.accelerator.num_processes)
 
     def teacher_net(self, record: TeacherRecord):
         return load_teacher(record, self.plan.task)
