@@ -76,3 +76,24 @@ def _teacher_args(args: list[str]) -> list[str]:
             continue
         out.append(a)
     return ["--model" if a == "--teacher" else a for a in out]
+
+
+def test_only_students_are_prepared_for_data_parallel_never_the_frozen_teacher(tiny_run_args, monkeypatch):
+    """DDP wraps what ``accelerator.prepare`` is given: the student being trained (and its optimiser), never the frozen
+    teacher whose outputs it learns from (TED: its filters' Stage I too). The teacher is prepared only while it is
+    itself fine-tuned, by the `teacher` command here."""
+    import torch
+    from accelerate import Accelerator
+
+    assert main(["teacher", *_teacher_args(tiny_run_args)]) == 0
+    prepared = []
+    real = Accelerator.prepare
+
+    def spy(self, *args, **kwargs):
+        prepared.extend(a for a in args if isinstance(a, torch.nn.Module))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "prepare", spy)
+    assert main(["run", *tiny_run_args, "--objective", "ted", "--seeds", "2", "--no-baseline"]) == 0
+    layers = [m.config.num_hidden_layers for m in prepared]
+    assert len(layers) >= 2 and set(layers) == {3}  # the 3-layer students (teacher layers 1,2,3), never the 4-layer teacher
