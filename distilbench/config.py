@@ -91,6 +91,10 @@ class RunConfig:
                                                 "of which the students' --max-train-examples are a subset: a teacher trained on "
                                                 "more labelled data than its students (sentence tasks). Default: the students' sample.",
                                                 group=DATA)
+    transfer_examples: int | None = _f(None, "a transfer set: N more training examples of the same fixed sample, beyond "
+                                       "--max-train-examples, whose labels are dropped: only the teacher labels them. Objectives "
+                                       "that read a teacher train on both (their task loss on the labelled ones alone); `none` and "
+                                       "the selection split use the labelled ones (sentence tasks).", group=DATA)
     max_eval_examples: int | None = _f(None, "evaluate on the first N dev examples only (quick looks; not comparable).", group=DATA)
     data_dir: str | None = _f(None, "GLUE_DIR-layout folder (RTE/train.tsv, ...); default $GLUE_DIR, else the nyu-mll/glue hub.", group=DATA)
     results: str = _f("runs/results.sqlite", "results store: an SQLite file, or a PostgreSQL URL (postgresql+psycopg2://USER@HOST:PORT/DB) that processes on several machines share, dividing the runs between them.", group=DATA)
@@ -127,6 +131,9 @@ class RunConfig:
             raise UsageError(f"--selection-fraction must be in (0, 1) (got {self.selection_fraction})")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UsageError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.transfer_examples is not None and (self.transfer_examples < 1 or self.max_train_examples is None):
+            raise UsageError(f"--transfer-examples {self.transfer_examples}: a count of at least 1 unlabelled examples beyond "
+                             f"the students' --max-train-examples ({self.max_train_examples}), which must be given")
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -5,6 +5,7 @@ examples of similar length, so little compute is spent on padding, while the ord
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -26,6 +27,22 @@ def subsample(examples: list[Example], n: int | None) -> list[Example]:
         return examples
     keep = np.sort(np.random.RandomState(SUBSAMPLE_SEED).permutation(len(examples))[:n])
     return [examples[i] for i in keep]
+
+
+NO_CLASS = -100  # the label of a transfer-set example of a classification task (no target; what torch's CE ignores)
+
+
+def unlabelled(examples: list[Example], regression: bool) -> list[Example]:
+    """The examples with their labels dropped (a transfer set, which only the teacher labels): ``NO_CLASS``, or NaN
+    for a regression score; the task loss skips them (:meth:`distilbench.objectives.base.Objective.task_loss`)."""
+    return [dataclasses.replace(e, label=float("nan") if regression else NO_CLASS) for e in examples]
+
+
+def transfer_set(examples: list[Example], labelled: int, n: int) -> list[Example]:
+    """``n`` examples of the same fixed sample beyond the first ``labelled`` (:func:`subsample` of ``labelled + n``
+    holds ``subsample`` of ``labelled``), in file order."""
+    kept = {e.idx for e in subsample(examples, labelled)}
+    return [e for e in subsample(examples, labelled + n) if e.idx not in kept]
 
 
 def selection_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.batching import NO_CLASS
 from ..data.lm import next_token_nll
 from ..models.pooling import sentence_representation
 from ..plugins import Registry
@@ -234,7 +235,14 @@ class Objective(nn.Module):
         """Cross-entropy for classification, MSE for regression (STS-B). Extractive QA: cross-entropy of the start and
         of the end position over each window's real tokens (``mask``), averaged over the two (labels ``[B, 2]``). Token
         logits ``[B, L, V]`` (causal LM): the mean next-token NLL over the real targets (labels -100 are none;
-        :func:`distilbench.data.lm.next_token_nll`)."""
+        :func:`distilbench.data.lm.next_token_nll`). Sentence tasks: examples without a label (a transfer set's:
+        ``NO_CLASS``, or NaN for a score) are left out; a batch with none labelled adds 0 (the gradient stays defined)."""
+        if self.task.sentence_level:
+            known = ~torch.isnan(labels) if self.task.regression else labels != NO_CLASS
+            if not bool(known.all()):
+                if not bool(known.any()):
+                    return logits.float().sum() * 0.0
+                logits, labels = logits[known], labels[known]
         if self.task.regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         if self.task.span_output:

@@ -7,11 +7,11 @@ new key, and everything else (where it runs, how many workers) stays out of it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import RunConfig, nondefault_settings
-from ..data.batching import fingerprint, selection_split, subsample
+from ..data.batching import fingerprint, selection_split, subsample, transfer_set, unlabelled
 from ..data.tasks import Example, Task, get_task, load_split, resolve_data_dir
 from ..errors import UsageError
 from ..models.inits import InitPlan, parse_init
@@ -42,10 +42,22 @@ class Plan:
     team: list[str]  # multi-teacher objectives: canonical member names (NAME or NAME@layers:...)
     pooling: str | None = None  # the student's sentence representation (sentence tasks only; distilbench.models.pooling)
     teacher_train: list[Example] | None = None  # what the teacher fine-tunes on: train_all, or a larger sample holding it
+    transfer: list[Example] = field(default_factory=list)  # unlabelled examples only the teacher labels (--transfer-examples)
 
     @property
     def teacher_examples(self) -> list[Example]:
         return self.teacher_train if self.teacher_train is not None else self.train_all
+
+    @property
+    def teacher_read(self) -> list[Example]:
+        """The training examples whose teacher outputs the runs read: the labelled ones, then the transfer set."""
+        return self.train_all + self.transfer
+
+    def training_part(self, objective: type[Objective], seed: int) -> tuple[list[Example], list[Example]]:
+        """Seed ``seed``'s (training, selection) examples for ``objective``: the labelled ones split, the transfer set
+        added to the training part of an objective that reads a teacher."""
+        train, select = selection_split(self.train_all, self.cfg.selection_fraction, seed)
+        return (train + self.transfer if objective.uses_teacher else train), select
 
 
 class FamilyChecks(Protocol):
@@ -92,15 +104,28 @@ def plan_run(cfg: RunConfig, family: type[FamilyChecks], read_dev: bool = True) 
         raise UsageError(f"{len(train_all)} training example(s) leave none to train on once --selection-fraction "
                          f"{cfg.selection_fraction} holds out the selection split; give at least 2 (--max-train-examples) "
                          f"or a smaller --selection-fraction")
-    teacher_train = None
-    if cfg.teacher_max_train_examples is not None:
-        if not task.sentence_level:
-            raise UsageError(f"--teacher-max-train-examples applies to sentence classification and regression; {task.name} "
-                             f"is {task.family}: leave it out")
-        teacher_train = subsample(train_file, cfg.teacher_max_train_examples)  # the first of one permutation: holds train_all
+    teacher_train, transfer = larger_samples(cfg, task, train_file)
     store = ResultsStore(cfg.results)  # an unwritable path fails here, before any training
     return Plan(cfg, task, objectives, init, teacher_config.num_hidden_layers, train_all,
-                dev, len(train_file), store, cfg.seed_values(), pairs, team, pooling, teacher_train)
+                dev, len(train_file), store, cfg.seed_values(), pairs, team, pooling, teacher_train, transfer)
+
+
+def larger_samples(cfg: RunConfig, task: Task, train_file: list[Example]) -> tuple[list[Example] | None, list[Example]]:
+    """The teacher's larger sample (``--teacher-max-train-examples``) and the transfer set (``--transfer-examples``),
+    both drawn from the one fixed sample whose first examples are the students' (sentence tasks only)."""
+    for flag, value in (("--teacher-max-train-examples", cfg.teacher_max_train_examples),
+                        ("--transfer-examples", cfg.transfer_examples)):
+        if value is not None and not task.sentence_level:
+            raise UsageError(f"{flag} applies to sentence classification and regression; {task.name} is {task.family}: "
+                             f"leave it out")
+    teacher_train = subsample(train_file, cfg.teacher_max_train_examples) if cfg.teacher_max_train_examples else None
+    if not cfg.transfer_examples:
+        return teacher_train, []
+    free = len(train_file) - cfg.max_train_examples
+    if cfg.transfer_examples > free:
+        raise UsageError(f"--transfer-examples {cfg.transfer_examples}: {task.name}'s training file holds {max(free, 0)} "
+                         f"examples beyond the {cfg.max_train_examples} labelled ones; give at most {max(free, 0)}")
+    return teacher_train, unlabelled(transfer_set(train_file, cfg.max_train_examples, cfg.transfer_examples), task.regression)
 
 
 def student_pooling(cfg: RunConfig, task: Task, pretrained: str | None) -> str | None:
@@ -165,6 +190,8 @@ def run_identity(plan: Plan, objective: type[Objective], teacher: TeacherRecord,
             "hparams": {k: getattr(cfg, k) for k in ("epochs", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay",
                                                       "max_grad_norm", "selection_fraction", "select_best_epoch", "max_train_examples")},
             **({"teacher_cache": "fp16"} if cfg.teacher_cache == "fp16" else {}),  # fp16 teacher outputs change results
+            # a transfer set changes what a teacher-reading objective trains on; `none` never reads it: its rows stay shared
+            **({"transfer_examples": cfg.transfer_examples} if cfg.transfer_examples and objective.uses_teacher else {}),
             "dev": fingerprint(plan.dev), "seed": seed,
             # a mean-pooled student (and teacher) computes other things; absent for cls, the pooling of every row
             # stored before it was recorded, so their keys hold

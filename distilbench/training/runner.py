@@ -326,7 +326,7 @@ class Runner:
         teacher = self._teacher_source(objective, record, teacher_net, own_tokens)
         shared = self.sources().shared(objective, record, tokenizer)
         if shared is not None:
-            train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
+            train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)  # labelled: Stage I
             result = self.trainer()(student, objective, teacher, self._encode(tokenizer, train_part),
                                     self._encode(tokenizer, select_part), seed=seed, epochs=cfg.epochs, lr=cfg.lr,
                                     label=f"{objective.name} shared stages", shared=shared, only_shared=True)
@@ -336,7 +336,7 @@ class Runner:
         """Build seed ``seed``'s student and objective, train them (and an objective's candidates), choosing on the
         selection split only: dev is not touched here (``distilbench search`` calls this alone)."""
         plan, cfg = self.plan, self.cfg
-        train_part, select_part = selection_split(plan.train_all, cfg.selection_fraction, seed)
+        train_part, select_part = plan.training_part(objective_cls, seed)
         student, tokenizer, objective, mapping, multi = self._build(objective_cls, seed, teacher_net)
         own_tokens = tokenizer.get_vocab() != self.tokenizer.get_vocab() if plan.init.pretrained else False
         # the teacher's fine-tuning is part of the cost of every run whose student was copied from it or reads it

@@ -70,7 +70,7 @@ class TeacherSources:
         layers = sorted({t for _, t in plan.pairs})
         logits_only = objective.needs == Needs(logits=True, token_aligned=objective.needs.token_aligned)
         if cfg.teacher_cache != "off" and (logits_only or objective.teacher_cache):
-            enc_all = self.encode(self.tokenizer, plan.train_all)
+            enc_all = self.encode(self.tokenizer, plan.teacher_read)
             tokenisation, logits, path = self.logits_cache(record, enc_all, teacher_net)
             cache = [logits]
             parts.append(cost.logits_part(record, path))
@@ -94,11 +94,11 @@ class TeacherSources:
     def _team_source(self, objective: Objective, parts: list) -> TeacherSource:
         """Logits only: each member's logits over the whole train file, computed once on its own tokenisation."""
         plan, cfg = self.plan, self.cfg
-        caches = [teacher_logits(r, self.encode(tok, plan.train_all), plan.train_rows, partial(self.inference.logits, net),
+        caches = [teacher_logits(r, self.encode(tok, plan.teacher_read), plan.train_rows, partial(self.inference.logits, net),
                                  f"{r.key}:{cfg.max_length}", self.precision)
                   for r, net, tok in self.team]
         for r, _, tok in self.team:
-            parts += [cost.teacher_part(r), cost.logits_part(r, logits_path(r, self.encode(tok, plan.train_all), plan.train_rows,
+            parts += [cost.teacher_part(r), cost.logits_part(r, logits_path(r, self.encode(tok, plan.teacher_read), plan.train_rows,
                                                                              f"{r.key}:{cfg.max_length}", self.precision))]
         return TeacherSource([net for _, net, _ in self.team], objective.needs, caches)
 
