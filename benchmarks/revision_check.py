@@ -10,6 +10,11 @@ and the new score side by side.
     python benchmarks/revision_check.py reports/p002-table3/results.sqlite --data-dir ../shared/data/glue \\
         --cell kd@layers:4,8,12:0 --cell kd@layers:1,2,3:0 -- --teacher-epochs 2 --pooling cls
 
+``--compare OTHER`` reruns nothing: it lists the runs the two stores share (the same run key: the same
+configuration) with each store's score and the code that computed it (its fingerprint, else its git revision).
+
+    python benchmarks/revision_check.py reports/pilot-small/results.sqlite --compare reports/ted-table2-small/results.sqlite
+
 Rows stored before the precision was recorded were trained in fp32: the rerun uses ``--mixed-precision fp32``
 unless the row names another. Scores need not be bit-identical across CPUs (other vector instructions, other
 rounding); read a difference against the cell's spread over seeds, which the script prints beside it.
@@ -33,11 +38,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def rows_of(store: Path, objective: str, init: str) -> list[dict]:
+def rows_of(store: Path, objective: str | None = None, init: str | None = None) -> list[dict]:
+    """The store's student rows (of one objective and init, when given)."""
     con = sqlite3.connect(store)
     con.row_factory = sqlite3.Row
-    rows = [dict(r) for r in con.execute("SELECT * FROM runs WHERE kind = 'student' AND objective = ? AND init = ?",
-                                         (objective, init))]
+    rows = [dict(r) for r in con.execute("SELECT * FROM runs WHERE kind = 'student'")
+            if objective is None or (r["objective"] == objective and r["init"] == init)]
     con.close()
     return rows
 
@@ -61,16 +67,41 @@ def command(row: dict, data_dir: str, results: Path, extra: list[str]) -> list[s
     return args + ["--mixed-precision", precision] + extra
 
 
+def code_of(row: dict) -> str:
+    extra = json.loads(row["extra"] or "{}") or {}
+    return extra.get("code_fingerprint") or f"git {row['git_rev']}"
+
+
+def compare(store: Path, other: Path) -> int:
+    """The runs both stores hold, side by side; exit 1 when a shared run's scores differ."""
+    mine = {r["run_key"]: r for r in rows_of(store)}
+    theirs = {r["run_key"]: r for r in rows_of(other)}
+    shared = sorted(set(mine) & set(theirs), key=lambda k: (mine[k]["task"], mine[k]["objective"], mine[k]["seed"]))
+    print(f"{len(shared)} run(s) in both {store} and {other}")
+    print("| task | objective | init | seed | score here | code here | score there | code there | equal |")
+    print("|---|---|---|---:|---:|---|---:|---|---|")
+    for k in shared:
+        a, b = mine[k], theirs[k]
+        print(f"| {a['task']} | {a['objective']} | {a['init']} | {a['seed']} | {100 * a['score']:.2f} | {code_of(a)} | "
+              f"{100 * b['score']:.2f} | {code_of(b)} | {a['score'] == b['score']} |")
+    return 0 if all(mine[k]["score"] == theirs[k]["score"] for k in shared) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", type=Path)
-    ap.add_argument("--cell", action="append", required=True, help="OBJECTIVE@INIT:SEED, e.g. kd@layers:4,8,12:0")
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--cell", action="append", help="OBJECTIVE@INIT:SEED, e.g. kd@layers:4,8,12:0")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--compare", type=Path, help="another store: list the runs both hold, rerunning nothing")
     ap.add_argument("--scratch", type=Path, help="store for the reruns (default: a temporary folder)")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(args.store, args.compare)
+    if not args.cell or not args.data_dir:
+        ap.error("give --cell (one or more) and --data-dir, or --compare OTHER")
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="revision-check-")) / "results.sqlite"
     print(f"store {args.store}; reruns in {scratch}")
     print("| cell | seed | stored at | stored | rerun | rerun - stored | cell sd over seeds | same run key |")
