@@ -12,7 +12,7 @@ ARGS=(--teacher minilm-l6 --task sst2 --data-dir "$DATA" --init layers:1,2,3 --s
       --max-train-examples 800 --teacher-max-train-examples 8000 --epochs 2 --teacher-epochs 2 --lr 1e-4
       --teacher-lr 1e-4 --teacher-micro-batch 0 --objective kd --seeds 3 --no-baseline --no-progress
       --results "$OUT/results.sqlite")
-python -m distilbench run "${ARGS[@]}" --workers 1
+OMP_NUM_THREADS=1 python -m distilbench run "${ARGS[@]}" --workers 1   # one thread a process, as below
 OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m distilbench run "${ARGS[@]}"
 python - "$OUT/results.sqlite" <<'PY'
 import json, sqlite3, sys

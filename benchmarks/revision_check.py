@@ -30,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+IDENTITY_FLAGS = ("pooling", "teacher_cache", "transfer_examples", "eval_stride", "teacher_topk")
 HPARAM_FLAGS = ("batch_size", "epochs", "lr", "max_grad_norm", "max_length", "max_train_examples",
                 "selection_fraction", "warmup_ratio", "weight_decay")
 
@@ -63,8 +64,11 @@ def command(row: dict, data_dir: str, results: Path, extra: list[str]) -> list[s
             args.append(flag(name) if value else "--no-" + flag(name)[2:])
         elif value is not None:
             args += [flag(name), str(value)]
+    for name in IDENTITY_FLAGS:  # what an identity holds beyond the defaults, replayed as the flag that set it
+        if params.get(name) is not None:
+            args += [flag(name), str(params[name])]
     precision = (json.loads(row["extra"] or "{}") or {}).get("precision") or params.get("precision") or "fp32"
-    return args + ["--mixed-precision", precision] + extra
+    return args + ["--mixed-precision", precision, "--force"] + extra  # --force: a reused scratch store retrains
 
 
 def code_of(row: dict) -> str:
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", type=Path)
-    ap.add_argument("--cell", action="append", help="OBJECTIVE@INIT:SEED, e.g. kd@layers:4,8,12:0")
+    ap.add_argument("--cell", action="append", help="[TASK/]OBJECTIVE@INIT:SEED (e.g. qnli-devsplit/kd@layers:4,8,12:0), or a row's run key")
     ap.add_argument("--data-dir")
     ap.add_argument("--compare", type=Path, help="another store: list the runs both hold, rerunning nothing")
     ap.add_argument("--scratch", type=Path, help="store for the reruns (default: a temporary folder)")
@@ -107,17 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     print("| cell | seed | stored at | stored | rerun | rerun - stored | cell sd over seeds | same run key |")
     print("|---|---:|---|---:|---:|---:|---:|---|")
     for spec in args.cell:
-        objective, _, rest = spec.partition("@")
+        by_key = [r for r in rows_of(args.store) if r["run_key"] == spec]  # a run key names one row outright
+        task, _, rest = spec.rpartition("/")
+        objective, _, rest = rest.partition("@")
         init, _, seed = rest.rpartition(":")
-        rows = rows_of(args.store, objective, init)
-        row = next((r for r in rows if str(r["seed"]) == seed), None)
-        if row is None:
-            print(f"{spec}: no stored row (objective {objective}, init {init}, seed {seed})", file=sys.stderr)
+        if by_key:
+            task, objective, init, seed = by_key[0]["task"], by_key[0]["objective"], by_key[0]["init"], str(by_key[0]["seed"])
+        rows = [r for r in rows_of(args.store, objective, init) if not task or r["task"] == task]
+        found = by_key or [r for r in rows if str(r["seed"]) == seed]
+        if len(found) != 1 or "processes" in json.loads(found[0]["params"]):
+            configs = ", ".join(f"{r['task']} {r['config_hash']}" for r in found) or "none"
+            print(f"{spec}: {len(found)} stored rows match (task and config: {configs}); give TASK/OBJECTIVE@INIT:SEED "
+                  "naming exactly one single-process row, or its run key", file=sys.stderr)
             return 2
+        row = found[0]
+        rows = [r for r in rows if r["config_hash"] == row["config_hash"]]  # the cell's seeds, for its spread
         subprocess.run(command(row, args.data_dir, scratch, extra), check=True)
         con = sqlite3.connect(scratch)
-        new = con.execute("SELECT run_key, score, extra FROM runs WHERE kind = 'student' AND objective = ? AND init = ? "
-                          "AND seed = ? ORDER BY created_at DESC", (objective, init, int(seed))).fetchone()
+        new = con.execute("SELECT run_key, score, extra FROM runs WHERE kind = 'student' AND task = ? AND objective = ? "
+                          "AND init = ? AND seed = ? ORDER BY created_at DESC",
+                          (row["task"], objective, init, int(seed))).fetchone()
         con.close()
         sd = statistics.stdev([r["score"] for r in rows]) if len(rows) > 1 else float("nan")
         fp = (json.loads(new[2] or "{}") or {}).get("code_fingerprint", "?")

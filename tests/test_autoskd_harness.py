@@ -272,3 +272,12 @@ def test_search_runs_a_multi_teacher_objective_on_its_team(tiny_run_args, tiny_t
             "--trials", "1", "--epochs", "2", "--study", "autoskd-team", "--out", str(tmp_path / "search")]
     assert main(argv) == 0
     assert "Trials: 1 (1 complete" in (tmp_path / "search" / "README.md").read_text()
+
+
+def test_a_team_splits_at_commas_but_keeps_layer_lists_whole():
+    from distilbench.training.plan import split_team
+
+    assert split_team("a@layers:1,2,3,b") == ["a@layers:1,2,3", "b"]
+    assert split_team("a, 2l-teacher") == ["a", "2l-teacher"]  # a name may start with a digit
+    assert split_team("a@layers:1, 2,b@first-k,") == ["a@layers:1,2", "b@first-k"]
+    assert split_team("a@first-k,3") == ["a@first-k", "3"]  # only a layer list continues

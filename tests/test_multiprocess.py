@@ -52,6 +52,14 @@ def test_two_processes_train_one_row_per_seed_in_a_cell_of_their_own(tiny_run_ar
         assert m["score"] == score and 0 <= score <= 1 and "accuracy" in m
     steps = lambda row: json.loads(row[5])["history"][-1]["steps"]  # the stage's steps when its last epoch ended
     assert [steps(r) for r in two[:2]] == [-(-steps(r) // 2) for r in one]  # each process takes every other batch
+    # TED's Stage I freezes the student (no DDP module then) and trains the filters, averaged by hand
+    argv[argv.index("hid-seq")] = "ted"
+    proc = subprocess.run([*argv, "--seed-list", "0", "--no-baseline"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ted = [r for r in _rows(results) if r[0] == "ted"]
+    assert len(ted) == 1 and json.loads(ted[0][4])["processes"] == 2
+    assert [h["stage"] for h in json.loads(ted[0][5])["history"]] == ["filters", "distil"]
 
 
 def test_multi_process_run_refuses_a_teacher_that_is_not_trained_yet(tiny_run_args, tmp_path, monkeypatch, capfd):
@@ -61,7 +69,7 @@ def test_multi_process_run_refuses_a_teacher_that_is_not_trained_yet(tiny_run_ar
     capfd.readouterr()
     assert main(["run", *tiny_run_args, "--objective", "kd", "--teacher-epochs", "2"]) == 2
     err = capfd.readouterr().err
-    assert "under accelerate launch, fine-tune it first" in err and len(err.strip().splitlines()) == 1
+    assert "with several processes, fine-tune it first" in err and len(err.strip().splitlines()) == 1
 
 
 def _teacher_args(args: list[str]) -> list[str]:

@@ -351,7 +351,7 @@ def load_split(task: Task | QATask, split: str, data_dir: Path | None) -> list[E
     if isinstance(task, QATask):
         return load_qa_split(task, split, data_dir)  # type: ignore[return-value]
     _check_split(task, split)
-    if task.family == "causal-lm":
+    if task.causal:
         return _load_corpus(task, split, data_dir)
     if task.derived_split is not None:
         return _derived_part(task, split, data_dir)

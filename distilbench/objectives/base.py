@@ -131,6 +131,7 @@ class Objective(nn.Module):
     paper: ClassVar[str]  # short reference shown by `distilbench ls objectives`
     needs: ClassVar[Needs] = Needs()
     uses_teacher: ClassVar[bool] = True
+    data_parallel: ClassVar[bool] = True  # False: state of its own that data-parallel processes would not share
     multi_teacher: ClassVar[bool] = False  # learns from a team (--teachers), each step's teacher(s) from choose_teacher()
     separable: ClassVar[bool] = False  # the loss is a mean of per-example losses, so a batch may run as micro-batches
     teacher_cache: ClassVar[bool] = True  # the teacher's outputs may come from the on-disk cache (False: run it every step)

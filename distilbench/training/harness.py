@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import nn
 
 from ..config import RunConfig
@@ -51,7 +51,9 @@ def make_accelerator(cfg: RunConfig, precision: str | None = None) -> Accelerato
     # under torchrun without a GPU, accelerate joins the processes (gloo) only when told the run is on the CPU;
     # otherwise each process would train alone
     cpu = cfg.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
-    return Accelerator(cpu=cpu, mixed_precision=ACCELERATE[precision])
+    # a stage may leave some of the student unused (the head while --schedule sequential distils layers): DDP must look
+    return Accelerator(cpu=cpu, mixed_precision=ACCELERATE[precision],
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 @dataclass
@@ -202,7 +204,10 @@ def _begin_stage(loop: _Loop, student: nn.Module, stage: Stage, enc: Encoded, te
     warmup = int(cfg.warmup_ratio * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    student, optimizer = accelerator.prepare(student, optimizer)
+    if stage.train_student:
+        student, optimizer = accelerator.prepare(student, optimizer)
+    else:  # a frozen student (TED's Stage I) is no DDP module: DDP refuses a model with nothing to train
+        optimizer = accelerator.prepare(optimizer)
     return student, _StageRun(stage, enc, teacher_enc, seed, holdout, params, optimizer, schedule, total_steps, world,
                               enc.lengths())
 
@@ -238,7 +243,7 @@ def _step(loop: _Loop, run: _StageRun, student: nn.Module, batch: dict, sums: di
     accelerator, stage = loop.accelerator, run.stage
     for part, share in micro_batches(batch, loop.micro_batch):
         out, logged = _loss(loop, run, student, part)
-        if not torch.isfinite(out.loss):
+        if not _finite_everywhere(out.loss, run.world):  # every process stops, or none (the others would wait forever)
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
             raise TrainingDiverged(f"loss became {out.loss.item()} at stage {stage.name}, epoch {run.epoch + 1}, step {run.step + 1} "
                                    f"({terms}); lower --lr or check the inputs")
@@ -366,14 +371,23 @@ def _cycle(enc: Encoded, teacher_enc: Encoded | None, batch_size: int, seed: int
 
 def _average_grads(module: nn.Module) -> None:
     """Average the gradients of ``module``'s trainable parameters over the processes (DDP does it only for the
-    student it wraps): every process joins every all-reduce in the same order, with a zero gradient where its batch
-    did not reach a parameter."""
-    for p in module.parameters():
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+    student it wraps). Every process joins every all-reduce in the same order: a parameter some process's batch did
+    not reach takes a zero gradient there; one no process reached keeps none (the optimiser skips it, as alone)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    reached = torch.tensor([float(p.grad is not None) for p in params])
+    dist.all_reduce(reached)
+    for p, n in zip(params, reached.tolist()):
+        if n > 0:
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
             dist.all_reduce(p.grad)
             p.grad /= dist.get_world_size()
+
+
+def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
+    bad = torch.tensor(float(not bool(torch.isfinite(loss))))
+    if world > 1:
+        dist.all_reduce(bad)
+    return bad.item() == 0
 
 
 def _no_holdout() -> dict:

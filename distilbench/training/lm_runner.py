@@ -123,6 +123,7 @@ class LMRunner(Runner):
     def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
+        self.refuse_untrained_teacher(name, self.plan.train_all)
         record = ensure_teacher(cfg, name, task, self.plan.train_all, self.inference().fine_tune, self.log,
                                 self.precision)
         self.tokenizer = self._padded(load_tokenizer(str(record.path)))

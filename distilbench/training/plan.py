@@ -151,8 +151,7 @@ def plan_team(cfg: RunConfig, objective: type[Objective], task: Task) -> list[st
         return []
     if task.regression:
         raise UsageError(f"{objective.name} distils class distributions; {task.name} is a regression task: use a classification task")
-    # a comma before a digit continues a layer list (NAME@layers:1,2,3), it does not start the next member
-    team = [t.strip() for t in re.split(r",(?!\s*\d)", cfg.teachers or "") if t.strip()]
+    team = split_team(cfg.teachers or "")
     if len(team) < 2:
         raise UsageError(f"{objective.name} needs a team of at least two teachers, e.g. --teachers mpnet-base,minilm-l6,mpnet-base@first-k "
                          f"(got {cfg.teachers!r})")
@@ -168,6 +167,18 @@ def plan_team(cfg: RunConfig, objective: type[Objective], task: Task) -> list[st
         members.append(member)
     if len(set(members)) != len(members):
         raise UsageError(f"--teachers names the same teacher twice: {', '.join(members)}")
+    return members
+
+
+def split_team(text: str) -> list[str]:
+    """``--teachers`` as members: a comma starts the next member, except that a number after a member that ends in a
+    layer list continues the list (``NAME@layers:1,2,3,OTHER`` is two members)."""
+    members: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if members and part.isdigit() and re.search(r"@layers:[\d,]+$", members[-1]):
+            members[-1] += "," + part
+        elif part:
+            members.append(part)
     return members
 
 

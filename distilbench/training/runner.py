@@ -58,6 +58,10 @@ class Runner:
         # there could decide otherwise)
         self.precision, why = (precision, "the parent process's") if precision else resolve_precision(cfg.mixed_precision, cfg.cpu)
         self.accelerator = make_accelerator(cfg, self.precision)
+        serial = [o.name for o in self.plan.objectives if not o.data_parallel]
+        if serial and self.accelerator.num_processes > 1:
+            raise UsageError(f"objective {serial[0]} keeps state of its own that data-parallel processes would not share: "
+                             "run it in one process (--workers runs seeds side by side)")
         if self.precision != "fp32" or "probe" in why:  # fp32 without a probe is the plain case: no line
             self.log(f"precision: {self.precision} ({why})")
         self.tokenizer = self._teacher_tokenizer()
@@ -107,12 +111,17 @@ class Runner:
         return self.encodings(tokenizer, examples, self.cfg.max_length)
 
     # -- teacher --------------------------------------------------------------------------------------------------
+    def refuse_untrained_teacher(self, name: str, examples) -> None:
+        """Data-parallel processes each would fine-tune the teacher (and wait on each other): it must exist first."""
+        if self.accelerator.num_processes > 1 and not teacher_cached(self.cfg, name, self.plan.task, examples, self.precision):
+            raise UsageError(f"teacher {name} is not fine-tuned for {self.plan.task.name} yet: with several processes, "
+                             f"fine-tune it first in one (`distilbench teacher --task {self.plan.task.name} --model {name}` "
+                             "with the same options)")
+
     def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
-        if self.accelerator.num_processes > 1 and not teacher_cached(cfg, name, task, self.plan.teacher_examples, self.precision):
-            raise UsageError(f"teacher {name} is not fine-tuned for {task.name} yet: under accelerate launch, fine-tune it first in "
-                             f"one process (`distilbench teacher --task {task.name} --model {name}` with the same options)")
+        self.refuse_untrained_teacher(name, self.plan.teacher_examples)
         record = ensure_teacher(cfg, name, task, self.plan.teacher_examples, self.inference().fine_tune, self.log,
                                 self.precision)
         if self.plan.dev is None:  # a search: dev stays unread; the teacher's own selection score is what is known

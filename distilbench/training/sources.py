@@ -110,4 +110,5 @@ class TeacherSources:
         teacher_part = split_for_teacher(cfg, plan.train_all)[0]
         return SharedStages(self.encode(tokenizer, teacher_part), cfg.teacher_seed, record.path / "stages",
                             stable_hash([record.key, fingerprint(teacher_part), plan.init.spec, cfg.max_length, cfg.batch_size]
-                                        + ([self.precision] if self.precision != "fp32" else [])))
+                                        + ([self.precision] if self.precision != "fp32" else [])
+                                        + ([f"processes={n}"] if (n := self.inference.accelerator.num_processes) > 1 else [])))

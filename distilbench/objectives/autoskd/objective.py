@@ -123,6 +123,7 @@ class AutoSKD(_Team):
     version = "1.0"
     paper = "AutoSKDBERT (Alg. 1): teacher ~ Cat(theta), theta by SSWO/CR look-ahead, Eq. 8 selection, candidates"
     params = ("teachers", "theta_update", "theta_lr", "autoskd_m", "candidates", "autoskd_lookahead")
+    data_parallel = False  # θ learns from each process's own batch: processes would drift apart
     search_space = {"theta_lr": ("float", 3e-4, 1e-3, "log")}  # the paper's range (Appendix E)
 
     def __init__(self, ctx: Context):
