@@ -120,7 +120,8 @@ class TED(LayerObjective):
     @classmethod
     def beta_default(cls, config) -> float:
         """100 for sentence and QA tasks; for a causal LM the paper's 0.1 (at 100 the filtered MSE outweighs the
-        next-token loss and the student ends above the undistilled one's perplexity)."""
+        next-token loss and the student ends above the undistilled one's perplexity). ``ted-kl`` inherits both: the
+        paper gives no language-modelling weight for its KL form."""
         return cls.lm_default_beta if get_task(config.task).causal else cls.default_beta
 
     @classmethod
