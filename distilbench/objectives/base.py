@@ -238,7 +238,7 @@ class Objective(nn.Module):
         logits ``[B, L, V]`` (causal LM): the mean next-token NLL over the real targets (labels -100 are none;
         :func:`distilbench.data.lm.next_token_nll`). Sentence tasks: examples without a label (a transfer set's:
         ``NO_CLASS``, or NaN for a score) are left out; a batch with none labelled adds 0 (the gradient stays defined)."""
-        if self.task.sentence_level:
+        if self.task.sentence_level and labels.dim() == 1:  # one label per example
             known = ~torch.isnan(labels) if self.task.regression else labels != NO_CLASS
             if not bool(known.all()):
                 if not bool(known.any()):
