@@ -22,6 +22,18 @@ os.environ.setdefault("DISTILBENCH_WORKERS", "1")
 os.environ.setdefault("DISTILBENCH_MIXED_PRECISION", "fp32")
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="regenerate tests/data/golden.json from the code instead of comparing with it (tests/golden.py)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.getoption("--update-golden"):
+        import golden
+
+        golden.write()
 GLUE = REPO.parent / "shared" / "data" / "glue"
 
 
