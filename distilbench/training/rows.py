@@ -14,6 +14,7 @@ from ..models.loading import declared_pooling
 from ..objectives import Objective
 from .harness import TrainResult
 from .plan import Plan, run_settings
+from .precision import cpu_info
 from .provenance import code_fingerprint, git_revision, package_versions
 from .teacher import TeacherRecord
 
@@ -53,6 +54,8 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       "settings": run_settings(cfg, precision),  # what the table titles must say (cut-down data, ...)
                       "precision": precision,
                       "code_fingerprint": code_fingerprint(),  # the training path's code (claims flag cells that differ)
+                      # the processor: the same code and configuration train to other numbers on another CPU
+                      "machine": machine(),
                       # the student's sentence representation (sentence tasks; None for QA and causal LM): rows stored
                       # before it was recorded used first-token heads (report.format.pooling_of reads them as cls)
                       "pooling": plan.pooling, "reads_sentence": type(objective).reads_sentence,
@@ -67,6 +70,11 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       "dev_predictions": _per_example(dev_preds, task.regression or scores),
                       "dev_labels": list(dev_labels) if scores else _per_example(dev_labels, task.regression),
                       **(family_extra or {})}}
+
+
+def machine() -> dict[str, Any]:
+    model, flags = cpu_info()
+    return {"cpu": model, "avx512": "avx512f" in flags, "amx": "amx_tile" in flags}
 
 
 def _per_example(values, regression: bool) -> list:
