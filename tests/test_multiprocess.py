@@ -105,3 +105,22 @@ def test_only_students_are_prepared_for_data_parallel_never_the_frozen_teacher(t
     assert main(["run", *tiny_run_args, "--objective", "ted", "--seeds", "2", "--no-baseline"]) == 0
     layers = [m.config.num_hidden_layers for m in prepared]
     assert len(layers) >= 2 and set(layers) == {3}  # the 3-layer students (teacher layers 1,2,3), never the 4-layer teacher
+
+
+def test_a_processs_cpu_index_is_a_place_torch_load_knows():
+    """Under several CPU processes the device is ``cpu:0``, which torch.load's map_location refuses: the best epoch's
+    saved weights are read back to "cpu" (a GPU keeps its index)."""
+    import torch
+
+    from distilbench.training.harness import _location
+
+    assert _location(torch.device("cpu", 0)) == "cpu" and _location(torch.device("cpu")) == "cpu"
+    assert _location(torch.device("cuda", 1)) == "cuda:1"
+    saved = torch.nn.Linear(2, 2).state_dict()
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, map_location=_location(torch.device("cpu", 0)), weights_only=True)
+    assert torch.equal(loaded["weight"], saved["weight"])

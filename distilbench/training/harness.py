@@ -45,13 +45,12 @@ from .qa_eval import evaluate_spans
 
 
 def make_accelerator(cfg: RunConfig, precision: str | None = None) -> Accelerator:
-    """Device placement and mixed precision through accelerate: the same code on CPU, one GPU or several.
-    ``precision`` (fp32 | bf16 | fp16) is the run's resolved precision; None resolves ``cfg.mixed_precision`` now."""
+    """Device placement and mixed precision through accelerate, the same code on CPU, one GPU or several; ``precision``
+    (fp32 | bf16 | fp16) is the run's resolved one (None: resolve ``cfg.mixed_precision`` now)."""
     precision = precision or resolve_precision(cfg.mixed_precision, cfg.cpu)[0]
-    # under torchrun without a GPU, accelerate joins the processes (gloo) only when told the run is on the CPU;
-    # otherwise each process would train alone
+    # under torchrun without a GPU, accelerate joins the processes (gloo) only when told the run is on the CPU
     cpu = cfg.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
-    # a stage may leave some of the student unused (the head while --schedule sequential distils layers): DDP must look
+    # DDP must allow unused parameters: a stage may leave some unused (the head while --schedule sequential distils)
     return Accelerator(cpu=cpu, mixed_precision=ACCELERATE[precision],
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
@@ -218,10 +217,8 @@ def _train_epoch(loop: _Loop, run: _StageRun, student: nn.Module) -> dict[str, f
     student.train(run.stage.train_student)
     loop.objective.train()
     batches = length_grouped_batches(run.lengths, loop.cfg.batch_size, run.seed, run.epoch)
-    # several processes (accelerate launch) each take every world-th batch; one process takes them all. The list
-    # is topped up to a multiple of world with its first batches, so every process takes the same number of steps
-    # (DDP's all-reduce would wait forever for a process that has run out)
-    batches = batches + batches[: (-len(batches)) % run.world]
+    # data-parallel processes each take every world-th batch, the list topped up to a multiple of world with its first
+    batches = batches + batches[: (-len(batches)) % run.world]  # (equal steps: DDP's all-reduce waits for all)
     batches = batches[loop.accelerator.process_index::run.world]
     sums: dict[str, float] = {}
     n_batches = 0
@@ -304,7 +301,7 @@ def _finish(loop: _Loop, result: TrainResult, student: nn.Module) -> TrainResult
     result.examples_per_s = loop.examples / result.train_time_s if result.train_time_s > 0 else 0.0
     if loop.best is not None:
         if result.best_epoch != loop.selected_epoch:  # an earlier epoch was better than the last
-            student.load_state_dict(torch.load(loop.best.name, map_location=loop.accelerator.device, weights_only=True))
+            student.load_state_dict(torch.load(loop.best.name, map_location=_location(loop.accelerator.device), weights_only=True))
         loop.best.close()  # deletes the file
     student.requires_grad_(True)
     result.peak_mem_mb = peak_memory_mb()
@@ -316,7 +313,7 @@ def _load_shared_stage(objective: Objective, stage: Stage, path: Path | None, re
     state, is read from ``path`` and the stage is not trained again."""
     if path is None or not path.exists():
         return False
-    objective.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    objective.load_state_dict(torch.load(path, map_location=_location(device), weights_only=True))
     try:  # the losses of the run that trained it (training.cost.record_stage), so every row shows how the stage went
         trained = json.loads(path.with_suffix(".json").read_text()).get("history") or []
     except (OSError, ValueError):
@@ -381,6 +378,10 @@ def _average_grads(module: nn.Module) -> None:
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
             dist.all_reduce(p.grad)
             p.grad /= dist.get_world_size()
+
+
+def _location(device: torch.device) -> str:
+    return "cpu" if device.type == "cpu" else str(device)  # torch.load knows no "cpu:0" (a data-parallel process's)
 
 
 def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
