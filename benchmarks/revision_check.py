@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from distilbench.results.revisions import row_revision
+
 IDENTITY_FLAGS = ("pooling", "teacher_cache", "transfer_examples", "eval_stride", "teacher_topk")
 HPARAM_FLAGS = ("batch_size", "epochs", "lr", "max_grad_norm", "max_length", "max_train_examples",
                 "selection_fraction", "warmup_ratio", "weight_decay")
@@ -71,11 +73,6 @@ def command(row: dict, data_dir: str, results: Path, extra: list[str]) -> list[s
     return args + ["--mixed-precision", precision, "--force"] + extra  # --force: a reused scratch store retrains
 
 
-def code_of(row: dict) -> str:
-    extra = json.loads(row["extra"] or "{}") or {}
-    return extra.get("code_fingerprint") or f"git {row['git_rev']}"
-
-
 def compare(store: Path, other: Path) -> int:
     """The runs both stores hold, side by side; exit 1 when a shared run's scores differ."""
     mine = {r["run_key"]: r for r in rows_of(store)}
@@ -86,8 +83,8 @@ def compare(store: Path, other: Path) -> int:
     print("|---|---|---|---:|---:|---|---:|---|---|")
     for k in shared:
         a, b = mine[k], theirs[k]
-        print(f"| {a['task']} | {a['objective']} | {a['init']} | {a['seed']} | {100 * a['score']:.2f} | {code_of(a)} | "
-              f"{100 * b['score']:.2f} | {code_of(b)} | {a['score'] == b['score']} |")
+        print(f"| {a['task']} | {a['objective']} | {a['init']} | {a['seed']} | {100 * a['score']:.2f} | {row_revision(a)} | "
+              f"{100 * b['score']:.2f} | {row_revision(b)} | {a['score'] == b['score']} |")
     return 0 if all(mine[k]["score"] == theirs[k]["score"] for k in shared) else 1
 
 
@@ -128,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in rows if r["config_hash"] == row["config_hash"]]  # the cell's seeds, for its spread
         subprocess.run(command(row, args.data_dir, scratch, extra), check=True)
         con = sqlite3.connect(scratch)
-        new = con.execute("SELECT run_key, score, extra FROM runs WHERE kind = 'student' AND task = ? AND objective = ? "
+        new = con.execute("SELECT run_key, score, extra, git_rev FROM runs WHERE kind = 'student' AND task = ? AND objective = ? "
                           "AND init = ? AND seed = ? ORDER BY created_at DESC",
                           (row["task"], objective, init, int(seed))).fetchone()
         con.close()
         sd = statistics.stdev([r["score"] for r in rows]) if len(rows) > 1 else float("nan")
-        fp = (json.loads(new[2] or "{}") or {}).get("code_fingerprint", "?")
-        print(f"| {objective} @ {init} | {seed} | {row['git_rev']} | {100 * row['score']:.2f} | {100 * new[1]:.2f} "
-              f"(code {fp}) | {100 * (new[1] - row['score']):+.2f} | {100 * sd:.2f} | {new[0] == row['run_key']} |",
+        fp = row_revision({"extra": new[2], "git_rev": new[3]})
+        print(f"| {objective} @ {init} | {seed} | {row_revision(row)} | {100 * row['score']:.2f} | {100 * new[1]:.2f} "
+              f"({fp}) | {100 * (new[1] - row['score']):+.2f} | {100 * sd:.2f} | {new[0] == row['run_key']} |",
               flush=True)
     return 0
 
