@@ -57,11 +57,12 @@ def one(args) -> dict:
 
     from distilbench.config import RunConfig
     from distilbench.data.batching import encode
-    from distilbench.training.harness import make_accelerator, train
+    from distilbench.training.loop.harness import train
+    from distilbench.training.loop.parallel import make_accelerator
     from distilbench.models.loading import load_classifier, load_tokenizer
     from distilbench.objectives import Context, get_objective
     from distilbench.data.tasks import get_task, load_split, resolve_data_dir
-    from distilbench.training.precision import resolve
+    from distilbench.training.loop.precision import resolve
 
     task = get_task(args.task)
     tok = load_tokenizer(args.model)

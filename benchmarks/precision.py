@@ -6,7 +6,7 @@
         --data-dir ../shared/data/glue -- --init layers:4,8,12 --epochs 3   # flags after -- go to `distilbench run`
 
 The probe part measures afresh (the cached result that ``auto`` reads is printed beside it): each of
-``distilbench.training.precision.PROBE_SHAPES`` (a base-size layer's matmuls on 1,024 tokens) fp32 and under bf16 autocast,
+``distilbench.training.loop.precision.PROBE_SHAPES`` (a base-size layer's matmuls on 1,024 tokens) fp32 and under bf16 autocast,
 fastest of ``--repeats``, at this process's thread count (``--threads``).
 
 ``--paired`` trains the cell twice through ``distilbench run`` into one results store: ``--mixed-precision fp32``,
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distilbench.training import precision  # noqa: E402
+from distilbench.training.loop import precision  # noqa: E402
 
 
 def probe_figures(repeats: int) -> None:

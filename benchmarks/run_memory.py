@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distilbench.allocator import tune  # noqa: E402
 from distilbench.models.inits import copy_layers  # noqa: E402
 from distilbench.models.loading import load_classifier  # noqa: E402
-from distilbench.training.precision import resolve  # noqa: E402
+from distilbench.training.loop.precision import resolve  # noqa: E402
 from rss import status  # noqa: E402  (benchmarks/rss.py, beside this script)
 
 

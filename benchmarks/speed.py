@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distilbench.config import RunConfig  # noqa: E402
 from distilbench.data.batching import BatchLoader, encode, length_grouped_batches, subsample  # noqa: E402
-from distilbench.training.harness import TeacherSource, fused_adamw, make_accelerator, model_outputs, train  # noqa: E402
+from distilbench.training.loop.harness import TeacherSource, fused_adamw, make_accelerator, model_outputs, train  # noqa: E402
 from distilbench.models.inits import copy_layers  # noqa: E402
 from distilbench.models.loading import load_classifier, load_tokenizer  # noqa: E402
 from distilbench.objectives import Context, Needs, get_objective  # noqa: E402
-from distilbench.training.precision import bf16_matmul_native, matmul_gflops, resolve  # noqa: E402
+from distilbench.training.loop.precision import bf16_matmul_native, matmul_gflops, resolve  # noqa: E402
 from distilbench.data.tasks import get_task, load_split, resolve_data_dir  # noqa: E402
-from distilbench.training.teacher_cache import open_or_build, parts_for  # noqa: E402
+from distilbench.training.teachers.teacher_cache import open_or_build, parts_for  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distilbench.results.store import ResultsStore  # noqa: E402
-from distilbench.training.workers import cores  # noqa: E402
+from distilbench.training.runs.workers import cores  # noqa: E402
 
 
 def main() -> None:

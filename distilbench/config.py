@@ -1,7 +1,13 @@
 """Typed run configuration. Precedence, in one place: CLI flag > YAML file (``--config``) > the defaults below.
 
-Every field carries its help text; ``validate`` raises :class:`UsageError` (a ``ValueError``) with a message
-that names the bad value and what is accepted, never ``assert``. Bottom layer: imports only ``errors``.
+``RunConfig``'s fields are the run's and the harness's: the task, the models, the training, the data. An objective's
+own options (TED's filters, AutoSKD's θ, a KD temperature) are declared on the objective's class as
+:class:`~distilbench.options.Option` and registered when the objective is (:func:`~distilbench.options.declare_options`);
+a RunConfig takes them as keywords, reads them as
+attributes and keeps the given ones in ``options``. Flags, YAML keys, validation and the search space are generated
+from both (:func:`all_options`). Every option carries its help text; ``validate`` raises :class:`UsageError` (a
+``ValueError``) with a message that names the bad value and what is accepted, never ``assert``. Bottom layer:
+imports only ``errors`` and ``options``.
 """
 from __future__ import annotations
 
@@ -13,18 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UsageError
-
-
-# The `--help` sections, in this order; every field names its own (``group=``), so a new flag lands in one of them.
-MODELS, TRAINING, OBJECTIVES, TED, AUTOSKD, DATA = "models", "training", "objectives", "TED", "AutoSKD", "data and output"
-GROUPS = {
-    MODELS: "the teacher, the student and how the teacher is fine-tuned and cached",
-    TRAINING: "the student's training, seeds and devices",
-    OBJECTIVES: "what the student learns from the teacher",
-    TED: "only for --objective ted and ted-kl: task-aware filters (Liang et al. 2023)",
-    AUTOSKD: "only for --objective autoskd, skd and avgkd: a team of teachers (AutoSKDBERT)",
-    DATA: "the task, how much of it, and where results go",
-}
+from .options import DATA, DECLARED, GROUPS, MODELS, OBJECTIVES, RESERVED, TRAINING, Option
 
 
 def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -35,7 +30,7 @@ def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = No
 
 
 @dataclass
-class RunConfig:
+class _RunFields:
     task: str = _f("rte", "GLUE task name (see `distilbench ls tasks`).", group=DATA)
     objective: str = _f("kd", "distillation objective (see `distilbench ls objectives`); `none` = plain fine-tuning.", group=OBJECTIVES)
     teacher: str = _f("mpnet-base", "teacher: an embedded alias (mpnet-base, minilm-l6), a hub id or a local path.", group=MODELS)
@@ -58,27 +53,10 @@ class RunConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay.", group=TRAINING)
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off).", group=TRAINING)
     layer_map: str = _f("init", "which teacher layer each student layer learns from: init | uniform | last | ted | 4,8,12.", group=OBJECTIVES)
-    beta: float | None = _f(None, "weight of the intermediate-layer term(s) of layer objectives (joint schedule); default: the objective's own (1.0; TED 100).", group=OBJECTIVES)
-    schedule: str = _f("joint", "layer objectives: joint (CE + KD + beta*intermediate) | sequential (intermediate, then prediction layer; --epochs each, Wang et al. 2023).", group=OBJECTIVES, choices=('joint', 'sequential'))
-    ted_filter: str = _f("linear", "TED filter architecture (Liang et al. 2023 §6.5): linear | mlp (two layers, GeLU) | layer (init from the model's next layer).", group=TED, choices=('linear', 'mlp', 'layer'))
-    ted_student_filters: str = _f("copy", "TED student filters W_s: copy (start from the teacher filter at M(k), A.4 case 2.2; with --ted-teacher-filters none, the identity) | train (Stage I on the frozen student) | random (untrained: Table 6's ✗) | none (no W_s: the student's layer is compared with the filtered teacher layer, Table 6 Abl.1; equal hidden sizes).", group=TED, choices=('copy', 'train', 'random', 'none'))
-    ted_teacher_filters: str = _f("trained", "TED teacher filters W_t: trained (Stage I) | random (untrained) | none (no W_t: the teacher's layer itself, Table 6 Abl.2 and Abl.4).", group=TED, choices=('trained', 'random', 'none'))
-    ted_finetune_student: bool = _f(False, "TED: fine-tune the student on the task (--epochs, CE) before training its filters in Stage I (A.2.3; the student's filters are then trained in Stage I, per seed: refused with --ted-student-filters random or none).", group=TED)
-    ted_filter_epochs: float = _f(1.0, "TED Stage I epochs (filters only, model frozen; Liang et al. 2023 §5.2 train one epoch).", group=TED)
-    ted_filter_lr: float = _f(1e-3, "TED Stage I learning rate (filters start random; the model is frozen).", group=TED)
-    teachers: str | None = _f(None, "multi-teacher objectives (autoskd, skd, avgkd): the team, comma-separated aliases, ids or paths; NAME@INIT is a truncated fine-tuned teacher, e.g. mpnet-base@first-3 (the student's own architecture, a weak teacher).", group=AUTOSKD)
-    theta_update: str = _f("sswo", "autoskd: how theta learns: sswo (only the sampled teacher's weight, AutoSKDBERT Eq. 7) | cr (continuous relaxation, Eq. 5).", group=AUTOSKD, choices=('sswo', 'cr'))
-    theta_lr: float = _f(3e-4, "autoskd: Adam learning rate of theta (weight decay 1e-3; the paper's range 3e-4 .. 1e-3).", group=AUTOSKD)
-    theta_init: str = _f("uniform", "skd: the fixed distribution: uniform | random (drawn from the seed; the paper's random baseline) | weights like 0.5,0.3,0.2.", group=AUTOSKD)
-    autoskd_m: int | None = _f(None, "autoskd: teachers discarded between the phases (Eq. 8); default: those no larger than the student (Appendix A.1's rule of thumb).", group=AUTOSKD)
-    candidates: int = _f(2, "autoskd: candidate distributions from phase 2, each retrained from scratch, best on the selection split (the paper used 25).", group=AUTOSKD)
-    autoskd_lookahead: str = _f("finite-difference", "autoskd: theta's look-ahead gradient: finite-difference (DARTS) | exact (second order) | first-order.", group=AUTOSKD, choices=('finite-difference', 'exact', 'first-order'))
+    teachers: str | None = _f(None, "multi-teacher objectives (autoskd, skd, avgkd): the team, comma-separated aliases, ids or paths; NAME@INIT is a truncated fine-tuned teacher, e.g. mpnet-base@first-3 (the student's own architecture, a weak teacher).", group=MODELS)
     teacher_cache: str = _f("fp32", "teacher-output cache (hidden states, attention scores, values of the mapped layers; computed once, memory-mapped): fp32 | fp16 | off (run the teacher every step).", group=MODELS, choices=('fp32', 'fp16', 'off'))
-    temperature: float = _f(2.0, "softmax temperature of the prediction-layer (KD) term.", group=OBJECTIVES)
-    alpha_kd: float = _f(1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.", group=OBJECTIVES)
-    gkd_beta: float = _f(0.5, "gkd-jsd: beta of the generalised JSD (GKD, as TRL defines it): beta*KL(p_T||M) + (1-beta)*KL(p_S||M), M = beta*p_T + (1-beta)*p_S; 0 = KL(p_T||p_S), 1 = KL(p_S||p_T).", group=OBJECTIVES)
     bpe_vocab: int = _f(8192, "causal LM, a from-scratch teacher (--teacher scratch:SIZE): the byte-level BPE vocabulary trained on the training text.", group=MODELS)
-    teacher_topk: int | None = _f(None, "causal LM: cache the teacher's top-K next-token log-probabilities per position (at --temperature) with the rest mass, computed once per teacher and training blocks, for objectives that read only logits (kd, kd-reverse, gkd-jsd); an approximation of the KL bounded by the teacher's tail (distilbench.training.lm_topk). Default: the live teacher each step.", group=MODELS)
+    teacher_topk: int | None = _f(None, "causal LM: cache the teacher's top-K next-token log-probabilities per position (at --temperature) with the rest mass, computed once per teacher and training blocks, for objectives that read only logits (kd, kd-reverse, gkd-jsd); an approximation of the KL bounded by the teacher's tail (distilbench.training.teachers.lm_topk). Default: the live teacher each step.", group=MODELS)
     eval_stride: int | None = _f(None, "causal LM: the perplexity evaluation stride in tokens (default --max-length: non-overlapping blocks; smaller: a sliding window). Stored in every row.", group=DATA)
     teacher_epochs: float = _f(3.0, "teacher fine-tuning epochs.", group=MODELS)
     teacher_lr: float = _f(3e-5, "teacher fine-tuning learning rate.", group=MODELS)
@@ -116,9 +94,13 @@ class RunConfig:
                            "on 2 cores; an accelerator: 1). Teachers, caches and TED's Stage I are built first, once. "
                            "Default: $DISTILBENCH_WORKERS, else auto.", group=TRAINING)
 
+    # the objectives' options given (those differing from their defaults), by name: RunConfig(theta_lr=1e-3) keeps
+    # {"theta_lr": 0.001} here and cfg.theta_lr reads it back (see RunConfig)
+    options: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
+
     def validate(self) -> "RunConfig":
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "max_length": self.max_length, "temperature": self.temperature, "teacher_epochs": self.teacher_epochs,
+                    "max_length": self.max_length, "teacher_epochs": self.teacher_epochs,
                     "teacher_lr": self.teacher_lr, "student_layers": self.student_layers}
         for name, value in positive.items():
             if value is None or value <= 0:
@@ -143,19 +125,13 @@ class RunConfig:
             raise UsageError(f"--teacher-max-train-examples {self.teacher_max_train_examples}: a count of at least the "
                              f"students' --max-train-examples ({self.max_train_examples}), which must be given: the teacher's "
                              f"sample holds the students'")
-        for f in dataclasses.fields(self):  # the flags refuse these too; a YAML value arrives here unchecked
-            accepted = f.metadata.get("choices")
-            if accepted and getattr(self, f.name) is not None and getattr(self, f.name) not in accepted:
-                raise UsageError(f"--{f.name.replace('_', '-')} must be one of {', '.join(accepted)} (got {getattr(self, f.name)!r})")
+        for option in all_options():  # the flags refuse these too; a YAML value arrives here unchecked
+            option.check(getattr(self, option.name))
         if self.teacher_topk is not None and self.teacher_topk < 1:
             raise UsageError(f"--teacher-topk must be >= 1 (got {self.teacher_topk})")
         if self.bpe_vocab < 257 or (self.eval_stride is not None and not 1 <= self.eval_stride <= self.max_length):
             raise UsageError(f"--bpe-vocab must be >= 257 and --eval-stride in 1..--max-length {self.max_length} "
                              f"(got {self.bpe_vocab}, {self.eval_stride})")
-        if not 0.0 <= self.gkd_beta <= 1.0:
-            raise UsageError(f"--gkd-beta must be in [0, 1] (got {self.gkd_beta})")
-        if self.theta_lr <= 0 or self.candidates < 1:
-            raise UsageError(f"--theta-lr must be > 0 and --candidates >= 1 (got {self.theta_lr}, {self.candidates})")
         if self.student is not None:
             if self.init not in ("first-k", f"pretrained:{self.student}"):  # first-k is the default: --student overrides it
                 raise UsageError(f"--student {self.student} conflicts with --init {self.init}; give one of them")
@@ -178,6 +154,61 @@ class RunConfig:
         return seeds
 
 
+RESERVED.update(f.name for f in dataclasses.fields(_RunFields))
+
+
+class RunConfig(_RunFields):
+    """The run's configuration: ``_RunFields``'s fields, plus the options the registered objectives declare
+    (:func:`declare_options`), given as keywords and read as attributes (``cfg.ted_filter``); a declared option nobody
+    gave reads as its default. ``dataclasses.asdict`` / ``replace`` carry them in ``options``."""
+
+    def __init__(self, options: dict[str, Any] | None = None, **values: Any):
+        given = dict(options or {})
+        for name in [n for n in values if n in DECLARED]:
+            given[name] = values.pop(name)
+        unknown = sorted(n for n in given if n not in DECLARED)
+        if unknown:  # a caller's defect (user input is checked against all_options() first)
+            raise TypeError(f"RunConfig: no registered objective declares {', '.join(unknown)}")
+        super().__init__(**values)
+        for name, value in given.items():
+            setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not fields: the declared options
+        option = DECLARED.get(name)
+        if option is None:
+            raise AttributeError(f"'RunConfig' object has no attribute {name!r}")
+        return self.__dict__.get("options", {}).get(name, option.default)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        option = DECLARED.get(name)
+        if option is None:
+            return object.__setattr__(self, name, value)
+        given = {k: v for k, v in self.options.items() if k != name}
+        if value != option.default:
+            given[name] = value
+        object.__setattr__(self, "options", given)
+
+
+def option(name: str) -> Option:
+    """The option ``name`` (a RunConfig field or a declared one); KeyError when there is none."""
+    found = DECLARED.get(name) or next((o for o in all_options() if o.name == name), None)
+    if found is None:
+        raise KeyError(name)
+    return found
+
+
+def all_options() -> list[Option]:
+    """Every option a run takes: RunConfig's fields (in their order), then the declared objectives' options."""
+    hints = typing.get_type_hints(_RunFields)
+    fields = [Option(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["group"], f.metadata.get("choices"))
+              for f in dataclasses.fields(_RunFields) if not f.metadata.get("internal")]
+    return fields + list(DECLARED.values())
+
+
+def option_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(_RunFields) if not f.metadata.get("internal")} | set(DECLARED)
+
+
 def check_folder(flag: str, value: str) -> None:
     """An output folder that can be created or written, checked without writing anything (bad input writes nothing)."""
     path = Path(str(value)).expanduser()
@@ -194,7 +225,7 @@ def check_folder(flag: str, value: str) -> None:
 
 # what a run is (its cell and seeds) or where and how it runs and reports: never "settings" of what it measured.
 # --mixed-precision is a request (auto decides per machine): the precision it resolved to is what a row records
-# (``precision`` in its settings when not fp32, see training.plan.run_settings)
+# (``precision`` in its settings when not fp32, see training.runs.plan.run_settings)
 # --pooling: the pooling it resolved to is recorded instead (``pooling`` in a row's identity and extra, in report headers)
 _NOT_SETTINGS = ("task", "objective", "teacher", "student", "init", "pooling", "seeds", "seed_list", "data_dir", "results", "force",
                  "baseline", "progress", "cpu", "teachers", "workers", "mixed_precision",
@@ -204,11 +235,8 @@ _NOT_SETTINGS = ("task", "objective", "teacher", "student", "init", "pooling", "
 def nondefault_settings(cfg: RunConfig) -> dict[str, Any]:
     """The options of ``cfg`` that differ from the defaults and change what is measured (cut-down data, shorter
     training, other hyper-parameters): what a table title must say about its numbers."""
-    out = {}
-    for f in dataclasses.fields(RunConfig):
-        if f.name not in _NOT_SETTINGS and getattr(cfg, f.name) != f.default:
-            out[f.name] = getattr(cfg, f.name)
-    return out
+    return {o.name: getattr(cfg, o.name) for o in all_options()
+            if o.name not in _NOT_SETTINGS and getattr(cfg, o.name) != o.default}
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
@@ -228,7 +256,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     data = read_yaml(path, "config") or {}
     if not isinstance(data, dict):
         raise UsageError(f"config {path} must be a mapping of option: value")
-    known = {f.name for f in dataclasses.fields(RunConfig)}
+    known = option_names()
     return _options(data, f"config {path}", known, f"accepted: {', '.join(sorted(known))}")
 
 
@@ -255,7 +283,7 @@ def task_defaults(value: Any, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ValueError(f"task file {source}: defaults must be a mapping of option: value")
-    known = {f.name for f in dataclasses.fields(RunConfig)} - set(NOT_TASK_DEFAULTS)
+    known = option_names() - set(NOT_TASK_DEFAULTS)
     try:
         return _options(value, f"task file {source}: defaults", known,
                         f"accepted: run's options except {', '.join(NOT_TASK_DEFAULTS)}")
@@ -265,8 +293,8 @@ def task_defaults(value: Any, source: str) -> dict[str, Any]:
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     """YAML reads `lr: 1e-3` as a string: convert each value to its field's type, or refuse it in one line."""
-    kind = typing.get_type_hints(RunConfig)[name]
-    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    kind = option(name).kind
+    base = option(name).base
     if value is None and type(None) in typing.get_args(kind):
         return None
     bools = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

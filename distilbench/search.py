@@ -142,7 +142,7 @@ def _optimize(study, runner, fixed: set[str], trials: int) -> None:
     import optuna
 
     from .objectives import get_objective
-    from .training.teacher import load_teacher
+    from .training.teachers.teacher import load_teacher
 
     objective_cls = get_objective(runner.cfg.objective)
     space = objective_cls.space()
@@ -180,7 +180,7 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
                    sampler_seed: int, heartbeat: int, threads: int) -> None:
     """One `--workers` process: its own runner (the teacher and team are read from the caches the parent filled) and
     its own sampler seed (sampler_seed + index: equal seeds would propose the same first trials), on the shared study."""
-    from .training.workers import exit_with_parent
+    from .training.runs.workers import exit_with_parent
 
     exit_with_parent()
     import torch
@@ -197,7 +197,7 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
 
 def _spawn_workers(processes: int, threads: int, args: tuple) -> list[int]:
     """Run ``_search_worker`` in ``processes`` spawned processes × ``threads`` threads; returns their exit codes."""
-    from .training.workers import start_processes
+    from .training.runs.workers import start_processes
 
     procs = start_processes(_search_worker, [(w, *args, threads) for w in range(processes)], threads)
     for proc in procs:
@@ -217,7 +217,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     from .results.backends import display
     from .objectives import get_objective
     from .training.families import make_runner
-    from .training.workers import resolve
+    from .training.runs.workers import resolve
 
     if trials < 1:
         raise UsageError(f"--trials must be >= 1 (got {trials})")

@@ -27,26 +27,21 @@ own options, init, teacher, seeds). Two entries of one objective are told apart 
 differ (``ted [ted_teacher_filters=random]``).
 The ``none`` baseline is a grid objective like any other (the runner's automatic baseline is off).
 
-Every cell is validated before anything trains (unknown objective, task, init, model, a layer out of range, bad
-data: one error line naming every unknown objective). Then each cell runs through
-``distilbench.training.families.make_runner(RunConfig(...)).run()``, which skips seeds whose rows are already stored: an interrupted
-suite resumes where it stopped. Several suite processes sharing one store (a PostgreSQL ``--results`` on many
-machines) divide the grid: each run is claimed under a lease (:mod:`distilbench.results.leases`), a run another process is
-training is skipped, and once every other cell is done the process waits for those runs (or takes over one whose
-holder died), so that each process's report holds the whole grid. Finally the report of exactly the suite's rows is written to ``reports/NAME/``
-(``reports/NAME-SCALE/`` for a scale other than cpu) by :func:`distilbench.report.build.build_report`; `distilbench suite`
-(:mod:`distilbench.cli.suite`) prints its tables.
+Every cell is validated before anything trains (one error line naming every unknown objective); then each runs
+through ``training.families.make_runner(RunConfig(...)).run()``, which skips stored seeds: a suite resumes where it
+stopped, and processes sharing one store divide the grid under leases (:mod:`distilbench.results.leases`), each
+waiting at the end for the runs others hold, so that every process's report holds the whole grid. The report of the
+suite's rows goes to ``reports/NAME/`` (``reports/NAME-SCALE/`` for a scale other than cpu).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape  # a cell label such as "ted [beta=1.0]" is text, not console markup
 
-from .config import RunConfig, _coerce, read_yaml
+from .config import RunConfig, _coerce, all_options, option_names, read_yaml
 from .data.tasks import task_run_defaults
 from .errors import TrainingDiverged, UsageError
 from .results.claims import parse_claims
@@ -55,7 +50,14 @@ GRID = ("tasks", "objectives", "inits", "teachers", "seeds")
 TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales", "claims", "slurm")
 # RunConfig fields a suite sets per cell itself: never options in the YAML or on the command line
 CELL_FIELDS = ("task", "objective", "init", "teacher", "student", "seeds", "seed_list", "baseline")
-SUITE_FLAGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in CELL_FIELDS)
+
+
+def suite_flags(names=None) -> tuple[str, ...]:
+    """The options a suite takes from its YAML and command line: every run option (``names``; default: all declared
+    so far) except those set per cell."""
+    return tuple(n for n in (names if names is not None else (o.name for o in all_options())) if n not in CELL_FIELDS)
+
+
 DEFAULT_SCALE = "cpu"
 
 
@@ -152,7 +154,10 @@ def _mapping(value: Any, where: str) -> dict:
 
 def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a mapping into (RunConfig options, grid keys); refuse anything else in one line."""
-    known = {f.name for f in dataclasses.fields(RunConfig)}
+    from .objectives import load_all  # declares the objectives' options; `report` never comes here (no torch)
+
+    load_all()
+    known = option_names()
     options, grid = {}, {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
@@ -249,7 +254,7 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
 def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     """Check every name and every cell before anything trains; one UsageError naming all unknown objectives."""
     from .training.families import runner_class  # lazy: building the CLI parser must not import torch
-    from .training.plan import plan_run
+    from .training.runs.plan import plan_run
     from .objectives import OBJECTIVES, get_objective
     from .data.tasks import get_task
 
@@ -303,7 +308,7 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
 
     from .results.backends import display
     from .report.build import build_report
-    from .training.workers import resolve
+    from .training.runs.workers import resolve
 
     console = console or Console(stderr=True)
     cells = validate(suite)
@@ -360,7 +365,7 @@ def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[
     """--workers N in a suite: each cell's teacher, caches and shared stages first, cell by cell in this process;
     then every cell's pending runs in one pool of workers; then each cell's stored rows."""
     from .training import families
-    from .training.workers import resolve, run_jobs
+    from .training.runs.workers import resolve, run_jobs
 
     prepared, jobs, owners = [], [], []
     for i, (label, cfg) in enumerate(cells, start=1):

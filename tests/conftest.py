@@ -46,8 +46,8 @@ class TrainingStarted(AssertionError):
 
 
 def no_training(*args, **kwargs):
-    """Patched over ``distilbench.training.runner.train``: a test that must refuse before training fails if it trains."""
-    raise TrainingStarted("distilbench.training.runner.train was called")
+    """Patched over ``distilbench.training.runs.runner.train``: a test that must refuse before training fails if it trains."""
+    raise TrainingStarted("distilbench.training.runs.runner.train was called")
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -54,7 +54,7 @@ def test_the_users_own_allocator_settings_and_other_platforms_are_left_alone():
 
 
 def test_a_spawned_worker_tunes_its_allocator_before_its_work(monkeypatch):
-    from distilbench.training import workers
+    from distilbench.training.runs import workers
 
     calls = []
     monkeypatch.setattr(allocator, "tune", lambda: calls.append("tune") or True)
@@ -95,7 +95,7 @@ def test_release_hands_the_freed_heap_back_to_the_system():
 
 
 def test_the_parent_releases_its_freed_heap_before_it_starts_workers(monkeypatch):
-    from distilbench.training import workers
+    from distilbench.training.runs import workers
 
     calls = []
     monkeypatch.setattr(allocator, "release", lambda: calls.append("release") or True)

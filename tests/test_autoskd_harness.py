@@ -16,7 +16,8 @@ from torch import nn
 from distilbench.cli import main
 from distilbench.config import RunConfig
 from distilbench.data.batching import encode, subsample
-from distilbench.training.harness import TeacherSource, make_accelerator, train
+from distilbench.training.loop.harness import TeacherSource, train
+from distilbench.training.loop.parallel import make_accelerator
 from distilbench.models.loading import load_classifier, load_tokenizer
 from distilbench.objectives import Context, Outputs, Stage, get_objective
 from distilbench.data.tasks import get_task, load_split
@@ -275,7 +276,7 @@ def test_search_runs_a_multi_teacher_objective_on_its_team(tiny_run_args, tiny_t
 
 
 def test_a_team_splits_at_commas_but_keeps_layer_lists_whole():
-    from distilbench.training.plan import split_team
+    from distilbench.training.runs.plan import split_team
 
     assert split_team("a@layers:1,2,3,b") == ["a@layers:1,2,3", "b"]
     assert split_team("a, 2l-teacher") == ["a", "2l-teacher"]  # a name may start with a digit

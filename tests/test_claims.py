@@ -84,7 +84,7 @@ def test_cells_of_different_training_code_keep_their_verdict_and_are_flagged():
 
 def test_the_training_path_fingerprint_ignores_prose_and_follows_code(tmp_path):
     from distilbench.results.revisions import row_revision
-    from distilbench.training.provenance import code_fingerprint
+    from distilbench.training.runs.provenance import code_fingerprint
 
     fp = code_fingerprint.__wrapped__
     (tmp_path / "training").mkdir()

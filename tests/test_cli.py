@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-import distilbench.training.runner as runner_mod
+import distilbench.training.runs.runner as runner_mod
 from conftest import no_training, REPO, TrainingStarted, write_rte
 from distilbench.cli import main
 from distilbench.data.batching import encode, length_grouped_batches, selection_split, subsample
-from distilbench.training.harness import train as real_train
+from distilbench.training.loop.harness import train as real_train
 from distilbench.models.inits import INITS
 from distilbench.models.loading import MODELS, load_tokenizer
 from distilbench.objectives import OBJECTIVES, LossOutput, Needs, Objective

@@ -101,7 +101,7 @@ def test_search_array_refuses_a_sqlite_study(tiny_run_args, capfd, monkeypatch):
 # run until both tasks have started one (so both take part, whatever their start-up times).
 HOOK = '''
 import os, time
-import distilbench.training.runner as R
+import distilbench.training.runs.runner as R
 _run_one, _count = R.Runner.run_one, [0]
 def run_one(self, objective, seed, *a, **k):
     d = os.environ["DISTILBENCH_TEST_DIR"]

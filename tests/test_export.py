@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import distilbench.training.runner as runner_mod
+import distilbench.training.runs.runner as runner_mod
 from conftest import no_training
 from distilbench.results.chance import check_rows
 from distilbench.cli import main

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import distilbench
-import distilbench.training.runner as runner_mod
+import distilbench.training.runs.runner as runner_mod
 from conftest import write_rte
 from distilbench.cli import main
 

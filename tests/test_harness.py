@@ -11,7 +11,7 @@ from distilbench.cli import main
 from distilbench.config import RunConfig
 from distilbench.objectives import OBJECTIVES, LossOutput, Objective
 from distilbench.data.tasks import Example, get_task
-from distilbench.training.teacher import ensure_teacher
+from distilbench.training.teachers.teacher import ensure_teacher
 
 
 class _NaNLoss(Objective):

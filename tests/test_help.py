@@ -2,15 +2,17 @@
 choices, and examples that parse and validate (so they cannot go stale)."""
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 
 import pytest
 
 from distilbench.cli import RUN_EXAMPLES, SUITE_EXAMPLES, main, make_parser
-from distilbench.config import GROUPS, RunConfig, build_config
-from distilbench.suite import CELL_FIELDS, SUITE_FLAGS
+from distilbench.config import GROUPS, all_options, build_config, option
+from distilbench.objectives import load_all
+from distilbench.suite import CELL_FIELDS, suite_flags
+
+load_all()  # every objective's options are declared: the flags below are generated from them
 
 ENTRY = re.compile(r"^  (--[a-z][a-z0-9-]*)")  # an option's own help entry (indented two spaces)
 HEADING = re.compile(r"^(\S.*):$")
@@ -45,12 +47,12 @@ def flag(name: str) -> str:
 
 
 def group_of(name: str) -> str:
-    return next(f.metadata["group"] for f in dataclasses.fields(RunConfig) if f.name == name)
+    return option(name).group
 
 
 @pytest.mark.parametrize("command, names", [
-    ("run", tuple(f.name for f in dataclasses.fields(RunConfig))),
-    ("suite", SUITE_FLAGS),
+    ("run", tuple(o.name for o in all_options())),
+    ("suite", suite_flags()),
 ])
 def test_every_config_flag_once_under_its_section(command, names, capsys):
     found = sections(help_text(command, capsys))
@@ -83,7 +85,7 @@ def test_fixed_sets_are_choices(capsys):
     text = help_text("run", capsys)
     for name in ("schedule", "ted_filter", "ted_student_filters", "ted_teacher_filters", "theta_update", "teacher_cache",
                  "autoskd_lookahead", "mixed_precision"):
-        accepted = next(f.metadata["choices"] for f in dataclasses.fields(RunConfig) if f.name == name)
+        accepted = option(name).choices
         assert f"{flag(name)} {{{','.join(accepted)}}}" in text
 
 

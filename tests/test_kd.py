@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distilbench.config import RunConfig
-from distilbench.training.harness import TeacherSource, model_outputs
+from distilbench.training.loop.harness import TeacherSource, model_outputs
 from distilbench.objectives import Context, Needs, Outputs, Stage, get_objective
 from distilbench.data.tasks import get_task
 

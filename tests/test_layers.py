@@ -51,7 +51,7 @@ def test_report_command_run_imports_no_torch(tmp_path):
     assert "distilbench.report.build" in loaded and "matplotlib" in loaded
 
 
-MAX_MODULE_LINES = 420  # "no module over ~400 lines"
+MAX_MODULE_LINES = 400  # "no module over 400 lines"
 MAX_FUNCTION_LINES = 60  # "no function over ~60 lines" (decorators, signature and docstring included)
 ALLOWED_MODULES: set[str] = set()  # none: add one only with a comment saying why
 ALLOWED_FUNCTIONS: set[tuple[str, str]] = set()

@@ -9,7 +9,7 @@ from distilbench.errors import UsageError
 from distilbench.models.inits import parse_init
 from distilbench.objectives import OBJECTIVES, Context, Needs, Outputs, Stage, get_objective
 from distilbench.objectives.layerwise import LayerObjective
-from distilbench.training.pairs import distillation_pairs
+from distilbench.training.runs.pairs import distillation_pairs
 from distilbench.data.tasks import get_task
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distilbench.report.leaderboard import pareto_front
-from distilbench.training.profile import row_profile
+from distilbench.training.runs.profile import row_profile
 from distilbench.report.build import CELLS_HEADER, build_report
 from distilbench.results.store import ResultsStore
 from rows import student_row

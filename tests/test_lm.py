@@ -12,7 +12,7 @@ import torch
 from distilbench.data import lm
 from distilbench.data.tasks import get_task, load_split
 from distilbench.errors import DataError
-from distilbench.training.lm import evaluate_perplexity
+from distilbench.training.loop.lm import evaluate_perplexity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

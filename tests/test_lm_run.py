@@ -80,7 +80,7 @@ def test_a_tiny_lm_run_stores_its_rows_with_perplexity_and_stride(lm_run):
 
 
 def test_a_rerun_trains_nothing_and_prints_the_lower_is_better_table(lm_run, capfd, monkeypatch):
-    from distilbench.training import runner
+    from distilbench.training.runs import runner
 
     _, store, _, _, run_args = lm_run
     monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a stored run was trained again"))
@@ -144,8 +144,8 @@ def test_the_top_k_cache_serves_the_kl_within_its_bound_and_exactly_at_k_equal_v
     from distilbench.data.lm import LMBlocks
     from distilbench.models.scratch import random_causal_lm
     from distilbench.objectives.distributions import forward_kl, topk_kl_error_bound
-    from distilbench.training.lm_topk import TopKSource, topk_table
-    from distilbench.training.teacher import TeacherRecord
+    from distilbench.training.teachers.lm_topk import TopKSource, topk_table
+    from distilbench.training.teachers.teacher import TeacherRecord
 
     tok = bpe_tokenizer(["the cat sat on the mat\n"] * 10)
     teacher = random_causal_lm("n_layer=1,n_embd=16,n_head=2,dropout=0", tok, seed=0, n_positions=32).eval()
@@ -212,7 +212,7 @@ def test_a_saved_lm_student_loads_as_a_causal_lm_and_recomputes_the_stored_perpl
     from distilbench.data.lm import corpus_ids
     from distilbench.data.tasks import get_task, load_split
     from distilbench.models.loading import cache_dir
-    from distilbench.training.lm import evaluate_perplexity
+    from distilbench.training.loop.lm import evaluate_perplexity
 
     data = _corpus(tmp_path / "data")
     store, root = tmp_path / "r.sqlite", tmp_path / "students"

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import distilbench.training.harness as harness
+import distilbench.training.loop.harness as harness
 from distilbench.cli import main
 from distilbench.config import RunConfig
 from distilbench.data.batching import Encoded
-from distilbench.training.harness import TeacherSource, make_accelerator, micro_batches, train
+from distilbench.training.loop.harness import TeacherSource, micro_batches, train
+from distilbench.training.loop.parallel import make_accelerator
 from distilbench.objectives import Context, get_objective
 from distilbench.data.tasks import Example, get_task
-from distilbench.training.teacher import teacher_identity
+from distilbench.training.teachers.teacher import teacher_identity
 
 torch.set_num_threads(1)
 

@@ -112,15 +112,15 @@ def test_a_processs_cpu_index_is_a_place_torch_load_knows():
     saved weights are read back to "cpu" (a GPU keeps its index)."""
     import torch
 
-    from distilbench.training.harness import _location
+    from distilbench.training.loop.parallel import location
 
-    assert _location(torch.device("cpu", 0)) == "cpu" and _location(torch.device("cpu")) == "cpu"
-    assert _location(torch.device("cuda", 1)) == "cuda:1"
+    assert location(torch.device("cpu", 0)) == "cpu" and location(torch.device("cpu")) == "cpu"
+    assert location(torch.device("cuda", 1)) == "cuda:1"
     saved = torch.nn.Linear(2, 2).state_dict()
     import io
 
     buffer = io.BytesIO()
     torch.save(saved, buffer)
     buffer.seek(0)
-    loaded = torch.load(buffer, map_location=_location(torch.device("cpu", 0)), weights_only=True)
+    loaded = torch.load(buffer, map_location=location(torch.device("cpu", 0)), weights_only=True)
     assert torch.equal(loaded["weight"], saved["weight"])

@@ -200,7 +200,7 @@ def test_stage_one_learns_on_a_constant_first_token_only_when_mean_pooled():
 
 # --------------------------------------------------------------------------------------------- identity
 def test_pooling_enters_the_teacher_key_and_first_token_keys_hold(monkeypatch):
-    from distilbench.training import teacher
+    from distilbench.training.teachers import teacher
 
     monkeypatch.setattr(teacher, "model_fingerprint", lambda name: "w" * 16)
     task = get_task("rte")
@@ -212,7 +212,7 @@ def test_pooling_enters_the_teacher_key_and_first_token_keys_hold(monkeypatch):
 
 def test_pooling_enters_the_run_identity():
     from distilbench.models.inits import parse_init
-    from distilbench.training.plan import run_identity
+    from distilbench.training.runs.plan import run_identity
 
     record = SimpleNamespace(key="tkey")
     plan = lambda p: SimpleNamespace(cfg=RunConfig(), task=get_task("rte"), init=parse_init("first-k", 12, 3), dev=[],
@@ -223,7 +223,7 @@ def test_pooling_enters_the_run_identity():
 
 
 def test_student_pooling_follows_the_model_and_refuses_per_token_tasks():
-    from distilbench.training.plan import student_pooling
+    from distilbench.training.runs.plan import student_pooling
 
     assert student_pooling(RunConfig(), get_task("rte"), None) == "mean"  # mpnet-base's own
     assert student_pooling(RunConfig(pooling="cls"), get_task("rte"), None) == "cls"

@@ -1,4 +1,4 @@
-"""`--mixed-precision auto` decided per machine (distilbench.training.precision), and the precision as part of a run's identity.
+"""`--mixed-precision auto` decided per machine (distilbench.training.loop.precision), and the precision as part of a run's identity.
 
 What is pinned: auto picks fp32 on a CPU without bf16 instructions (the probe never runs), fp32 when the probe says
 bf16 is not faster, bf16 when it is; the probe runs once per machine and thread count (cached on disk); fp32 run,
@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distilbench.training import precision, runner, teacher, teacher_cache
+from distilbench.training.loop import precision
+from distilbench.training.runs import runner
+from distilbench.training.teachers import teacher, teacher_cache
 from distilbench.config import RunConfig
 from distilbench.hashing import run_key, stable_hash
 from distilbench.data.batching import Encoded
@@ -258,7 +260,7 @@ def test_a_worker_runs_at_the_precision_its_job_carries(monkeypatch):
     """Workers never resolve `auto` again: at their own thread count a probe could decide otherwise."""
     import queue
 
-    from distilbench.training import workers
+    from distilbench.training.runs import workers
 
     made = []
 

@@ -1,4 +1,4 @@
-"""Size, speed, retained share and training cost (``distilbench.training.profile``, ``distilbench.training.cost``): computed on a tiny
+"""Size, speed, retained share and training cost (``distilbench.training.runs.profile``, ``distilbench.training.teachers.cost``): computed on a tiny
 model they equal hand computations, latency is measured once per architecture and read from its cache after, a run
 stores all of it in its row (not in its identity), and shared costs are divided among the rows that used them.
 No test asserts a speed: only that latencies exist, are positive, and that quantities derived from them are exact."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from distilbench.training import profile as P
+from distilbench.training.runs import profile as P
 from distilbench.results.cost import training_costs
 from distilbench.models.loading import cache_dir, load_classifier
 
@@ -236,7 +236,7 @@ def test_workers_read_what_the_calling_process_measured(tiny_run_args, tmp_path,
     a worker that measured instead would have to write another profile file (its key names arch and threads)."""
     from distilbench.cli import main
     from distilbench.results.store import ResultsStore
-    from distilbench.training.workers import resolve
+    from distilbench.training.runs.workers import resolve
 
     monkeypatch.setenv("DISTILBENCH_CACHE", str(tmp_path / "cache"))
     assert main(["run", "--objective", "kd", "--seeds", "2", "--workers", "2", *tiny_run_args]) == 0

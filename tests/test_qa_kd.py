@@ -104,7 +104,7 @@ def windows(tokenizer, tmp_path):
 
 
 def test_gradients_reach_the_student_and_never_the_teacher(tokenizer, windows):
-    from distilbench.training.outputs import model_outputs
+    from distilbench.training.loop.outputs import model_outputs
 
     student, teacher = tiny_qa_models(tokenizer)
     teacher.requires_grad_(False)
@@ -127,7 +127,8 @@ def test_a_qa_head_loads_on_an_encoder_checkpoint(tiny_teacher):
 
 
 def test_the_training_loop_trains_and_scores_a_qa_student(tokenizer, windows):
-    from distilbench.training.harness import TeacherSource, make_accelerator, train
+    from distilbench.training.loop.harness import TeacherSource, train
+    from distilbench.training.loop.parallel import make_accelerator
 
     cfg = RunConfig(task="squad", batch_size=4, eval_batch_size=8, lr=1e-3, cpu=True)
     student, teacher = tiny_qa_models(tokenizer)

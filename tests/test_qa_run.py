@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import distilbench.training.qa_runner as qa_runner_mod
-import distilbench.training.runner as runner_mod
+import distilbench.training.families.qa_runner as qa_runner_mod
+import distilbench.training.runs.runner as runner_mod
 from conftest import TrainingStarted, no_training
 from distilbench.cli import main
 from distilbench.results.chance import check_rows
@@ -183,7 +183,7 @@ def test_tiny_ted_and_lwd_runs_on_qa_windows_store_rows(qa_setup, tmp_path, monk
 def test_floor_is_the_better_question_blind_answer():
     from distilbench.data.qa_tasks import Answer, QAExample
     from distilbench.data.tasks import get_task
-    from distilbench.training.qa_run import first_sentence, floor
+    from distilbench.training.families.qa_run import first_sentence, floor
 
     ctx = "Paris is big. The king lived in Rome."
     examples = [QAExample(0, "q0", "t", ctx, "Which city is big?", (Answer("Paris", 0),)),
@@ -209,8 +209,9 @@ def test_a_saved_qa_student_loads_as_a_qa_model_and_rescores_to_the_stored_per_q
     from distilbench.data.qa import encode_qa
     from distilbench.data.qa_answers import score_answers
     from distilbench.data.tasks import get_task, load_split
-    from distilbench.training.qa_eval import predict_answers
-    from distilbench.training.qa_run import dev_results, window_settings
+    from distilbench.training.loop.qa_eval import predict_answers
+    from distilbench.data.qa import window_settings
+    from distilbench.training.families.qa_run import dev_results
 
     results, root = tmp_path / "results.sqlite", tmp_path / "students"
     weights: dict = {}

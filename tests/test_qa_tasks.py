@@ -63,7 +63,7 @@ def test_task_file_with_bad_windows_is_refused():
 
 def test_run_windows_follow_the_task_unless_max_length_is_set():
     """`run` trains QA now (tests/test_qa_run.py); its windows are the task's, or --max-length's at the task's ratio."""
-    from distilbench.training.qa_run import window_settings
+    from distilbench.data.qa import window_settings
 
     task = get_task("squad")
     assert window_settings(RunConfig(task="squad"), task) == (384, 128, 64)

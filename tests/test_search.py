@@ -16,11 +16,11 @@ import optuna
 import pytest
 import torch
 
-import distilbench.training.plan as plan_mod
-import distilbench.training.runner as runner_mod
+import distilbench.training.runs.plan as plan_mod
+import distilbench.training.runs.runner as runner_mod
 from conftest import REPO
 from distilbench.cli import main
-from distilbench.config import RunConfig
+from distilbench.config import RunConfig, option_names
 from distilbench.objectives import OBJECTIVES, get_objective
 from distilbench.search import open_storage, suggest
 
@@ -46,8 +46,8 @@ def test_every_objective_space_samples_valid_configs(name):
     cls = get_objective(name)
     space = cls.space()
     assert {"lr", "epochs", "batch_size"} <= set(space)
-    fields = set(RunConfig.__dataclass_fields__)
-    assert set(space) <= fields, set(space) - fields  # every searched name is a RunConfig option
+    fields = option_names()
+    assert set(space) <= fields, set(space) - fields  # every searched name is a run option (a field or declared)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     for _ in range(15):
         trial = study.ask()
@@ -78,7 +78,7 @@ def test_search_never_reads_dev_and_a_rerun_continues_the_study(tiny_run_args, t
         return real(task, split, data_dir)
 
     monkeypatch.setattr(plan_mod, "load_split", guarded)
-    import distilbench.training.harness as harness_mod
+    import distilbench.training.loop.harness as harness_mod
     evaluated = []
     real_eval = harness_mod.evaluate
     monkeypatch.setattr(harness_mod, "evaluate", lambda model, enc, *a, **k: evaluated.append(len(enc)) or real_eval(model, enc, *a, **k))

@@ -23,7 +23,7 @@ from test_suite import tiny_suite
 # (after its claim: the run is leased to a process that is gone).
 HOOK = '''
 import os, signal, time
-import distilbench.training.runner as R
+import distilbench.training.runs.runner as R
 _run_one, _count = R.Runner.run_one, [0]
 def run_one(self, objective, seed, *a, **k):
     d = os.environ["DISTILBENCH_TEST_DIR"]
@@ -153,7 +153,7 @@ def test_workers_2_skip_a_held_run_then_the_parent_waits_and_takes_it_over(tiny_
     it itself. Nothing is trained twice."""
     import threading
 
-    import distilbench.training.runner as runner_mod
+    import distilbench.training.runs.runner as runner_mod
     from distilbench.hashing import run_key
 
     monkeypatch.setenv("DISTILBENCH_LEASE_S", "2")  # read by the spawned workers too

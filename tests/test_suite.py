@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import distilbench.training.runner as runner_mod
+import distilbench.training.runs.runner as runner_mod
 from distilbench.training import families
 from conftest import no_training, read_csv, REPO
 from distilbench.cli import main

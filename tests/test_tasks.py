@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from distilbench.errors import DataError, UsageError
-from distilbench.data.tasks import TASKS, Example, Task, _task_dir, _tsv_lines, get_task, load_split, resolve_data_dir
+from distilbench.data.tasks import TASKS, Example, Task, _task_dir, get_task, load_split, resolve_data_dir
+from distilbench.data.tsv import tsv_lines
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data/glue)")
@@ -152,7 +153,7 @@ def test_cola_has_no_header() -> None:
 @needs_glue
 def test_mrpc_bom_and_quotes() -> None:
     assert (GLUE / "MRPC" / "train.tsv").read_bytes().startswith(b"\xef\xbb\xbfQuality\t")
-    assert _tsv_lines(GLUE / "MRPC" / "train.tsv")[0].split("\t")[0] == "Quality"  # BOM gone
+    assert tsv_lines(GLUE / "MRPC" / "train.tsv")[0].split("\t")[0] == "Quality"  # BOM gone
     first = load_split(get_task("mrpc"), "train", GLUE)[0]
     assert first.text_a == 'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .'
     assert first.text_b.startswith('Referring to him as only " the witness " ,') and first.label == 1

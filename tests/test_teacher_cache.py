@@ -1,4 +1,4 @@
-"""The teacher-output cache (``distilbench.training.teacher_cache``): cached hidden states, scores and values equal the live
+"""The teacher-output cache (``distilbench.training.teachers.teacher_cache``): cached hidden states, scores and values equal the live
 teacher's at every real position (tiny BERT and MPNet), the teacher does not run when the cache covers a step, the key
 changes with everything the values depend on, two concurrent fills build once, fp16 stays close."""
 from __future__ import annotations
@@ -12,10 +12,11 @@ import torch
 
 from distilbench.config import RunConfig
 from distilbench.data.batching import BatchLoader, Encoded, length_grouped_batches
-from distilbench.training.harness import TeacherSource, make_accelerator, model_outputs, train
+from distilbench.training.loop.harness import TeacherSource, model_outputs, train
+from distilbench.training.loop.parallel import make_accelerator
 from distilbench.objectives import Context, Needs, get_objective
 from distilbench.data.tasks import Example, get_task
-from distilbench.training.teacher_cache import cache_key, open_or_build, parts_for
+from distilbench.training.teachers.teacher_cache import cache_key, open_or_build, parts_for
 
 torch.set_num_threads(1)
 NEEDS = Needs(logits=True, hidden_states=True, attentions=True, token_aligned=True)

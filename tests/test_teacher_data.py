@@ -6,9 +6,9 @@ import pytest
 
 from distilbench.config import RunConfig
 from distilbench.errors import UsageError
-from distilbench.training.plan import plan_run
-from distilbench.training.runner import Runner
-from distilbench.training.teacher import teacher_location
+from distilbench.training.runs.plan import plan_run
+from distilbench.training.runs.runner import Runner
+from distilbench.training.teachers.teacher import teacher_location
 
 
 def _cfg(glue_dir, tmp_path, **kw):

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from distilbench.cli import main
 from distilbench.config import RunConfig
 from distilbench.data.batching import encode
-from distilbench.training.harness import TeacherSource, make_accelerator, train
+from distilbench.training.loop.harness import TeacherSource, train
+from distilbench.training.loop.parallel import make_accelerator
 from distilbench.models.loading import load_tokenizer
 from distilbench.objectives import Context, Outputs, Stage, get_objective
 from distilbench.results.store import ResultsStore
@@ -177,7 +178,7 @@ def test_cli_stage_one_runs_once_and_is_reused(tiny_run_args, tmp_path, monkeypa
     stage_one = [h for h in hist[0] if h["stage"] == "filters"]
     assert stage_one and hist[1][0] == {"stage": "filters", "cached": hist[1][0]["cached"], "trained": stage_one}
     assert rows[0]["extra"]["objective_report"]["filter_params_teacher"] == 2 * (32 * 32 + 32 + 32 * 2 + 2)
-    from distilbench.training.provenance import code_fingerprint
+    from distilbench.training.runs.provenance import code_fingerprint
     assert {r["extra"]["code_fingerprint"] for r in rows} == {code_fingerprint()}
     assert "filters" in rows[0]["extra"]["stage_times_s"]
     assert main(args[:2] + ["ted-kl"] + args[3:]) == 0  # ted-kl shares TED's Stage I cache

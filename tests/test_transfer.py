@@ -16,8 +16,8 @@ from distilbench.config import RunConfig
 from distilbench.data.batching import NO_CLASS, subsample
 from distilbench.data.tasks import get_task, load_split
 from distilbench.objectives import Context, get_objective
-from distilbench.training.plan import plan_run, run_identity
-from distilbench.training.runner import Runner
+from distilbench.training.runs.plan import plan_run, run_identity
+from distilbench.training.runs.runner import Runner
 
 
 def _loss(task: str):

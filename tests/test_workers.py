@@ -13,7 +13,7 @@ import pytest
 from distilbench.cli import main
 from distilbench.results.store import ResultsStore
 from distilbench.config import parse_workers as parse
-from distilbench.training.workers import resolve
+from distilbench.training.runs.workers import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def _scores(path: Path) -> dict:
 
 
 def test_resolve_and_parse(monkeypatch):
-    import distilbench.training.workers as W
+    import distilbench.training.runs.workers as W
 
     monkeypatch.setattr(W, "cores", lambda: 2)
     assert resolve("1", 8) == (1, 2) and resolve("2", 8) == (2, 1) and resolve("4", 3) == (3, 1)
@@ -54,7 +54,7 @@ def test_two_workers_write_the_same_rows_as_one(tiny_run_args, tmp_path):
 
 HOOK = '''
 import os, time, multiprocessing
-import distilbench.training.runner as R
+import distilbench.training.runs.runner as R
 _run_one = R.Runner.run_one
 def run_one(self, objective, seed, *a, **k):
     # inside a --workers process only (known at call time, not at interpreter start): stall on kd seed 1 and announce
@@ -115,7 +115,7 @@ def test_a_suite_with_two_workers_stores_what_one_stores(tmp_path, tiny_teacher,
 
 
 def _sleep_under_watch(pid_file: str) -> None:
-    from distilbench.training.workers import exit_with_parent
+    from distilbench.training.runs.workers import exit_with_parent
 
     exit_with_parent(interval_s=0.2)
     Path(pid_file).write_text(str(os.getpid()))

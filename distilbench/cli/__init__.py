@@ -19,18 +19,20 @@ from .run import RUN_EXAMPLES  # noqa: F401
 from .suite import SUITE_EXAMPLES  # noqa: F401
 
 
-def make_parser() -> Parser:
+def make_parser(command: str | None = None) -> Parser:
+    """Every command's parser; with ``command``, the run options' flags (which load the objectives, and torch) are
+    built for that command alone, so `distilbench report` imports no torch."""
     # allow_abbrev=False everywhere: `--epoch 3` must be refused, not silently read as `--epochs 3`
     parser = Parser(prog="distilbench", description="Compare knowledge-distillation objectives under one harness.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    run.add_run_parser(sub)
-    search.add_parser(sub)
-    run.add_teacher_parser(sub)
+    run.add_run_parser(sub, command in (None, "run"))
+    search.add_parser(sub, command in (None, "search"))
+    run.add_teacher_parser(sub, command in (None, "teacher"))
     export.add_parser(sub)
     ls.add_parser(sub)
     report.add_parser(sub)
     findings.add_parser(sub)
-    suite.add_parser(sub)
+    suite.add_parser(sub, command in (None, "suite"))
     return parser
 
 
@@ -38,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tune_allocator()  # large per-step tensors stay on the heap instead of being page-faulted in every step
     try:
-        args = vars(make_parser().parse_args(argv))
-        command = args.pop("command")
         given = sys.argv[1:] if argv is None else argv
+        named = next((a for a in given if not a.startswith("-")), None)  # the command: argparse finds the same one
+        args = vars(make_parser(named).parse_args(argv))
+        command = args.pop("command")
         if command == "ls":
             return ls.main(args["what"])
         if command == "export":

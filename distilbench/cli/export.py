@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: dict[str, Any]) -> int:
-    from ..training.export import export
+    from ..training.export.students import export
 
     print(export(args["results"], args["run_key"], args["out"]))
     return 0

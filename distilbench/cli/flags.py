@@ -1,12 +1,12 @@
-"""The parser class every `distilbench` command uses, and the flags generated from :class:`RunConfig`."""
+"""The parser class every `distilbench` command uses, and the flags generated from :class:`RunConfig`'s fields and
+the registered objectives' options (:func:`distilbench.config.all_options`)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import typing
 
-from ..config import GROUPS, RunConfig
+from ..config import GROUPS, RunConfig, all_options
 from ..errors import UsageError
 
 
@@ -24,27 +24,30 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """One flag per RunConfig field (or per field in ``only``), under its field's `--help` section (config.GROUPS)."""
-    hints = typing.get_type_hints(RunConfig)
-    fields = [f for f in dataclasses.fields(RunConfig) if only is None or f.name in only]
-    sections = {g: parser.add_argument_group(g, about) for g, about in GROUPS.items()
-                if any(f.metadata["group"] == g for f in fields)}
-    for f in fields:
-        section = sections[f.metadata["group"]]
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        help_text = f"{f.metadata['help']} (default: {f.default})"
-        if f.name == "task":  # the task registry is YAML, cheap to read here (objectives import torch: `ls` lists them)
+def add_config_flags(parser: argparse.ArgumentParser,
+                     only: tuple[str, ...] | typing.Callable[[typing.Iterable[str]], tuple[str, ...]] | None = None) -> None:
+    """One flag per option (or per option in ``only``: a tuple, or a function of the option names), under its
+    `--help` section (config.GROUPS): RunConfig's fields and every registered objective's options. Loads the objectives
+    (torch), so a command builds these flags only when it is the one parsed (:func:`distilbench.cli.make_parser`)."""
+    from ..objectives import load_all
+
+    load_all()  # declares every objective's options, third-party ones too
+    wanted = only(option.name for option in all_options()) if callable(only) else only
+    options = [o for o in all_options() if wanted is None or o.name in wanted]
+    sections = {g: parser.add_argument_group(g, about) for g, about in GROUPS.items() if any(o.group == g for o in options)}
+    for option in options:
+        section = sections[option.group]
+        flag = "--" + option.name.replace("_", "-")
+        help_text = f"{option.help} (default: {option.default})"
+        if option.name == "task":  # the task registry is YAML, cheap to read here
             from ..data.tasks import TASKS
-            help_text = f"{f.metadata['help']} Accepted: {', '.join(TASKS)}. (default: {f.default})"
-        if base is bool:
+            help_text = f"{option.help} Accepted: {', '.join(TASKS)}. (default: {option.default})"
+        if option.base is bool:
             section.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif "choices" in f.metadata:  # argparse refuses anything else in one line and shows {a,b} in the help
-            section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, choices=f.metadata["choices"])
+        elif option.choices:  # argparse refuses anything else in one line and shows {a,b} in the help
+            section.add_argument(flag, type=option.base, default=argparse.SUPPRESS, help=help_text, choices=option.choices)
         else:
-            section.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+            section.add_argument(flag, type=option.base, default=argparse.SUPPRESS, help=help_text, metavar=option.name.upper())
 
 
 def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None = None) -> tuple[RunConfig, set[str]]:

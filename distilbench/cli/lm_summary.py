@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..data.lm_text import evaluation_text
-from ..training.plan import run_settings
+from ..training.runs.plan import run_settings
 from .tables import seed_table, settings_text, with_settings
 
 

@@ -22,17 +22,18 @@ TEACHER_FLAGS = ("task", "teacher_epochs", "teacher_lr", "teacher_seed", "teache
                  "cpu", "mixed_precision", "progress", "bpe_vocab", "eval_stride")
 
 
-def add_run_parser(sub) -> None:
+def add_run_parser(sub, flags: bool = True) -> None:
     run = sub.add_parser("run", allow_abbrev=False, help="distil students (seeds paired), store every result, print the table",
                          usage="%(prog)s [options]", epilog=RUN_EXAMPLES, formatter_class=Formatter)
     run.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
     run.add_argument("--params", default=None, metavar="best:STUDY",
                      help="take the hyper-parameters of a search's best trial (precedence: CLI > study > YAML > defaults)")
     run.add_argument("--storage", default=None, help="the search database of --params (default: search.sqlite beside --results)")
-    add_config_flags(run)
+    if flags:  # they load the objectives: only for the command being parsed
+        add_config_flags(run)
 
 
-def add_teacher_parser(sub) -> None:
+def add_teacher_parser(sub, flags: bool = True) -> None:
     teacher = sub.add_parser("teacher", allow_abbrev=False, help="fine-tune and cache a teacher; print its dev score",
                              formatter_class=Formatter)
     teacher.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
@@ -43,7 +44,8 @@ def add_teacher_parser(sub) -> None:
     teacher.add_argument("--teacher-config", default="gpt2-tiny", metavar="CONFIG",
                          help="--init random: gpt2-tiny | gpt2-mini | gpt2-small, or key=value pairs (n_layer=4,n_embd=128,"
                               "n_head=4), or a size then overrides (default: gpt2-tiny)")
-    add_config_flags(teacher, TEACHER_FLAGS)
+    if flags:
+        add_config_flags(teacher, TEACHER_FLAGS)
 
 
 def main(command: str, args: dict[str, Any]) -> int:

@@ -10,7 +10,7 @@ from .flags import add_config_flags, add_launcher_flags, config_from, pop_launch
 OPTIONS = ("trials", "storage", "study", "pruner", "sampler_seed", "heartbeat", "out")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, flags: bool = True) -> None:
     search = sub.add_parser("search", allow_abbrev=False,
                             help="tune an objective with Optuna on the selection split (never dev); resumable, multi-worker")
     search.add_argument("--config", default=None, help="YAML file of options (CLI flags override it)")
@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     search.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     search.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats; a silent trial fails after twice that and is retried")
     search.add_argument("--out", default=None, help="report folder (default reports/search-STUDY)")
-    add_config_flags(search)
+    if flags:  # they load the objectives: only for the command being parsed
+        add_config_flags(search)
     add_launcher_flags(search, "search")
 
 

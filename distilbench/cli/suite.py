@@ -16,9 +16,8 @@ SUITE_EXAMPLES = """examples:
 """
 
 
-def add_parser(sub) -> None:
-    from ..suite import SUITE_FLAGS
-
+def add_parser(sub, flags: bool = True) -> None:
+    """``flags``: build the run options' flags (they load the objectives: only for the command being parsed)."""
     suite = sub.add_parser("suite", allow_abbrev=False,
                            help="run a benchmark grid (benchmarks/NAME.yaml), resumable, then write reports/NAME/",
                            usage="%(prog)s SUITE.yaml [options]", epilog=SUITE_EXAMPLES,
@@ -26,7 +25,10 @@ def add_parser(sub) -> None:
     suite.add_argument("suite_file", metavar="SUITE.yaml", help="benchmark suite file, e.g. benchmarks/p002-table1.yaml")
     suite.add_argument("--scale", default="cpu", help="which `scales:` entry of the suite to run (default: cpu)")
     suite.add_argument("--out", default=None, help="report folder (default: reports/NAME, reports/NAME-SCALE for other scales)")
-    add_config_flags(suite, SUITE_FLAGS)
+    if flags:
+        from ..suite import suite_flags
+
+        add_config_flags(suite, suite_flags)
     add_launcher_flags(suite, "suite")
 
 

@@ -9,12 +9,12 @@ import numpy as np
 
 from ..config import RunConfig
 from ..data.tasks import Task
-from ..training.plan import run_settings
+from ..training.runs.plan import run_settings
 from .lm_summary import lm_summary_table
 from .tables import seed_table, settings_text, with_settings
 
 if TYPE_CHECKING:
-    from ..training.runner import Runner
+    from ..training.runs.runner import Runner
 
 
 def print_parts(parts: list) -> None:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .qa_tasks import QAExample, check_windows
+from .qa_tasks import QAExample, QATask, check_windows
 
 Span = tuple[int, int]  # [start, end) characters of a token in the context
 NO_ANSWER = 0  # the label of a window without the answer: the classification token's position
@@ -138,3 +138,14 @@ def encode_qa(tokenizer, examples: list[QAExample], max_length: int, doc_stride:
         ends.append(end)
     return QAWindows(examples, enc["input_ids"], enc.get("token_type_ids"), list(enc["overflow_to_sample_mapping"]),
                      spans, starts, ends, tokenizer.pad_token_id)
+
+
+DEFAULT_MAX_LENGTH = 128  # RunConfig.max_length's default: left there, the task's own window length applies
+
+
+def window_settings(cfg, task: QATask) -> tuple[int, int, int]:
+    """(max_length, doc_stride, max_question_length) of the run's windows (``cfg``: anything with ``max_length``)."""
+    if cfg.max_length == DEFAULT_MAX_LENGTH or cfg.max_length == task.max_length:
+        return task.max_length, task.doc_stride, task.max_question_length
+    length = cfg.max_length
+    return length, task.doc_stride * length // task.max_length, min(task.max_question_length, length // 3)

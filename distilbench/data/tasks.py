@@ -8,7 +8,6 @@ its file and line number instead of being skipped, so that scores are always com
 """
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from ..config import task_defaults
 from ..errors import DataError, UsageError
 from ..plugins import Registry
 from .qa_tasks import FAMILY as QA_FAMILY, QAExample, QATask, load_qa_split, offline_hint, qa_task_from_yaml
+from .tsv import parse_label, tsv_lines
 
 SPLITS = ("train", "dev")
 LAYOUT_HINT = ("pass --data-dir pointing at the folder that holds the task's data (GLUE: RTE/train.tsv, ...; SQuAD: "
@@ -236,48 +236,9 @@ def _check_split(task: Task, split: str) -> None:
         raise UsageError(f"unknown split {split!r} for task {task.name}; accepted: {', '.join(SPLITS)}")
 
 
-def _parse_label(task: Task, raw: str, where: str) -> int | float:
-    """Turn a label cell into a class id or score; anything unexpected is a DataError naming ``where``."""
-    if raw.strip() == "":
-        raise DataError(f"{where}: empty label; accepted: {_accepted(task)}")
-    if task.regression:
-        try:
-            score = float(raw)
-        except ValueError:
-            raise DataError(f"{where}: label {raw!r} is not a number; accepted: {_accepted(task)}") from None
-        low, high = task.label_range or (-math.inf, math.inf)
-        if not (math.isfinite(score) and low <= score <= high):
-            raise DataError(f"{where}: score {raw!r} outside accepted range {_accepted(task)}")
-        return score
-    values = task.label_values or task.labels or ()
-    if raw not in values:
-        raise DataError(f"{where}: label {raw!r} is not one of the task's labels; accepted: {_accepted(task)}")
-    return values.index(raw)
-
-
-def _accepted(task: Task) -> str:
-    if task.regression:
-        low, high = task.label_range or (-math.inf, math.inf)
-        return f"a number in [{low:g}, {high:g}]"
-    return ", ".join(task.label_values or task.labels or ())
-
-
-def _tsv_lines(path: Path) -> list[str]:
-    """The lines of a GLUE TSV file, without their line endings; quotes are left alone."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # utf-8-sig drops MRPC's BOM
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc})") from exc
-    # split on "\n" only: str.splitlines would also break on \x1c, \u2028 ... inside sentences
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last row; it does not start an empty one
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
 def _read_tsv(task: Task, path: Path) -> list[Example]:
     """Read one GLUE TSV file strictly: columns by header name (or index), every row checked."""
-    rows = _tsv_lines(path)
+    rows = tsv_lines(path)
     if task.tsv_header:
         if not rows:
             raise DataError(f"{path}: empty file; expected a header line naming the columns")
@@ -302,7 +263,7 @@ def _read_tsv(task: Task, path: Path) -> list[Example]:
         where = f"{path}:{lineno}"
         if len(fields) != width:
             raise DataError(f"{where}: found {len(fields)} tab-separated columns, expected {width}")
-        label = _parse_label(task, fields[label_idx], where)
+        label = parse_label(task, fields[label_idx], where)
         texts = [fields[i] for i in text_idx]
         examples.append(Example(len(examples), texts[0], texts[1] if len(texts) > 1 else None, label))
     if not examples:  # nothing to train on or score: refused here, before a tokenizer fails on an empty batch
@@ -412,7 +373,7 @@ def _load_corpus(task: Task, split: str, data_dir: Path | None) -> list[Example]
         if not path.is_file():
             raise DataError(f"{path} does not exist: the {split} split of {task.name} is read from "
                             f"{task.glue_dir}/{task.files[split]} inside --data-dir")
-        lines = [line + "\n" for line in _tsv_lines(path)]
+        lines = [line + "\n" for line in tsv_lines(path)]
         where = str(path)
     if not any(line.strip() for line in lines):
         raise DataError(f"{where}: no text; a corpus split needs at least one non-empty line")

@@ -1,9 +1,10 @@
 """Objective registry.
 
 A built-in objective is an ``Objective`` subclass registered where it is defined, with
-``@register_objective("name")``; the modules below are imported here by name, so every built-in objective is visible
-in code (adding one means adding its module to that import). Third-party objectives register through the
-``distilbench.objectives`` entry-point group (``name = "package.module:Class"``), resolved on first use.
+``@register_objective("name")``, its options declared on the class (``options``); every module and package of this
+folder is imported here, so adding an objective is adding one file. Third-party objectives register through the
+``distilbench.objectives`` entry-point group (``name = "package.module:Class"``), resolved on first use or by
+:func:`load_all` (the flags of their options).
 
 Layout: one module per objective, except two families that share their machinery: ``ted`` (ted, ted-kl: the same
 filters and stages) and the package ``autoskd/`` (autoskd and its baselines skd, avgkd: the same team and L_d;
@@ -19,24 +20,33 @@ May import: ``models`` (the layers of a model), ``data`` and the bottom layer (`
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from importlib.metadata import entry_points
 
-from .base import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, register_objective
+from .base import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, declare, register_objective
 
-# the built-in objectives: importing a module registers what it defines
-from . import att_kl, att_mse, autoskd, gkd_jsd, hid_cls, hid_cls_contrast, hid_seq, kd, kd_reverse, lwd, none, ted, val_kl  # noqa: F401
+# the built-in objectives: importing a module registers what it defines (in name order, so registration is stable)
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 for _ep in entry_points(group="distilbench.objectives"):
     OBJECTIVES.register(_ep.name, _ep.value)
+
+
+def load_all() -> None:
+    """Resolve every registered objective (third-party ones are lazy), so that all their options are declared."""
+    for name in OBJECTIVES.names():
+        declare(OBJECTIVES.get(name))
 
 
 def get_objective(name: str) -> type[Objective]:
     """A registered objective, or a ``+`` combination of layer objectives (``att-kl+hid-seq``, ``att-kl+0.5*val-kl``)."""
     if "+" in name:
         from .layerwise import combine
-        return combine(name, OBJECTIVES.get)
-    return OBJECTIVES.get(name)
+        return combine(name, get_objective)
+    return declare(OBJECTIVES.get(name))  # a third-party objective's options are declared when it is first resolved
 
 
 __all__ = ["OBJECTIVES", "Context", "LossOutput", "Needs", "Objective", "Outputs", "Stage", "StepContext", "get_objective",
-           "register_objective"]
+           "load_all", "register_objective"]

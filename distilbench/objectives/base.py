@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import Option, declare_options
 from ..data.batching import NO_CLASS
 from ..data.lm import next_token_nll
 from ..models.pooling import sentence_representation
@@ -29,6 +30,14 @@ from .functional import logit_kl, span_kl
 if TYPE_CHECKING:
     from ..config import RunConfig
     from ..data.tasks import Task
+
+
+# the prediction-layer term's options (``soft_loss``): every objective with a KD term declares them
+TEMPERATURE = Option("temperature", float, 2.0, "softmax temperature of the prediction-layer (KD) term.", low=0.0,
+                     low_open=True, search=("float", 1.0, 8.0, "log"))
+ALPHA_KD = Option("alpha_kd", float, 1.0, "weight of the prediction-layer KD term: loss = CE + alpha_kd * T^2 * KL.",
+                  low=0.0, search=("float", 0.1, 10.0, "log"))
+PREDICTION_OPTIONS = (TEMPERATURE, ALPHA_KD)
 
 
 @dataclass(frozen=True)
@@ -119,11 +128,11 @@ class Objective(nn.Module):
     calls them at named points, never naming an objective:
 
     - ``stages()`` (and ``Stage.shared``/``holdout``), ``begin_stage()``, ``stage_identity()``: per stage in
-      :func:`distilbench.training.harness.train` (TED's two stages, its shared Stage I; AutoSKD's held-out half);
+      :func:`distilbench.training.loop.harness.train` (TED's two stages, its shared Stage I; AutoSKD's held-out half);
     - ``choose_teacher()``, then ``outer_step()``: each step that reads a teacher, in ``harness._loss`` (AutoSKD's
       teacher draw and θ update);
     - ``candidates()``, ``use_candidate()``, ``candidate_done()``, ``summary()``: after training, in
-      ``Runner.fit``/``training.candidates.retrain_candidates`` (AutoSKD's candidate retraining); ``report()``: into each row.
+      ``Runner.fit``/``training.runs.candidates.retrain_candidates`` (AutoSKD's candidate retraining); ``report()``: into each row.
     """
 
     name: ClassVar[str]
@@ -136,9 +145,16 @@ class Objective(nn.Module):
     separable: ClassVar[bool] = False  # the loss is a mean of per-example losses, so a batch may run as micro-batches
     teacher_cache: ClassVar[bool] = True  # the teacher's outputs may come from the on-disk cache (False: run it every step)
     reads_sentence: ClassVar[bool] = False  # its intermediate term reads the models' sentence representation (--pooling)
-    params: ClassVar[tuple[str, ...]] = ()  # RunConfig fields this objective reads: they enter the result's identity
-    # what `distilbench search` tunes: RunConfig field -> ("float", low, high[, "log"]) | ("int", low, high) |
-    # ("categorical", choices); merged along the class hierarchy (subclasses add their own parameters)
+    # its own options (flags, YAML keys, search ranges), added to those of its base classes; a subclass may declare
+    # one again to change its help or search range. Registered with the objective (config.declare_options).
+    options: ClassVar[tuple[Option, ...]] = ()
+    option_groups: ClassVar[dict[str, str]] = {}  # `--help` sections its options introduce: name -> description
+    reads: ClassVar[tuple[str, ...]] = ()  # run fields it reads besides its options (layer_map, teachers)
+    # what its results depend on: ``reads`` and its options along the class hierarchy (set by __init_subclass__);
+    # their values enter each result's identity
+    params: ClassVar[tuple[str, ...]] = ()
+    # what `distilbench search` tunes besides the options' own ``search`` ranges: run fields -> ("float", low, high[,
+    # "log"]) | ("int", low, high) | ("categorical", choices); merged along the class hierarchy
     search_space: ClassVar[dict[str, tuple]] = {"lr": ("float", 1e-5, 1e-4, "log"), "epochs": ("int", 1, 4),
                                                 "batch_size": ("categorical", (16, 32))}
 
@@ -146,6 +162,19 @@ class Objective(nn.Module):
         super().__init__()
         self.ctx = ctx
         self.task = ctx.task
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        cls.params = tuple(dict.fromkeys(name for k in reversed(cls.__mro__)
+                                         for name in (*(o.name for o in vars(k).get("options", ())), *vars(k).get("reads", ()))))
+
+    @classmethod
+    def declared_options(cls) -> list[Option]:
+        """Its options along the class hierarchy, each once, as the most derived class declares it."""
+        merged: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update({o.name: o for o in vars(klass).get("options", ())})
+        return list(merged.values())
 
     def stages(self) -> list[Stage]:
         return [Stage("distil")]
@@ -196,10 +225,12 @@ class Objective(nn.Module):
 
     @classmethod
     def space(cls) -> dict[str, tuple]:
-        """The full search space: every ``search_space`` of the class hierarchy, subclasses last."""
+        """The full search space: every ``search_space`` of the class hierarchy, subclasses last, then the options'
+        ``search`` ranges."""
         merged: dict[str, tuple] = {}
         for klass in reversed(cls.__mro__):
             merged.update(vars(klass).get("search_space", {}))
+        merged.update({o.name: o.search for o in cls.declared_options() if o.search})
         return merged
 
     @classmethod
@@ -265,6 +296,13 @@ OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 O = TypeVar("O", bound=type[Objective])
 
 
+def declare(cls: type[Objective]) -> type[Objective]:
+    """Declare ``cls``'s options and their `--help` sections (config.declare_options); repeating it is harmless."""
+    groups = {g: d for k in reversed(cls.__mro__) for g, d in vars(k).get("option_groups", {}).items()}
+    declare_options(cls.declared_options(), groups)
+    return cls
+
+
 def register_objective(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[O], O]:
     """Class decorator: register an ``Objective`` subclass as ``--objective name`` (and its ``aliases``).
 
@@ -277,6 +315,7 @@ def register_objective(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[
         if vars(cls).get("name", name) != name:
             raise ValueError(f"@register_objective({name!r}) on {cls.__name__}, whose name is {vars(cls)['name']!r}")
         cls.name = name
+        declare(cls)
         OBJECTIVES.register(name, cls, aliases=aliases)
         return cls
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..options import Option
 from .base import register_objective
 from .distributions import generalized_jsd
 from .kd import DivergenceKD
@@ -26,8 +27,9 @@ class GKDJSD(DivergenceKD):
 
     version = "1.0"
     paper = "Agarwal et al. 2024 (GKD) Eq. 1, generalised JSD as in TRL: CE + alpha*T^2*JSD_beta(p_T, p_S)"
-    params = ("temperature", "alpha_kd", "gkd_beta")
-    search_space = {"gkd_beta": ("float", 0.1, 0.9)}
+    options = (Option("gkd_beta", float, 0.5, "gkd-jsd: beta of the generalised JSD (GKD, as TRL defines it): beta*KL(p_T||M) + "
+                      "(1-beta)*KL(p_S||M), M = beta*p_T + (1-beta)*p_S; 0 = KL(p_T||p_S), 1 = KL(p_S||p_T).",
+                      low=0.0, high=1.0, search=("float", 0.1, 0.9)),)
 
     def divergence(self, student: torch.Tensor, teacher, mask: torch.Tensor | None, temperature: float) -> torch.Tensor:
         return generalized_jsd(student=student, teacher=teacher, beta=self.ctx.config.gkd_beta, mask=mask,

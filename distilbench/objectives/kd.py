@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
-from .base import LossOutput, Objective, Outputs, Stage, register_objective
+from .base import PREDICTION_OPTIONS, LossOutput, Objective, Outputs, Stage, register_objective
 from .distributions import token_mask
 
 
@@ -25,8 +25,7 @@ class KD(Objective):
     version = "1.0"
     separable = True  # CE and the batch-mean KL are means over examples
     paper = "Hinton et al. 2015, soft targets with temperature T: CE + alpha*T^2*KL"
-    params = ("temperature", "alpha_kd")
-    search_space = {"temperature": ("float", 1.0, 8.0, "log"), "alpha_kd": ("float", 0.1, 10.0, "log")}
+    options = PREDICTION_OPTIONS
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch, stage: Stage) -> LossOutput:
         mask = batch.get("attention_mask")  # extractive QA and causal LM: the real tokens (classification ignores it)
@@ -42,8 +41,7 @@ class DivergenceKD(Objective):
     task is refused."""
 
     separable = True  # CE and D are means over examples (over tokens for an LM, exact for packed, equal-length blocks)
-    params = ("temperature", "alpha_kd")
-    search_space = KD.search_space
+    options = PREDICTION_OPTIONS
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -25,15 +25,21 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .base import Context, LossOutput, Needs, Objective, Outputs, Stage
+from ..options import Option
+from .base import PREDICTION_OPTIONS, Context, LossOutput, Needs, Objective, Outputs, Stage
 from .distributions import token_mask
 
 
+BETA = Option("beta", float | None, None, "weight of the intermediate-layer term(s) of layer objectives (joint schedule); "
+              "default: the objective's own (1.0; TED 100).", low=0.0, search=("float", 0.1, 100.0, "log"))
+SCHEDULE = Option("schedule", str, "joint", "layer objectives: joint (CE + KD + beta*intermediate) | sequential "
+                  "(intermediate, then prediction layer; --epochs each, Wang et al. 2023).", choices=("joint", "sequential"))
+
+
 class LayerObjective(Objective):
-    params = ("temperature", "alpha_kd", "beta", "schedule", "layer_map")
+    options = (*PREDICTION_OPTIONS, BETA, SCHEDULE)
+    reads = ("layer_map",)
     default_beta = 1.0  # the weight of the intermediate term when --beta is not given
-    search_space = {"temperature": ("float", 1.0, 8.0, "log"), "alpha_kd": ("float", 0.1, 10.0, "log"),
-                    "beta": ("float", 0.1, 100.0, "log")}
 
     @classmethod
     def beta_default(cls, config) -> float:
@@ -124,9 +130,9 @@ def combine(spec: str, get) -> type[Objective]:
         needs = Needs(logits=True, hidden_states=any(c.needs.hidden_states for _, c in parts),
                       attentions=any(c.needs.attentions for _, c in parts),
                       token_aligned=any(c.needs.token_aligned for _, c in parts))
-        params = tuple(dict.fromkeys(p for _, c in parts for p in c.params))
+        options = tuple(o for _, c in parts for o in c.declared_options())  # a later part's range wins, as before
+        reads = tuple(r for _, c in parts for r in c.params if r not in {o.name for o in c.declared_options()})
         reads_sentence = any(c.reads_sentence for _, c in parts)
-        search_space = {k: v for _, c in parts for k, v in c.space().items()}
 
         def __init__(self, ctx: Context):
             super().__init__(ctx)

@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import Option
 from ..data.tasks import get_task
 from ..errors import UsageError
 from .base import Context, LossOutput, Needs, Outputs, Stage, register_objective
 from .distributions import forward_kl
 from .functional import logit_kl, masked_mse, span_kl
-from .layerwise import LayerObjective
+from .layerwise import BETA, LayerObjective
 
 
 class _LayerFilter(nn.Module):
@@ -100,6 +101,26 @@ class _Filter(nn.Module):
         return self.net(h, mask) if self.arch == "layer" else self.net(h)
 
 
+GROUP = "TED"  # the `--help` section of its options
+TED_OPTIONS = (
+    Option("ted_filter", str, "linear", "TED filter architecture (Liang et al. 2023 §6.5): linear | mlp (two layers, GeLU) | "
+           "layer (init from the model's next layer).", GROUP, choices=("linear", "mlp", "layer")),
+    Option("ted_student_filters", str, "copy", "TED student filters W_s: copy (start from the teacher filter at M(k), A.4 "
+           "case 2.2; with --ted-teacher-filters none, the identity) | train (Stage I on the frozen student) | random "
+           "(untrained: Table 6's ✗) | none (no W_s: the student's layer is compared with the filtered teacher layer, "
+           "Table 6 Abl.1; equal hidden sizes).", GROUP, choices=("copy", "train", "random", "none")),
+    Option("ted_teacher_filters", str, "trained", "TED teacher filters W_t: trained (Stage I) | random (untrained) | none "
+           "(no W_t: the teacher's layer itself, Table 6 Abl.2 and Abl.4).", GROUP, choices=("trained", "random", "none")),
+    Option("ted_filter_epochs", float, 1.0, "TED Stage I epochs (filters only, model frozen; Liang et al. 2023 §5.2 train "
+           "one epoch).", GROUP, low=0.0, low_open=True),
+    Option("ted_filter_lr", float, 1e-3, "TED Stage I learning rate (filters start random; the model is frozen).", GROUP,
+           low=0.0, low_open=True, search=("float", 1e-4, 1e-2, "log")),
+    Option("ted_finetune_student", bool, False, "TED: fine-tune the student on the task (--epochs, CE) before training its "
+           "filters in Stage I (A.2.3; the student's filters are then trained in Stage I, per seed: refused with "
+           "--ted-student-filters random or none).", GROUP),
+)
+
+
 @register_objective("ted")
 class TED(LayerObjective):
     __doc__ = __doc__
@@ -107,15 +128,14 @@ class TED(LayerObjective):
     paper = "Liang et al. 2023 (TED), Eq. 4-7: task-aware filters (Stage I), then L + a1*KD + a2*sum_k MSE(g_t, g_s)"
     needs = Needs(logits=True, hidden_states=True, token_aligned=True)
     reads_sentence = True  # the filters' classification heads (Stage I; ted-kl's Stage II too)
-    params = LayerObjective.params + ("ted_filter", "ted_student_filters", "ted_teacher_filters", "ted_filter_epochs",
-                                      "ted_filter_lr", "ted_finetune_student")
+    option_groups = {GROUP: "only for --objective ted and ted-kl: task-aware filters (Liang et al. 2023)"}
+    # alpha_2's search range: the paper's, 10..1000 (§5.3)
+    options = (dataclasses.replace(BETA, search=("float", 10.0, 1000.0, "log")), *TED_OPTIONS)
     use_kl = False
     # alpha_2: with a student copied from the teacher's layers, the filtered MSE starts near 0.008 on MPNet/MRPC while CE is
     # near 0.7 (benchmarks/smoke_objectives.sh): alpha_2 = 100 brings the two to one scale, inside the paper's 10..1000 (§5.3)
     default_beta = 100.0
     lm_default_beta = 0.1  # causal LM: the paper's alpha_2 for language modelling (§4.3, with alpha_1 = 2.5)
-    search_space = {"beta": ("float", 10.0, 1000.0, "log"),  # alpha_2: the paper's range, 10..1000 (§5.3)
-                    "ted_filter_lr": ("float", 1e-4, 1e-2, "log")}
 
     @classmethod
     def beta_default(cls, config) -> float:

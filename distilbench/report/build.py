@@ -97,14 +97,17 @@ def _lm_check(cell, cells, by):
     return as_chance(by[cell.key], by[base.key] if base is not None else [])
 
 
+# the defaults of the identity's hyper-parameters when rows did not store their settings yet (before 2026-12): those
+# rows are read against the defaults of their time, never today's
+_LEGACY_HPARAM_DEFAULTS = {"epochs": 3.0, "lr": 5e-5, "batch_size": 16, "max_length": 128, "warmup_ratio": 0.1,
+                           "weight_decay": 0.01, "max_grad_norm": 1.0, "selection_fraction": 0.1, "select_best_epoch": True,
+                           "max_train_examples": None}
+
+
 def _settings_of(rows: list[dict]) -> tuple[tuple[str, str], ...]:
     """Non-default settings shared by a cell's rows: stored ones (``extra.settings``), else those of the identity's
     hyper-parameters (rows written before settings were stored)."""
-    import dataclasses
-
-    from ..config import RunConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    defaults = _LEGACY_HPARAM_DEFAULTS
     found = None
     for r in rows:
         stored = extra_of(r).get("settings")

@@ -1,6 +1,6 @@
 """What distillation buys, in the report: each cell's size, speed and training cost beside its score.
 
-Read from each row's ``extra.profile``, written at run time (:mod:`distilbench.training.profile` for sizes, latencies and
+Read from each row's ``extra.profile``, written at run time (:mod:`distilbench.training.runs.profile` for sizes, latencies and
 the retained share; :mod:`distilbench.results.cost` for the training cost); nothing is measured here, so a report rebuilds
 the same from the same store. Per cell, a quantity is the mean over the cell's rows that stored it (size and latency
 are those of one architecture on one machine, the same in every row; the cost is not). A cell none of whose rows
@@ -31,8 +31,8 @@ CSV_HEADER = ["params", "params_no_embeddings", "size_bytes",
               "train_cost_complete", "profile_runs", "profile_threads", "profile_cpu", "profile_gpu"]
 
 DEFINITIONS = (
-    "Measured when each run finished and stored with it (`distilbench.training.profile`, "
-    "`distilbench.training.cost`); per cell, the mean over its runs. **Params**: all parameters, and without the embedding "
+    "Measured when each run finished and stored with it (`distilbench.training.runs.profile`, "
+    "`distilbench.training.teachers.cost`); per cell, the mean over its runs. **Params**: all parameters, and without the embedding "
     "tables (`nn.Embedding`); **MB**: bytes of the weights as one safetensors file / 10^6. **ms**: median forward "
     "time of a batch of 1 or 32 sequences of 128 tokens (`torch.inference_mode`, in the weights' dtype, after a warm-up), on the CPU "
     "with the runs' thread count (and on the GPU where one was present); **ex/s**: batch × 1000 / ms. **Speed-up**: "

@@ -11,7 +11,7 @@ stored rows allow says so at ``ALPHA`` (one-sided):
   p = (1 + #{b : δ*_b - δ >= δ}) / (B + 1) for an observed δ > 0, else 1; seeded, so reports rebuild exactly.
 
 Extractive QA has no majority class: its rows store each question's F1 and a **floor**, the better of two
-question-blind predictors (the empty answer, the context's first sentence; :mod:`distilbench.training.qa_run`) with
+question-blind predictors (the empty answer, the context's first sentence; :mod:`distilbench.training.families.qa_run`) with
 its per-question F1 (``extra.floor``). The check then tests the cell against that floor exactly as against the
 majority class, pairing questions in the bootstrap.
 

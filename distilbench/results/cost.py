@@ -1,6 +1,6 @@
 """A run's training cost, at report time: its own training time plus its share of the work it reuses.
 
-What each row records (``extra.profile.cost``) is written at run time by :mod:`distilbench.training.cost`.
+What each row records (``extra.profile.cost``) is written at run time by :mod:`distilbench.training.teachers.cost`.
 
 **Shared out at report time** (:func:`training_costs`): each part's seconds are divided by the number of rows in the
 report that list its id, so a row's cost is ``own_s + Σ_parts seconds / n_part``, and the costs of the report's rows

@@ -1,5 +1,5 @@
 """Which code computed a cell's rows: the training path's fingerprint each row stores (``extra.code_fingerprint``,
-:func:`distilbench.training.provenance.code_fingerprint`), or, for rows stored before it was recorded, their git
+:func:`distilbench.training.runs.provenance.code_fingerprint`), or, for rows stored before it was recorded, their git
 revision. A claim whose two cells were computed by different code may not compare like with like: the claims table
 flags it (:func:`revision_flag`)."""
 from __future__ import annotations

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ...options import Option
 from ...data.batching import MODEL_INPUTS
 from ...errors import UsageError
 from . import core as A
@@ -40,9 +41,14 @@ def parse_theta(spec: str, n: int, seed: int) -> torch.Tensor:
     return torch.tensor(values) / sum(values)
 
 
+GROUP = "AutoSKD"  # the `--help` section of their options
+
+
 class _Team(Objective):
     needs = Needs()  # logits only: every teacher is served from its logits cache, each on its own tokenisation
     multi_teacher = True
+    reads = ("teachers",)  # the team (--teachers)
+    option_groups = {GROUP: "only for --objective autoskd and skd: how a teacher is drawn from the team (AutoSKDBERT)"}
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
@@ -63,7 +69,8 @@ class SKD(_Team):
 
     version = "1.0"
     paper = "AutoSKDBERT Eq. 3 with a fixed Cat(theta): uniform, random (the paper's baseline) or given weights"
-    params = ("teachers", "theta_init")
+    options = (Option("theta_init", str, "uniform", "skd: the fixed distribution: uniform | random (drawn from the seed; "
+                      "the paper's random baseline) | weights like 0.5,0.3,0.2.", GROUP),)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
@@ -92,7 +99,6 @@ class AvgKD(_Team):
 
     version = "1.0"
     paper = "AutoSKDBERT's AvgKD baseline: L_d against the mean of all teachers' logits"
-    params = ("teachers",)
 
     def choose_teacher(self, step: int, total_steps: int) -> list[int]:
         return list(range(self.n))
@@ -122,9 +128,19 @@ class AutoSKD(_Team):
 
     version = "1.0"
     paper = "AutoSKDBERT (Alg. 1): teacher ~ Cat(theta), theta by SSWO/CR look-ahead, Eq. 8 selection, candidates"
-    params = ("teachers", "theta_update", "theta_lr", "autoskd_m", "candidates", "autoskd_lookahead")
+    options = (
+        Option("theta_update", str, "sswo", "autoskd: how theta learns: sswo (only the sampled teacher's weight, "
+               "AutoSKDBERT Eq. 7) | cr (continuous relaxation, Eq. 5).", GROUP, choices=("sswo", "cr")),
+        Option("theta_lr", float, 3e-4, "autoskd: Adam learning rate of theta (weight decay 1e-3; the paper's range 3e-4 .. "
+               "1e-3).", GROUP, low=0.0, low_open=True, search=("float", 3e-4, 1e-3, "log")),  # the paper's (Appendix E)
+        Option("autoskd_m", int | None, None, "autoskd: teachers discarded between the phases (Eq. 8); default: those no "
+               "larger than the student (Appendix A.1's rule of thumb).", GROUP, low=0),
+        Option("candidates", int, 2, "autoskd: candidate distributions from phase 2, each retrained from scratch, best on the "
+               "selection split (the paper used 25).", GROUP, low=1),
+        Option("autoskd_lookahead", str, "finite-difference", "autoskd: theta's look-ahead gradient: finite-difference "
+               "(DARTS) | exact (second order) | first-order.", GROUP, choices=("finite-difference", "exact", "first-order")),
+    )
     data_parallel = False  # θ learns from each process's own batch: processes would drift apart
-    search_space = {"theta_lr": ("float", 3e-4, 1e-3, "log")}  # the paper's range (Appendix E)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

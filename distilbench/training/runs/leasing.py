@@ -2,10 +2,11 @@
 train the same run twice, and a run whose holder died or stalled is taken over."""
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
-from typing import Callable
+from typing import Any, Callable
 
-from ..results.store import ResultsStore
+from ...results.store import ResultsStore
 
 STORED, DONE, HELD = "stored", "done", "held"  # what train_under_lease did with one run
 
@@ -46,3 +47,24 @@ def train_under_lease(store: ResultsStore, key: str, label: str, train: Callable
                 pass
         raise
     return STORED
+
+
+def wait_for_held(store: ResultsStore, held: list[Any], attempt: Callable[[Any, Any], str], label: Callable[[Any, Any], str],
+                  log: Callable[[str], None]) -> None:
+    """Wait for the (objective, seed) runs in ``held`` that other workers hold, so that this process's table and report
+    include them: ``attempt(objective, seed)`` (train under the lease, quietly) returns ``HELD`` while another live
+    worker has it; each run is either stored by its holder, or its lease runs out (the holder died) and it is trained
+    here. Says which runs it waits for, and who holds them, whenever that changes."""
+    said = None
+    while held:
+        held = [(o, s) for o, s in held if attempt(o, s) == HELD]
+        if not held:
+            break
+        holders = {lease.label: lease.holder for lease in store.live_leases()}
+        labels = [label(o, s) for o, s in held]
+        message = (f"waiting for {len(held)} run(s) that other workers are training: "
+                   + "; ".join(f"{lb} ({holders.get(lb, 'finishing')})" for lb in labels))
+        if message != said:
+            log(message)
+            said = message
+        time.sleep(min(5.0, store.lease_s / 4))

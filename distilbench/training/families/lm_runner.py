@@ -25,21 +25,21 @@ import time
 import numpy as np
 import torch
 
-from ..data.batching import fingerprint, selection_split
-from ..data.lm import corpus_ids, lm_blocks
-from ..errors import UsageError
-from ..models.inits import build_student
-from ..models.loading import load_causal_lm, load_tokenizer, model_config
-from ..models.scratch import SCRATCH_NOTE, is_scratch, random_causal_lm, scratch_config, scratch_spec, train_bpe
-from ..objectives import Context, get_objective
-from .harness import TeacherSource
-from .inference import TeacherInference
-from .lm import check_corpus, check_lm_run, evaluate_perplexity
-from .lm_topk import TopKSource, logits_only, topk_table
-from .rows import student_row
-from .runner import Runner
-from .sources import Encodings
-from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, split_for_teacher
+from ...data.batching import fingerprint, selection_split
+from ...data.lm import corpus_ids, lm_blocks
+from ...errors import UsageError
+from ...models.inits import build_student
+from ...models.loading import load_causal_lm, load_tokenizer, model_config
+from ...models.scratch import SCRATCH_NOTE, is_scratch, random_causal_lm, scratch_config, scratch_spec, train_bpe
+from ...objectives import Context, get_objective
+from ..loop.harness import TeacherSource
+from ..teachers.inference import TeacherInference
+from ..loop.lm import check_corpus, check_lm_run, evaluate_perplexity
+from ..teachers.lm_topk import TopKSource, logits_only, topk_table
+from ..runs.rows import student_row
+from ..runs.runner import Runner
+from ..runs.sources import Encodings
+from ..teachers.teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, split_for_teacher
 
 
 class LMTeacherInference(TeacherInference):
@@ -183,7 +183,7 @@ class LMRunner(Runner):
                  f"{fit.result.examples_per_s:.1f} blocks/s)")
         profile = None
         if self.accelerator.is_main_process:
-            from .profile import pair_profiles, row_profile
+            from ..runs.profile import pair_profiles, row_profile
 
             models = pair_profiles(fit.student, teacher_net, torch.get_num_threads(), self.log)
             profile = row_profile(*models, dev_metrics["score"], teacher_metrics["score"], False, fit.spent)

@@ -2,8 +2,8 @@
 ``Context.layer_map`` every layer objective reads."""
 from __future__ import annotations
 
-from ..errors import UsageError
-from ..models.inits import InitPlan
+from ...errors import UsageError
+from ...models.inits import InitPlan
 
 
 def distillation_pairs(spec: str, init: InitPlan, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:

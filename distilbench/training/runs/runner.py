@@ -18,27 +18,29 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..config import RunConfig
-from ..data.batching import fingerprint, selection_split
-from ..data.metrics import compute_metrics
-from ..errors import TrainingDiverged, UsageError
-from ..hashing import run_key
-from ..models.inits import build_student
-from ..models.loading import load_task_model, load_tokenizer, model_config
-from ..models.pooling import model_pooling, set_pooling
-from ..objectives import Context
-from . import cost
+from ...config import RunConfig
+from ...data.batching import fingerprint, selection_split
+from ...data.metrics import compute_metrics
+from ...errors import TrainingDiverged, UsageError
+from ...hashing import run_key
+from ...models.inits import build_student
+from ...models.loading import load_task_model, load_tokenizer, model_config
+from ...models.pooling import model_pooling, set_pooling
+from ...objectives import Context
+from ..export.students import note_unsaved, save_student
+from ..loop.harness import evaluate, predict, train
+from ..loop.parallel import make_accelerator
+from ..loop.precision import resolve as resolve_precision
+from ..loop.trainer import Trainer
+from ..teachers import cost
+from ..teachers.inference import TeacherInference
+from ..teachers.teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, teacher_cached
 from .candidates import retrain_candidates
-from .harness import evaluate, make_accelerator, predict, train
-from .inference import TeacherInference
-from .leasing import DONE, HELD, STORED, train_under_lease
+from .leasing import DONE, HELD, STORED, train_under_lease, wait_for_held
 from .plan import plan_run, run_identity
-from .precision import resolve as resolve_precision
-from .profile import pair_profiles, row_profile
+from .profile import pair_profiles, profile_pair, row_profile
 from .rows import FitResult, student_row
 from .sources import Encodings, TeacherSources
-from .teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, teacher_cached
-from .trainer import Trainer
 from .workers import Job, resolve, run_jobs
 
 __all__ = ["DONE", "HELD", "STORED", "FitResult", "Runner"]
@@ -97,7 +99,7 @@ class Runner:
 
     # -- what the runner hands down -------------------------------------------------------------------------------
     def trainer(self) -> Trainer:
-        # `train` is looked up here, at each use: tests replace distilbench.training.runner.train to stop or watch training
+        # `train` is looked up here, at each use: tests replace distilbench.training.runs.runner.train to stop or watch training
         return Trainer(self.cfg, self.plan.task, self.accelerator, self.console, self.log, self.timings, train)
 
     def inference(self) -> TeacherInference:
@@ -202,23 +204,9 @@ class Runner:
                                  log=self.log, quiet=quiet)
 
     def finish_held(self, held: list[tuple], record: TeacherRecord, teacher_net) -> None:
-        """Wait for the runs other workers hold, so that this process's table and report include them: each one is
-        either stored by its holder, or its lease runs out (the holder died) and it is trained here. Says which runs
-        it waits for, and who holds them."""
-        store = self.plan.store
-        said = None
-        while held:
-            held = [(o, s) for o, s in held if self.run_and_store(o, s, record, teacher_net, quiet=True) == HELD]
-            if not held:
-                break
-            holders = {lease.label: lease.holder for lease in store.live_leases()}
-            labels = [self.run_label(o, s) for o, s in held]
-            message = (f"waiting for {len(held)} run(s) that other workers are training: "
-                       + "; ".join(f"{lb} ({holders.get(lb, 'finishing')})" for lb in labels))
-            if message != said:
-                self.log(message)
-                said = message
-            time.sleep(min(5.0, store.lease_s / 4))
+        """Wait for the runs other workers hold (:func:`.leasing.wait_for_held`), training any whose holder died."""
+        wait_for_held(self.plan.store, held, lambda o, s: self.run_and_store(o, s, record, teacher_net, quiet=True),
+                      self.run_label, self.log)
 
     def rows(self, record: TeacherRecord) -> list[dict]:
         plan = self.plan
@@ -261,27 +249,15 @@ class Runner:
         self.timings["students"] += time.perf_counter() - start - (self.timings["caches"] + self.timings["Stage I"] - before)
         rows = self.rows(record)
         if cfg.save_students and not cfg.force:
-            from .export import note_unsaved
-
             note_unsaved(rows, self.log)
         plan.store.close()  # a suite runs many Runners: release each one's connection
         return rows
 
     def profile_models(self, record: TeacherRecord, teacher_net=None, threads: int | None = None) -> None:
-        """Size and speed of the teacher and of the student's architecture with ``threads`` CPU threads (the runs'),
-        measured here once per machine and cached (distilbench.training.profile): before worker processes start, since a
-        latency timed beside training workers would measure their contention; the runs read the cache."""
-        if not self.accelerator.is_main_process:
-            return
-        plan = self.plan
-        threads = threads or torch.get_num_threads()
-        teacher_net = teacher_net if teacher_net is not None else self.teacher_net(record)
-        student, _ = self._new_student(plan.seeds[0], teacher_net)
-        found = pair_profiles(student, teacher_net, threads, self.log)
-        if None not in found:
-            self.log(f"size and speed (batch 1 on the cpu, {threads} thread(s)): " + ", ".join(
-                f"{who} {p['params'] / 1e6:.2f}M params, {p['latency']['cpu']['b1']['ms']:.1f} ms"
-                for who, p in zip(("student", "teacher"), found)))
+        """Size and speed of the teacher and of the student's architecture, once per machine (:func:`.profile.profile_pair`)."""
+        if self.accelerator.is_main_process:
+            teacher_net = teacher_net if teacher_net is not None else self.teacher_net(record)
+            profile_pair(self._new_student(self.plan.seeds[0], teacher_net)[0], teacher_net, threads, self.log)
 
     def prepare_team(self) -> list[TeacherRecord]:
         """A multi-teacher objective's team: every member fine-tuned (or reused) and scored, then loaded once with its
@@ -412,7 +388,5 @@ class Runner:
     def keep_student(self, fit: FitResult, labels, max_length: int, row: dict) -> None:
         """``--save-students``: write the trained student here, where the model lives (a worker's process too)."""
         if self.cfg.save_students and self.accelerator.is_main_process:
-            from .export import save_student
-
             folder = save_student(fit.student, fit.tokenizer, labels, max_length, row, self.cfg.save_students)
             self.log(f"{fit.label}: student saved to {folder}")

@@ -18,14 +18,14 @@ from typing import Callable
 
 import torch
 
-from ..config import RunConfig
+from ...config import RunConfig
 
-from ..hashing import stable_hash
-from ..data.batching import Encoded, encode, fingerprint, selection_split
-from ..models.loading import cache_dir, declared_pooling, load_causal_lm, load_task_model, load_tokenizer, model_fingerprint
-from ..models.scratch import is_scratch, scratch_identity
-from .precision import identity_part
-from ..data.tasks import Example, Task
+from ...hashing import stable_hash
+from ...data.batching import Encoded, encode, fingerprint, selection_split
+from ...models.loading import cache_dir, declared_pooling, load_causal_lm, load_task_model, load_tokenizer, model_fingerprint
+from ...models.scratch import is_scratch, scratch_identity
+from ..loop.precision import identity_part
+from ...data.tasks import Example, Task
 
 TEACHER_FORMAT = "1"
 
@@ -164,7 +164,7 @@ def teacher_logits(record: TeacherRecord, enc: Encoded, n_rows: int, compute: Ca
 
 def save_table(record: TeacherRecord, path: Path, table: torch.Tensor, started: float) -> None:
     """Write a teacher-output table beside the teacher atomically (a temporary file, then a rename), with the seconds
-    since ``started`` beside it: a shared part of every run that reads it (distilbench.training.cost)."""
+    since ``started`` beside it: a shared part of every run that reads it (distilbench.training.teachers.cost)."""
     fd, tmp = tempfile.mkstemp(dir=record.path, prefix=".tmp-", suffix=".pt")
     os.close(fd)
     torch.save(table, tmp)

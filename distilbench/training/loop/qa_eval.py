@@ -1,6 +1,6 @@
 """Scoring an extractive QA model: its start and end scores on every window, the best legal span per question
 (:func:`distilbench.data.qa_answers.best_answers`), then SQuAD's EM and F1 (:func:`~distilbench.data.qa_answers.score_answers`).
-:func:`distilbench.training.harness.evaluate` hands QA windows here, so the selection split scores spans like classes."""
+:func:`distilbench.training.loop.harness.evaluate` hands QA windows here, so the selection split scores spans like classes."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,12 +8,12 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ..config import RunConfig
-from ..data.batching import BatchLoader, eval_batches
-from ..data.qa import QAWindows
-from ..data.qa_answers import QAPrediction, best_answers, score_answers
-from ..data.qa_tasks import QATask
-from ..objectives import Needs
+from ...config import RunConfig
+from ...data.batching import BatchLoader, eval_batches
+from ...data.qa import QAWindows
+from ...data.qa_answers import QAPrediction, best_answers, score_answers
+from ...data.qa_tasks import QATask
+from ...objectives import Needs
 from .outputs import model_outputs
 
 

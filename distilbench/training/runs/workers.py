@@ -15,11 +15,22 @@ order of float reductions, so a run's scores under another thread count can diff
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import queue as queue_mod
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import torch
+from rich.console import Console
+
+from ...allocator import release, tune
+from ...config import RunConfig
+from ...errors import TrainingDiverged
+from ...hashing import stable_hash
 
 DONE, DIVERGED, FAILED, HELD = "done", "diverged", "failed", "held"  # HELD: another process sharing the store has it
 
@@ -60,8 +71,6 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
     """Run ``jobs`` in ``processes`` spawned workers; returns the labels of the jobs that diverged or failed, and of
     those lost with a worker that died, and the indices of those another process sharing the store was training
     ({"diverged": [...], "failed": [...], "lost": [...], "held": [k, ...]})."""
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     todo, results = ctx.Queue(), ctx.Queue()
     for k, job in enumerate(jobs):
@@ -74,8 +83,6 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
     started: dict[int, int] = {}  # job -> worker, until it ends
     ended: set[int] = set()
     alive = set(range(processes))
-    import queue as queue_mod
-
     while alive:
         try:
             kind, k, w, message = results.get(timeout=1.0)
@@ -107,10 +114,6 @@ def run_jobs(jobs: list[Job], processes: int, threads: int, log: Callable[[str],
 def start_processes(target: Callable, args: list[tuple], threads: int) -> list:
     """Start one spawned daemon process per entry of ``args`` running ``target(*entry)``, each with ``threads`` torch
     threads (OMP/MKL set for the spawned interpreter, which reads them at start; restored here after)."""
-    import multiprocessing as mp
-
-    from ..allocator import release
-
     release()  # this process waits from now on: the heap it freed (teacher, caches) goes back before workers need it
     ctx = mp.get_context("spawn")
     old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -130,8 +133,6 @@ def start_processes(target: Callable, args: list[tuple], threads: int) -> list:
 
 def _start(target: Callable, *args) -> None:
     """A spawned process's first step: the allocator's settings (distilbench.allocator), then its work."""
-    from ..allocator import tune
-
     tune()
     target(*args)
 
@@ -140,8 +141,6 @@ def exit_with_parent(interval_s: float = 2.0) -> None:
     """End this process when the one that started it is gone. A parent killed by a signal never terminates its
     ``daemon`` children (that happens at its normal exit only), and an orphaned worker would go on training and
     writing rows beside the rerun that is meant to take over (found when a stopped suite's workers ran on)."""
-    import threading
-
     parent = os.getppid()
 
     def watch() -> None:
@@ -156,14 +155,6 @@ def exit_with_parent(interval_s: float = 2.0) -> None:
 def _worker(index: int, todo, results, threads: int) -> None:
     """One worker process: runners are built once per configuration and reused for its later jobs."""
     exit_with_parent()
-    import torch
-    from rich.console import Console
-
-    from ..config import RunConfig
-
-    from ..hashing import stable_hash
-    from ..errors import TrainingDiverged
-
     torch.set_num_threads(threads)
     console = Console(stderr=True)
     current: tuple = ("", None)  # (config key, (runner, record, teacher net)): jobs come cell by cell, so one at a time

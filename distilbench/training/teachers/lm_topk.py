@@ -20,11 +20,11 @@ import time
 import numpy as np
 import torch
 
-from ..data.lm import LMBlocks, collate_blocks
-from ..hashing import stable_hash
-from ..objectives import Needs, Outputs
-from ..objectives.distributions import TopKTeacher, topk_teacher
-from .outputs import TeacherSource
+from ...data.lm import LMBlocks, collate_blocks
+from ...hashing import stable_hash
+from ...objectives import Needs, Outputs
+from ...objectives.distributions import TopKTeacher, topk_teacher
+from ..loop.outputs import TeacherSource
 from .teacher import TeacherRecord, file_lock
 
 

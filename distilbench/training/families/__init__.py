@@ -5,12 +5,12 @@ suites, searches, worker processes) goes through :func:`make_runner`; a new fami
 here."""
 from __future__ import annotations
 
-from ..config import RunConfig
-from ..data.tasks import Task, get_task
-from ..plugins import Registry
+from ...config import RunConfig
+from ...data.tasks import Task, get_task
+from ...plugins import Registry
 from .lm_runner import LMRunner
 from .qa_runner import QARunner
-from .runner import Runner
+from ..runs.runner import Runner
 
 RUNNERS: Registry[type[Runner]] = Registry("task family")
 RUNNERS.register("sequence-classification", Runner)

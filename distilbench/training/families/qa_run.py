@@ -34,27 +34,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import RunConfig
-from ..data.batching import fingerprint
-from ..data.qa import QAWindows, encode_qa
-from ..data.qa_tasks import QAExample, QATask
-from ..data.squad_metrics import f1_score, raw_scores_v2
-from ..errors import UsageError
-from ..hashing import stable_hash
-from .precision import identity_part
-from .teacher import TeacherRecord, file_lock, save_table
+from ...config import RunConfig
+from ...data.batching import fingerprint
+from ...data.qa import QAWindows, encode_qa, window_settings
+from ...data.qa_tasks import QAExample, QATask
+from ...data.squad_metrics import f1_score, raw_scores_v2
+from ...errors import UsageError
+from ...hashing import stable_hash
+from ..loop.precision import identity_part
+from ..teachers.teacher import TeacherRecord, file_lock, save_table
 
-DEFAULT_MAX_LENGTH = 128  # RunConfig.max_length's default: left there, the task's own window length applies
 TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForCausalLM",
               "LMHeadModel", "ForConditionalGeneration")
-
-
-def window_settings(cfg: RunConfig, task: QATask) -> tuple[int, int, int]:
-    """(max_length, doc_stride, max_question_length) of the run's windows."""
-    if cfg.max_length == DEFAULT_MAX_LENGTH or cfg.max_length == task.max_length:
-        return task.max_length, task.doc_stride, task.max_question_length
-    length = cfg.max_length
-    return length, task.doc_stride * length // task.max_length, min(task.max_question_length, length // 3)
 
 
 def encode_for(task: QATask, cfg: RunConfig, tokenizer, examples) -> QAWindows:
@@ -173,13 +164,13 @@ def check_qa_run(cfg: RunConfig, task: QATask, objective, teacher_config) -> Non
     """What a QA run refuses before anything trains: a teacher with another task's head; a student with its own
     vocabulary (span scores are compared token by token); multi-teacher objectives (they read class logits).
     ``--save-students`` is taken: the student is saved as an ``AutoModelForQuestionAnswering`` folder whose tokenizer
-    cuts at the run's window length (:mod:`distilbench.training.export`)."""
+    cuts at the run's window length (:mod:`distilbench.training.export.students`)."""
     check_head(cfg.teacher, task, teacher_config)
     if objective.multi_teacher:
         raise UsageError(f"{objective.name} weighs class distributions of a team; task {task.name} is extractive QA: "
                          f"use a single-teacher objective (kd, lwd, ted, ...)")
     if cfg.init.startswith("pretrained:") and objective.uses_teacher:
-        from ..models.loading import load_tokenizer
+        from ...models.loading import load_tokenizer
 
         student = cfg.init.partition(":")[2]
         if load_tokenizer(cfg.teacher).get_vocab() != load_tokenizer(student).get_vocab():

@@ -10,18 +10,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-from ..config import RunConfig
-from ..data.batching import Encoded, encode, fingerprint
-from ..data.lm import lm_blocks
-from ..data.tasks import Example
-from ..hashing import stable_hash
-from ..objectives import Needs, Objective
-from . import cost
-from .harness import SharedStages, TeacherSource
-from .inference import TeacherInference
+from ...config import RunConfig
+from ...data.batching import Encoded, encode, fingerprint
+from ...data.lm import lm_blocks
+from ...data.tasks import Example
+from ...hashing import stable_hash
+from ...objectives import Needs, Objective
+from ..teachers import cost
+from ..loop.harness import SharedStages, TeacherSource
+from ..teachers.inference import TeacherInference
 from .plan import Plan
-from .teacher import TeacherRecord, logits_path, split_for_teacher, teacher_logits
-from .teacher_cache import open_or_build, parts_for
+from ..teachers.teacher import TeacherRecord, logits_path, split_for_teacher, teacher_logits
+from ..teachers.teacher_cache import open_or_build, parts_for
 
 
 @dataclass
@@ -59,7 +59,7 @@ class TeacherSources:
     def source(self, objective: Objective, record: TeacherRecord, teacher_net, own_tokens: bool,
                parts: list | None = None) -> TeacherSource | None:
         """What ``objective`` reads from its teacher(s): cached outputs where they cover it (built here, once, on
-        first use), else the live teacher. ``parts`` gets the shared parts read (their cost: distilbench.training.cost)."""
+        first use), else the live teacher. ``parts`` gets the shared parts read (their cost: distilbench.training.teachers.cost)."""
         parts = [] if parts is None else parts
         if objective.multi_teacher:
             return self._team_source(objective, parts)

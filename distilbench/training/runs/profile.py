@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hashing import stable_hash
-from ..models.loading import cache_dir
-from .teacher import atomic_write_json, file_lock
+from ...hashing import stable_hash
+from ...models.loading import cache_dir
+from ..teachers.teacher import atomic_write_json, file_lock
 
 FORMAT = "1"
 SEQ_LEN = 128
@@ -256,7 +256,7 @@ def ratios(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
 def row_profile(student: dict[str, Any] | None, teacher: dict[str, Any] | None, score: float, teacher_score: float | None,
                 higher_is_better: bool, cost: dict[str, Any]) -> dict[str, Any]:
     """``extra.profile`` of a student row: both models' size and speed, the ratios, the retained share and the
-    training cost (:mod:`distilbench.training.cost`)."""
+    training cost (:mod:`distilbench.training.teachers.cost`)."""
     out: dict[str, Any] = {"format": FORMAT, "student": student, "teacher": teacher,
                            "retained": retained(score, teacher_score, higher_is_better), "cost": cost}
     if student is not None and teacher is not None:
@@ -265,3 +265,15 @@ def row_profile(student: dict[str, Any] | None, teacher: dict[str, Any] | None, 
 
 
 __all__ = ["param_counts", "serialized_bytes", "model_profile", "pair_profiles", "measure", "retained", "ratios", "row_profile"]
+
+
+def profile_pair(student, teacher_net, threads: int | None, log) -> None:
+    """Size and speed of the teacher and of the student's architecture with ``threads`` CPU threads (the runs'),
+    measured once per machine and cached (:func:`pair_profiles`): before worker processes start, since a latency timed
+    beside training workers would measure their contention; the runs read the cache."""
+    threads = threads or torch.get_num_threads()
+    found = pair_profiles(student, teacher_net, threads, log)
+    if None not in found:
+        log(f"size and speed (batch 1 on the cpu, {threads} thread(s)): " + ", ".join(
+            f"{who} {p['params'] / 1e6:.2f}M params, {p['latency']['cpu']['b1']['ms']:.1f} ms"
+            for who, p in zip(("student", "teacher"), found)))

@@ -10,18 +10,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config import RunConfig, nondefault_settings
-from ..data.batching import fingerprint, selection_split, subsample, transfer_set, unlabelled
-from ..data.tasks import Example, Task, get_task, load_split, resolve_data_dir
-from ..errors import UsageError
-from ..models.inits import InitPlan, parse_init
-from ..models.loading import declared_pooling, load_tokenizer, model_config, model_fingerprint, resolve_model
-from ..objectives import Objective, get_objective
-from ..results.store import ResultsStore
-from .lm import refuse_lm_family
+from ...config import RunConfig, nondefault_settings
+from ...data.batching import fingerprint, selection_split, subsample, transfer_set, unlabelled
+from ...data.tasks import Example, Task, get_task, load_split, resolve_data_dir
+from ...errors import UsageError
+from ...models.inits import InitPlan, parse_init
+from ...models.loading import declared_pooling, load_tokenizer, model_config, model_fingerprint, resolve_model
+from ...objectives import Objective, get_objective
+from ...results.store import ResultsStore
+from ..loop.lm import refuse_lm_family
 from .pairs import distillation_pairs
-from .precision import identity_part
-from .teacher import TeacherRecord
+from ..loop.precision import identity_part
+from ..teachers.teacher import TeacherRecord
 
 
 @dataclass

@@ -12,7 +12,7 @@ above it only make a folder of many runs browsable (characters other than letter
     labels; the tokenizer's ``model_max_length`` is the run's ``--max-length``, so ``truncation=True`` cuts inputs
     where the run cut them, and the folder predicts the run's stored dev labels;
   - extractive QA: ``AutoModelForQuestionAnswering`` (start/end scores per token); ``model_max_length`` is the run's
-    window length (:func:`distilbench.training.qa_run.window_settings`), and the folder's windows scored by the
+    window length (:func:`distilbench.data.qa.window_settings`), and the folder's windows scored by the
     harness give the run's stored per-question F1;
   - causal LM: ``AutoModelForCausalLM`` with the run's tokenizer (a from-scratch teacher's byte-level BPE, its pad
     token set to its end-of-text token); ``model_max_length`` is the run's block length (``--max-length``), and the
@@ -39,10 +39,17 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
-from ..data.lm_text import evaluation_text
-from ..errors import UsageError
+from ...config import RunConfig, check_folder
+from ...data.lm_text import evaluation_text
+from ...data.qa import window_settings
+from ...data.tasks import get_task
+from ...errors import UsageError
+from ...plugins import did_you_mean
+from ...results.chance import ALPHA, SAMPLES, SEED, check_rows
+from ...results.store import ResultsStore
 
 CARD, META = "README.md", "distilbench.json"
 FORMAT = 1
@@ -102,8 +109,6 @@ def run_command(row: Mapping, save_root: str | None = None, extra_args: tuple[st
 def family(row: Mapping) -> str:
     """The task family of ``row`` (:data:`FAMILIES`) from the task registry; for a task no longer registered, from
     what the row stored (``extra.lm`` for a causal LM, per-question F1 for extractive QA)."""
-    from ..data.tasks import get_task
-
     try:
         return get_task(str(row["task"])).family
     except UsageError:
@@ -113,8 +118,6 @@ def family(row: Mapping) -> str:
 
 def _data_folder(row: Mapping) -> str | None:
     """The task's folder inside ``--data-dir`` (``RTE``, ``squad-v1.1``, ``wikitext-2-tokens``); None if unknown."""
-    from ..data.tasks import get_task
-
     try:
         task = get_task(str(row["task"]))
     except UsageError:
@@ -124,15 +127,8 @@ def _data_folder(row: Mapping) -> str | None:
 
 def _token_length(row: Mapping, kind: str) -> dict[str, Any]:
     """The tokenizer's ``model_max_length`` (what the run cut at) and, for QA, its windows' stride, from the row."""
-    from ..config import RunConfig
-
     max_length = ((row.get("extra") or {}).get("settings") or {}).get("max_length", RunConfig.max_length)
     if kind == QA:
-        from types import SimpleNamespace
-
-        from ..data.tasks import get_task
-        from .qa_run import window_settings
-
         try:
             length, stride, question = window_settings(SimpleNamespace(max_length=max_length), get_task(str(row["task"])))
         except UsageError:
@@ -144,8 +140,6 @@ def _token_length(row: Mapping, kind: str) -> dict[str, Any]:
 def _signal(row: Mapping, kind: str) -> dict[str, Any]:
     """The signal check of one run: the bootstrap over its dev examples against the majority predictor (extractive
     QA: against the question-blind floor); for a causal LM, why one run is not checked."""
-    from ..results.chance import ALPHA, SAMPLES, SEED, check_rows
-
     if kind == LM:
         return {"verdict": "not applicable", "test": LM_TEST, "alpha": ALPHA, "p": None, "majority": None,
                 "floor": "the `none` student", "note": LM_NOTE}
@@ -362,9 +356,6 @@ def note_unsaved(rows: list[dict], log: Callable[[str], None]) -> None:
 def export(results: str, key: str, out: str | None = None) -> str:
     """``distilbench export``: the saved student of run ``key``, its card rewritten from the row; copied to ``out``
     when given. Returns the folder. Nothing is trained, and on any refusal nothing is written."""
-    from ..plugins import did_you_mean
-    from ..results.store import ResultsStore
-
     if not Path(results).is_file():
         raise UsageError(f"no results file at {results}; pass --results with the store of a `distilbench run`")
     with ResultsStore(results) as store:
@@ -385,8 +376,6 @@ def export(results: str, key: str, out: str | None = None) -> str:
     target = Path(out).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"--out {out} exists and is not an empty folder; give a new folder")
-    from ..config import check_folder
-
     check_folder("--out", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))

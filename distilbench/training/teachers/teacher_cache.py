@@ -38,10 +38,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..hashing import stable_hash
-from ..data.batching import BatchLoader, Encoded, eval_batches, fingerprint
-from ..objectives import Needs, Outputs
-from .precision import identity_part
+from ...hashing import stable_hash
+from ...data.batching import BatchLoader, Encoded, eval_batches, fingerprint
+from ...objectives import Needs, Outputs
+from ..loop.precision import identity_part
 from .teacher import file_lock
 
 FORMAT = "1"
@@ -66,7 +66,7 @@ class OutputCache:
     lengths: np.ndarray
     score_offset: np.ndarray
     arrays: dict[str, np.memmap]
-    build_s: float | None = None  # seconds it took to compute (a shared part of every run reading it: distilbench.training.cost)
+    build_s: float | None = None  # seconds it took to compute (a shared part of every run reading it: distilbench.training.teachers.cost)
 
     def covers(self, needs: Needs, layers: list[int]) -> bool:
         return set(parts_for(needs)) <= set(self.parts) and set(layers) <= set(self.layers)

@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.qa_answers import score_answers
-from .inference import TeacherInference
-from .qa_eval import predict_answers, span_scores
+from ...data.qa_answers import score_answers
+from ..teachers.inference import TeacherInference
+from ..loop.qa_eval import predict_answers, span_scores
 from .qa_run import QAEncodings, check_qa_run, dev_results, encode_for, span_logits, span_logits_path, teacher_span_logits, \
     window_settings, window_tokenisation
-from .runner import Runner
-from .sources import TeacherSources
-from .teacher import TeacherRecord
+from ..runs.runner import Runner
+from ..runs.sources import TeacherSources
+from ..teachers.teacher import TeacherRecord
 
 
 class QATeacherInference(TeacherInference):

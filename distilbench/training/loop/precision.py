@@ -128,13 +128,13 @@ def probe(shapes=PROBE_SHAPES, repeats: int = 3) -> dict:
 
 
 def probe_key(model: str, flags: frozenset[str], threads: int) -> str:
-    from ..hashing import stable_hash
+    from ...hashing import stable_hash
 
     return stable_hash({"cpu": model, "flags": sorted(flags), "torch": torch.__version__, "threads": threads})
 
 
 def probe_path() -> Path:
-    from ..models.loading import cache_dir
+    from ...models.loading import cache_dir
 
     return cache_dir() / CACHE_FILE
 

@@ -5,7 +5,7 @@ parts it used (``extra.profile.cost``):
 
 - the teacher's fine-tuning: ``train_time_s`` in the cached teacher's ``meta.json`` (:func:`teacher.ensure_teacher`);
 - the teacher's logits over the train file: ``logits-KEY.json`` beside ``logits-KEY.pt`` (:func:`teacher.teacher_logits`);
-- the teacher-output cache: ``build_s`` in its ``index.json`` (:mod:`distilbench.training.teacher_cache`);
+- the teacher-output cache: ``build_s`` in its ``index.json`` (:mod:`distilbench.training.teachers.teacher_cache`);
 - a shared stage (TED's Stage I): ``stage-....json`` beside its cached state (:func:`record_stage`, by the runner).
 
 A row's cost is ``{"own_s": ..., "shared": [{"id", "kind", "seconds"}, ...]}``: ``own_s`` is the student's training

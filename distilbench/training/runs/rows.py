@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..config import RunConfig
-from ..hashing import stable_hash
-from ..models.loading import declared_pooling
-from ..objectives import Objective
-from .harness import TrainResult
+from ...config import RunConfig
+from ...hashing import stable_hash
+from ...models.loading import declared_pooling
+from ...objectives import Objective
+from ..loop.harness import TrainResult
 from .plan import Plan, run_settings
-from .precision import cpu_info
+from ..loop.precision import cpu_info
 from .provenance import code_fingerprint, git_revision, package_versions
-from .teacher import TeacherRecord
+from ..teachers.teacher import TeacherRecord
 
 
 @dataclass
@@ -30,7 +30,7 @@ class FitResult:
     mapping: list[str]  # how the student was initialised (layers copied), one line each
     multi: bool  # a multi-teacher objective: the team's best dev score is the teacher score
     label: str  # "kd seed 0": how log lines name this run
-    spent: dict[str, Any]  # the seconds it spent itself, and the shared parts it used (distilbench.training.cost)
+    spent: dict[str, Any]  # the seconds it spent itself, and the shared parts it used (distilbench.training.teachers.cost)
 
 
 def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identity: dict, seed: int, record: TeacherRecord,
@@ -38,7 +38,7 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                 precision: str, device: str, profile: dict | None, family_extra: dict | None = None) -> dict:
     """The row stored for one (objective, seed) run: its identity, dev scores, the teacher's, and what to report.
     ``family_extra``: the task family's own fields, joined to ``extra``; with ``per_example`` set (extractive QA,
-    :func:`distilbench.training.qa_run.dev_results`) ``dev_preds`` are per-example scores (the questions' F1) and
+    :func:`distilbench.training.families.qa_run.dev_results`) ``dev_preds`` are per-example scores (the questions' F1) and
     ``dev_labels`` the examples' ids."""
     task, objective, result = plan.task, fit.objective, fit.result
     scores = bool(family_extra and family_extra.get("per_example"))
@@ -63,7 +63,7 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       "device": device, "main_score": task.main_score, "team": plan.team if fit.multi else None,
                       "stage_times_s": result.stage_times, "objective_report": objective.report(),
                       "student_params": sum(p.numel() for p in fit.student.parameters()),
-                      # size, speed, retained share and training cost (distilbench.training.profile, distilbench.training.cost)
+                      # size, speed, retained share and training cost (distilbench.training.runs.profile, distilbench.training.teachers.cost)
                       "profile": profile,
                       # per-example dev predictions and labels in dev order: what the per-example paired tests
                       # (McNemar, bootstrap over examples: distilbench.results.per_example) between two runs need

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.batching import MODEL_INPUTS
-from ..models.capture import capture
-from ..objectives import Needs, Outputs
+from ...data.batching import MODEL_INPUTS
+from ...models.capture import capture
+from ...objectives import Needs, Outputs
 
 
 def model_outputs(model: nn.Module, batch: dict, needs: Needs, prefix: str = "") -> Outputs:

@@ -25,34 +25,22 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator
 from torch import nn
 
-from ..config import RunConfig
-from ..data.batching import BatchLoader, Encoded, eval_batches, holdout_positions, length_grouped_batches
-from ..data.metrics import compute_metrics
-from ..data.lm import LMBlocks
-from ..data.qa import QAWindows
-from ..data.tasks import Task
-from ..errors import TrainingDiverged
-from ..hashing import stable_hash
-from ..objectives import LossOutput, Needs, Objective, Stage, StepContext
+from ...config import RunConfig
+from ...data.batching import BatchLoader, Encoded, eval_batches, holdout_positions, length_grouped_batches
+from ...data.metrics import compute_metrics
+from ...data.lm import LMBlocks
+from ...data.qa import QAWindows
+from ...data.tasks import Task
+from ...errors import TrainingDiverged
+from ...hashing import stable_hash
+from ...objectives import LossOutput, Needs, Objective, Stage, StepContext
 from .outputs import TeacherSource, model_outputs  # TeacherSource, model_outputs: imported from here by tests and benchmarks too
-from .precision import ACCELERATE, resolve as resolve_precision
+from .parallel import average_grads, finite_everywhere, fused_adamw, location
 from .lm import evaluate_blocks
 from .qa_eval import evaluate_spans
-
-
-def make_accelerator(cfg: RunConfig, precision: str | None = None) -> Accelerator:
-    """Device placement and mixed precision through accelerate, the same code on CPU, one GPU or several; ``precision``
-    (fp32 | bf16 | fp16) is the run's resolved one (None: resolve ``cfg.mixed_precision`` now)."""
-    precision = precision or resolve_precision(cfg.mixed_precision, cfg.cpu)[0]
-    # under torchrun without a GPU, accelerate joins the processes (gloo) only when told the run is on the CPU
-    cpu = cfg.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
-    # DDP must allow unused parameters: a stage may leave some unused (the head while --schedule sequential distils)
-    return Accelerator(cpu=cpu, mixed_precision=ACCELERATE[precision],
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 @dataclass
@@ -240,7 +228,7 @@ def _step(loop: _Loop, run: _StageRun, student: nn.Module, batch: dict, sums: di
     accelerator, stage = loop.accelerator, run.stage
     for part, share in micro_batches(batch, loop.micro_batch):
         out, logged = _loss(loop, run, student, part)
-        if not _finite_everywhere(out.loss, run.world):  # every process stops, or none (the others would wait forever)
+        if not finite_everywhere(out.loss, run.world):  # every process stops, or none (the others would wait forever)
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
             raise TrainingDiverged(f"loss became {out.loss.item()} at stage {stage.name}, epoch {run.epoch + 1}, step {run.step + 1} "
                                    f"({terms}); lower --lr or check the inputs")
@@ -248,7 +236,7 @@ def _step(loop: _Loop, run: _StageRun, student: nn.Module, batch: dict, sums: di
         for k, v in (("loss", out.loss.detach()), *out.terms.items(), *logged.items()):
             sums[k] = sums.get(k, 0.0) + float(v) * share
     if run.world > 1:  # the student's gradients are averaged by DDP; the objective's own modules by hand
-        _average_grads(loop.objective)
+        average_grads(loop.objective)
     if loop.cfg.max_grad_norm > 0:
         accelerator.clip_grad_norm_(run.params, loop.cfg.max_grad_norm)
     run.optimizer.step()
@@ -301,7 +289,7 @@ def _finish(loop: _Loop, result: TrainResult, student: nn.Module) -> TrainResult
     result.examples_per_s = loop.examples / result.train_time_s if result.train_time_s > 0 else 0.0
     if loop.best is not None:
         if result.best_epoch != loop.selected_epoch:  # an earlier epoch was better than the last
-            student.load_state_dict(torch.load(loop.best.name, map_location=_location(loop.accelerator.device), weights_only=True))
+            student.load_state_dict(torch.load(loop.best.name, map_location=location(loop.accelerator.device), weights_only=True))
         loop.best.close()  # deletes the file
     student.requires_grad_(True)
     result.peak_mem_mb = peak_memory_mb()
@@ -313,8 +301,8 @@ def _load_shared_stage(objective: Objective, stage: Stage, path: Path | None, re
     state, is read from ``path`` and the stage is not trained again."""
     if path is None or not path.exists():
         return False
-    objective.load_state_dict(torch.load(path, map_location=_location(device), weights_only=True))
-    try:  # the losses of the run that trained it (training.cost.record_stage), so every row shows how the stage went
+    objective.load_state_dict(torch.load(path, map_location=location(device), weights_only=True))
+    try:  # the losses of the run that trained it (training.teachers.cost.record_stage), so every row shows how the stage went
         trained = json.loads(path.with_suffix(".json").read_text()).get("history") or []
     except (OSError, ValueError):
         trained = []
@@ -332,13 +320,6 @@ def _save_shared_stage(objective: Objective, path: Path | None, accelerator: Acc
     os.close(fd)
     torch.save({k: v.detach().cpu() for k, v in objective.state_dict().items()}, tmp)
     os.replace(tmp, path)  # atomic: a killed run never leaves a half-written stage
-
-
-def fused_adamw(device: torch.device) -> bool:
-    """AdamW's fused kernel where PyTorch has one we rely on (CPU, CUDA): one pass over each tensor instead of a dozen.
-    On a CPU it cut the optimiser step of a 3-layer base-size student (embeddings included) from 0.27 s to 0.05 s,
-    about a tenth of a whole training step; other devices keep the default implementation."""
-    return device.type in ("cpu", "cuda")
 
 
 def micro_batches(batch: dict, size: int):
@@ -364,31 +345,6 @@ def _cycle(enc: Encoded, teacher_enc: Encoded | None, batch_size: int, seed: int
             epoch += 1
     iterator = batches()
     return lambda: next(iterator)
-
-
-def _average_grads(module: nn.Module) -> None:
-    """Average the gradients of ``module``'s trainable parameters over the processes (DDP does it only for the
-    student it wraps). Every process joins every all-reduce in the same order: a parameter some process's batch did
-    not reach takes a zero gradient there; one no process reached keeps none (the optimiser skips it, as alone)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    reached = torch.tensor([float(p.grad is not None) for p in params])
-    dist.all_reduce(reached)
-    for p, n in zip(params, reached.tolist()):
-        if n > 0:
-            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-            dist.all_reduce(p.grad)
-            p.grad /= dist.get_world_size()
-
-
-def _location(device: torch.device) -> str:
-    return "cpu" if device.type == "cpu" else str(device)  # torch.load knows no "cpu:0" (a data-parallel process's)
-
-
-def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
-    bad = torch.tensor(float(not bool(torch.isfinite(loss))))
-    if world > 1:
-        dist.all_reduce(bad)
-    return bad.item() == 0
 
 
 def _no_holdout() -> dict:

@@ -10,16 +10,16 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ..config import RunConfig
-from ..data.batching import BatchLoader, Encoded, encode, eval_batches
-from ..data.tasks import Example, Task
-from ..models.inits import copy_layers, parse_init
-from ..models.loading import load_task_model, load_tokenizer
-from ..models.pooling import set_pooling
-from ..objectives import Context, Needs, Outputs, get_objective
-from .outputs import model_outputs
+from ...config import RunConfig
+from ...data.batching import BatchLoader, Encoded, encode, eval_batches
+from ...data.tasks import Example, Task
+from ...models.inits import copy_layers, parse_init
+from ...models.loading import load_task_model, load_tokenizer
+from ...models.pooling import set_pooling
+from ...objectives import Context, Needs, Outputs, get_objective
+from ..loop.outputs import model_outputs
 from .teacher import split_for_teacher, teacher_pooling
-from .trainer import Trainer
+from ..loop.trainer import Trainer
 
 
 class TeacherInference:

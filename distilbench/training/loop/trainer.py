@@ -1,6 +1,6 @@
-"""One training as the runner makes it: the harness's loop (:func:`distilbench.training.harness.train`) with the run's
+"""One training as the runner makes it: the harness's loop (:func:`distilbench.training.loop.harness.train`) with the run's
 progress display, its time in shared stages, and a line for each stage read from its cache. The runner's students
-and the teacher's fine-tuning (:class:`distilbench.training.inference.TeacherInference`) both train through it."""
+and the teacher's fine-tuning (:class:`distilbench.training.teachers.inference.TeacherInference`) both train through it."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from ..config import RunConfig
-from ..data.batching import Encoded
-from ..data.tasks import Task
-from ..objectives import Objective
+from ...config import RunConfig
+from ...data.batching import Encoded
+from ...data.tasks import Task
+from ...objectives import Objective
 from .harness import SharedStages, TeacherSource, TrainResult
 
 
