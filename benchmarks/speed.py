@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distilbench.config import RunConfig  # noqa: E402
 from distilbench.data.batching import BatchLoader, encode, length_grouped_batches, subsample  # noqa: E402
-from distilbench.training.loop.harness import TeacherSource, fused_adamw, make_accelerator, model_outputs, train  # noqa: E402
+from distilbench.training.loop.harness import TeacherSource, model_outputs, train  # noqa: E402
+from distilbench.training.loop.parallel import fused_adamw, make_accelerator  # noqa: E402
 from distilbench.models.inits import copy_layers  # noqa: E402
 from distilbench.models.loading import load_classifier, load_tokenizer  # noqa: E402
 from distilbench.objectives import Context, Needs, get_objective  # noqa: E402
