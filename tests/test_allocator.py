@@ -57,7 +57,7 @@ def test_a_spawned_worker_tunes_its_allocator_before_its_work(monkeypatch):
     from distilbench.training.runs import workers
 
     calls = []
-    monkeypatch.setattr(allocator, "tune", lambda: calls.append("tune") or True)
+    monkeypatch.setattr(workers, "tune", lambda: calls.append("tune") or True)
     workers._start(lambda *a: calls.append(a), 1, "x")
     assert calls == ["tune", (1, "x")]
 
@@ -98,7 +98,7 @@ def test_the_parent_releases_its_freed_heap_before_it_starts_workers(monkeypatch
     from distilbench.training.runs import workers
 
     calls = []
-    monkeypatch.setattr(allocator, "release", lambda: calls.append("release") or True)
+    monkeypatch.setattr(workers, "release", lambda: calls.append("release") or True)
 
     class FakeProcess:  # no real process: what matters is the order
         def __init__(self, **kwargs):
