@@ -30,6 +30,7 @@ from distilbench.models.inits import INITS
 from distilbench.models.loading import MODELS, load_tokenizer
 from distilbench.objectives import OBJECTIVES, LossOutput, Needs, Objective
 from distilbench.results.store import ResultsStore
+from distilbench.data.corpus import CORPORA
 from distilbench.data.tasks import TASKS, get_task, load_split
 
 LAYER_MAPPING = [f"student layer {k} <- teacher layer {k}" for k in (1, 2, 3)]  # default first-k, 3 of 4 layers
@@ -267,6 +268,7 @@ def test_vocabulary_mismatch_for_token_aligned_objective(tiny_run_args, tiny_tea
 @pytest.mark.parametrize("what, registry, expected", [
     ("objectives", OBJECTIVES, {"kd", "none"}),
     ("tasks", TASKS, {"rte", "stsb"}),
+    ("corpora", CORPORA, {"general-local"}),
     ("inits", INITS, {"layers", "every-k", "first-k", "last-k", "random", "pretrained"}),
     ("models", MODELS, {"minilm-l6", "mpnet-base"}),
 ])

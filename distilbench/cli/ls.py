@@ -1,4 +1,4 @@
-"""`distilbench ls`: what is registered (objectives, tasks, inits, models), one name per line first."""
+"""`distilbench ls`: what is registered (objectives, tasks, corpora, inits, models), one name per line first."""
 from __future__ import annotations
 
 from ..errors import UsageError
@@ -6,7 +6,7 @@ from ..errors import UsageError
 
 def add_parser(sub) -> None:
     ls = sub.add_parser("ls", allow_abbrev=False, help="list what is registered, one name per line first")
-    ls.add_argument("what", choices=["objectives", "tasks", "inits", "models"])
+    ls.add_argument("what", choices=["objectives", "tasks", "corpora", "inits", "models"])
 
 
 def main(what: str) -> int:
@@ -14,12 +14,19 @@ def main(what: str) -> int:
         from ..objectives import OBJECTIVES
         for name in OBJECTIVES:
             cls = OBJECTIVES.get(name)
-            print(f"{name}\tv{cls.version}\t{cls.paper}")
+            options = ", ".join(o.name for o in cls.declared_options()) or "none"
+            print(f"{name}\tv{cls.version}\t{cls.paper}\toptions: {options}")
     elif what == "tasks":
         from ..data.tasks import TASKS
         for name in TASKS:
             t = TASKS.get(name)
             print(f"{name}\tv{t.version}\t{t.kind}\tmain score: {t.main_score}")
+    elif what == "corpora":  # unlabelled text for task-agnostic distillation (registry/corpora/)
+        from ..data.corpus import CORPORA
+        for name in CORPORA:
+            c = CORPORA.get(name)
+            print(f"{name}\tv{c.version}\t{len(c.sources)} sources: {', '.join(s.name for s in c.sources)}\t"
+                  f"held out: {c.held_out:g}")
     elif what == "inits":
         from ..models.inits import INITS
         for name in INITS:
