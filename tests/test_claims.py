@@ -93,7 +93,8 @@ def test_the_training_path_fingerprint_ignores_prose_and_follows_code(tmp_path):
     base = fp(tmp_path)
     loop.write_text('"""The training loop, reworded."""\n# a comment\nx = 1\n')
     assert fp(tmp_path) == base
-    (tmp_path / "training" / "export.py").write_text("y = 2\n")  # not on the training path
+    (tmp_path / "training" / "export").mkdir()
+    (tmp_path / "training" / "export" / "students.py").write_text("y = 2\n")  # not on the training path
     assert fp(tmp_path) == base
     loop.write_text('"""The loop."""\nx = 2\n')
     assert fp(tmp_path) != base and len(base) == 12

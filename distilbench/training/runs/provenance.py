@@ -31,7 +31,7 @@ def git_revision() -> str:
 # what a run's numbers depend on: the loop, its plan and caches, the objectives, the models, the data and the metrics;
 # not what only stores, reports, profiles or exports them
 _PACKAGE = Path(__file__).resolve().parents[2]  # distilbench/
-_TRAINING_PATH = ("config.py", "hashing.py", "data", "models", "objectives", "training")
+_TRAINING_PATH = ("config.py", "options.py", "hashing.py", "data", "models", "objectives", "training")
 _NOT_TRAINING = frozenset({"training/teachers/cost.py", "training/export/students.py", "training/runs/leasing.py", "training/runs/profile.py",
                            "training/runs/provenance.py", "training/runs/rows.py", "training/runs/workers.py"})
 
