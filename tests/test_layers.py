@@ -88,3 +88,14 @@ def test_no_module_or_function_too_long():
     long_functions = {f: n for f, n in functions.items() if n > MAX_FUNCTION_LINES and f not in ALLOWED_FUNCTIONS}
     assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
     assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+
+
+def test_the_wheel_lists_every_package():
+    """A non-editable `pip install .` (the README's first command) ships only the packages pyproject.toml names: a new
+    folder of modules left out of that list would install a distilbench that cannot import itself."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "distilbench").rglob("__init__.py")}
+    assert found <= listed, f"missing from [tool.setuptools] packages: {sorted(found - listed)}"
+    assert listed - found == {"distilbench._registry"}
