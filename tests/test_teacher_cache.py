@@ -50,8 +50,14 @@ def _run(model, needs=NEEDS):
     return run, calls
 
 
-@pytest.mark.parametrize("kind", ["bert", "mpnet"])
-def test_cached_outputs_equal_the_live_teacher_at_real_positions(kind, tmp_path):
+@pytest.mark.parametrize("kind, remap", [("bert", None), ("mpnet", None), ("bert", 1)])
+def test_cached_outputs_equal_the_live_teacher_at_real_positions(kind, remap, tmp_path, monkeypatch):
+    """``remap`` 1: the maps are dropped and re-opened after every batch written and read (what keeps a process's
+    resident share of a large cache small): the values read are the same."""
+    import distilbench.training.teachers.teacher_cache as TC
+
+    if remap is not None:
+        monkeypatch.setattr(TC, "REMAP_BYTES", remap)
     model, enc = _model(kind), _enc(kind)
     run, calls = _run(model)
     cache = open_or_build(tmp_path, "teacher", enc, "tok", [1, 3], parts_for(NEEDS), "fp32", run, 3, batch_size=5)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from ...allocator import release
 from ...config import RunConfig
 from ...data.batching import fingerprint, selection_split
 from ...data.metrics import compute_metrics
@@ -223,6 +224,7 @@ class Runner:
         if todo:
             self.log(f"{len(todo)} run(s) to train")
             teacher_net = self.teacher_net(record)
+            release()  # the teacher's fine-tuning freed its heap: handed back before the caches are built beside it
         self.timings["teacher"] += time.perf_counter() - start
         start, before = time.perf_counter(), self.timings["caches"] + self.timings["Stage I"]
         if todo:

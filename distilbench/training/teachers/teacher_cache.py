@@ -45,6 +45,9 @@ from ..loop.precision import identity_part
 from .teacher import file_lock
 
 FORMAT = "1"
+# a memory map keeps every page it touched resident (counted in the process's RSS, as file pages) until it is unmapped:
+# re-mapping after this many bytes written or read keeps a process's share of a cache near this size, not the cache's
+REMAP_BYTES = 256 << 20
 DTYPES = {"fp32": (np.float32, "f32"), "fp16": (np.float16, "f16")}
 
 
@@ -73,6 +76,9 @@ class OutputCache:
 
     def outputs(self, idx: torch.Tensor, logits: torch.Tensor, device) -> Outputs:
         """The teacher's Outputs for a batch of examples (their ``idx``), padded to the longest of them."""
+        self._read = getattr(self, "_read", 0) + 1
+        if self._read * self._batch_bytes() >= REMAP_BYTES:  # drop the pages read so far from this process (REMAP_BYTES)
+            self.arrays, self._read = _maps(self.folder, self.parts, self.arrays), 0
         pos = [self.position[int(i)] for i in idx.tolist()]
         lens = [int(self.lengths[p]) for p in pos]
         b, width, n = len(pos), max(lens), len(self.layers)
@@ -101,6 +107,20 @@ class OutputCache:
             for j, layer in enumerate(self.layers):
                 attentions[layer - 1] = {"scores": s_t[:, j], "v": v_t[j]}
         return Outputs(logits, tuple(hidden_states) if hidden_states is not None else None, attentions)
+
+
+    def _batch_bytes(self) -> int:
+        """A rough size of one batch's reads (the mean example's share of every part, 32 examples): when to re-map."""
+        return max(1, sum(a.nbytes for a in self.arrays.values()) * 32 // max(1, len(self.lengths)))
+
+
+def _maps(folder: Path, parts: tuple[str, ...], old: dict[str, np.memmap] | None = None) -> dict[str, np.memmap]:
+    """The cache's parts mapped read-only (again: the old maps are dropped, and with them their resident pages)."""
+    suffix = str(next(iter(old.values())).filename).split(".")[-2] if old else None
+    if suffix is None:
+        suffix = json.loads((folder / "index.json").read_text())["suffix"]
+    names = (["hidden"] if "hidden" in parts else []) + (["scores", "v"] if "scores" in parts else [])
+    return {name: np.load(folder / f"{name}.{suffix}.npy", mmap_mode="r") for name in names}
 
 
 def cache_key(teacher_key: str, enc: Encoded, tokenisation: str, layers: list[int], parts: tuple[str, ...], dtype: str,
@@ -148,7 +168,13 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
         heads = hidden = None
         score_offset = np.zeros(len(enc), dtype=np.int64)
         order = eval_batches(lengths, batch_size)
+        written = 0
         for ids, batch in zip(order, BatchLoader(enc, order, False)):
+            if written >= REMAP_BYTES:  # flush and re-map: the pages written so far leave this process's RSS
+                for name in arrays:
+                    arrays[name].flush()
+                arrays = {name: np.load(tmp / f"{name}.{suffix}.npy", mmap_mode="r+") for name in arrays}
+                written = 0
             with torch.no_grad():  # a frozen teacher's outputs: whatever the caller's grad mode, nothing here learns
                 out = run_teacher(batch)
             if hidden is None:  # sizes from the first batch: allocate every file once
@@ -163,6 +189,8 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
                     shapes["v"] = [total, n, hidden]
                 for name, shape in shapes.items():
                     arrays[name] = np.lib.format.open_memmap(tmp / f"{name}.{suffix}.npy", mode="w+", dtype=np_dtype, shape=tuple(shape))
+            written += sum(int(lengths[j]) * (len(layers) * hidden * np.dtype(np_dtype).itemsize * len(arrays)
+                                              + len(layers) * heads * int(lengths[j]) * 4) for j in ids)
             for r, j in enumerate(ids):
                 length, o = int(lengths[j]), int(tok_offset[j])
                 if "hidden" in parts:
@@ -194,8 +222,7 @@ def _row_ids(enc) -> list[int]:
 
 def _open(folder: Path) -> OutputCache:
     index = json.loads((folder / "index.json").read_text())
-    arrays = {name: np.load(folder / f"{name}.{index['suffix']}.npy", mmap_mode="r") for name in
-              (["hidden"] if "hidden" in index["parts"] else []) + (["scores", "v"] if "scores" in index["parts"] else [])}
+    arrays = _maps(folder, tuple(index["parts"]))
     return OutputCache(folder, index["layers"], tuple(index["parts"]), index["heads"], index["hidden"], index["n_layers_total"],
                        {int(i): p for p, i in enumerate(index["idx"])}, np.array(index["tok_offset"]), np.array(index["lengths"]),
                        np.array(index["score_offset"]), arrays, index.get("build_s"))
