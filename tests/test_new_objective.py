@@ -79,6 +79,11 @@ def test_the_new_option_is_a_key_a_check_an_identity_and_a_search_range(package,
     assert got["loss"] == pytest.approx(got["expected"], rel=1e-6)
 
 
+def test_the_docs_show_this_very_file():
+    text = (REPO / "docs" / "adding-an-objective.md").read_text()
+    assert "```python\n" + EXAMPLE.read_text() + "```" in text
+
+
 def test_the_installed_package_does_not_have_it():
     from distilbench.objectives import OBJECTIVES
 

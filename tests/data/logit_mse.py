@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..options import Option
 from ..errors import UsageError
+from ..options import Option
 from .base import LossOutput, Objective, Outputs, Stage, register_objective
 
 
