@@ -229,12 +229,19 @@ def test_findings_table_is_written_between_the_markers(tmp_path):
         "id,paper,claim,paper_numbers,task,better,worse,n,better_mean,worse_mean,diff,ci_low,ci_high,p,p_holm,"
         "family_size,detectable,verdict,reason,examples\n"
         "c1,001 Table 2,TED beats LWD,QNLI 93.1 vs 92.9,rte,ted,lwd,3,70.0,69.0,1.0,0.1,1.9,0.01,0.02,2,0.9,"
-        "reproduced,Holm p 0.02 < 0.05,examples agree\n")
+        "reproduced,Holm p 0.02 < 0.05,examples agree\n"
+        "c2,001 Table 2,KD beats none,-,sst2,kd,none,8,83.0,82.0,1.0,0.1,1.9,0.01,0.04,2,0.9,reproduced,Holm p 0.04 < 0.05,n/a\n"
+        "c2,001 Table 2,KD beats none,-,stsb,kd,none,8,80.0,80.0,0.0,-0.1,0.1,0.9,1,2,0.9,inconclusive,Holm p 1,n/a\n"
+        "c2,001 Table 2,KD beats none,-,across tasks,kd,none,16,,,0.5,,,0.02,0.03,1,,reproduced,Holm p 0.03; Stouffer,n/a\n")
     text = f"intro\n{BEGIN}\nold table\n{END}\noutro\n"
     new = render(text, tmp_path / "reports")
     assert new.startswith(f"intro\n{BEGIN}\n") and new.endswith(f"{END}\noutro\n") and "old table" not in new
     assert "| c1: TED beats LWD | 001 Table 2 | QNLI 93.1 vs 92.9 | rte | ted 70.00 vs lwd 69.00; Δ 1.00, n=3 | 0.02 (2) | " \
-           "**reproduced**: Holm p 0.02 < 0.05 | examples agree |" in new
+           "**reproduced**: Holm p 0.02 < 0.05 | - | examples agree |" in new
+    # a claim tested on several tasks: one row, its across-task verdict, each task's verdict beside it
+    assert new.count("c2: KD beats none") == 1
+    assert "| across tasks | kd vs none; mean Δ 0.50 over task × seed pairs, n=16 | 0.03 (1) | **reproduced**: Holm p 0.03; Stouffer | sst2: reproduced; " \
+           "stsb: inconclusive | n/a |" in new
     assert render(new, tmp_path / "reports") == new
     with pytest.raises(ValueError, match="markers"):
         render("no markers", tmp_path / "reports")
