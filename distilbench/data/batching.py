@@ -138,10 +138,9 @@ def collate(enc: Encoded | QAWindows, ids: list[int], regression: bool, teacher_
     When the teacher has its own tokenizer, its inputs travel under ``teacher_*`` keys. Extractive QA windows are
     batched by :func:`collate_windows`.
     """
-    if isinstance(enc, QAWindows):
-        return collate_windows(enc, ids)
-    if isinstance(enc, LMBlocks):  # causal LM: packed blocks, labels = input ids
-        return collate_blocks(enc, ids)
+    own = COLLATE.get(type(enc))
+    if own is not None:  # another family's encoding batches itself
+        return own(enc, ids)
     rows = [enc.input_ids[i] for i in ids]
     batch = {"input_ids": _pad(rows, enc.pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0)}
     if enc.token_type_ids is not None:
@@ -170,6 +169,11 @@ def collate_windows(windows: QAWindows, ids: list[int]) -> dict[str, torch.Tenso
     batch["labels"] = torch.tensor([[windows.start_positions[i], windows.end_positions[i]] for i in ids], dtype=torch.long)
     batch["idx"] = torch.tensor([windows.window_idx[i] for i in ids], dtype=torch.long)
     return batch
+
+
+# how a family's own encoding type makes a batch (extractive QA windows; causal-LM blocks, labels = input ids); any
+# other encoding is a sentence task's ``Encoded``
+COLLATE = {QAWindows: collate_windows, LMBlocks: collate_blocks}
 
 
 class BatchLoader:

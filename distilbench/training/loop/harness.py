@@ -367,10 +367,17 @@ def predict(model: nn.Module, enc: Encoded, task: Task, cfg: RunConfig, accelera
     return preds
 
 
+# how a family's own encoding type is scored: extractive QA windows by EM and F1 of the best span per question;
+# causal-LM blocks by perplexity (lower is better); any other encoding is a sentence task's, scored by its predictions
+SCORERS: dict[type, Callable] = {
+    QAWindows: evaluate_spans,
+    LMBlocks: lambda model, enc, task, cfg, accelerator: evaluate_blocks(model, enc, cfg.eval_batch_size, accelerator),
+}
+
+
 def evaluate(model: nn.Module, enc: Encoded | QAWindows, task: Task, cfg: RunConfig, accelerator: Accelerator) -> dict[str, float]:
-    if isinstance(enc, QAWindows):  # extractive QA: the best span per question, scored by EM and F1
-        return evaluate_spans(model, enc, task, cfg, accelerator)
-    if isinstance(enc, LMBlocks):  # causal LM: perplexity over the blocks (score = perplexity, lower is better)
-        return evaluate_blocks(model, enc, cfg.eval_batch_size, accelerator)
+    own = SCORERS.get(type(enc))
+    if own is not None:
+        return own(model, enc, task, cfg, accelerator)
     preds = predict(model, enc, task, cfg, accelerator)
     return compute_metrics(task, preds, np.array([e.label for e in enc.examples]))
