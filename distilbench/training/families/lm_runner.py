@@ -39,7 +39,7 @@ from ..teachers.lm_topk import TopKSource, logits_only, topk_table
 from ..runs.rows import student_row
 from ..runs.runner import Runner
 from ..runs.sources import Encodings
-from ..teachers.teacher import TeacherRecord, ensure_teacher, load_teacher, record_dev_metrics, split_for_teacher
+from ..teachers.teacher import TeacherRecord, load_teacher, record_dev_metrics, split_for_teacher
 
 
 class LMTeacherInference(TeacherInference):
@@ -123,9 +123,7 @@ class LMRunner(Runner):
     def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
-        self.refuse_untrained_teacher(name, self.plan.train_all)
-        record = ensure_teacher(cfg, name, task, self.plan.train_all, self.inference().fine_tune, self.log,
-                                self.precision)
+        record = self.ensured_teacher(name, self.plan.train_all)
         self.tokenizer = self._padded(load_tokenizer(str(record.path)))
         check_corpus(task, self.tokenizer, {"train": self.plan.train_all, **({"dev": self.plan.dev} if self.plan.dev else {})},
                      cfg.max_length)  # a from-scratch teacher's tokenizer exists only now

@@ -121,12 +121,15 @@ class Runner:
                              f"fine-tune it first in one (`distilbench teacher --task {self.plan.task.name} --model {name}` "
                              "with the same options)")
 
+    def ensured_teacher(self, name: str, examples) -> TeacherRecord:
+        """Teacher ``name`` fine-tuned on ``examples`` (or read from the cache), refused first where it cannot be."""
+        self.refuse_untrained_teacher(name, examples)
+        return ensure_teacher(self.cfg, name, self.plan.task, examples, self.inference().fine_tune, self.log, self.precision)
+
     def teacher(self, name: str | None = None) -> TeacherRecord:
         cfg, task = self.cfg, self.plan.task
         name = name or cfg.teacher
-        self.refuse_untrained_teacher(name, self.plan.teacher_examples)
-        record = ensure_teacher(cfg, name, task, self.plan.teacher_examples, self.inference().fine_tune, self.log,
-                                self.precision)
+        record = self.ensured_teacher(name, self.plan.teacher_examples)
         if self.plan.dev is None:  # a search: dev stays unread; the teacher's own selection score is what is known
             self.log(f"teacher {name} on {task.name}: selection {task.main_score} = {100 * record.meta['select_score']:.2f}")
             return record
