@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -112,6 +115,41 @@ def slurm_options(block: Mapping[str, Any] | None, flags: Mapping[str, Any], whe
                 raise bad
             out[name] = number
     return SlurmOptions(**out)
+
+
+MEM_MARGIN = 1.25  # over the largest run measured: runs of one cell differ, and a task may also fine-tune a teacher
+
+
+def measured_mem_gb(report: Path) -> tuple[float, float] | None:
+    """Memory to ask per array task from a committed report of the same suite and scale: the largest resident peak
+    of its runs (``peak_mem_mb``, each worker process's own) × MEM_MARGIN, rounded up to 0.5 GB; with that peak in
+    MiB. None when the report has no store or no measured run."""
+    store = Path(report) / "results.sqlite"
+    if not store.is_file():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as con:
+        try:
+            peak = con.execute("select max(peak_mem_mb) from runs").fetchone()[0]
+        except sqlite3.Error:
+            return None
+    if not peak or peak <= 0:
+        return None
+    return math.ceil(peak * MEM_MARGIN / 1024 * 2) / 2, float(peak)
+
+
+def default_memory(options: SlurmOptions, report: Path) -> tuple[SlurmOptions, str]:
+    """``options`` with ``mem_gb`` from the committed report (:func:`measured_mem_gb`) where neither a flag nor the
+    suite's ``slurm:`` block set it, and the line that says where the figure came from."""
+    if options.mem_gb:
+        return options, f"memory per array task: {options.mem_gb:g} GB (given)"
+    measured = measured_mem_gb(report)
+    if measured is None:
+        return options, (f"memory per array task: the partition's default (no measured runs in {report} to size it "
+                         "from; --slurm-mem-gb sets it)")
+    gb, peak = measured
+    return (dataclasses.replace(options, mem_gb=gb),
+            f"memory per array task: {gb:g} GB, the largest run in {report} ({peak:.0f} MiB resident) + "
+            f"{round(100 * (MEM_MARGIN - 1))}% (--slurm-mem-gb overrides)")
 
 
 def check_jobs(jobs: int | None, launcher: str) -> int:
@@ -221,5 +259,5 @@ def announce(done: Submitted, store: str, report_hint: str) -> str:
             f"  report:  {report_hint}   (any time; finished runs are in the store)")
 
 
-__all__ = ["LAUNCHERS", "SlurmOptions", "Submitted", "announce", "check_jobs", "check_shared_store", "local_argv", "run_task",
-           "slurm_options", "submit", "task_argv"]
+__all__ = ["LAUNCHERS", "SlurmOptions", "Submitted", "announce", "check_jobs", "check_shared_store", "default_memory",
+           "local_argv", "measured_mem_gb", "run_task", "slurm_options", "submit", "task_argv"]

@@ -46,6 +46,27 @@ def test_each_slurm_option_is_checked_against_its_meaning(block, says):
         slurm_options(block, {})
 
 
+def test_memory_per_task_is_sized_from_the_scales_committed_report(tmp_path):
+    import sqlite3
+
+    from distilbench.cluster import default_memory, measured_mem_gb
+
+    report = tmp_path / "reports" / "x-small"
+    assert measured_mem_gb(report) is None
+    report.mkdir(parents=True)
+    with sqlite3.connect(report / "results.sqlite") as con:
+        con.execute("create table runs (run_key text, peak_mem_mb real)")
+        con.executemany("insert into runs values (?, ?)", [("a", 2000.0), ("b", 2249.1), ("c", None)])
+    assert measured_mem_gb(report) == (3.0, 2249.1)  # 2249.1 MiB x 1.25 = 2.75 GB, rounded up to 3.0
+    sized, said = default_memory(slurm_options(None, {}), report)
+    assert sized.mem_gb == 3.0 and sized.executor_parameters()["mem"] == "3072M"
+    assert said == f"memory per array task: 3 GB, the largest run in {report} (2249 MiB resident) + 25% (--slurm-mem-gb overrides)"
+    given, said = default_memory(slurm_options(None, {"mem_gb": 1.5}), report)
+    assert given.mem_gb == 1.5 and said == "memory per array task: 1.5 GB (given)"
+    none, said = default_memory(slurm_options(None, {}), tmp_path / "nothing")
+    assert none.mem_gb is None and "the partition's default" in said
+
+
 def test_array_tasks_run_the_same_command_locally_without_a_report():
     argv = ["suite", "s.yaml", "--launcher", "slurm", "--jobs", "4", "--slurm-partition=gpu", "--slurm-extra",
             "--qos=high", "--slurm-requeue", "--results", "postgresql://u@h/db", "--report"]

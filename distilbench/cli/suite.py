@@ -60,7 +60,7 @@ def _submit(suite, argv: Sequence[str], jobs: int, flags: dict, out: str | None)
     """Every cell validated and the store checked here, before anything is submitted; then the array, and return."""
     from pathlib import Path
 
-    from ..cluster import announce, check_shared_store, slurm_options, submit
+    from ..cluster import announce, check_shared_store, default_memory, slurm_options, submit
     from ..results.backends import display
     from ..suite import default_out, validate
 
@@ -68,6 +68,8 @@ def _submit(suite, argv: Sequence[str], jobs: int, flags: dict, out: str | None)
     check_shared_store(results, "--results")
     options = slurm_options(suite.slurm, flags, f"suite {suite.path}: slurm")
     validate(suite)  # every cell, as a local suite would, before the array exists
+    options, memory = default_memory(options, default_out(suite))  # sized from this scale's committed report
+    print(memory)
     done = submit(argv, jobs, options, suite.name, Path("slurm-logs") / suite.name)
     report = f"distilbench report --results {results} --out {out or default_out(suite)}"
     print(announce(done, display(results), report))
