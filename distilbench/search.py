@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .data.tasks import get_task
 from .errors import UsageError
+from .objectives import get_objective
+from .results.backends import display, is_url
+from .training.families import make_runner
+from .training.runs.workers import exit_with_parent, resolve, start_processes
+from .training.teachers.teacher import load_teacher
 
 PRUNERS = ("median", "wilcoxon", "none")
 
@@ -55,8 +61,6 @@ def suggest(trial, space: dict[str, tuple], fixed: set[str]) -> dict[str, Any]:
 def storage_url(storage: str | None, results: str) -> str:
     """``--storage``, else search.sqlite beside an SQLite ``--results``, else the results database itself (Optuna's
     tables do not clash with the store's)."""
-    from .results.backends import is_url
-
     if storage:
         return storage
     if is_url(results):
@@ -126,7 +130,6 @@ def best_params(study_name: str, storage: str | None, results: str) -> dict[str,
 def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: str, cfg: RunConfig | None = None):
     import optuna
 
-    from .data.tasks import get_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # the selection score's direction: a perplexity (causal LM) is minimised
@@ -141,8 +144,6 @@ def _optimize(study, runner, fixed: set[str], trials: int) -> None:
     the objective on every seed of the runner's plan with the trial's hyper-parameters and reports seed by seed."""
     import optuna
 
-    from .objectives import get_objective
-    from .training.teachers.teacher import load_teacher
 
     objective_cls = get_objective(runner.cfg.objective)
     space = objective_cls.space()
@@ -180,13 +181,10 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
                    sampler_seed: int, heartbeat: int, threads: int) -> None:
     """One `--workers` process: its own runner (the teacher and team are read from the caches the parent filled) and
     its own sampler seed (sampler_seed + index: equal seeds would propose the same first trials), on the shared study."""
-    from .training.runs.workers import exit_with_parent
-
     exit_with_parent()
     import torch
     from rich.console import Console
 
-    from .training.families import make_runner
 
     torch.set_num_threads(threads)
     runner = make_runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
@@ -197,8 +195,6 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
 
 def _spawn_workers(processes: int, threads: int, args: tuple) -> list[int]:
     """Run ``_search_worker`` in ``processes`` spawned processes × ``threads`` threads; returns their exit codes."""
-    from .training.runs.workers import start_processes
-
     procs = start_processes(_search_worker, [(w, *args, threads) for w in range(processes)], threads)
     for proc in procs:
         proc.join()
@@ -214,10 +210,6 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     import optuna
     from rich.console import Console
 
-    from .results.backends import display
-    from .objectives import get_objective
-    from .training.families import make_runner
-    from .training.runs.workers import resolve
 
     if trials < 1:
         raise UsageError(f"--trials must be >= 1 (got {trials})")

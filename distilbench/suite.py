@@ -42,9 +42,16 @@ from typing import Any
 from rich.markup import escape  # a cell label such as "ted [beta=1.0]" is text, not console markup
 
 from .config import RunConfig, _coerce, all_options, option_names, read_yaml
-from .data.tasks import task_run_defaults
+from .data.tasks import get_task, task_run_defaults
 from .errors import TrainingDiverged, UsageError
+from .objectives import OBJECTIVES, get_objective, load_all
+from .report.build import build_report
+from .results.backends import display
 from .results.claims import parse_claims
+from .training import families
+from .training.families import runner_class
+from .training.runs.plan import plan_run
+from .training.runs.workers import resolve, run_jobs
 
 GRID = ("tasks", "objectives", "inits", "teachers", "seeds")
 TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales", "claims", "slurm")
@@ -136,7 +143,6 @@ def _objective_entries(value: Any, where: str) -> list[tuple[str, dict[str, Any]
 
 
 def _multi_teacher(objective: str) -> bool:
-    from .objectives import get_objective
 
     try:
         return get_objective(objective).multi_teacher
@@ -154,9 +160,7 @@ def _mapping(value: Any, where: str) -> dict:
 
 def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a mapping into (RunConfig options, grid keys); refuse anything else in one line."""
-    from .objectives import load_all  # declares the objectives' options; `report` never comes here (no torch)
-
-    load_all()
+    load_all()  # every objective's options are declared, third-party ones too
     known = option_names()
     options, grid = {}, {}
     for key, value in values.items():
@@ -253,11 +257,6 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
 
 def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     """Check every name and every cell before anything trains; one UsageError naming all unknown objectives."""
-    from .training.families import runner_class  # lazy: building the CLI parser must not import torch
-    from .training.runs.plan import plan_run
-    from .objectives import OBJECTIVES, get_objective
-    from .data.tasks import get_task
-
     problems = []
     for name in suite.objectives:
         try:
@@ -289,7 +288,6 @@ def default_out(suite: Suite) -> Path:
 @dataclass
 class SuiteResult:
     """What a suite run leaves: the report of its rows (None when nothing finished) and the cells that diverged."""
-
     report: Any = None  # report.build.Report
     failed: list[str] = field(default_factory=list)
 
@@ -306,9 +304,6 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     (default stderr); the report's tables are the caller's to print (``cli.suite``)."""
     from rich.console import Console
 
-    from .results.backends import display
-    from .report.build import build_report
-    from .training.runs.workers import resolve
 
     console = console or Console(stderr=True)
     cells = validate(suite)
@@ -334,8 +329,6 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
 def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
     """Cell by cell in this process; cells with runs another worker was training are waited for after every other
     cell. Returns each finished cell's rows, in cell order, and the cells that diverged."""
-    from .training import families
-
     by_cell: dict[int, list[dict]] = {}
     held: list[int] = []  # cells with runs another worker was training: waited for after every other cell
     failed: list[str] = []
@@ -364,9 +357,6 @@ def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[d
 def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
     """--workers N in a suite: each cell's teacher, caches and shared stages first, cell by cell in this process;
     then every cell's pending runs in one pool of workers; then each cell's stored rows."""
-    from .training import families
-    from .training.runs.workers import resolve, run_jobs
-
     prepared, jobs, owners = [], [], []
     for i, (label, cfg) in enumerate(cells, start=1):
         console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}, seeds {cfg.seed_list}: teacher and shared parts")
