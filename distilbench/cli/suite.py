@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from typing import Any, Sequence
 
 from .flags import add_config_flags, add_launcher_flags, pop_launcher_flags
@@ -69,8 +70,8 @@ def _submit(suite, argv: Sequence[str], jobs: int, flags: dict, out: str | None)
     options = slurm_options(suite.slurm, flags, f"suite {suite.path}: slurm")
     validate(suite)  # every cell, as a local suite would, before the array exists
     options, memory = default_memory(options, default_out(suite))  # sized from this scale's committed report
-    print(memory)
     done = submit(argv, jobs, options, suite.name, Path("slurm-logs") / suite.name)
+    print(memory, file=sys.stderr)
     report = f"distilbench report --results {results} --out {out or default_out(suite)}"
     print(announce(done, display(results), report))
     return 0
