@@ -6,6 +6,14 @@
 set -uo pipefail
 dir=${1:?usage: slurm-up.sh DIR [stop]}
 if [ "${2:-}" = stop ]; then  # and wait until they are gone: slurmctld writes its state as it shuts down
+  # first the jobs still running (a test run stopped mid-array): their steps would outlive the daemons
+  if [ -f "$dir/slurm.conf" ] && command -v scancel >/dev/null; then
+    SLURM_CONF="$dir/slurm.conf" scancel --quiet --user="$(id -un)" 2>/dev/null
+    for _ in $(seq 50); do
+      [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h 2>/dev/null)" ] && break
+      sleep 0.2
+    done
+  fi
   pids=$(cat "$dir/slurmd.pid" "$dir/slurmctld.pid" 2>/dev/null)
   [ -n "$pids" ] && kill $pids 2>/dev/null
   for _ in $(seq 50); do

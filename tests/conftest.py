@@ -5,6 +5,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,15 @@ os.environ.setdefault("DISTILBENCH_WORKERS", "1")
 os.environ.setdefault("DISTILBENCH_MIXED_PRECISION", "fp32")
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
+
+
+def pytest_configure(config):
+    """A test run stopped by SIGTERM (a CI timeout, `kill`) ends like one interrupted by Ctrl-C: its session fixtures'
+    teardown runs, so the PostgreSQL server and the single-node Slurm it started are stopped, not left running."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_addoption(parser):
