@@ -127,7 +127,8 @@ def measured_mem_gb(report: Path) -> tuple[float, float] | None:
     store = Path(report) / "results.sqlite"
     if not store.is_file():
         return None
-    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as con:
+    # a plain connection, closed at once: a read-only one would leave the WAL's side files in the report folder
+    with contextlib.closing(sqlite3.connect(store)) as con:
         try:
             peak = con.execute("select max(peak_mem_mb) from runs").fetchone()[0]
         except sqlite3.Error:

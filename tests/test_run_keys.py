@@ -26,7 +26,7 @@ CHANGED_DEFAULTS = {("ted-table1", "ted", "beta"): (100.0, 0.1)}  # TED's causal
 
 
 def _rows(store: Path) -> list[dict]:
-    con = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{store}?mode=ro&immutable=1", uri=True)  # committed: no WAL side files left behind
     try:
         cols = [c[1] for c in con.execute("pragma table_info(runs)")]
         return [dict(zip(cols, r)) for r in con.execute("select * from runs where kind is null or kind != 'teacher'")]
