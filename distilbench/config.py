@@ -12,6 +12,7 @@ imports only ``errors`` and ``options``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import typing
 from dataclasses import dataclass, field
@@ -189,24 +190,26 @@ class RunConfig(_RunFields):
         object.__setattr__(self, "options", given)
 
 
+@functools.cache
+def _field_options() -> dict[str, Option]:
+    """RunConfig's own fields as options, in their order (fixed: computed once)."""
+    hints = typing.get_type_hints(_RunFields)
+    return {f.name: Option(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["group"], f.metadata.get("choices"))
+            for f in dataclasses.fields(_RunFields) if not f.metadata.get("internal")}
+
+
 def option(name: str) -> Option:
     """The option ``name`` (a RunConfig field or a declared one); KeyError when there is none."""
-    found = DECLARED.get(name) or next((o for o in all_options() if o.name == name), None)
-    if found is None:
-        raise KeyError(name)
-    return found
+    return _field_options()[name] if name in _field_options() else DECLARED[name]
 
 
 def all_options() -> list[Option]:
     """Every option a run takes: RunConfig's fields (in their order), then the declared objectives' options."""
-    hints = typing.get_type_hints(_RunFields)
-    fields = [Option(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["group"], f.metadata.get("choices"))
-              for f in dataclasses.fields(_RunFields) if not f.metadata.get("internal")]
-    return fields + list(DECLARED.values())
+    return [*_field_options().values(), *DECLARED.values()]
 
 
 def option_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(_RunFields) if not f.metadata.get("internal")} | set(DECLARED)
+    return {*_field_options(), *DECLARED}
 
 
 def check_folder(flag: str, value: str) -> None:
@@ -293,8 +296,8 @@ def task_defaults(value: Any, source: str) -> dict[str, Any]:
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     """YAML reads `lr: 1e-3` as a string: convert each value to its field's type, or refuse it in one line."""
-    kind = option(name).kind
-    base = option(name).base
+    found = option(name)
+    kind, base = found.kind, found.base
     if value is None and type(None) in typing.get_args(kind):
         return None
     bools = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

@@ -23,8 +23,10 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, on_load: Callable[[T], T] | None = None):
+        """``on_load``: called once on each lazy entry when it is resolved (what registering it would have done)."""
         self.kind = kind
+        self.on_load = on_load
         self._entries: dict[str, T | str] = {}
         self._aliases: dict[str, str] = {}
 
@@ -64,5 +66,7 @@ class Registry(Generic[T]):
         if isinstance(entry, str):  # lazy "module:attr"
             module, _, attr = entry.partition(":")
             entry = getattr(importlib.import_module(module), attr)
+            if self.on_load is not None:
+                entry = self.on_load(entry)
             self._entries[key] = entry
         return entry  # type: ignore[return-value]

@@ -70,3 +70,18 @@ def test_a_layer_objective_writes_one_pair_loss_and_gets_the_sum_over_pairs():
     ctx = Context(get_task("rte"), RunConfig(), [(1, 2), (2, 4), (3, 6)], 4, 4)
     out = Outputs(torch.zeros(2, 2))
     assert _Pairs(ctx).intermediate(out, out, {}).item() == 600 + 120 + 3
+
+
+def test_a_lazy_entry_is_passed_to_on_load_once_when_resolved():
+    """Entry-point objectives are registered as "module:attr" strings; the registry's ``on_load`` (for objectives:
+    declaring their options) runs when one is first resolved, once."""
+    from distilbench.plugins import Registry
+
+    seen = []
+    registry = Registry("thing", on_load=lambda obj: seen.append(obj) or obj)
+    registry.register("path-join", "os.path:join")
+    import os.path
+
+    assert seen == []
+    assert registry.get("path-join") is os.path.join and registry.get("path-join") is os.path.join
+    assert seen == [os.path.join]

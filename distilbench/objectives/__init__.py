@@ -24,7 +24,7 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from .base import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, declare, register_objective
+from .base import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, register_objective
 
 # the built-in objectives: importing a module registers what it defines (in name order, so registration is stable)
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
@@ -37,7 +37,7 @@ for _ep in entry_points(group="distilbench.objectives"):
 def load_all() -> None:
     """Resolve every registered objective (third-party ones are lazy), so that all their options are declared."""
     for name in OBJECTIVES.names():
-        declare(OBJECTIVES.get(name))
+        OBJECTIVES.get(name)
 
 
 def get_objective(name: str) -> type[Objective]:
@@ -45,7 +45,7 @@ def get_objective(name: str) -> type[Objective]:
     if "+" in name:
         from .layerwise import combine
         return combine(name, get_objective)
-    return declare(OBJECTIVES.get(name))  # a third-party objective's options are declared when it is first resolved
+    return OBJECTIVES.get(name)
 
 
 __all__ = ["OBJECTIVES", "Context", "LossOutput", "Needs", "Objective", "Outputs", "Stage", "StepContext", "get_objective",

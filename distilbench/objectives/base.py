@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..options import Option, declare_options
 from ..data.batching import NO_CLASS
 from ..data.lm import next_token_nll
 from ..models.pooling import sentence_representation
+from ..options import Option, declare_options
 from ..plugins import Registry
 from .distributions import forward_kl
 from .functional import logit_kl, span_kl
@@ -146,7 +146,7 @@ class Objective(nn.Module):
     teacher_cache: ClassVar[bool] = True  # the teacher's outputs may come from the on-disk cache (False: run it every step)
     reads_sentence: ClassVar[bool] = False  # its intermediate term reads the models' sentence representation (--pooling)
     # its own options (flags, YAML keys, search ranges), added to those of its base classes; a subclass may declare
-    # one again to change its help or search range. Registered with the objective (config.declare_options).
+    # one again to change its help or search range. Registered with the objective (options.declare_options).
     options: ClassVar[tuple[Option, ...]] = ()
     option_groups: ClassVar[dict[str, str]] = {}  # `--help` sections its options introduce: name -> description
     reads: ClassVar[tuple[str, ...]] = ()  # run fields it reads besides its options (layer_map, teachers)
@@ -167,6 +167,11 @@ class Objective(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.params = tuple(dict.fromkeys(name for k in reversed(cls.__mro__)
                                          for name in (*(o.name for o in vars(k).get("options", ())), *vars(k).get("reads", ()))))
+
+    @classmethod
+    def declared_reads(cls) -> tuple[str, ...]:
+        """The run fields it reads besides its options, along the class hierarchy, each once."""
+        return tuple(dict.fromkeys(r for klass in reversed(cls.__mro__) for r in vars(klass).get("reads", ())))
 
     @classmethod
     def declared_options(cls) -> list[Option]:
@@ -292,15 +297,18 @@ def _span_mask(mask: torch.Tensor | None) -> torch.Tensor:
     return mask
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry("objective")
-O = TypeVar("O", bound=type[Objective])
-
-
 def declare(cls: type[Objective]) -> type[Objective]:
-    """Declare ``cls``'s options and their `--help` sections (config.declare_options); repeating it is harmless."""
+    """Declare ``cls``'s options and their `--help` sections (options.declare_options); repeating it is harmless."""
     groups = {g: d for k in reversed(cls.__mro__) for g, d in vars(k).get("option_groups", {}).items()}
     declare_options(cls.declared_options(), groups)
     return cls
+
+
+# a third-party objective (an entry point, resolved on first use) has its options declared when it is resolved
+OBJECTIVES: Registry[type[Objective]] = Registry("objective", on_load=declare)
+O = TypeVar("O", bound=type[Objective])
+
+
 
 
 def register_objective(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[O], O]:

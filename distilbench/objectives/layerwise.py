@@ -131,7 +131,7 @@ def combine(spec: str, get) -> type[Objective]:
                       attentions=any(c.needs.attentions for _, c in parts),
                       token_aligned=any(c.needs.token_aligned for _, c in parts))
         options = tuple(o for _, c in parts for o in c.declared_options())  # a later part's range wins, as before
-        reads = tuple(r for _, c in parts for r in c.params if r not in {o.name for o in c.declared_options()})
+        reads = tuple(r for _, c in parts for r in c.declared_reads())
         reads_sentence = any(c.reads_sentence for _, c in parts)
 
         def __init__(self, ctx: Context):

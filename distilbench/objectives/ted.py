@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..options import Option
 from ..data.tasks import get_task
 from ..errors import UsageError
+from ..options import Option
 from .base import Context, LossOutput, Needs, Outputs, Stage, register_objective
 from .distributions import forward_kl
 from .functional import logit_kl, masked_mse, span_kl

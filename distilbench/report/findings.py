@@ -9,6 +9,8 @@ import csv
 import math
 from pathlib import Path
 
+from ..results.claims import ACROSS  # the task name of a claim's across-task row
+
 BEGIN = "<!-- findings: written by `distilbench findings` from reports/*/claims.csv; edits here are overwritten -->"
 END = "<!-- /findings -->"
 
@@ -19,9 +21,6 @@ def _f(text: str, digits: int = 2) -> str:
     except ValueError:
         return "n/a"
     return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-ACROSS = "across tasks"  # the task name of a claim's across-task row (distilbench.results.claims)
 
 
 def findings_table(reports: Path) -> list[str]:

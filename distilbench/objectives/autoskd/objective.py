@@ -17,9 +17,9 @@ import math
 
 import torch
 
-from ...options import Option
 from ...data.batching import MODEL_INPUTS
 from ...errors import UsageError
+from ...options import Option
 from . import core as A
 from ..base import Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, register_objective
 

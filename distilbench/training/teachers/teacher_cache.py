@@ -69,16 +69,17 @@ class OutputCache:
     lengths: np.ndarray
     score_offset: np.ndarray
     arrays: dict[str, np.memmap]
+    suffix: str  # the files' dtype suffix (f32, f16)
     build_s: float | None = None  # seconds it took to compute (a shared part of every run reading it: distilbench.training.teachers.cost)
+    read: int = 0  # bytes read through the current maps (REMAP_BYTES)
 
     def covers(self, needs: Needs, layers: list[int]) -> bool:
         return set(parts_for(needs)) <= set(self.parts) and set(layers) <= set(self.layers)
 
     def outputs(self, idx: torch.Tensor, logits: torch.Tensor, device) -> Outputs:
         """The teacher's Outputs for a batch of examples (their ``idx``), padded to the longest of them."""
-        self._read = getattr(self, "_read", 0) + 1
-        if self._read * self._batch_bytes() >= REMAP_BYTES:  # drop the pages read so far from this process (REMAP_BYTES)
-            self.arrays, self._read = _maps(self.folder, self.parts, self.arrays), 0
+        if self.read >= REMAP_BYTES:  # drop the pages read so far from this process
+            self.arrays, self.read = _remap(self.folder, self.arrays, self.suffix, "r"), 0
         pos = [self.position[int(i)] for i in idx.tolist()]
         lens = [int(self.lengths[p]) for p in pos]
         b, width, n = len(pos), max(lens), len(self.layers)
@@ -87,7 +88,9 @@ class OutputCache:
             h = np.zeros((b, width, n, self.hidden), dtype=np.float32)
             for r, (p, length) in enumerate(zip(pos, lens)):
                 o = int(self.tok_offset[p])
-                h[r, :length] = self.arrays["hidden"][o:o + length]
+                chunk = self.arrays["hidden"][o:o + length]
+                h[r, :length] = chunk
+                self.read += chunk.nbytes
             h_t = torch.from_numpy(h).to(device)
             hidden_states = [None] * (self.n_layers_total + 1)
             for j, layer in enumerate(self.layers):
@@ -98,9 +101,10 @@ class OutputCache:
             v = np.zeros((b, width, n, self.hidden), dtype=np.float32)
             for r, (p, length) in enumerate(zip(pos, lens)):
                 o, so = int(self.tok_offset[p]), int(self.score_offset[p])
-                s[r, :, :, :length, :length] = self.arrays["scores"][so:so + n * self.heads * length * length].reshape(
-                    n, self.heads, length, length)
-                v[r, :length] = self.arrays["v"][o:o + length]
+                scores, values = self.arrays["scores"][so:so + n * self.heads * length * length], self.arrays["v"][o:o + length]
+                s[r, :, :, :length, :length] = scores.reshape(n, self.heads, length, length)
+                v[r, :length] = values
+                self.read += scores.nbytes + values.nbytes
             s_t = torch.from_numpy(s).to(device)
             v_t = torch.from_numpy(v).to(device).view(b, width, n, self.heads, d_h).permute(2, 0, 3, 1, 4)  # n,B,H,L,d_h
             attentions = [None] * self.n_layers_total
@@ -109,18 +113,14 @@ class OutputCache:
         return Outputs(logits, tuple(hidden_states) if hidden_states is not None else None, attentions)
 
 
-    def _batch_bytes(self) -> int:
-        """A rough size of one batch's reads (the mean example's share of every part, 32 examples): when to re-map."""
-        return max(1, sum(a.nbytes for a in self.arrays.values()) * 32 // max(1, len(self.lengths)))
 
-
-def _maps(folder: Path, parts: tuple[str, ...], old: dict[str, np.memmap] | None = None) -> dict[str, np.memmap]:
-    """The cache's parts mapped read-only (again: the old maps are dropped, and with them their resident pages)."""
-    suffix = str(next(iter(old.values())).filename).split(".")[-2] if old else None
-    if suffix is None:
-        suffix = json.loads((folder / "index.json").read_text())["suffix"]
-    names = (["hidden"] if "hidden" in parts else []) + (["scores", "v"] if "scores" in parts else [])
-    return {name: np.load(folder / f"{name}.{suffix}.npy", mmap_mode="r") for name in names}
+def _remap(folder: Path, arrays: dict[str, np.memmap], suffix: str, mode: str) -> dict[str, np.memmap]:
+    """``arrays``' files mapped again (``mode`` "r" or "r+"), written ones flushed first: the old maps are dropped, and
+    with them the pages they kept resident."""
+    if mode == "r+":
+        for a in arrays.values():
+            a.flush()
+    return {name: np.load(folder / f"{name}.{suffix}.npy", mmap_mode=mode) for name in arrays}
 
 
 def cache_key(teacher_key: str, enc: Encoded, tokenisation: str, layers: list[int], parts: tuple[str, ...], dtype: str,
@@ -170,11 +170,8 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
         order = eval_batches(lengths, batch_size)
         written = 0
         for ids, batch in zip(order, BatchLoader(enc, order, False)):
-            if written >= REMAP_BYTES:  # flush and re-map: the pages written so far leave this process's RSS
-                for name in arrays:
-                    arrays[name].flush()
-                arrays = {name: np.load(tmp / f"{name}.{suffix}.npy", mmap_mode="r+") for name in arrays}
-                written = 0
+            if written >= REMAP_BYTES:  # the pages written so far leave this process's RSS
+                arrays, written = _remap(tmp, arrays, suffix, "r+"), 0
             with torch.no_grad():  # a frozen teacher's outputs: whatever the caller's grad mode, nothing here learns
                 out = run_teacher(batch)
             if hidden is None:  # sizes from the first batch: allocate every file once
@@ -189,18 +186,18 @@ def _build(folder: Path, enc: Encoded, layers: list[int], parts: tuple[str, ...]
                     shapes["v"] = [total, n, hidden]
                 for name, shape in shapes.items():
                     arrays[name] = np.lib.format.open_memmap(tmp / f"{name}.{suffix}.npy", mode="w+", dtype=np_dtype, shape=tuple(shape))
-            written += sum(int(lengths[j]) * (len(layers) * hidden * np.dtype(np_dtype).itemsize * len(arrays)
-                                              + len(layers) * heads * int(lengths[j]) * 4) for j in ids)
             for r, j in enumerate(ids):
                 length, o = int(lengths[j]), int(tok_offset[j])
                 if "hidden" in parts:
                     arrays["hidden"][o:o + length] = torch.stack([out.hidden_states[t][r, :length] for t in layers], 1).float().cpu().numpy()
+                    written += arrays["hidden"][o:o + length].nbytes
                 if "scores" in parts:
                     sc = torch.stack([out.attentions[t - 1]["scores"][r, :, :length, :length] for t in layers], 0)
                     so = int(score_offset[j])
                     arrays["scores"][so:so + sc.numel()] = sc.float().cpu().numpy().reshape(-1)
                     vv = torch.stack([out.attentions[t - 1]["v"][r, :, :length].transpose(0, 1).reshape(length, -1) for t in layers], 1)
                     arrays["v"][o:o + length] = vv.float().cpu().numpy()
+                    written += arrays["scores"][so:so + sc.numel()].nbytes + arrays["v"][o:o + length].nbytes
         for a in arrays.values():
             a.flush()
         index = {**meta, "format": FORMAT, "layers": layers, "parts": list(parts), "dtype": dtype, "suffix": suffix,
@@ -222,7 +219,8 @@ def _row_ids(enc) -> list[int]:
 
 def _open(folder: Path) -> OutputCache:
     index = json.loads((folder / "index.json").read_text())
-    arrays = _maps(folder, tuple(index["parts"]))
+    names = (["hidden"] if "hidden" in index["parts"] else []) + (["scores", "v"] if "scores" in index["parts"] else [])
+    arrays = {name: np.load(folder / f"{name}.{index['suffix']}.npy", mmap_mode="r") for name in names}
     return OutputCache(folder, index["layers"], tuple(index["parts"]), index["heads"], index["hidden"], index["n_layers_total"],
                        {int(i): p for p, i in enumerate(index["idx"])}, np.array(index["tok_offset"]), np.array(index["lengths"]),
-                       np.array(index["score_offset"]), arrays, index.get("build_s"))
+                       np.array(index["score_offset"]), arrays, index["suffix"], index.get("build_s"))
