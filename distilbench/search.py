@@ -23,6 +23,7 @@ import csv
 import math
 import os
 import socket
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from .config import RunConfig
 from .data.tasks import get_task
 from .errors import UsageError
 from .objectives import get_objective
+from .report.plotting import pyplot as _plt
+from .report.plotting import save as _save
 from .results.backends import display, is_url
 from .training.families import make_runner
 from .training.runs.workers import exit_with_parent, resolve, start_processes
@@ -73,8 +76,6 @@ def storage_url(storage: str | None, results: str) -> str:
 def open_storage(url: str, heartbeat: int = 60, max_retry: int = 3):
     """An Optuna RDB storage with heartbeats (a killed worker's trial becomes FAIL after ``2 * heartbeat`` s) and a
     retry callback (its parameters are enqueued again, at most ``max_retry`` times)."""
-    import warnings
-
     import optuna
     from optuna.storages import RDBStorage
 
@@ -309,8 +310,6 @@ def _search_plots(study, out: Path, complete: list, names: list[str]) -> list[st
     """``history.png`` (with a complete trial) and ``importance.png`` (fANOVA, with 3 complete trials and 2 searched
     parameters): the README's plots section."""
     import optuna
-
-    from .report.plotting import pyplot as _plt, save as _save
 
     md: list[str] = []
     plt = _plt()

@@ -80,3 +80,29 @@ def test_the_package_has_no_import_circle():
     graph = module_graph(ROOT)
     assert len(graph) > 50 and "distilbench.training.runs.runner" in graph["distilbench.training.families"]
     assert cycles(graph) == []
+
+
+def deferred_imports(package_dir: Path) -> list[str]:
+    """``file:line`` of every import of the package's own modules made inside a function."""
+    found = []
+    for path in sorted(package_dir.rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found += [f"{path.relative_to(package_dir.parent).as_posix()}:{n.lineno}" for n in ast.walk(fn)
+                          if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("distilbench"))]
+    return sorted(set(found))
+
+
+def test_a_deferred_import_is_found(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("from . import b\n\ndef f():\n    import os\n    from .b import g\n")
+    assert deferred_imports(pkg) == ["pkg/a.py:5"]
+
+
+def test_the_package_imports_its_own_modules_at_the_top_outside_the_commands():
+    """Only the command modules defer the package's imports, and only for what loads torch or scipy: the parser,
+    `ls` and `report` must start without them (tests/test_layers.py). Everywhere else a function-level import would
+    hide a dependency the layer contracts should see."""
+    outside = [f for f in deferred_imports(ROOT) if not f.startswith("distilbench/cli/")]
+    assert outside == []

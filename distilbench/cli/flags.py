@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import typing
 
-from ..config import GROUPS, RunConfig, all_options
+from ..cluster import LAUNCHERS
+from ..config import GROUPS, RunConfig, all_options, merge_options
 from ..errors import UsageError
 
 
@@ -19,8 +21,6 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
     """Help text wrapped at spaces only: a name like ``qnli-devsplit`` in a list of accepted values stays whole."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
-        import textwrap
-
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
@@ -54,7 +54,6 @@ def config_from(args: dict, yaml_path: str | None, only: tuple[str, ...] | None 
     """The command's RunConfig (CLI > --config YAML > the task's own defaults > dataclass), printing in one line the
     values taken from the task's registry file, since nobody typed them; ``only``: the task defaults this command
     uses (``teacher`` trains no student). Also returns the option names the user set (flags and YAML)."""
-    from ..config import merge_options
     from ..data.offline import offline_substitute
     from ..data.tasks import get_task, task_run_defaults
 
@@ -84,8 +83,6 @@ LAUNCHER_FLAGS = ("launcher", "jobs", "report", "slurm_partition", "slurm_time",
 
 def add_launcher_flags(parser: argparse.ArgumentParser, what: str) -> None:
     """``--launcher local|slurm``, ``--jobs N`` and the ``--slurm-*`` options, in their own `--help` section."""
-    from ..cluster import LAUNCHERS
-
     g = parser.add_argument_group("cluster", f"--launcher slurm submits --jobs array tasks, each a {what} worker "
                                   "against the shared PostgreSQL store, and returns (distilbench.cluster)")
     g.add_argument("--launcher", default="local", choices=LAUNCHERS,

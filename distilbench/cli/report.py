@@ -8,12 +8,17 @@ Importing this module, and running the command, imports no torch (a test says so
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config import read_yaml
 from ..errors import UsageError
+from ..report.format import ALPHA
+from ..results.backends import display, is_url
+from ..results.store import ResultsStore
 
 DEFAULT_OUT = "reports/latest"
 BOOTSTRAP_SAMPLES = 2000  # = results.per_example.BOOTSTRAP_SAMPLES (not imported: `report --help` stays light)
@@ -59,7 +64,6 @@ def read_claims(spec: str | None) -> list | None:
     checked; None when no file is given."""
     if spec is None:
         return None
-    from ..config import read_yaml
     from ..results.claims import parse_claims
 
     path, scale = (spec.rsplit(":", 1) if ":" in spec and not Path(spec).is_file() else (spec, None))
@@ -82,9 +86,6 @@ def read_claims(spec: str | None) -> list | None:
 
 def report_main(results: str, out: str, command: str, per_example: bool = False, bootstrap_samples: int | None = None,
                 claims: list | None = None) -> int:
-    from ..results.backends import display, is_url
-    from ..results.store import ResultsStore
-
     if not is_url(results) and not Path(results).is_file():
         raise UsageError(f"no results file at {results}; run `distilbench run` first or pass --results PATH")
     with ResultsStore(results) as store:
@@ -130,8 +131,6 @@ def rebuild_main(folder: str, command: str, per_example: bool = False, bootstrap
                  claims: list | None = None) -> int:
     """`distilbench report DIR`: rewrite the report in DIR from its report.json and its results store. The header's
     command stays the one that first wrote it, unless this one changes the per-example tests (then it is ``command``)."""
-    from ..results.store import ResultsStore
-
     where = Path(folder)
     try:
         inputs = json.loads((where / "report.json").read_text(encoding="utf-8"))
@@ -177,11 +176,8 @@ def rich_table(grid):
 
 def print_report(report, console=None) -> None:
     """The terminal summary of a written report: its tables, per family how many pairs are significant, where it is."""
-    import math
-
     from rich.console import Console
 
-    from ..report.format import ALPHA
     from ..results.stats import by_family
 
     console = console or Console()

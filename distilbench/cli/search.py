@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Any, Sequence
 
+from ..cluster import announce, check_jobs, check_shared_store, local_argv, slurm_options, submit
 from ..errors import UsageError
+from ..results.backends import display
 from .flags import add_config_flags, add_launcher_flags, config_from, pop_launcher_flags
 
 OPTIONS = ("trials", "storage", "study", "pruner", "sampler_seed", "heartbeat", "out")
@@ -28,7 +31,6 @@ def add_parser(sub, flags: bool = True) -> None:
 
 
 def main(args: dict[str, Any], argv: Sequence[str]) -> int:
-    from ..cluster import check_jobs
     from ..search import run_search
 
     yaml_path = args.pop("config", None)
@@ -49,10 +51,6 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
 
 def _submit(cfg, opts: dict, argv: Sequence[str], jobs: int, flags: dict) -> int:
     """The stores checked here (both shared: the results and the Optuna study), then the array; returns at once."""
-    from pathlib import Path
-
-    from ..cluster import announce, check_shared_store, local_argv, slurm_options, submit
-    from ..results.backends import display
     from ..search import default_study_name, storage_url
 
     if opts["trials"] < 1:

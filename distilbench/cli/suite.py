@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
+from ..cluster import announce, check_jobs, check_shared_store, default_memory, slurm_options, submit
+from ..results.backends import display
 from .flags import add_config_flags, add_launcher_flags, pop_launcher_flags
+from .report import print_report
 
 SUITE_EXAMPLES = """examples:
   distilbench suite benchmarks/ted-table2.yaml --scale cpu
@@ -38,9 +42,7 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
     report's tables and the cells that diverged. Exit code: 0, or 1 when a cell's training diverged."""
     from rich.console import Console
 
-    from ..cluster import check_jobs
     from ..suite import load_suite, run_suite
-    from .report import print_report
 
     args = dict(args)
     path, scale, out = args.pop("suite_file"), args.pop("scale"), args.pop("out")
@@ -59,10 +61,6 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
 
 def _submit(suite, argv: Sequence[str], jobs: int, flags: dict, out: str | None) -> int:
     """Every cell validated and the store checked here, before anything is submitted; then the array, and return."""
-    from pathlib import Path
-
-    from ..cluster import announce, check_shared_store, default_memory, slurm_options, submit
-    from ..results.backends import display
     from ..suite import default_out, validate
 
     results = suite.configs()[0].results

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -61,7 +62,6 @@ def _corpus_dir() -> Path:
     root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file() and (root / "registry" / "corpora").is_dir():
         return root / "registry" / "corpora"
-    from importlib.resources import files
 
     return Path(str(files("distilbench._registry") / "corpora"))
 

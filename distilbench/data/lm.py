@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -117,8 +118,6 @@ class LMBlocks:
         return self.idx
 
     def lengths(self):
-        import numpy as np
-
         return np.array([len(x) for x in self.input_ids])
 
     def subset(self, positions: Sequence[int]) -> "LMBlocks":

@@ -5,6 +5,7 @@ model was pretrained with, e.g. whether a cell's first-token head sat on a mean-
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,6 @@ import yaml
 def _registry_text() -> str:
     """models.yaml ships as package ``distilbench._registry`` in the wheel; in a checkout it is ../registry."""
     try:
-        from importlib.resources import files
-
         return files("distilbench._registry").joinpath("models.yaml").read_text(encoding="utf-8")
     except (ImportError, FileNotFoundError):
         return (Path(__file__).resolve().parents[2] / "registry" / "models.yaml").read_text(encoding="utf-8")

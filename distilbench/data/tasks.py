@@ -9,8 +9,10 @@ its file and line number instead of being skipped, so that scores are always com
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -19,7 +21,9 @@ import yaml
 from ..config import task_defaults
 from ..errors import DataError, UsageError
 from ..plugins import Registry
-from .qa_tasks import FAMILY as QA_FAMILY, QAExample, QATask, load_qa_split, offline_hint, qa_task_from_yaml
+from .metrics import compute_metrics
+from .qa_tasks import FAMILY as QA_FAMILY
+from .qa_tasks import QAExample, QATask, load_qa_split, offline_hint, qa_task_from_yaml
 from .tsv import parse_label, tsv_lines
 
 SPLITS = ("train", "dev")
@@ -90,7 +94,6 @@ class Task:
             return None
         counts = Counter(int(y) for y in labels)
         top = min(counts, key=lambda y: (-counts[y], y))
-        from .metrics import compute_metrics
 
         return compute_metrics(self, [top] * len(labels), labels)["score"]
 
@@ -111,8 +114,6 @@ def _task_dir():
     if (root / "pyproject.toml").is_file() and (root / "registry" / "tasks").is_dir():
         return root / "registry" / "tasks"
     try:
-        from importlib.resources import files
-
         return files("distilbench._registry") / "tasks"
     except ImportError:  # ModuleNotFoundError: running from a source checkout without install
         return Path(__file__).resolve().parents[2] / "registry" / "tasks"
@@ -320,8 +321,6 @@ def load_split(task: Task | QATask, split: str, data_dir: Path | None) -> list[E
 
 
 def _derived_part(task: Task, split: str, data_dir: Path | None) -> list[Example]:
-    import random
-
     spec = task.derived_split
     rows = _load_source(task, spec["source"], data_dir)
     if spec["test_size"] >= len(rows):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from .inits import layer_list
 
 IMPLEMENTATION = "distilbench_capture"
 _ACTIVE: contextvars.ContextVar[list | None] = contextvars.ContextVar("distilbench_capture", default=None)
@@ -91,8 +92,6 @@ class _HookAdapter:
     """Hooks on each layer's Q/K/V projections (MPNet and other inline-attention encoders)."""
 
     def __init__(self, model: nn.Module):
-        from .inits import layer_list
-
         self.heads = getattr(model.config, "num_attention_heads", None)
         if not self.heads:
             raise UsageError(f"cannot capture attention of {type(model).__name__}: its config has no num_attention_heads")

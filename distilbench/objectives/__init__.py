@@ -25,6 +25,7 @@ import pkgutil
 from importlib.metadata import entry_points
 
 from .base import OBJECTIVES, Context, LossOutput, Needs, Objective, Outputs, Stage, StepContext, register_objective
+from .layerwise import combine
 
 # the built-in objectives: importing a module registers what it defines (in name order, so registration is stable)
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
@@ -43,7 +44,6 @@ def load_all() -> None:
 def get_objective(name: str) -> type[Objective]:
     """A registered objective, or a ``+`` combination of layer objectives (``att-kl+hid-seq``, ``att-kl+0.5*val-kl``)."""
     if "+" in name:
-        from .layerwise import combine
         return combine(name, get_objective)
     return OBJECTIVES.get(name)
 

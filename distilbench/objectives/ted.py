@@ -42,6 +42,7 @@ from torch import nn
 
 from ..data.tasks import get_task
 from ..errors import UsageError
+from ..models.inits import layer_list
 from ..options import Option
 from .base import Context, LossOutput, Needs, Outputs, Stage, register_objective
 from .distributions import forward_kl
@@ -178,7 +179,6 @@ class TED(LayerObjective):
         s_arch = "identity" if self.student_mode == "none" else "linear" if cfg.ted_teacher_filters == "none" else cfg.ted_filter
         layers = None
         if cfg.ted_filter == "layer" and cfg.ted_teacher_filters != "none":
-            from ..models.inits import layer_list
             layers = layer_list(ctx.teacher_model)[1]
         nxt = lambda t: layers[min(t, len(layers) - 1)] if layers is not None else None  # the layer after M(k) (0-based t)
         # Filters that Stage I trains are shared by every seed: initialise them from the teacher's seed, not the run's.

@@ -39,16 +39,34 @@ prints: ``distilbench report`` (:mod:`distilbench.cli.report`) prints the tables
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy
+import scipy
+
+from .. import __version__
 from ..data.lm_text import evaluation_text
+from ..data.tasks import get_task
+from ..errors import UsageError
+from ..results.chance import check_rows
+from ..results.claims import evaluate, parse_claims
+from ..results.lm_signal import as_chance
+from ..results.per_example import compare_examples
+from ..results.pooling import first_token_caveat
+from ..results.revisions import revisions
+from ..results.rows import is_result, row_dicts, rows_by_cell
+from ..results.stats import cells_from_rows, compare
+from .claims import claims_section, write_claims_csv
 from .csvs import CELLS_HEADER, write_csvs  # noqa: F401 - CELLS_HEADER: the cells.csv columns (tests import it here)
 from .format import Grid, extra_of
+from .leaderboard import cell_profiles
 from .sections import cells_section, inits_section, objectives_section, plots_section, significance_section
 from .tables import modal_n_of, per_example_section, score_sections, settings_heading
 from .theta import theta_section
@@ -72,13 +90,6 @@ class Report:
 def with_checks(cells, rows) -> list:
     """The cells with their signal check (:mod:`distilbench.results.chance`) and non-default settings, from their rows
     (grouped as :func:`~distilbench.results.stats.cells_from_rows` groups them)."""
-    import dataclasses
-
-    from ..results.chance import check_rows
-    from ..results.pooling import first_token_caveat
-    from ..results.revisions import revisions
-    from ..results.rows import rows_by_cell
-
     by = rows_by_cell(rows)
     return [dataclasses.replace(c, chance=_lm_check(c, cells, by) if not c.higher_is_better else check_rows(by[c.key]),
                                 settings=_settings_of(by[c.key]), pooling_caveat=first_token_caveat(by[c.key]),
@@ -89,8 +100,6 @@ def with_checks(cells, rows) -> list:
 def _lm_check(cell, cells, by):
     """A lower-is-better (causal-LM) cell: its signal check is against the `none` cell of its task, init, teacher and
     student (:mod:`distilbench.results.lm_signal`), not a majority class."""
-    from ..results.lm_signal import as_chance
-
     if cell.objective == "none":
         return as_chance(by[cell.key], None)
     base = next((c for c in cells if c.objective == "none" and c.key[0] == cell.key[0] and c.key[2:5] == cell.key[2:5]), None)
@@ -120,9 +129,6 @@ def _settings_of(rows: list[dict]) -> tuple[tuple[str, str], ...]:
 
 
 def _provenance(cells) -> list[tuple[str, str]]:
-    from ..errors import UsageError
-    from ..data.tasks import get_task
-
     out = []
     for t in sorted({c.task for c in cells}):
         try:
@@ -137,9 +143,6 @@ def _provenance(cells) -> list[tuple[str, str]]:
 def _pooling(rows: list[dict]) -> list[str]:
     """Which sentence representation the sentence-task cells' heads (and Hid-CLS, TED's filter heads) read, from the
     rows: rows stored before the pooling was recorded used the first token (cls)."""
-    from ..errors import UsageError
-    from ..data.tasks import get_task
-
     found: dict[str, int] = {}
     for r in rows:
         try:
@@ -174,10 +177,6 @@ def _versions(rows: list[dict]) -> str:
 
 def _builder_versions() -> str:
     import matplotlib
-    import numpy
-    import scipy
-
-    from .. import __version__
 
     return f"distilbench {__version__}, matplotlib {matplotlib.__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}"
 
@@ -193,8 +192,6 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
     revs = sorted({str(r.get("git_rev")) for r in rows if r.get("git_rev")})
     md = [f"# {title or 'distilbench report'}", "", f"Command: `{command}`", ""]
     if results:
-        import shlex
-
         md += [f"Rebuild: `distilbench report {shlex.quote(folder)}`", ""]
     lm_units = "; perplexity in its own units, lower is better" if any(not c.higher_is_better for c in cells) else ""
     return md + [
@@ -221,11 +218,6 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
 
 def _checked_cells(rows: Any, results: str | None) -> tuple[list[dict], list, dict]:
     """(the finished student rows, their cells with signal checks and settings, {cell key: its profile})."""
-    from ..errors import UsageError
-    from ..results.rows import is_result, row_dicts
-    from ..results.stats import cells_from_rows
-    from .leaderboard import cell_profiles
-
     rows = [r for r in row_dicts(rows) if is_result(r)]
     cells = cells_from_rows(rows)
     if not cells:
@@ -264,10 +256,6 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     same). ``claims``: the declared claims (plain data, a suite's ``claims:``; :mod:`distilbench.results.claims`),
     whose computed verdicts open the README and fill ``claims.csv``; kept in ``report.json`` for a rebuild.
     """
-    from ..results.claims import evaluate, parse_claims
-    from ..results.stats import compare
-    from .claims import claims_section, write_claims_csv
-
     declared = parse_claims(claims, "the report's claims")
 
     orders = dict(orders or {})
@@ -290,8 +278,6 @@ def build_report(rows: Any, out: str | Path, *, command: str, results: str | Non
     md += part
     examples = []
     if per_example:
-        from ..results.per_example import compare_examples
-
         examples = compare_examples(rows, comparisons, per_example)
         md += per_example_section(examples, per_example, orders)
     md[claims_at:claims_at] = claims_section(verdicts := evaluate(declared, cells, examples) if declared else [])

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 from .format import fcsv, fpcsv
+from .leaderboard import CSV_HEADER, csv_values
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -25,8 +26,6 @@ CELLS_HEADER = ["task", "objective", "label", "init", "teacher", "student", "con
 
 
 def cells_csv_rows(cells, profiles: dict | None = None) -> list[list[str]]:
-    from .leaderboard import csv_values
-
     out = []
     for c in cells:
         s = c.stats
@@ -39,8 +38,6 @@ def cells_csv_rows(cells, profiles: dict | None = None) -> list[list[str]]:
 
 
 def cells_header() -> list[str]:
-    from .leaderboard import CSV_HEADER
-
     return CELLS_HEADER + CSV_HEADER
 
 

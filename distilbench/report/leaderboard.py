@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..results.cost import training_costs
+from ..results.rows import rows_by_cell
+
 BATCHES = ("b1", "b32")
 DEVICES = ("cpu", "cuda")
 NA = "n/a"
@@ -103,9 +106,6 @@ def _teacher_seconds(profile: dict, teacher_key: str | None) -> float | None:
 
 def cell_profiles(cells, rows: Sequence[dict]) -> dict[tuple, CellProfile]:
     """{cell key: CellProfile} for every cell (``runs`` 0 where no row stored a profile)."""
-    from ..results.cost import training_costs
-    from ..results.rows import rows_by_cell
-
     costs = training_costs(rows)
     by = rows_by_cell(rows)
     out = {}

@@ -4,10 +4,16 @@ timestamps, so that a rebuild is byte-identical."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
+import numpy as np
+
+from ..results.stats import init_order, objective_order
 from .format import arrow, better_by, fp, score_axis, slug, task_order
-from .plotting import pyplot as _plt, save as _save
+from .leaderboard import pareto_points, plot_pareto
+from .plotting import pyplot as _plt
+from .plotting import save as _save
 
 
 def _reference_lines(ax, cells) -> None:
@@ -86,8 +92,6 @@ def plot_inits(path: Path, title: str, cells, labels: list[str], inits: list[str
 def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> None:
     """Heat map of signed -log10(Holm p): red = row better than column (higher; lower for a perplexity), blue = worse;
     text = the corrected p."""
-    import numpy as np
-
     plt = _plt()
     n = len(names)
     index = {name: i for i, name in enumerate(names)}
@@ -103,7 +107,6 @@ def plot_significance(path: Path, title: str, comparisons, names: list[str]) -> 
                 better = better_by(sign * cmp.result.mean_diff, cmp.a_cell.higher_is_better)
                 values[i, j] = np.sign(better) * strength
                 text[i][j] = f"{arrow(better)}{fp(cmp.holm_p)}"
-    import textwrap
 
     shown = ["\n".join(textwrap.wrap(name, 18, break_long_words=False)) or name for name in names]  # long labels (`ted [beta=1.0]`) wrap
     size = max(3.5, 1.0 * n + 2.2)
@@ -130,8 +133,6 @@ def init_figures(out: Path, sections, orders: dict) -> tuple[set, list[tuple[str
     """Where one task was run from several student inits (same teacher and settings), one `inits-<task>.png`
     holding them all replaces the per-init score figures. Returns the (task, teacher) slots it covers and the
     (file, caption) pairs."""
-    from ..results.stats import init_order, objective_order
-
     groups: dict[tuple, list] = {}
     for (teacher, init, student, *rest), members in sections:
         for c in members:
@@ -156,8 +157,6 @@ def init_figures(out: Path, sections, orders: dict) -> tuple[set, list[tuple[str
 def pareto_plots(out: Path, cells, profiles: dict, orders: dict) -> tuple[list[str], dict]:
     """Per task (and cut dev set), score against CPU batch-1 latency and against training cost per run, with the
     Pareto front: the Markdown, and {file name: the points plotted}."""
-    from .leaderboard import pareto_points, plot_pareto
-
     groups: dict[tuple[str, str], list] = {}
     for c in cells:
         groups.setdefault((c.task, dict(c.settings).get("max_eval_examples", "")), []).append(c)

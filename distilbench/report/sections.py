@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..results.stats import by_family, init_order, objective_order
 from .format import ALPHA, Grid, fnum, slug, task_order
 from .plots import init_figures, pareto_plots, plot_scores, plot_significance
-from .tables import (chance_notes, pooling_notes, detectable_line, inits_table, objectives_table, settings_heading,
-                     significance_grid, size_speed_section)
+from .tables import (
+    chance_notes,
+    detectable_line,
+    inits_table,
+    objectives_table,
+    pooling_notes,
+    settings_heading,
+    significance_grid,
+    size_speed_section,
+)
 
 Figures = list[tuple[str, str]]  # (file name, caption) per figure
 
@@ -69,8 +78,6 @@ def significance_section(out: Path, comparisons, orders: dict) -> tuple[list[str
 
 def _matrices(out: Path, comparisons, kind: str, orders: dict, figures: Figures) -> list[str]:
     """The matrices of one kind, tasks in order; each heat map's (file, caption) is appended to ``figures``."""
-    from ..results.stats import by_family
-
     fams = by_family(comparisons, kind)
     shared: dict[tuple, int] = {}
     for fam in fams.values():
@@ -98,8 +105,6 @@ def _slot(kind: str, c) -> tuple:
 
 def _family_names(kind: str, fam, shared: dict, orders: dict) -> tuple[list[str], str]:
     """(the matrix's rows in order, its heading) of one family."""
-    from ..results.stats import init_order, objective_order
-
     c = fam[0].a_cell
     compared = {x.a for x in fam} | {x.b for x in fam}
     if kind == "objectives":
@@ -137,8 +142,6 @@ def plots_section(out: Path, cells, sections, profiles: dict, orders: dict,
 
 def score_figures(out: Path, sections, orders: dict, covered: set) -> Figures:
     """``scores-<task>[-k].png`` per table section and task, except the (task, teacher) slots an init figure covers."""
-    from ..results.stats import objective_order
-
     multi, figures = len(sections) > 1, []
     for k, ((teacher, init, student, *_), members) in enumerate(sections, start=1):
         labels_all = objective_order((c.label for c in members), orders.get("objectives", ()))
@@ -156,8 +159,6 @@ def score_figures(out: Path, sections, orders: dict, covered: set) -> Figures:
 
 def cells_section(cells, orders: dict) -> list[str]:
     """Section 5: every cell with its seeds, mean, CI and config hash."""
-    from ..results.stats import init_order
-
     md = ["## 5. Cells", "",
           "| Task | Objective | Init | Teacher | n | Seeds | Mean | 95% CI | Config hash |",
           "|---|---|---|---|---:|---|---:|---|---|"]

@@ -6,7 +6,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..results.chance import ALPHA as A
+from ..results.chance import ALPHA as CHANCE_ALPHA
+from ..results.chance import POWER, detectable_difference, pooled_sd
+from ..results.stats import by_family, init_order, objective_order
 from .format import ALPHA, Grid, arrow, fnum, fp, task_order
+from .leaderboard import DEFINITIONS, size_speed_grid
 
 
 def _cell_text(cell, modal_n: int) -> str:
@@ -39,8 +44,6 @@ def _floor_label(cells) -> str:
 
 def chance_notes(cells, orders: dict) -> list[str]:
     """Lines under a score table: what "at chance" means, and per task whether anything can be ranked."""
-    from ..results.chance import ALPHA as CHANCE_ALPHA
-
     checked = [c for c in cells if c.chance is not None and c.chance.applies]
     if not checked:
         return []
@@ -101,8 +104,6 @@ def _avg_higher(cells) -> bool:
 
 
 def score_sections(cells, orders) -> list[tuple[tuple[str, str, str, str, str], list]]:
-    from ..results.stats import init_order
-
     groups: dict[tuple[str, str, str, str, str], list] = {}
     for c in cells:  # a cut dev set (--max-eval-examples), or another precision (bf16), is never ranked beside the
         # full fp32 one: its own table ("" for both: rows stored before precision was recorded are fp32)
@@ -142,8 +143,6 @@ def _joined(settings) -> str:
 
 def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
     """Paper 002 Table 1: objectives × tasks for one teacher/student/init."""
-    from ..results.stats import objective_order
-
     tasks = task_order((c.task for c in cells), orders.get("tasks", ()))
     labels = objective_order((c.label for c in cells), orders.get("objectives", ()))
     by = {(c.label, c.task): c for c in cells}
@@ -185,8 +184,6 @@ def objectives_table(title: str, cells, orders: dict, modal_n: int) -> Grid:
 
 def inits_table(title: str, cells, orders: dict, modal_n: int) -> Grid | None:
     """Paper 002 Table 3: objective × init × task, for objectives run with two or more inits (one teacher)."""
-    from ..results.stats import init_order, objective_order
-
     inits_of: dict[str, set[str]] = {}
     for c in cells:
         inits_of.setdefault(c.label, set()).add(c.init)
@@ -252,9 +249,6 @@ def significance_grid(title: str, comparisons, names: list[str]) -> Grid:
 
 def size_speed_section(members, profiles: dict, orders: dict, defined: bool) -> list[str]:
     """Beside a score table: its cells' size, speed, retained share and training cost (:mod:`distilbench.report.leaderboard`)."""
-    from .leaderboard import DEFINITIONS, size_speed_grid
-    from ..results.stats import objective_order
-
     tasks = task_order((c.task for c in members), orders.get("tasks", ()))
     labels = objective_order((c.label for c in members), orders.get("objectives", ()))
     found = size_speed_grid(members, profiles, tasks, labels)
@@ -268,8 +262,6 @@ def size_speed_section(members, profiles: dict, orders: dict, defined: bool) -> 
 
 def detectable_line(fam) -> str:
     """The smallest paired difference the family's design could detect (α = 0.05, power 0.8, paired t over seeds)."""
-    from ..results.chance import ALPHA as A, POWER, detectable_difference, pooled_sd
-
     diffs = []
     for cmp in fam:
         if cmp.result.mismatched_seeds or cmp.result.n < 2:
@@ -298,7 +290,6 @@ def per_example_section(example_comparisons, samples: int, orders: dict) -> list
           f"test, Holm-corrected within the family, **bold** when below {ALPHA}. McNemar (classification only): "
           f"exact binomial p per seed on the examples exactly one side got right, `n01/n10` = only the first / only "
           f"the second right; uncorrected. Method: `distilbench/results/per_example.py`.", ""]
-    from ..results.stats import by_family
 
     fams = by_family(example_comparisons)
     if not fams:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .format import extra_of, slug
-from .plotting import pyplot as _plt, save as _save
+from .plotting import pyplot as _plt
+from .plotting import save as _save
 
 INTRO = ["## 6. AutoSKD: learned categorical distributions", "",
          "θ per teacher after phase 1, after phase 2 (Eq. 8 selection in between) and the chosen candidate "
@@ -25,8 +28,6 @@ def theta_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 def theta_stats(reps: list[dict]) -> dict[str, tuple]:
     """{series: (mean per teacher, std per teacher)} for phase 1, phase 2 and the chosen candidate (where stored)."""
-    import numpy as np
-
     team = reps[0]["team"]
     series = {"phase 1": [r["theta_phase1"] for r in reps], "phase 2": [r["theta_phase2"] for r in reps],
               "chosen": [r["theta"] for r in reps if r.get("theta")]}
@@ -45,8 +46,6 @@ def theta_table(task: str, config_hash: str, reps: list[dict], stats: dict[str, 
 
 def plot_theta(path: Path, task: str, team: list[str], stats: dict[str, tuple], seeds: int, rule: str = "") -> None:
     """Bars: θ per teacher, one bar per series, whiskers ± 1 std over seeds."""
-    import numpy as np
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(2.8 + 1.3 * len(team), 3.2))
     width = 0.8 / len(stats)

@@ -32,6 +32,11 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
+
+from ..data.tasks import get_task
+from ..errors import UsageError
+from .per_example import _chunks, batched_score, predictions_of, task_metrics
 
 ALPHA = 0.05
 POWER = 0.8
@@ -65,8 +70,6 @@ def majority_label(labels: Sequence[int]) -> int:
 
 def seed_test(scores: Sequence[float], floor: float) -> float:
     """One-sided p that the mean of ``scores`` is above ``floor`` (one-sample t); nan for fewer than 2 scores."""
-    from scipy import stats
-
     x = np.round(np.asarray(scores, dtype=float) - floor, 10)
     if len(x) < 2:
         return math.nan
@@ -80,8 +83,6 @@ def example_test(preds: Mapping[int, Sequence[int]], labels: Sequence[int], metr
     """(δ, one-sided p): δ = mean over seeds of score(predictions) - score(majority predictor), × 100, on the dev
     set; p from the paired bootstrap over dev examples described in the module docstring. ``floor_scores``: per-example
     scores of the floor predictor (extractive QA; ``preds`` are then per-example scores too) in place of the majority."""
-    from .per_example import _chunks, batched_score
-
     scored = floor_scores is not None
     y = np.asarray(labels) if scored else np.asarray(labels, dtype=int)
     n = len(y)
@@ -126,8 +127,6 @@ def check(scores: Mapping[int, float], majority: float | None, preds: Mapping[in
 def detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """Smallest true paired difference a two-sided paired t-test over ``n`` seeds detects with probability
     ``power`` at level ``alpha``, given the paired differences' standard deviation ``sd`` (t approximation)."""
-    from scipy import stats
-
     if n < 2 or not math.isfinite(sd):
         return math.nan
     df = n - 1
@@ -147,10 +146,6 @@ def pooled_sd(differences: Sequence[Sequence[float]]) -> float:
 def check_rows(rows: Sequence[Mapping], scale: float = 100.0, samples: int = SAMPLES) -> ChanceResult:
     """The signal check of one cell's store rows (dicts with seed, score, extra.majority / dev_predictions /
     dev_labels, task)."""
-    from .per_example import predictions_of, task_metrics
-    from ..data.tasks import get_task
-    from ..errors import UsageError
-
     if not rows:
         return ChanceResult(False, math.nan, math.nan, math.nan, math.nan, None, "no rows")
     scores = {int(r["seed"]): float(r["score"]) * scale for r in rows}

@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
+from .chance import detectable_difference
 from .revisions import revision_flag
+from .stats import holm, paired_test
 
 ALPHA = 0.05
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable")
@@ -201,9 +204,6 @@ def _examples(a, b, example_comparisons: Sequence, sign: float) -> str:
 def evaluate(claims: Sequence[Claim], cells: Sequence, example_comparisons: Sequence = ()) -> list[ClaimResult]:
     """Every claim on every task where its cells exist (a claim with no such task gets one 'not testable' result
     saying which cell is missing); p-values Holm-corrected over all of them together."""
-    from .chance import detectable_difference
-    from .stats import holm, paired_test
-
     results: list[ClaimResult] = []
     for claim in claims:
         tasks = list(claim.tasks) or sorted({c.task for c in cells if claim.better.matches(c)})
@@ -247,8 +247,6 @@ def evaluate(claims: Sequence[Claim], cells: Sequence, example_comparisons: Sequ
 def stouffer(diffs: Sequence[float], pvalues: Sequence[float], ns: Sequence[int]) -> float:
     """Two-sided p of Stouffer's weighted Z over independent tests: each two-sided p turned into a z signed by its
     difference, weights √n."""
-    from scipy import stats
-
     z = [math.copysign(float(stats.norm.isf(max(p, 1e-300) / 2)), d) if d != 0 else 0.0 for d, p in zip(diffs, pvalues)]
     w = [math.sqrt(n) for n in ns]
     combined = sum(wi * zi for wi, zi in zip(w, z)) / math.sqrt(sum(wi * wi for wi in w))
@@ -257,8 +255,6 @@ def stouffer(diffs: Sequence[float], pvalues: Sequence[float], ns: Sequence[int]
 
 def _with_across(claims: Sequence[Claim], results: list[ClaimResult]) -> list[ClaimResult]:
     """Each claim's per-task results, then its across-task result when it was tested on two or more tasks."""
-    from .stats import holm
-
     out, across = [], []
     for claim in claims:
         mine = [r for r in results if r.claim is claim]

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .chance import ALPHA, SAMPLES, seed_test
+from .chance import ALPHA, SAMPLES, ChanceResult, seed_test
 
 MARK = "not below none"
 SEED = 20261201
@@ -74,8 +74,6 @@ def as_chance(rows: Sequence[Mapping], none_rows: Sequence[Mapping] | None):
     """A causal-LM cell's check against ``none`` in the form reports read (:class:`.chance.ChanceResult`): ``at_chance``
     True = not significantly below none (marked, never bold); the ``none`` cell itself (``none_rows`` None) is the
     baseline and is not checked."""
-    from .chance import ChanceResult
-
     mean = float(np.mean([r["score"] for r in rows])) if rows else math.nan
     if none_rows is None:
         return ChanceResult(False, math.nan, mean, math.nan, math.nan, None, "the baseline of the LM signal check")

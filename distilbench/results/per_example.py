@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
+
+from ..data import metrics as M
+from .rows import is_result, row_dicts
+from .stats import by_family, holm, task_info
 
 BOOTSTRAP_SAMPLES = 2000
 # rows whose stored predictions are per-example scores (extractive QA: each question's F1, ``extra.per_example``):
@@ -59,8 +64,6 @@ def _nan(seeds=(), n=0, reason="", mismatched=False) -> ExampleTest:
 def batched_score(metrics: Sequence[str], main: str, preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The main score of each row of ``preds``/``labels`` (shape R × N), on the 0-1 scale; the same numbers as
     :func:`distilbench.data.metrics.compute_metrics` row by row (a test checks it), vectorised where it matters."""
-    from ..data import metrics as M
-
     if main == EXAMPLE_SCORE:  # per-example scores (extractive QA: each question's F1): the score is their mean
         return np.asarray(preds, dtype=float).mean(axis=1)
     if main == PERPLEXITY:  # exp of the token-weighted mean NLL over the (resampled) windows
@@ -97,8 +100,6 @@ def batched_score(metrics: Sequence[str], main: str, preds: np.ndarray, labels: 
 
 def mcnemar(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> tuple[int, int, float]:
     """Exact McNemar on one pair of runs: (n01 only a right, n10 only b right, two-sided binomial p)."""
-    from scipy import stats
-
     right_a, right_b = pred_a == labels, pred_b == labels
     n01, n10 = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     p = 1.0 if n01 + n10 == 0 else float(stats.binomtest(n01, n01 + n10, 0.5).pvalue)
@@ -175,8 +176,6 @@ def predictions_of(rows: Sequence[Mapping]) -> tuple[dict[int, list], list | Non
 def task_metrics(task: str, row: Mapping) -> tuple[list[str], str]:
     """(metric names, main score) of a task (:func:`distilbench.results.stats.task_info`); a task no longer registered
     whose row stored no main score takes its first stored metric, else accuracy."""
-    from .stats import task_info
-
     if (row.get("extra") or {}).get("per_example"):  # per-question scores (extractive QA): their mean is the score
         return [EXAMPLE_SCORE], EXAMPLE_SCORE
     info = task_info(task, row)
@@ -210,9 +209,6 @@ def compare_examples(rows: Sequence[Mapping], comparisons: Sequence, samples: in
     """The per-example tests of every comparison in ``comparisons`` (:func:`distilbench.results.stats.compare` output:
     objective pairs, and init pairs: one objective from two student inits, e.g. paper 002 Table 3's "lower layers
     lift KD"), family by family in input order, each Holm-corrected over its own bootstrap p-values."""
-    from .rows import is_result, row_dicts
-    from .stats import by_family, holm
-
     by_cell: dict[tuple, list[dict]] = {}
     for r in row_dicts(rows):
         if is_result(r):

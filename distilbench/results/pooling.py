@@ -7,6 +7,7 @@ its numbers cannot test a claim about that objective (docs/pooling.md). Computed
 before the pooling was recorded ran with first-token heads."""
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 from ..data.model_registry import alias_pooling
@@ -19,8 +20,6 @@ _SENTENCE_OBJECTIVES = frozenset({"hid-cls", "hid-cls-contrast", "ted", "ted-kl"
 
 
 def _extra(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    import json
-
     extra = row.get("extra") or {}
     return json.loads(extra) if isinstance(extra, str) else extra
 

@@ -37,7 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
+from ..data.tasks import get_task
+from ..errors import UsageError
+from ..hashing import stable_hash
 from .rows import CELL_KEYS, is_result, rows_by_cell  # noqa: F401 - CELL_KEYS, is_result: re-exported
 
 CONFIDENCE = 0.95
@@ -52,8 +56,6 @@ ROUND_DIFF = 10  # per-seed differences are rounded to 1e-10: float noise must n
 
 
 def _hash(obj: Any) -> str:
-    from ..hashing import stable_hash
-
     return stable_hash(obj, 12)
 
 
@@ -62,8 +64,6 @@ def _hash(obj: Any) -> str:
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Two-sided t confidence interval of the mean; (nan, nan) for fewer than 2 values."""
-    from scipy import stats
-
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return math.nan, math.nan
@@ -104,8 +104,6 @@ def paired_test(a: Mapping[int, float], b: Mapping[int, float], confidence: floa
     n < 2 -> NaN p-values and CI; every difference zero -> p = 1.0 for both tests; all differences equal and
     non-zero -> t p = 0.0 (the limit of an infinite t; noted in ``reason``).
     """
-    from scipy import stats
-
     if set(a) != set(b):
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         return PairedResult(0, math.nan, math.nan, math.nan, math.nan, math.nan, True,
@@ -214,9 +212,6 @@ class TaskInfo:
 def task_info(task: str, row: Mapping[str, Any]) -> TaskInfo:
     """The registry's :class:`TaskInfo` of ``task``; for a task that is no longer registered, what ``row`` stored (its
     metric names, ``extra.main_score``), higher taken as better."""
-    from ..errors import UsageError
-    from ..data.tasks import get_task
-
     try:
         t = get_task(task)
         return TaskInfo(list(t.metrics), t.main_score, t.higher_is_better, t.percent)

@@ -33,12 +33,13 @@ from ...models.loading import load_causal_lm, load_tokenizer, model_config
 from ...models.scratch import SCRATCH_NOTE, is_scratch, random_causal_lm, scratch_config, scratch_spec, train_bpe
 from ...objectives import Context, get_objective
 from ..loop.harness import TeacherSource
-from ..teachers.inference import TeacherInference
 from ..loop.lm import check_corpus, check_lm_run, evaluate_perplexity
-from ..teachers.lm_topk import TopKSource, logits_only, topk_table
+from ..runs.profile import pair_profiles, row_profile
 from ..runs.rows import student_row
 from ..runs.runner import Runner
 from ..runs.sources import Encodings
+from ..teachers.inference import TeacherInference
+from ..teachers.lm_topk import TopKSource, logits_only, topk_table
 from ..teachers.teacher import TeacherRecord, load_teacher, record_dev_metrics, split_for_teacher
 
 
@@ -181,8 +182,6 @@ class LMRunner(Runner):
                  f"{fit.result.examples_per_s:.1f} blocks/s)")
         profile = None
         if self.accelerator.is_main_process:
-            from ..runs.profile import pair_profiles, row_profile
-
             models = pair_profiles(fit.student, teacher_net, torch.get_num_threads(), self.log)
             profile = row_profile(*models, dev_metrics["score"], teacher_metrics["score"], False, fit.spent)
         per_window = np.array(score.window_nll) / np.maximum(1, np.array(score.window_tokens))

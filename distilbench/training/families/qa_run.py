@@ -41,6 +41,7 @@ from ...data.qa_tasks import QAExample, QATask
 from ...data.squad_metrics import f1_score, raw_scores_v2
 from ...errors import UsageError
 from ...hashing import stable_hash
+from ...models.loading import load_tokenizer
 from ..loop.precision import identity_part
 from ..teachers.teacher import TeacherRecord, file_lock, save_table
 
@@ -170,8 +171,6 @@ def check_qa_run(cfg: RunConfig, task: QATask, objective, teacher_config) -> Non
         raise UsageError(f"{objective.name} weighs class distributions of a team; task {task.name} is extractive QA: "
                          f"use a single-teacher objective (kd, lwd, ted, ...)")
     if cfg.init.startswith("pretrained:") and objective.uses_teacher:
-        from ...models.loading import load_tokenizer
-
         student = cfg.init.partition(":")[2]
         if load_tokenizer(cfg.teacher).get_vocab() != load_tokenizer(student).get_vocab():
             raise UsageError(f"task {task.name} compares start/end scores token by token: student {student} needs "

@@ -12,11 +12,21 @@ from typing import Sequence
 
 import torch
 
-from ...data.lm import (IGNORE, LMBlocks, Window, collate_blocks, corpus_ids, eval_windows, next_token_nll, pack_blocks,
-                       perplexity)
+from ...data.lm import (
+    IGNORE,
+    LMBlocks,
+    Window,
+    collate_blocks,
+    corpus_ids,
+    eval_windows,
+    next_token_nll,
+    pack_blocks,
+    perplexity,
+)
 from ...data.tasks import Example, Task
 from ...errors import UsageError
 from ...models.loading import load_tokenizer
+from ...models.scratch import is_scratch
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,6 @@ def check_lm_run(task: Task, cfg, teacher_config, train: list[Example], dev: lis
     tokenizer, or, for a from-scratch teacher not trained yet, when its tokenizer exists); a pretrained student whose
     tokenizer differs from the teacher's under an objective that reads the teacher (every one compares next-token
     distributions position by position); a multi-teacher objective (not supported for language models)."""
-    from ...models.scratch import is_scratch
-
     archs = getattr(teacher_config, "architectures", None) or []  # a config built in code names none: not refused
     not_causal = [a for a in archs if not a.endswith(("LMHeadModel", "ForCausalLM"))]
     if not_causal:
@@ -136,7 +144,5 @@ def student_tokenizer_differs(teacher_tok, student: str) -> bool:
 
 def refuse_lm_family(task: Task, cfg) -> None:
     """A from-scratch teacher (``scratch:SIZE``) is a causal LM: refused for any other task family."""
-    from ...models.scratch import is_scratch
-
     if is_scratch(cfg.teacher) and not task.causal:
         raise UsageError(f"teacher {cfg.teacher} is a from-scratch causal LM; task {task.name} is {task.kind}")

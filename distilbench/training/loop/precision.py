@@ -32,6 +32,9 @@ from typing import Callable
 
 import torch
 
+from ...hashing import stable_hash
+from ...models.loading import cache_dir
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 REQUESTS = ("auto", "no", "fp32", "bf16", "fp16")  # what --mixed-precision accepts ("no" is accelerate's word for fp32)
 ACCELERATE = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # our name -> accelerate's mixed_precision
@@ -128,14 +131,10 @@ def probe(shapes=PROBE_SHAPES, repeats: int = 3) -> dict:
 
 
 def probe_key(model: str, flags: frozenset[str], threads: int) -> str:
-    from ...hashing import stable_hash
-
     return stable_hash({"cpu": model, "flags": sorted(flags), "torch": torch.__version__, "threads": threads})
 
 
 def probe_path() -> Path:
-    from ...models.loading import cache_dir
-
     return cache_dir() / CACHE_FILE
 
 

@@ -6,6 +6,7 @@ appears by an atomic rename: two runs at once train it once, and a killed run le
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -19,13 +20,19 @@ from typing import Callable
 import torch
 
 from ...config import RunConfig
-
-from ...hashing import stable_hash
 from ...data.batching import Encoded, encode, fingerprint, selection_split
-from ...models.loading import cache_dir, declared_pooling, load_causal_lm, load_task_model, load_tokenizer, model_fingerprint
+from ...data.tasks import Example, Task
+from ...hashing import stable_hash
+from ...models.loading import (
+    cache_dir,
+    declared_pooling,
+    load_causal_lm,
+    load_task_model,
+    load_tokenizer,
+    model_fingerprint,
+)
 from ...models.scratch import is_scratch, scratch_identity
 from ..loop.precision import identity_part
-from ...data.tasks import Example, Task
 
 TEACHER_FORMAT = "1"
 
@@ -70,7 +77,6 @@ def file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
-            import fcntl
             fcntl.flock(handle, fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - non-POSIX
             pass
