@@ -7,7 +7,9 @@ selection split (held out of train), never on dev.
 - A trial trains the objective on every seed of ``--seeds``; its value is the mean selection-split score. Each seed's
   score is reported as step k, so a pruner compares seed k of this trial with seed k of the others (``median``:
   MedianPruner; ``wilcoxon``: WilcoxonPruner, a paired test over the seeds seen so far) and stops a poor trial early.
-- The sampler is TPE, seeded (``--sampler-seed``). ``--trials N`` is the study's total of finished trials (complete or
+- The sampler is TPE, seeded (``--sampler-seed``); with ``--grid NAME=V1,V2 ...`` it is a grid over exactly those values
+  (Optuna's GridSampler, every combination once; paper 002 fine-tunes over such a grid of learning rates and batch
+  sizes), everything else fixed at its flag or default. ``--trials N`` is the study's total of finished trials (complete or
   pruned), so a rerun with the same ``--study`` continues where it stopped, and several workers — processes or
   machines sharing one ``--storage`` database URL (PostgreSQL) — together finish N.
 - Storage: an embedded SQLite file beside an SQLite ``--results`` by default (a database ``--results`` holds the study
@@ -128,26 +130,44 @@ def best_params(study_name: str, storage: str | None, results: str) -> dict[str,
         raise UsageError(f"--params best:{study_name}: the study has no finished trial yet") from None
 
 
-def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: str, cfg: RunConfig | None = None):
+def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: str, cfg: RunConfig | None = None,
+                grid: dict[str, list] | None = None):
     import optuna
-
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # the selection score's direction: a perplexity (causal LM) is minimised
     direction = "minimize" if cfg is not None and not get_task(cfg.task).higher_is_better else "maximize"
     return optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction=direction,
-                               sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
+                               sampler=optuna.samplers.GridSampler(grid, seed=sampler_seed) if grid
+                               else optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
                                load_if_exists=True)
 
 
-def _optimize(study, runner, fixed: set[str], trials: int) -> None:
+def search_space(objective_cls, grid: dict[str, list] | None) -> dict[str, tuple]:
+    """What the trials draw: the objective's space (:meth:`Objective.space`), or exactly the grid's values."""
+    return {k: ("categorical", tuple(v)) for k, v in grid.items()} if grid else objective_cls.space()
+
+
+def check_grid(grid: dict[str, list], objective_cls, fixed: set[str], cfg: RunConfig) -> None:
+    """A grid names hyper-parameters of the objective's space (or AdamW's warm-up and decay), each not also fixed,
+    with values a run accepts."""
+    allowed = set(objective_cls.space()) | {"warmup_ratio", "weight_decay"}
+    for name, values in grid.items():
+        if name not in allowed:
+            raise UsageError(f"--grid {name}: not a hyper-parameter of {objective_cls.name}; accepted: {', '.join(sorted(allowed))}")
+        if name in fixed:
+            raise UsageError(f"--grid {name} and --{name.replace('_', '-')} both given: a value is searched or fixed, not both")
+        for value in values:
+            replace(cfg, **{name: value}).validate()
+
+
+def _optimize(study, runner, fixed: set[str], trials: int, grid: dict[str, list] | None = None) -> None:
     """Run trials until the study has ``trials`` finished (complete or pruned) ones, in this process. Each trial trains
     the objective on every seed of the runner's plan with the trial's hyper-parameters and reports seed by seed."""
     import optuna
 
-
     objective_cls = get_objective(runner.cfg.objective)
-    space = objective_cls.space()
+    space = search_space(objective_cls, grid)
     base_cfg = runner.cfg
     record = runner.teacher()  # fine-tuned once (cached) before any trial, so trials time only the student
     runner.prepare_team()  # a multi-teacher objective's team, likewise (nothing for single-teacher objectives)
@@ -179,18 +199,17 @@ def _optimize(study, runner, fixed: set[str], trials: int) -> None:
 
 
 def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url: str, name: str, pruner: str,
-                   sampler_seed: int, heartbeat: int, threads: int) -> None:
+                   sampler_seed: int, heartbeat: int, grid: dict[str, list] | None, threads: int) -> None:
     """One `--workers` process: its own runner (the teacher and team are read from the caches the parent filled) and
     its own sampler seed (sampler_seed + index: equal seeds would propose the same first trials), on the shared study."""
     exit_with_parent()
     import torch
     from rich.console import Console
 
-
     torch.set_num_threads(threads)
     runner = make_runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
     runner.console = Console(stderr=True)
-    _optimize(_open_study(url, name, heartbeat, sampler_seed + index, pruner, cfg), runner, fixed, trials)
+    _optimize(_open_study(url, name, heartbeat, sampler_seed + index, pruner, cfg, grid), runner, fixed, trials, grid)
     runner.plan.store.close()
 
 
@@ -204,20 +223,21 @@ def _spawn_workers(processes: int, threads: int, args: tuple) -> list[int]:
 
 def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None, study_name: str | None,
                pruner: str, sampler_seed: int, out: str | None, heartbeat: int, command: str,
-               write_report_too: bool = True) -> int:
+               write_report_too: bool = True, grid: dict[str, list] | None = None) -> int:
     """Validate, open (or continue) the study, fill the caches, run the trials (in ``--workers`` processes when more
     than one: independent trials, the cores shared out), then write the report (not when ``write_report_too`` is
     False: a Slurm array task, whose study is its output)."""
     import optuna
     from rich.console import Console
 
-
     if trials < 1:
         raise UsageError(f"--trials must be >= 1 (got {trials})")
     if pruner not in PRUNERS:
         raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)} (got {pruner!r})")
     objective_cls = get_objective(cfg.objective)
-    space = objective_cls.space()
+    if grid:
+        check_grid(grid, objective_cls, fixed, cfg)
+    space = search_space(objective_cls, grid)
     free = [k for k in space if k not in fixed]
     console = Console(stderr=True)
     # validate everything (task, models, data, seeds) before the study exists; dev is never opened (read_dev=False)
@@ -225,7 +245,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     runner = make_runner(cfg, console, read_dev=False)
     url = storage_url(storage, cfg.results)
     name = study_name or default_study_name(cfg)
-    study = _open_study(url, name, heartbeat, sampler_seed, pruner, cfg)
+    study = _open_study(url, name, heartbeat, sampler_seed, pruner, cfg, grid)
     study.set_user_attr("objective", objective_cls.name)
     study.set_user_attr("task", cfg.task)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -240,11 +260,11 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     if pooled:
         runner.teacher()  # fine-tuned and cached here, once, before any worker starts; the workers load it
         runner.prepare_team()
-        codes = _spawn_workers(processes, threads, (cfg, fixed, trials, url, name, pruner, sampler_seed, heartbeat))
+        codes = _spawn_workers(processes, threads, (cfg, fixed, trials, url, name, pruner, sampler_seed, heartbeat, grid))
         if any(code != 0 for code in codes):
             console.print(f"[bold red]search worker exit codes {codes}: a rerun with the same --study continues[/]")
     elif done < trials:
-        _optimize(study, runner, fixed, trials)
+        _optimize(study, runner, fixed, trials, grid)
     runner.plan.store.close()
     # no re-open needed: Optuna's RDB storage reads trials it has not seen (the workers') from the database on access
     out_dir = Path(out) if out else Path("reports") / f"search-{name}"

@@ -304,7 +304,6 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     (default stderr); the report's tables are the caller's to print (``cli.suite``)."""
     from rich.console import Console
 
-
     console = console or Console(stderr=True)
     cells = validate(suite)
     configs = [cfg for _, cfg in cells]

@@ -246,3 +246,35 @@ def test_workers_2_share_the_study_in_two_processes(tiny_run_args, tmp_path, cap
         firsts.setdefault(t.user_attrs["worker"], t.params)
     assert len({tuple(sorted(p.items())) for p in firsts.values()}) == 2
     assert f"Trials: {len(got)} ({len(got)} complete" in (tmp_path / "report-pool" / "README.md").read_text()
+
+
+def test_a_grid_runs_every_combination_once_and_fixes_the_rest(tiny_run_args, tmp_path):
+    """`--grid lr=... --grid batch_size=...` (paper 002's fine-tuning grid): every combination exactly once, the
+    number of trials defaulting to the grid's size; nothing else is searched."""
+    args = list(tiny_run_args)
+    del args[args.index("--batch-size"):args.index("--batch-size") + 2]
+    argv = ["search", *args, "--objective", "none", "--study", "g", "--epochs", "1", "--out", str(tmp_path / "report-g"),
+            "--grid", "lr=1e-4,3e-4", "--grid", "batch-size=4,8"]
+    assert main(argv) == 0
+    study = _study(_storage(tiny_run_args), "g")
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert sorted((t.params["lr"], t.params["batch_size"]) for t in study.trials) == \
+        [(1e-4, 4), (1e-4, 8), (3e-4, 4), (3e-4, 8)]
+    assert main(argv) == 0 and len(_study(_storage(tiny_run_args), "g").trials) == 4  # done: a rerun adds nothing
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["--grid", "lr=0,1e-4"], "--lr must be > 0"),
+    (["--grid", "lr"], "write NAME=V1,V2"),
+    (["--grid", "nonsense=1"], "no such option"),
+    (["--grid", "task=rte"], "not a hyper-parameter of kd"),
+    (["--grid", "lr=1e-4,1e-4"], "listed twice"),
+    (["--grid", "batch_size=8,16"], "both given"),  # tiny_run_args fixes --batch-size 8
+    (["--grid", "temperature=-1"], "--temperature must be > 0"),
+])
+def test_a_bad_grid_is_one_line(tiny_run_args, tmp_path, capsys, grid, message):
+    argv = ["search", *tiny_run_args, "--objective", "kd", "--study", "bad", "--out", str(tmp_path / "r"), *grid]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r").exists()

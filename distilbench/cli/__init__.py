@@ -13,7 +13,7 @@ import sys
 
 from ..allocator import tune as tune_allocator
 from ..errors import TrainingDiverged, UsageError
-from . import export, findings, ls, report, run, search, suite
+from . import export, findings, ls, pretrain, report, run, search, suite
 from .flags import Parser, add_config_flags  # noqa: F401 - the flags every command shares
 from .run import RUN_EXAMPLES  # noqa: F401
 from .suite import SUITE_EXAMPLES  # noqa: F401
@@ -28,6 +28,7 @@ def make_parser(command: str | None = None) -> Parser:
     run.add_run_parser(sub, command in (None, "run"))
     search.add_parser(sub, command in (None, "search"))
     run.add_teacher_parser(sub, command in (None, "teacher"))
+    pretrain.add_parser(sub, command in (None, "pretrain"))
     export.add_parser(sub)
     ls.add_parser(sub)
     report.add_parser(sub)
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return suite.main(args, given)
         if command == "search":
             return search.main(args, given)
+        if command == "pretrain":
+            return pretrain.main(args, given)
         return run.main(command, args)
     except UsageError as exc:
         print(f"distilbench: error: {exc}", file=sys.stderr)

@@ -12,10 +12,14 @@ def add_parser(sub) -> None:
 def main(what: str) -> int:
     if what == "objectives":
         from ..objectives import OBJECTIVES
+        from ..objectives.layerwise import without_labels
         for name in OBJECTIVES:
             cls = OBJECTIVES.get(name)
             options = ", ".join(o.name for o in cls.declared_options()) or "none"
-            print(f"{name}\tv{cls.version}\t{cls.paper}\toptions: {options}")
+            # `distilbench pretrain` (task-agnostic): the label-free layer objectives; KD needs the teacher's MLM head
+            why = without_labels(cls)
+            general = "yes" if why is None else f"no: it {why}"
+            print(f"{name}\tv{cls.version}\t{cls.paper}\toptions: {options}\tpretrain: {general}")
     elif what == "tasks":
         from ..data.tasks import TASKS
         for name in TASKS:

@@ -86,6 +86,49 @@ def corpus_from_yaml(spec: dict[str, Any], source: str) -> Corpus:
     return corpus
 
 
+def corpus_from_path(path: str | Path, held_out_share: float = 0.01) -> Corpus:
+    """Any local text as a corpus: a file, or a folder's ``*.txt`` files in name order, one line of text per line; a
+    file that a registered task is scored on is refused when it is read, as for a registered corpus."""
+    where = Path(path).expanduser().resolve()
+    if where.is_file():
+        found = [where]
+    elif where.is_dir():
+        found = sorted(where.rglob("*.txt"))
+        if not found:
+            raise UsageError(f"--corpus {path}: the folder holds no .txt file (a corpus folder is read as its .txt files)")
+    else:
+        raise UsageError(f"--corpus {path}: no such file or folder, and no registered corpus of that name "
+                         f"(registered: {', '.join(CORPORA)})")
+    return Corpus(name=where.name, version="local", sources=tuple(Source(file=str(f)) for f in found),
+                  held_out=held_out_share, provenance=f"local text: {where} ({len(found)} file(s))")
+
+
+def resolve_corpus(value: str) -> Corpus:
+    """A registered corpus by name, else a file or folder of local text (:func:`corpus_from_path`)."""
+    if value in CORPORA:
+        return get_corpus(value)
+    if Path(value).expanduser().exists() or "/" in value or value.endswith(".txt"):
+        return corpus_from_path(value)
+    return get_corpus(value)  # neither: the registry's one line, with its did-you-mean
+
+
+@dataclass(frozen=True)
+class GeneralTask:
+    """What an objective reads of its task (``Context.task``) in task-agnostic distillation: unlabelled text packed
+    into blocks, no labels and no head; the score is the held-out distillation loss, lower is better."""
+
+    name: str
+    family = "general-distillation"
+    regression = False
+    causal = False  # a bidirectional encoder: attention over every real token
+    span_output = False
+    sentence_level = False
+    labels = None
+    percent = False
+    higher_is_better = False
+    main_score = "held-out loss"
+
+
 def _load_registry() -> Registry[Corpus]:
     registry: Registry[Corpus] = Registry("corpus")
     for entry in sorted(p for p in _corpus_dir().iterdir() if p.name.endswith(".yaml")):
@@ -119,7 +162,7 @@ def _file_lines(root: Path, source: Source) -> Iterator[str]:
     if any(relative == f or relative.endswith("/" + f) for f in scored_files()):
         raise UsageError(f"corpus source {relative} is a split that a registered task is scored on; a corpus reads "
                          f"training text only")
-    path = root / relative
+    path = root / relative  # an absolute source (a local corpus, corpus_from_path) stays itself
     if not path.is_file():
         raise DataError(f"{path} does not exist: the corpus source {relative} is read from inside --data-dir")
     with path.open(encoding="utf-8") as f:

@@ -250,7 +250,7 @@ def model_config(name: str):
 
     path = resolve_model(name)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         aliases = ", ".join(MODELS.names())
@@ -287,7 +287,7 @@ def declared_pooling(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Hide transformers' load report ("newly initialized ...") and progress bar; errors still raise."""
     from transformers.utils import logging as tlog
 
@@ -306,7 +306,7 @@ def load_tokenizer(name: str):  # -> transformers.PreTrainedTokenizerBase
     """``AutoTokenizer`` for an alias, local path or hub id."""
     from transformers import AutoTokenizer
 
-    with _quiet_transformers():
+    with quiet_transformers():
         return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
@@ -325,7 +325,7 @@ def load_classifier(name: str, num_labels: int, regression: bool, attn_implement
     kwargs = dict(output_loading_info=True) if span else dict(
         num_labels=num_labels, output_loading_info=True,
         problem_type="regression" if regression else "single_label_classification")
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             model, info = auto.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
         except ValueError as e:
@@ -351,11 +351,28 @@ def load_task_model(name: str, task, attn_implementation: str | None = None):
     return load_classifier(name, task.num_labels, task.regression, attn_implementation=attn_implementation)
 
 
+def load_encoder(name: str, attn_implementation: str | None = None):
+    """``AutoModel`` for an alias, local path or hub id: the encoder without any head (a task-agnostic teacher, or the
+    student it distils), every encoder weight from the checkpoint; a checkpoint with a head loads without it."""
+    from transformers import AutoModel
+    with quiet_transformers():
+        model, info = AutoModel.from_pretrained(path := resolve_model(name), attn_implementation=attn_implementation,
+                                                output_loading_info=True)
+    if lost := [k for k in info["missing_keys"] if "pooler" not in k]:  # a pooler is legitimately absent (see above)
+        raise UsageError(f"{name}: encoder weights missing from checkpoint {path}: {', '.join(lost[:5])}")
+    return restore_pooling(model)
+
+
+def has_mlm_head(name: str) -> bool:
+    """Whether the checkpoint declares a masked-LM head (``...ForMaskedLM`` or ``...ForPreTraining``)."""
+    return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in model_config(name).architectures or [])
+
+
 def load_causal_lm(name: str, attn_implementation: str | None = None):
     """``AutoModelForCausalLM`` for an alias, local path or hub id (GPT-2, Llama, ...), every weight from the checkpoint."""
     from transformers import AutoModelForCausalLM
 
-    with _quiet_transformers():
+    with quiet_transformers():
         return AutoModelForCausalLM.from_pretrained(resolve_model(name), attn_implementation=attn_implementation)
 
 

@@ -58,7 +58,9 @@ class LayerObjective(Objective):
 
     def intermediate(self, student: Outputs, teacher: Outputs, batch: dict) -> torch.Tensor:
         """The unweighted intermediate term ``I``: the sum of :meth:`pair_loss` over the layer pairs, in float32."""
-        total = student.logits.new_zeros((), dtype=torch.float32)
+        # on the outputs' device; a model without a head (task-agnostic distillation) has no logits
+        ref = student.logits if student.logits is not None else next(v for v in batch.values() if torch.is_tensor(v))
+        total = ref.new_zeros((), dtype=torch.float32)
         for k, (s, t) in enumerate(self.ctx.layer_map):
             total = total + self.pair_loss(student, teacher, s, t, k, batch)
         return total
@@ -72,6 +74,12 @@ class LayerObjective(Objective):
 
     def weighted_intermediate(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(terms.values())
+
+    def label_free(self, student: Outputs, teacher: Outputs, batch: dict) -> LossOutput:
+        """The loss without labels or a prediction layer: the (weighted) intermediate term alone, as task-agnostic
+        distillation trains a student on unlabelled text (paper 002 §4; :mod:`distilbench.training.families.general`)."""
+        terms = self.intermediate_terms(student, teacher, batch)
+        return LossOutput(self.weighted_intermediate(terms), {k: v.detach() for k, v in terms.items()})
 
     def stages(self) -> list[Stage]:
         if self.ctx.config.schedule == "sequential":
@@ -101,6 +109,33 @@ class LayerObjective(Objective):
         ``always``). They train with the student and are never saved with it."""
         ds, dt = self.ctx.student_hidden, self.ctx.teacher_hidden
         return nn.ModuleList([nn.Linear(ds, dt, bias=False) if always or ds != dt else nn.Identity() for _ in self.ctx.layer_map])
+
+
+# what only the labelled loss reads (the prediction-layer term's options, its joint weight, the schedule): a label-free
+# loss ignores them, so task-agnostic distillation neither offers nor keys on them
+PREDICTION_PART = ("temperature", "alpha_kd", "beta", "schedule")
+
+
+PREDICTION_LAYER = "distils the prediction layer, which needs the teacher's MLM head (not implemented yet)"
+
+
+def without_labels(cls: type[Objective]) -> str | None:
+    """Why ``cls`` cannot distil without labels (task-agnostic distillation, `distilbench pretrain`), or None when it
+    can: a single-teacher layer objective (or combination) with the plain stages, whose intermediate term is then
+    the whole loss."""
+    if not cls.uses_teacher:
+        return "reads no teacher"
+    if cls.multi_teacher:
+        return "learns from a team of fine-tuned teachers"
+    if not (isinstance(cls, type) and issubclass(cls, LayerObjective)):
+        return PREDICTION_LAYER
+    if cls.stages is not LayerObjective.stages:
+        return "has stages of its own that need labels"
+    return None
+
+
+def label_free(cls: type[Objective]) -> bool:
+    return without_labels(cls) is None
 
 
 _PART = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([a-z0-9_-]+)\s*$")

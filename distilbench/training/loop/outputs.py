@@ -20,11 +20,12 @@ def model_outputs(model: nn.Module, batch: dict, needs: Needs, prefix: str = "")
     return Outputs(_logits(out), out.hidden_states if needs.hidden_states else None, layers)
 
 
-def _logits(out) -> torch.Tensor:
-    """``[B, C]`` class scores, or an extractive QA model's ``[B, L, 2]`` (start, end) scores per token."""
+def _logits(out) -> torch.Tensor | None:
+    """``[B, C]`` class scores, or an extractive QA model's ``[B, L, 2]`` (start, end) scores per token; None for an
+    encoder without a head (task-agnostic distillation)."""
     if getattr(out, "start_logits", None) is not None:
         return torch.stack((out.start_logits, out.end_logits), dim=-1)
-    return out.logits
+    return getattr(out, "logits", None)
 
 
 class TeacherSource:

@@ -1,0 +1,158 @@
+"""Task-agnostic distillation (`distilbench pretrain`): the label-free loss by formula, what learns, the refusals, the
+budget and data order, resume after SIGKILL equal to an uninterrupted run, and the saved student loading with
+transformers and fine-tuning through `distilbench run --init pretrained:FOLDER`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distilbench.cli import main
+from distilbench.config import RunConfig
+from distilbench.data.corpus import GeneralTask
+from distilbench.objectives import Context, Outputs, get_objective
+from distilbench.objectives.layerwise import label_free, without_labels
+from distilbench.training.families import general
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the cat sat on a mat dog ran far away big small red blue green old new".split()
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> Path:
+    rng = np.random.RandomState(0)
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(" ".join(rng.choice(WORDS, rng.randint(3, 15))) for _ in range(1500)) + "\n")
+    return path
+
+
+def _args(teacher: Path, text: Path, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--teacher", str(teacher), "--corpus", str(text), "--out", str(out), "--max-length", "24",
+            "--batch-size", "8", "--student-layers", "2", "--mixed-precision", "no", *extra]
+
+
+# --------------------------------------------------------------------------------------------- the loss by formula
+def _ctx(pairs, hidden=(8, 8), heads=(2, 2)) -> Context:
+    return Context(GeneralTask("t"), RunConfig(), pairs, hidden[0], hidden[1], student_heads=heads[0], teacher_heads=heads[1])
+
+
+def test_the_label_free_loss_is_the_weighted_intermediate_term_alone_padding_excluded():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": mask}
+    hs = tuple(torch.randn(2, 4, 8, requires_grad=True) for _ in range(3))
+    ht = tuple(torch.randn(2, 4, 8) for _ in range(3))
+    scores_s = [{"scores": torch.randn(2, 2, 4, 4, requires_grad=True)} for _ in range(2)]
+    scores_t = [{"scores": torch.randn(2, 2, 4, 4)} for _ in range(2)]
+    student, teacher = Outputs(None, hs, scores_s), Outputs(None, ht, scores_t)
+    obj = get_objective("att-mse+0.5*hid-seq")(_ctx([(2, 2)]))
+    out = obj.label_free(student, teacher, batch)
+    # by formula: Att-MSE over real (query, key) pairs and heads; Hid-Seq's MSE over real tokens and the hidden size
+    real = (mask[:, :, None] * mask[:, None, :]).bool()[:, None].expand(-1, 2, -1, -1)
+    att = ((scores_s[1]["scores"] - scores_t[1]["scores"]) ** 2)[real].mean()
+    tok = mask.bool()
+    hid = ((hs[2] - ht[2]) ** 2)[tok].mean()
+    assert set(out.terms) == {"att-mse", "hid-seq"}  # no CE, no KD: nothing needs a label or a head
+    assert torch.allclose(out.terms["att-mse"], att) and torch.allclose(out.terms["hid-seq"], hid)
+    assert torch.allclose(out.loss, att + 0.5 * hid)
+    out.loss.backward()
+    assert hs[2].grad.abs().sum() > 0 and hs[1].grad is None and hs[0].grad is None  # only the mapped layer learns
+    assert hs[2].grad[0, 3].abs().sum() == 0  # the padded token gets no gradient
+
+
+def test_which_objectives_distil_without_labels():
+    assert all(label_free(get_objective(n)) for n in ("att-mse", "att-kl", "hid-seq", "hid-cls", "val-kl", "att-kl+val-kl"))
+    assert "MLM head" in without_labels(get_objective("kd")) and "stages" in without_labels(get_objective("ted"))
+    assert "team" in without_labels(get_objective("autoskd")) and "no teacher" in without_labels(get_objective("none"))
+
+
+# --------------------------------------------------------------------------------------------- budget and data order
+def test_the_budget_and_the_data_order():
+    assert general.Budget(steps=7).total_steps(100, 8, 24) == 7
+    assert general.Budget(tokens=1000).total_steps(100, 8, 24) == math.ceil(1000 / (8 * 24))
+    assert general.Budget().total_steps(100, 8, 24) == 13  # one pass
+    epoch0 = np.concatenate([general.batch_positions(20, 8, 3, k) for k in range(3)])
+    assert sorted(epoch0.tolist()) == list(range(20))  # every block once an epoch, the last batch short
+    assert not np.array_equal(general.batch_positions(20, 8, 3, 3), general.batch_positions(20, 8, 3, 0))
+    assert np.array_equal(general.batch_positions(20, 8, 3, 4), general.batch_positions(20, 8, 3, 4))
+
+
+# --------------------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("extra, message", [
+    (("--objective", "kd"), "needs the teacher's MLM head"),
+    (("--objective", "ted"), "stages of its own"),
+    (("--objective", "att-mse", "--steps", "0"), "--steps must be a count >= 1"),
+    (("--objective", "att-mse", "--steps", "3", "--tokens", "9"), "not both"),
+    (("--objective", "att-mse", "--init", "pretrained:x"), "starts from random or teacher layers"),
+    (("--objective", "att-mse", "--schedule", "sequential"), None),  # not a pretraining flag: argparse refuses it
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_teacher, text, tmp_path, capsys, extra, message):
+    out = tmp_path / "student"
+    assert main(_args(tiny_teacher, text, out, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("distilbench: error:") and (message is None or message in err[0])
+    assert not out.exists() and not out.with_name("student.checkpoint").exists()
+
+
+def test_a_folder_that_is_not_this_student_is_refused(tiny_teacher, text, tmp_path, capsys):
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(_args(tiny_teacher, text, out, "--objective", "hid-seq", "--steps", "2")) == 2
+    assert "is not this pretraining's student" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------------------------- resume, save, fine-tune
+def test_resume_after_sigkill_gives_the_uninterrupted_student(tiny_teacher, text, tmp_path):
+    """A real SIGKILL after step 7 (checkpoints every 3 steps: the last at step 6), then the same command again: the
+    student equals an uninterrupted run's, tensor for tensor."""
+    args = ("--objective", "att-kl+hid-seq", "--init", "random", "--steps", "10", "--checkpoint-every", "3")
+    whole = tmp_path / "whole"
+    assert main(_args(tiny_teacher, text, whole, *args)) == 0
+    killed = tmp_path / "killed"
+    script = ("import os, signal, sys\n"
+              "from distilbench.training.families import general\n"
+              "from distilbench.cli import main\n"
+              "keep = general.after_step\n"
+              "def after(plan, state):\n"
+              "    keep(plan, state)\n"
+              "    if state.step == 7:\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "general.after_step = after\n"
+              f"sys.exit(main({_args(tiny_teacher, text, killed, *args)!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not killed.exists() and (tmp_path / "killed.checkpoint" / general.STATE).is_file()
+    assert torch.load(tmp_path / "killed.checkpoint" / general.STATE, weights_only=True)["step"] == 6
+    assert main(_args(tiny_teacher, text, killed, *args)) == 0
+    a, b = load_file(whole / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "killed.checkpoint").exists()  # removed once the student is saved
+    meta = json.loads((killed / general.META).read_text())
+    assert meta["key"] == json.loads((whole / general.META).read_text())["key"] and meta["steps"] == 10
+    assert meta["held_out_loss"]["after"] < meta["held_out_loss"]["before"]
+
+
+def test_the_saved_student_loads_with_transformers_and_fine_tunes(tiny_teacher, text, tmp_path, tiny_run_args, capsys):
+    from transformers import AutoModel, AutoTokenizer
+
+    out = tmp_path / "general"
+    assert main(_args(tiny_teacher, text, out, "--objective", "hid-cls", "--init", "first-k", "--steps", "4")) == 0
+    model, tok = AutoModel.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and tok("a cat")["input_ids"][0] == tok.cls_token_id
+    card = (out / general.CARD).read_text()
+    assert f"--init pretrained:{out}" in card and "Held-out distillation loss" in card
+    assert main(_args(tiny_teacher, text, out, "--objective", "hid-cls", "--init", "first-k", "--steps", "4")) == 0
+    assert "nothing to do" in capsys.readouterr().err  # the same command again: already done
+    assert main(["run", *tiny_run_args, "--objective", "none", "--init", f"pretrained:{out}"]) == 0
