@@ -22,6 +22,7 @@ selection split (held out of train), never on dev.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import socket
@@ -100,9 +101,11 @@ def open_storage(url: str, heartbeat: int = 60, max_retry: int = 3):
         raise
 
 
-def default_study_name(cfg: RunConfig) -> str:
+def default_study_name(cfg: RunConfig, grid: dict[str, list] | None = None) -> str:
+    """OBJECTIVE-TASK-TEACHER-INIT, and ``-grid-NAMES`` for a grid (a TPE study of the same run is another study)."""
     teacher = Path(cfg.teacher).name or cfg.teacher
-    return f"{cfg.objective}-{cfg.task}-{teacher}-{cfg.init}".replace("/", "_").replace(":", "_")
+    name = f"{cfg.objective}-{cfg.task}-{teacher}-{cfg.init}" + (f"-grid-{'-'.join(sorted(grid))}" if grid else "")
+    return name.replace("/", "_").replace(":", "_")
 
 
 def make_pruner(name: str):
@@ -132,15 +135,24 @@ def best_params(study_name: str, storage: str | None, results: str) -> dict[str,
 
 def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: str, cfg: RunConfig | None = None,
                 grid: dict[str, list] | None = None):
+    """The study, created or continued; one that was sampled otherwise (TPE vs another grid) is refused in one line:
+    its trials' parameters would not fit this sampler."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # the selection score's direction: a perplexity (causal LM) is minimised
     direction = "minimize" if cfg is not None and not get_task(cfg.task).higher_is_better else "maximize"
-    return optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction=direction,
-                               sampler=optuna.samplers.GridSampler(grid, seed=sampler_seed) if grid
-                               else optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
-                               load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction=direction,
+                                sampler=optuna.samplers.GridSampler(grid, seed=sampler_seed) if grid
+                                else optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
+                                load_if_exists=True)
+    sampled = json.dumps(grid or None, sort_keys=True)  # "null": TPE over the objective's space
+    before = study.user_attrs.get("grid", "null")  # a study made before grids existed was TPE's
+    if study.trials and before != sampled:
+        what = lambda g: "TPE" if g == "null" else f"the grid {g}"  # noqa: E731
+        raise UsageError(f"study {name} was searched by {what(before)}, this search is {what(sampled)}: give another --study")
+    study.set_user_attr("grid", sampled)
+    return study
 
 
 def search_space(objective_cls, grid: dict[str, list] | None) -> dict[str, tuple]:
@@ -244,7 +256,7 @@ def run_search(cfg: RunConfig, fixed: set[str], trials: int, storage: str | None
     cfg.baseline = False
     runner = make_runner(cfg, console, read_dev=False)
     url = storage_url(storage, cfg.results)
-    name = study_name or default_study_name(cfg)
+    name = study_name or default_study_name(cfg, grid)
     study = _open_study(url, name, heartbeat, sampler_seed, pruner, cfg, grid)
     study.set_user_attr("objective", objective_cls.name)
     study.set_user_attr("task", cfg.task)

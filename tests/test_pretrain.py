@@ -70,9 +70,45 @@ def test_the_label_free_loss_is_the_weighted_intermediate_term_alone_padding_exc
 
 
 def test_which_objectives_distil_without_labels():
-    assert all(label_free(get_objective(n)) for n in ("att-mse", "att-kl", "hid-seq", "hid-cls", "val-kl", "att-kl+val-kl"))
-    assert "MLM head" in without_labels(get_objective("kd")) and "stages" in without_labels(get_objective("ted"))
+    layer = ("att-mse", "att-kl", "hid-seq", "hid-cls", "hid-cls-contrast", "val-kl", "lwd", "att-kl+val-kl")
+    assert all(without_labels(get_objective(n), mlm_head=False) is None for n in layer)
+    assert all(without_labels(get_objective(n), mlm_head=True) is None for n in ("kd", "kd-reverse", "gkd-jsd"))
+    assert "MLM head" in without_labels(get_objective("kd"), mlm_head=False) and label_free(get_objective("kd"))
+    assert "stages" in without_labels(get_objective("ted")) and "part, ted," in without_labels(get_objective("att-mse+ted"))
     assert "team" in without_labels(get_objective("autoskd")) and "no teacher" in without_labels(get_objective("none"))
+
+
+def test_kd_on_the_mlm_head_by_formula_at_the_masked_positions_only():
+    torch.manual_seed(1)
+    s_logits, t_logits = torch.randn(2, 5, 11, requires_grad=True), torch.randn(2, 5, 11)
+    chosen = torch.tensor([[0, 1, 0, 0, 1], [0, 0, 1, 0, 0]]).bool()
+    obj = get_objective("kd")(Context(GeneralTask("t"), RunConfig(temperature=2.0), [], 8, 8))
+    out = obj.label_free(Outputs(s_logits), Outputs(t_logits), {"mlm_mask": chosen, "attention_mask": torch.ones(2, 5)})
+    p_t, logp_s = torch.softmax(t_logits[chosen] / 2, -1), torch.log_softmax(s_logits[chosen] / 2, -1)
+    expected = 4 * (p_t * (p_t.log() - logp_s)).sum(-1).mean()  # T^2 * mean KL(p_T || p_S) over the 3 masked positions
+    assert torch.allclose(out.loss, expected) and set(out.terms) == {"kd"}
+    out.loss.backward()
+    assert s_logits.grad[~chosen].abs().sum() == 0 and s_logits.grad[chosen].abs().sum() > 0
+
+
+def test_masking_by_formula():
+    ids = torch.arange(100, 100 + 4 * 200).view(4, 200)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS], [SEP]
+    attention = torch.ones_like(ids)
+    attention[3, 150:] = 0
+    masked, chosen = general.mask_tokens(ids, attention, (101, 102, 0), 103, 30000, torch.Generator().manual_seed(5))
+    again = general.mask_tokens(ids, attention, (101, 102, 0), 103, 30000, torch.Generator().manual_seed(5))
+    assert torch.equal(masked, again[0]) and torch.equal(chosen, again[1])  # a function of the generator's seed
+    assert not chosen[:, 0].any() and not chosen[:, -1].any() and not chosen[3, 150:].any()  # specials, padding: never
+    share = chosen.sum().item() / (4 * 198 - 50)
+    assert 0.11 < share < 0.19  # 15% of the real non-special tokens
+    assert torch.equal(masked[~chosen], ids[~chosen])  # nothing else changes
+    as_mask = (masked[chosen] == 103).float().mean().item()
+    kept = (masked[chosen] == ids[chosen]).float().mean().item()
+    assert 0.7 < as_mask < 0.9 and 0.03 < kept < 0.2
+    one = general.mask_tokens(torch.tensor([[101, 500, 102]]), torch.ones(1, 3), (101, 102), 103, 30000,
+                              torch.Generator().manual_seed(0))[1]
+    assert one.tolist() == [[False, True, False]]  # a batch always has a position to predict
 
 
 # --------------------------------------------------------------------------------------------- budget and data order
@@ -88,7 +124,10 @@ def test_the_budget_and_the_data_order():
 
 # --------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("extra, message", [
-    (("--objective", "kd"), "needs the teacher's MLM head"),
+    (("--objective", "kd"), "needs a teacher with an MLM head, and teacher"),
+    (("--objective", "att-mse+ted"), "has a part, ted,"),
+    (("--objective", "att-mse", "--mixed-precision", "fp16"), "fp32 or bf16"),
+    (("--objective", "att-mse", "--max-length", "300"), "longer than teacher"),
     (("--objective", "ted"), "stages of its own"),
     (("--objective", "att-mse", "--steps", "0"), "--steps must be a count >= 1"),
     (("--objective", "att-mse", "--steps", "3", "--tokens", "9"), "not both"),
@@ -113,7 +152,7 @@ def test_a_folder_that_is_not_this_student_is_refused(tiny_teacher, text, tmp_pa
 
 
 # --------------------------------------------------------------------------------------------- resume, save, fine-tune
-def test_resume_after_sigkill_gives_the_uninterrupted_student(tiny_teacher, text, tmp_path):
+def test_resume_after_sigkill_gives_the_uninterrupted_student(tiny_teacher, text, tmp_path, capsys):
     """A real SIGKILL after step 7 (checkpoints every 3 steps: the last at step 6), then the same command again: the
     student equals an uninterrupted run's, tensor for tensor."""
     args = ("--objective", "att-kl+hid-seq", "--init", "random", "--steps", "10", "--checkpoint-every", "3")
@@ -135,7 +174,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_student(tiny_teacher, text
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not killed.exists() and (tmp_path / "killed.checkpoint" / general.STATE).is_file()
     assert torch.load(tmp_path / "killed.checkpoint" / general.STATE, weights_only=True)["step"] == 6
+    capsys.readouterr()
     assert main(_args(tiny_teacher, text, killed, *args)) == 0
+    assert "at step 6/10" in capsys.readouterr().err  # it resumed: it did not start again
     a, b = load_file(whole / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "killed.checkpoint").exists()  # removed once the student is saved
@@ -156,3 +197,43 @@ def test_the_saved_student_loads_with_transformers_and_fine_tunes(tiny_teacher, 
     assert main(_args(tiny_teacher, text, out, "--objective", "hid-cls", "--init", "first-k", "--steps", "4")) == 0
     assert "nothing to do" in capsys.readouterr().err  # the same command again: already done
     assert main(["run", *tiny_run_args, "--objective", "none", "--init", f"pretrained:{out}"]) == 0
+
+
+def test_kd_distils_the_mlm_head_of_a_teacher_that_has_one(tmp_path, text):
+    from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+    from distilbench.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    teacher = tmp_path / "mlm-teacher"
+    BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    out = tmp_path / "kd"
+    assert main(_args(teacher, text, out, "--objective", "kd", "--init", "first-k", "--steps", "6")) == 0
+    meta = json.loads((out / general.META).read_text())
+    assert meta["identity"]["mlm"]["mask_share"] == 0.15 and "alpha_kd" not in meta["identity"]
+    assert meta["held_out_loss"]["before"] > 0 and meta["held_out_loss"]["after"] != meta["held_out_loss"]["before"]
+    student, source = AutoModelForMaskedLM.from_pretrained(out), AutoModelForMaskedLM.from_pretrained(teacher)
+    assert student.config.num_hidden_layers == 2
+    name = "bert.encoder.layer.0.attention.self.query.weight"  # copied from the teacher's layer 1, then trained
+    assert not torch.equal(student.state_dict()[name], source.state_dict()[name])
+    assert "MLM head" in (out / general.CARD).read_text()
+
+
+def test_the_student_keeps_its_pooling_and_a_local_corpus_is_named_by_its_content(tiny_teacher, text, tmp_path):
+    from distilbench.config import build_config
+    from distilbench.models.loading import declared_pooling
+
+    out = tmp_path / "mean"
+    assert main(_args(tiny_teacher, text, out, "--objective", "hid-cls", "--pooling", "mean", "--steps", "2")) == 0
+    assert json.loads((out / "config.json").read_text())["distilbench_pooling"] == "mean"
+    assert declared_pooling(str(out)) == "mean"  # what `run --init pretrained:OUT` reads
+    moved = tmp_path / "elsewhere" / "text.txt"
+    moved.parent.mkdir()
+    moved.write_text(text.read_text())
+    cfg = build_config({"objective": "hid-seq", "teacher": str(tiny_teacher), "max_length": 24, "layer_map": "last"})
+    keys = [general.plan_general(cfg, str(p), general.Budget(steps=2), 0, str(tmp_path / f"o{k}"), 5).key
+            for k, p in enumerate((text, moved))]
+    assert keys[0] == keys[1]  # the same text elsewhere is the same pretraining

@@ -267,10 +267,12 @@ def test_a_grid_runs_every_combination_once_and_fixes_the_rest(tiny_run_args, tm
     (["--grid", "lr=0,1e-4"], "--lr must be > 0"),
     (["--grid", "lr"], "write NAME=V1,V2"),
     (["--grid", "nonsense=1"], "no such option"),
-    (["--grid", "task=rte"], "not a hyper-parameter of kd"),
+    (["--grid", "max_length=64,128"], "not a hyper-parameter of kd"),
     (["--grid", "lr=1e-4,1e-4"], "listed twice"),
     (["--grid", "batch_size=8,16"], "both given"),  # tiny_run_args fixes --batch-size 8
     (["--grid", "temperature=-1"], "--temperature must be > 0"),
+    (["--grid", "lr=nan"], "finite numbers"),
+    (["--grid", "lr=1e-4,2e-4", "--trials", "3"], "a grid runs each once"),
 ])
 def test_a_bad_grid_is_one_line(tiny_run_args, tmp_path, capsys, grid, message):
     argv = ["search", *tiny_run_args, "--objective", "kd", "--study", "bad", "--out", str(tmp_path / "r"), *grid]
@@ -278,3 +280,12 @@ def test_a_bad_grid_is_one_line(tiny_run_args, tmp_path, capsys, grid, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_grid_never_continues_a_tpe_study(tiny_run_args, tmp_path, capsys):
+    base = ["search", *tiny_run_args, "--objective", "none", "--study", "mixed", "--out", str(tmp_path / "r")]
+    assert main([*base, "--trials", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--grid", "lr=1e-4,2e-4"]) == 2
+    assert "was searched by TPE, this search is the grid" in capsys.readouterr().err
+    assert len(_study(_storage(tiny_run_args), "mixed").trials) == 1

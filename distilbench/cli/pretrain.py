@@ -18,10 +18,12 @@ PRETRAIN_EXAMPLES = """examples:
 """
 
 # the run options a pretraining reads (the objectives' own options are added to these)
-PRETRAIN_FLAGS = ("objective", "teacher", "init", "student_layers", "layer_map", "lr", "batch_size", "eval_batch_size",
+PRETRAIN_FLAGS = ("objective", "teacher", "pooling", "init", "student_layers", "layer_map", "lr", "batch_size", "eval_batch_size",
                   "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "data_dir", "cpu", "mixed_precision")
 
 
+# options of the label-free objectives that no label-free loss reads: the CE weight, the joint weight, the schedule
+UNREAD = ("alpha_kd", "beta", "schedule")
 # the defaults that differ from a task run's: paper 002 §4 distils the last layer pair, at a pretraining's rate and batch
 PRETRAIN_DEFAULTS = {"layer_map": "last", "lr": 1e-4, "batch_size": 32}
 
@@ -29,10 +31,10 @@ PRETRAIN_DEFAULTS = {"layer_map": "last", "lr": 1e-4, "batch_size": 32}
 def _wanted(names) -> tuple[str, ...]:
     """The pretraining's flags: :data:`PRETRAIN_FLAGS` and the options of the objectives that distil without labels."""
     from ..objectives import OBJECTIVES
-    from ..objectives.layerwise import PREDICTION_PART, label_free
+    from ..objectives.layerwise import label_free
 
     own = {o.name for n in OBJECTIVES if label_free(OBJECTIVES.get(n)) for o in OBJECTIVES.get(n).declared_options()}
-    return tuple(n for n in names if n in PRETRAIN_FLAGS or (n in own and n not in PREDICTION_PART))
+    return tuple(n for n in names if n in PRETRAIN_FLAGS or (n in own and n not in UNREAD))
 
 
 def add_parser(sub, flags: bool = True) -> None:

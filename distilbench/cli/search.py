@@ -27,7 +27,8 @@ def add_parser(sub, flags: bool = True) -> None:
     search.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite search.sqlite beside --results); "
                         "a PostgreSQL URL lets workers on several machines share one study")
     search.add_argument("--study", default=None, help="study name (default: OBJECTIVE-TASK-TEACHER-INIT); an existing study continues")
-    search.add_argument("--pruner", default="median", help="median | wilcoxon | none (each seed's score is reported as one step)")
+    search.add_argument("--pruner", default=None, help="median | wilcoxon | none (each seed's score is reported as one step; "
+                        "default median, none with --grid: a pruned grid point would have no score)")
     search.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     search.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats; a silent trial fails after twice that and is retried")
     search.add_argument("--out", default=None, help="report folder (default reports/search-STUDY)")
@@ -37,16 +38,24 @@ def add_parser(sub, flags: bool = True) -> None:
 
 
 def main(args: dict[str, Any], argv: Sequence[str]) -> int:
-    from ..search import run_search
+    from ..objectives import get_objective
+    from ..search import check_grid, run_search
 
     yaml_path = args.pop("config", None)
     opts = {k: args.pop(k) for k in OPTIONS}
     launch = pop_launcher_flags(args)
     # a task's own defaults apply to its trials too (wikitext2: the scratch teacher); what the user set is not searched
     cfg, fixed = config_from(args, yaml_path)
-    opts["grid"] = parse_grid(opts["grid"] or [])
-    if opts["trials"] is None:
-        opts["trials"] = math.prod(len(v) for v in opts["grid"].values()) if opts["grid"] else 20
+    grid = opts["grid"] = parse_grid(opts["grid"] or [])
+    if grid:  # checked here, before a Slurm array is submitted too
+        check_grid(grid, get_objective(cfg.objective), fixed, cfg)
+        size = math.prod(len(v) for v in grid.values())
+        if opts["trials"] not in (None, size):
+            raise UsageError(f"--trials {opts['trials']} with a grid of {size} combinations: a grid runs each once "
+                             f"(leave --trials out)")
+        opts["trials"] = size
+    opts["trials"] = 20 if opts["trials"] is None else opts["trials"]
+    opts["pruner"] = opts["pruner"] or ("none" if grid else "median")
     if cfg.save_students:  # trials are scored on the selection split and never kept
         raise UsageError("--save-students is for `distilbench run` and `suite`; a search keeps no student: run the best "
                          "trial with `distilbench run --params best:STUDY --save-students DIR`")
@@ -74,8 +83,10 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise UsageError(f"--grid {name}: no such option (see `distilbench search --help`)") from None
         try:
             typed = [option.base(v.strip()) for v in values.split(",") if v.strip()]
-        except ValueError:
+        except (ValueError, TypeError):
             raise UsageError(f"--grid {item!r}: {name} takes {option.base.__name__} values") from None
+        if option.base not in (int, float) or any(not math.isfinite(v) for v in typed):
+            raise UsageError(f"--grid {name}: a grid takes finite numbers (got {values!r})")
         for value in typed:
             option.check(value)
         if len(set(typed)) != len(typed):
@@ -93,7 +104,7 @@ def _submit(cfg, opts: dict, argv: Sequence[str], jobs: int, flags: dict) -> int
     check_shared_store(cfg.results, "--results")
     url = storage_url(opts["storage"], cfg.results)
     check_shared_store(url, "--storage")
-    name = opts["study"] or default_study_name(cfg)
+    name = opts["study"] or default_study_name(cfg, opts["grid"])
     done = submit(argv, jobs, slurm_options(None, flags), name, Path("slurm-logs") / f"search-{name}")
     local = shlex.join(["distilbench", *local_argv(argv)])
     print(announce(done, display(url), f"{local}   (once the trials are done: writes the study's report)"))

@@ -42,10 +42,12 @@ class Source:
     split: str = "train"
     dir: str = ""
     file: str | None = None
+    label: str | None = None  # its name when not the file's path (a local corpus: the path inside --corpus)
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.split}" if self.task else str(self.file)
+        """What the held-out hash and the size table name it by: ``task/split``, or the file as the corpus names it."""
+        return self.label or (f"{self.task}/{self.split}" if self.task else str(self.file))
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,10 @@ def corpus_from_yaml(spec: dict[str, Any], source: str) -> Corpus:
 
 
 def corpus_from_path(path: str | Path, held_out_share: float = 0.01) -> Corpus:
-    """Any local text as a corpus: a file, or a folder's ``*.txt`` files in name order, one line of text per line; a
-    file that a registered task is scored on is refused when it is read, as for a registered corpus."""
+    """Any local text as a corpus: a file, or the ``*.txt`` files under a folder (recursively, in path order), one line
+    of text per line; a file that a registered task is scored on is refused when it is read, as for a registered
+    corpus. Each file is named by its path inside the folder (a file by its own name), so the held-out lines and the
+    corpus's identity do not depend on where the text lies."""
     where = Path(path).expanduser().resolve()
     if where.is_file():
         found = [where]
@@ -99,7 +103,8 @@ def corpus_from_path(path: str | Path, held_out_share: float = 0.01) -> Corpus:
     else:
         raise UsageError(f"--corpus {path}: no such file or folder, and no registered corpus of that name "
                          f"(registered: {', '.join(CORPORA)})")
-    return Corpus(name=where.name, version="local", sources=tuple(Source(file=str(f)) for f in found),
+    labels = [f.name if f == where else f.relative_to(where).as_posix() for f in found]
+    return Corpus(name=where.name, version="local", sources=tuple(Source(file=str(f), label=n) for f, n in zip(found, labels)),
                   held_out=held_out_share, provenance=f"local text: {where} ({len(found)} file(s))")
 
 

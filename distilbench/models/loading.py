@@ -351,23 +351,6 @@ def load_task_model(name: str, task, attn_implementation: str | None = None):
     return load_classifier(name, task.num_labels, task.regression, attn_implementation=attn_implementation)
 
 
-def load_encoder(name: str, attn_implementation: str | None = None):
-    """``AutoModel`` for an alias, local path or hub id: the encoder without any head (a task-agnostic teacher, or the
-    student it distils), every encoder weight from the checkpoint; a checkpoint with a head loads without it."""
-    from transformers import AutoModel
-    with quiet_transformers():
-        model, info = AutoModel.from_pretrained(path := resolve_model(name), attn_implementation=attn_implementation,
-                                                output_loading_info=True)
-    if lost := [k for k in info["missing_keys"] if "pooler" not in k]:  # a pooler is legitimately absent (see above)
-        raise UsageError(f"{name}: encoder weights missing from checkpoint {path}: {', '.join(lost[:5])}")
-    return restore_pooling(model)
-
-
-def has_mlm_head(name: str) -> bool:
-    """Whether the checkpoint declares a masked-LM head (``...ForMaskedLM`` or ``...ForPreTraining``)."""
-    return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in model_config(name).architectures or [])
-
-
 def load_causal_lm(name: str, attn_implementation: str | None = None):
     """``AutoModelForCausalLM`` for an alias, local path or hub id (GPT-2, Llama, ...), every weight from the checkpoint."""
     from transformers import AutoModelForCausalLM

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ..data.tasks import Task
 
 
+MLM_MASK = "mlm_mask"  # batch key of task-agnostic KD: the masked positions [B, L] whose MLM predictions are compared
+
 # the prediction-layer term's options (``soft_loss``): every objective with a KD term declares them
 TEMPERATURE = Option("temperature", float, 2.0, "softmax temperature of the prediction-layer (KD) term.", low=0.0,
                      low_open=True, search=("float", 1.0, 8.0, "log"))
@@ -222,6 +224,12 @@ class Objective(nn.Module):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, torch.Tensor], stage: Stage) -> LossOutput:
         raise NotImplementedError
+
+    def label_free(self, student: Outputs, teacher: Outputs, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """The loss without labels, for task-agnostic distillation (`distilbench pretrain`): an objective that has one
+        overrides this (the layer objectives' intermediate term; KD's on the MLM head, at the masked positions
+        ``batch[MLM_MASK]``). Default: none (:func:`distilbench.objectives.layerwise.without_labels` says why)."""
+        raise NotImplementedError(f"objective {self.name} has no loss without labels")
 
     @classmethod
     def check_options(cls, config: "RunConfig", task: "Task") -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
-from .base import PREDICTION_OPTIONS, LossOutput, Objective, Outputs, Stage, register_objective
+from .base import MLM_MASK, PREDICTION_OPTIONS, LossOutput, Objective, Outputs, Stage, register_objective
 from .distributions import token_mask
 
 
@@ -32,6 +32,12 @@ class KD(Objective):
         ce = self.task_loss(student.logits, batch["labels"], mask)
         soft, scale = self.soft_loss(student.logits, teacher.logits, mask)
         return LossOutput(ce + self.ctx.config.alpha_kd * scale * soft, {"ce": ce.detach(), "kd": soft.detach()})
+
+    def label_free(self, student: Outputs, teacher: Outputs, batch) -> LossOutput:
+        """Task-agnostic KD on the MLM head (DistilBERT's L_ce; paper 002 §4's vanilla KD): ``T^2 * 1/N sum KL(p_T ||
+        p_S)`` over the N masked positions ``batch[MLM_MASK]``, each position's token distribution one row."""
+        soft, scale = self.soft_loss(student.logits, teacher.logits, batch[MLM_MASK])
+        return LossOutput(scale * soft, {"kd": soft.detach()})
 
 
 class DivergenceKD(Objective):
@@ -60,3 +66,9 @@ class DivergenceKD(Objective):
         ce = self.task_loss(student.logits, batch["labels"])
         soft = self.divergence(student.logits, teacher.logits, token_mask(student.logits, batch), t)
         return LossOutput(ce + self.ctx.config.alpha_kd * t * t * soft, {"ce": ce.detach(), self.name: soft.detach()})
+
+    def label_free(self, student: Outputs, teacher: Outputs, batch) -> LossOutput:
+        """Task-agnostic, on the MLM head: ``T^2 * D(p_T, p_S)`` over the masked positions ``batch[MLM_MASK]``."""
+        t = self.ctx.config.temperature
+        soft = self.divergence(student.logits, teacher.logits, batch[MLM_MASK], t)
+        return LossOutput(t * t * soft, {self.name: soft.detach()})

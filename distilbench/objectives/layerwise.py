@@ -116,25 +116,32 @@ class LayerObjective(Objective):
 PREDICTION_PART = ("temperature", "alpha_kd", "beta", "schedule")
 
 
-PREDICTION_LAYER = "distils the prediction layer, which needs the teacher's MLM head (not implemented yet)"
+PREDICTION_LAYER = "distils the prediction layer, which needs a teacher with an MLM head"
 
 
-def without_labels(cls: type[Objective]) -> str | None:
+def without_labels(cls: type[Objective], mlm_head: bool | None = None) -> str | None:
     """Why ``cls`` cannot distil without labels (task-agnostic distillation, `distilbench pretrain`), or None when it
-    can: a single-teacher layer objective (or combination) with the plain stages, whose intermediate term is then
-    the whole loss."""
+    can: a single-teacher objective with one stage and a :meth:`~.base.Objective.label_free` loss (the layer
+    objectives and their combinations; KD and its divergences on the MLM head, given a teacher that has one:
+    ``mlm_head`` False refuses them, None does not know the teacher)."""
+    for part in getattr(cls, "part_classes", ()):  # a combination distils without labels when every part does
+        if (why := without_labels(part, mlm_head)) is not None:
+            return f"has a part, {part.name}, that {why}"
     if not cls.uses_teacher:
         return "reads no teacher"
     if cls.multi_teacher:
         return "learns from a team of fine-tuned teachers"
-    if not (isinstance(cls, type) and issubclass(cls, LayerObjective)):
-        return PREDICTION_LAYER
-    if cls.stages is not LayerObjective.stages:
+    if cls.label_free is Objective.label_free:
+        return "has no loss without labels"
+    if cls.stages not in (Objective.stages, LayerObjective.stages):
         return "has stages of its own that need labels"
+    if not issubclass(cls, LayerObjective) and mlm_head is False:
+        return PREDICTION_LAYER
     return None
 
 
 def label_free(cls: type[Objective]) -> bool:
+    """Whether ``cls`` distils without labels with some teacher (:func:`without_labels`)."""
     return without_labels(cls) is None
 
 
@@ -168,6 +175,7 @@ def combine(spec: str, get) -> type[Objective]:
         options = tuple(o for _, c in parts for o in c.declared_options())  # a later part's range wins, as before
         reads = tuple(r for _, c in parts for r in c.declared_reads())
         reads_sentence = any(c.reads_sentence for _, c in parts)
+        part_classes = tuple(c for _, c in parts)
 
         def __init__(self, ctx: Context):
             super().__init__(ctx)

@@ -3,11 +3,14 @@ a student on unlabelled text (paper 002 §4; DistilBERT's, TinyBERT's general st
 transformers folder that `distilbench run --init pretrained:FOLDER` then fine-tunes on each task.
 
 - **Objectives**: the intermediate-layer ones and their ``+`` combinations (att-mse, att-kl, hid-seq, hid-cls,
-  hid-cls-contrast, val-kl), label-free: the loss is their (weighted) intermediate term alone
+  hid-cls-contrast, val-kl, lwd), label-free: the loss is their (weighted) intermediate term alone
   (:meth:`~distilbench.objectives.layerwise.LayerObjective.label_free`), by default at the last layer pair
-  (``--layer-map last``, as paper 002 §4 distils). Vanilla KD needs the teacher's MLM head (the embedded sentence
-  encoders ship without one): refused with that reason. Objectives with stages of their own (TED, LWD's schedule) or
-  a team are refused: they need labels.
+  (``--layer-map last``, as paper 002 §4 distils). Vanilla KD (and kd-reverse, gkd-jsd) distils the MLM prediction
+  layer, so it needs a teacher with an MLM head (the embedded sentence encoders have none: refused, saying so):
+  teacher and student are then ``AutoModelForMaskedLM``, each step masks 15% of the real non-special tokens
+  (:func:`mask_tokens`: 80% become the mask token, 10% a random token, 10% stay) and the loss is ``T^2 * KL`` of the
+  two MLM distributions at the masked positions (DistilBERT's soft-target term). Objectives with stages of their own
+  (TED) or a team are refused: they need labels.
 - **Student**: ``--init random`` (the teacher's config with ``--student-layers`` layers) or copied teacher layers
   (``first-k``, ``every-k``, ``layers:...``; paper 002 Table 4), built as for a task run.
 - **Data**: a corpus (:mod:`distilbench.data.corpus`) packed into ``[CLS] ... [SEP]`` blocks of ``--max-length``; its
@@ -25,150 +28,32 @@ transformers folder that `distilbench run --init pretrained:FOLDER` then fine-tu
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ...config import RunConfig
-from ...data.corpus import EncoderBlocks, GeneralTask, pack_encoder_blocks, resolve_corpus, split_lines
-from ...data.tasks import resolve_data_dir
-from ...errors import UsageError
-from ...hashing import stable_hash
-from ...models.inits import build_student, parse_init
-from ...models.loading import (has_mlm_head, load_encoder, load_tokenizer, model_config, model_fingerprint,
-                               quiet_transformers)
-from ...models.pooling import model_pooling
-from ...objectives import OBJECTIVES, Context, get_objective
-from ...objectives.layerwise import PREDICTION_LAYER, PREDICTION_PART, LayerObjective, label_free, without_labels
+from ...data.corpus import EncoderBlocks, GeneralTask
+from ...errors import TrainingDiverged
+from ...models.encoders import load_encoder
+from ...models.inits import build_student
+from ...models.loading import load_tokenizer, quiet_transformers
+from ...models.pooling import CONFIG_KEY as POOLING_KEY
+from ...objectives import Context, Objective
+from ...objectives.base import MLM_MASK
 from ..loop.outputs import model_outputs
 from ..loop.parallel import fused_adamw, make_accelerator
-from ..loop.precision import resolve as resolve_precision
-from ..runs.pairs import distillation_pairs
 from ..runs.provenance import git_revision, package_versions
-
-META, CARD, STATE = "distilbench.json", "README.md", "state.pt"
-# what a layer objective reads that the label-free loss does not, and the layer map's spec (the identity holds the
-# resolved pairs instead)
-PREDICTION_ONLY = (*PREDICTION_PART, "layer_map")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long to distil: ``steps`` or ``tokens`` (at most one; neither: one pass over the training blocks)."""
-
-    steps: int | None = None
-    tokens: int | None = None
-
-    def total_steps(self, blocks: int, batch_size: int, max_length: int) -> int:
-        if self.steps is not None:
-            return self.steps
-        if self.tokens is not None:
-            return math.ceil(self.tokens / (batch_size * max_length))
-        return math.ceil(blocks / batch_size)
-
-
-@dataclass
-class GeneralPlan:
-    """Everything a pretraining needs, checked before anything is trained or written."""
-
-    cfg: RunConfig
-    objective: type[LayerObjective]
-    init: object  # models.inits.InitPlan
-    pairs: list[tuple[int, int]]
-    train: EncoderBlocks
-    held: EncoderBlocks
-    corpus: dict
-    total_steps: int
-    seed: int
-    out: Path
-    checkpoint_every: int
-    precision: str
-    identity: dict = field(default_factory=dict)
-    key: str = ""
-
-    @property
-    def state_dir(self) -> Path:
-        return self.out.with_name(self.out.name + ".checkpoint")
-
-
-def refuse_objective(name: str, teacher: str) -> type[LayerObjective]:
-    """The objective, or one line saying why it cannot distil without labels (exit 2)."""
-    cls = get_objective(name)
-    why = without_labels(cls)
-    if why is not None:
-        if why == PREDICTION_LAYER and not has_mlm_head(teacher):
-            why += f"; teacher {teacher} has none (the embedded sentence encoders ship without one)"
-        raise UsageError(f"objective {cls.name} cannot distil without labels: it {why}; task-agnostic distillation takes "
-                         f"the intermediate-layer objectives ({', '.join(n for n in OBJECTIVES if label_free(OBJECTIVES.get(n)))}"
-                         " and their + combinations)")
-    return cls
-
-
-def plan_general(cfg: RunConfig, corpus: str, budget: Budget, seed: int, out: str, checkpoint_every: int) -> GeneralPlan:
-    """Check every input (one line and exit 2 for the first bad one), read and pack the corpus, and the identity."""
-    objective = refuse_objective(cfg.objective, cfg.teacher)
-    if cfg.schedule != "joint":
-        raise UsageError("--schedule sequential distils the prediction layer second; task-agnostic distillation has none")
-    if cfg.init.startswith("pretrained:"):
-        raise UsageError("--init pretrained:... is a task run's student; pretraining starts from random or teacher layers")
-    teacher_config = model_config(cfg.teacher)
-    init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
-    pairs = distillation_pairs(cfg.layer_map, init, init.num_layers, teacher_config.num_hidden_layers)
-    found = resolve_corpus(corpus)
-    data_dir = resolve_data_dir(cfg.data_dir) or Path(".")
-    tokenizer = load_tokenizer(cfg.teacher)
-    train_lines, held_lines = split_lines(found, data_dir)
-    train = pack_encoder_blocks(tokenizer, train_lines, cfg.max_length)
-    held = pack_encoder_blocks(tokenizer, held_lines, cfg.max_length) if held_lines else None
-    if held is None:
-        raise UsageError(f"corpus {found.name} holds out no line (held_out {found.held_out} of {len(train_lines)} lines): "
-                         "give a larger corpus")
-    plan = GeneralPlan(cfg, objective, init, pairs, train, held, {}, budget.total_steps(len(train), cfg.batch_size,
-                       cfg.max_length), seed, Path(out).expanduser().resolve(), checkpoint_every,
-                       resolve_precision(cfg.mixed_precision, cfg.cpu)[0])
-    plan.corpus = {"name": found.name, "version": found.version, "provenance": found.provenance,
-                   "train_blocks": len(train), "train_tokens": train.tokens, "held_blocks": len(held),
-                   "held_tokens": held.tokens, "data": hashlib.sha256(train.input_ids.numpy().tobytes()).hexdigest()[:16]}
-    plan.identity = {"family": GeneralTask.family, "objective": objective.name, "objective_version": objective.version,
-                     **{k: v for k, v in objective.param_values(cfg).items() if k not in PREDICTION_ONLY},
-                     "teacher": cfg.teacher, "teacher_fingerprint": model_fingerprint(cfg.teacher), "init": init.spec,
-                     "layer_map": pairs, "corpus": {k: plan.corpus[k] for k in ("name", "version", "data")},
-                     "max_length": cfg.max_length, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                     "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay,
-                     "max_grad_norm": cfg.max_grad_norm, "steps": plan.total_steps, "seed": seed,
-                     "precision": plan.precision}
-    plan.key = stable_hash(plan.identity)
-    _check_out(plan)
-    return plan
-
-
-def _check_out(plan: GeneralPlan) -> None:
-    """``OUT`` must be new, or this pretraining's finished student; a checkpoint must be this pretraining's."""
-    if plan.out.exists() and _finished_key(plan.out) not in (plan.key,):
-        raise UsageError(f"--out {plan.out} exists and is not this pretraining's student: choose a new folder")
-    state = plan.state_dir / STATE
-    if state.is_file():
-        saved = torch.load(state, map_location="cpu", weights_only=True)["key"]
-        if saved != plan.key:
-            raise UsageError(f"{plan.state_dir} holds the checkpoint of another pretraining (key {saved}, this one "
-                             f"{plan.key}): remove it or choose another --out")
-
-
-def _finished_key(out: Path) -> str | None:
-    try:
-        return json.loads((out / META).read_text(encoding="utf-8")).get("key")
-    except (OSError, ValueError):
-        return None
+from .general_plan import (CARD, MASK_SHARE, META, STATE, STATE_KEY, Budget, GeneralPlan, checkpoint_key, finished_key,
+                           plan_general)
 
 
 @dataclass
@@ -177,7 +62,7 @@ class _State:
 
     teacher: torch.nn.Module
     student: torch.nn.Module
-    objective: LayerObjective
+    objective: Objective
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
     step: int = 0
@@ -190,14 +75,13 @@ class _State:
 def _build(plan: GeneralPlan, device) -> _State:
     """Teacher (frozen, eval), the seed's student, the objective (label-free) and AdamW with linear warm-up and decay."""
     cfg = plan.cfg
-    teacher = load_encoder(cfg.teacher).to(device).eval().requires_grad_(False)
-    student, _ = build_student(plan.init, teacher, plan.seed, load_encoder)
+    teacher = load_encoder(cfg.teacher, plan.mlm).to(device).eval().requires_grad_(False)
+    student, _ = build_student(plan.init, teacher, plan.seed, lambda name: load_encoder(name, plan.mlm))
     student = student.to(device).train()
     objective = plan.objective(Context(GeneralTask(plan.corpus["name"]), cfg, plan.pairs, student.config.hidden_size,
                                        teacher.config.hidden_size, student_heads=student.config.num_attention_heads,
                                        teacher_heads=teacher.config.num_attention_heads, teacher_model=teacher,
-                                       seed=plan.seed, pooling=model_pooling(student),
-                                       teacher_pooling=model_pooling(teacher))).to(device)
+                                       seed=plan.seed, pooling=plan.pooling, teacher_pooling=plan.pooling)).to(device)
     params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
@@ -225,35 +109,62 @@ def _loss(state: _State, batch: dict, autocast) -> torch.Tensor:
         return state.objective.label_free(s_out, t_out, batch).loss
 
 
-def _batch(blocks: EncoderBlocks, positions, device) -> dict:
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids, mask_id: int, vocab: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: each real token that is not special is chosen with probability :data:`MASK_SHARE` (at least
+    one per batch); a chosen token becomes ``mask_id`` with probability 0.8, a uniformly random id with 0.1, and stays
+    with 0.1. Returns (the masked ids, the chosen positions ``[B, L]``)."""
+    real = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(special_ids), dtype=input_ids.dtype))
+    chosen = (torch.rand(input_ids.shape, generator=generator) < MASK_SHARE) & real
+    if not chosen.any() and real.any():  # a batch with nothing to predict would have no loss
+        chosen.view(-1)[int(real.view(-1).nonzero()[0])] = True
+    action = torch.rand(input_ids.shape, generator=generator)
+    noise = torch.randint(vocab, input_ids.shape, generator=generator, dtype=input_ids.dtype)
+    ids = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    ids = torch.where(chosen & (action >= 0.8) & (action < 0.9), noise, ids)
+    return ids, chosen
+
+
+def _batch(plan: GeneralPlan, blocks: EncoderBlocks, positions, device, draw: int) -> dict:
+    """The blocks at ``positions``; with KD on the MLM head, masked by a generator seeded from the seed and ``draw``
+    (the step, or the held-out batch), so a resumed run masks as the uninterrupted one did."""
     index = torch.as_tensor(positions)
-    return {"input_ids": blocks.input_ids[index].to(device), "attention_mask": blocks.attention_mask[index].to(device)}
+    ids, mask = blocks.input_ids[index], blocks.attention_mask[index]
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if plan.mlm:
+        generator = torch.Generator().manual_seed((plan.seed * 1_000_003 + draw) % 2**63)
+        batch["input_ids"], batch[MLM_MASK] = mask_tokens(ids, mask, plan.special_ids, plan.mask_id, plan.vocab, generator)
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def held_out_loss(state: _State, blocks: EncoderBlocks, batch_size: int, device, autocast) -> float:
+def held_out_loss(plan: GeneralPlan, state: _State, blocks: EncoderBlocks, batch_size: int, device, autocast) -> float:
     """The mean distillation loss over the held-out blocks (each batch's loss weighted by its blocks)."""
-    was = state.student.training
+    was, own = state.student.training, state.objective.training
     state.student.eval()
     state.objective.eval()
     total = 0.0
     for start in range(0, len(blocks), batch_size):
         positions = range(start, min(start + batch_size, len(blocks)))
-        total += float(_loss(state, _batch(blocks, positions, device), autocast)) * len(positions)
+        draw = -1 - start  # the held-out batches' masks: their own draws, the same before and after training
+        total += float(_loss(state, _batch(plan, blocks, positions, device, draw), autocast)) * len(positions)
     state.student.train(was)
-    state.objective.train(was)
+    state.objective.train(own)
     return total / len(blocks)
 
 
 def _save_state(plan: GeneralPlan, state: _State) -> None:
-    """The checkpoint, written beside its place and renamed (atomic)."""
+    """The checkpoint, written beside its place and renamed (atomic), and its key beside it (read before any load)."""
     plan.state_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint_key(plan) is None:
+        (plan.state_dir / STATE_KEY).write_text(json.dumps({"key": plan.key}), encoding="utf-8")
     fd, tmp = tempfile.mkstemp(dir=plan.state_dir, prefix=".tmp-", suffix=".pt")
     os.close(fd)
     torch.save({"key": plan.key, "identity": plan.identity, "step": state.step, "tokens": state.tokens,
                 "seconds": state.seconds, "student": state.student.state_dict(),
                 "objective": state.objective.state_dict(), "optimizer": state.optimizer.state_dict(),
-                "schedule": state.schedule.state_dict(), "rng": torch.get_rng_state()}, tmp)
+                "schedule": state.schedule.state_dict(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp)
     os.replace(tmp, plan.state_dir / STATE)
 
 
@@ -267,6 +178,8 @@ def _resume(plan: GeneralPlan, state: _State, device) -> bool:
     state.optimizer.load_state_dict(saved["optimizer"])
     state.schedule.load_state_dict(saved["schedule"])
     torch.set_rng_state(saved["rng"].cpu())
+    if saved["cuda_rng"]:  # dropout on a GPU draws from its own generator
+        torch.cuda.set_rng_state_all([r.cpu() for r in saved["cuda_rng"]])
     state.step, state.tokens, state.seconds = saved["step"], saved["tokens"], saved["seconds"]
     return True
 
@@ -279,7 +192,10 @@ def after_step(plan: GeneralPlan, state: _State) -> None:
 
 def pretrain(plan: GeneralPlan, log: Callable[[str], None], command: str) -> Path:
     """Distil the plan's student (resuming from its checkpoint), score it on the held-out blocks, save it: ``OUT``."""
-    if _finished_key(plan.out) == plan.key:
+    for stale in plan.out.parent.glob(f".{plan.out.name}.saving-*"):  # a kill while saving left it: never a finished student
+        shutil.rmtree(stale, ignore_errors=True)
+    if finished_key(plan.out) == plan.key:
+        shutil.rmtree(plan.state_dir, ignore_errors=True)  # a kill between the save and this removal left it
         log(f"{plan.out} already holds this pretraining's student (key {plan.key}): nothing to do")
         return plan.out
     cfg = plan.cfg
@@ -287,17 +203,19 @@ def pretrain(plan: GeneralPlan, log: Callable[[str], None], command: str) -> Pat
     accelerator = make_accelerator(cfg, plan.precision)
     device = accelerator.device
     state = _build(plan, device)
-    initial = held_out_loss(state, plan.held, cfg.eval_batch_size, device, accelerator.autocast)
+    initial = held_out_loss(plan, state, plan.held, cfg.eval_batch_size, device, accelerator.autocast)
     torch.manual_seed(plan.seed)  # the same dropout masks whether or not the initial score was measured
     if _resume(plan, state, device):
         log(f"resumed from {plan.state_dir / STATE} at step {state.step}/{plan.total_steps}")
     params = [p for group in state.optimizer.param_groups for p in group["params"]]
     started, mark = time.perf_counter() - state.seconds, state.step * 10 // plan.total_steps
     while state.step < plan.total_steps:
-        batch = _batch(plan.train, batch_positions(len(plan.train), cfg.batch_size, plan.seed, state.step), device)
+        batch = _batch(plan, plan.train, batch_positions(len(plan.train), cfg.batch_size, plan.seed, state.step), device,
+                       state.step)
         loss = _loss(state, batch, accelerator.autocast)
         if not torch.isfinite(loss):
-            raise UsageError(f"the distillation loss became {loss.item()} at step {state.step + 1}: lower --lr")
+            raise TrainingDiverged(f"the distillation loss became {loss.item()} at step {state.step + 1}; lower --lr "
+                                   f"(and remove {plan.state_dir}, this run's checkpoint)")
         loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -314,12 +232,13 @@ def pretrain(plan: GeneralPlan, log: Callable[[str], None], command: str) -> Pat
                 f"{state.tokens / max(state.seconds, 1e-9):.0f} tokens/s")
             state.loss_sum, state.loss_steps = 0.0, 0
         after_step(plan, state)
-    final = held_out_loss(state, plan.held, cfg.eval_batch_size, device, accelerator.autocast)
+    final = held_out_loss(plan, state, plan.held, cfg.eval_batch_size, device, accelerator.autocast)
     log(f"held-out distillation loss: {initial:.4f} before, {final:.4f} after ({state.tokens:,} tokens, "
         f"{state.seconds:.0f} s)")
     meta = {"key": plan.key, "identity": plan.identity, "command": command, "corpus": plan.corpus,
             "held_out_loss": {"before": initial, "after": final}, "tokens_seen": state.tokens, "steps": state.step,
-            "train_seconds": round(state.seconds, 1), "git_rev": git_revision(), "versions": package_versions()}
+            "train_seconds": round(state.seconds, 1), "eval_batch_size": cfg.eval_batch_size,
+            "git_rev": git_revision(), "versions": package_versions()}
     _save_student(plan, state, meta)
     shutil.rmtree(plan.state_dir, ignore_errors=True)
     return plan.out
@@ -328,7 +247,8 @@ def pretrain(plan: GeneralPlan, log: Callable[[str], None], command: str) -> Pat
 def _save_student(plan: GeneralPlan, state: _State, meta: dict) -> None:
     """``OUT``: the student, the teacher's tokenizer, the card and the metadata, written beside and renamed in."""
     plan.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=plan.out.parent, prefix=f".{plan.out.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=plan.out.parent, prefix=f".{plan.out.name}.saving-"))
+    setattr(state.student.config, POOLING_KEY, plan.pooling)  # a task run on it reads what it was distilled with
     with quiet_transformers():  # no progress bar for one file
         state.student.save_pretrained(tmp)
     load_tokenizer(plan.cfg.teacher).save_pretrained(tmp)
@@ -351,12 +271,14 @@ def card(meta: dict, out: Path) -> str:
         f"{meta['steps']:,} steps, {meta['tokens_seen']:,} tokens, seed {i['seed']}, {i['precision']}.", "",
         f"Held-out distillation loss ({c['held_blocks']} blocks the student never trained on): {loss['before']:.4f} "
         f"before, {loss['after']:.4f} after (lower is better).", "",
-        "It has no task head. Fine-tune it on a task:", "",
+        ("It keeps the teacher's MLM head (`AutoModelForMaskedLM`); fine-tuning replaces it:" if "mlm" in i else
+         "It has no task head (`AutoModel`). Fine-tune it on a task:"), "",
         f"    distilbench run --init pretrained:{out} --teacher {i['teacher']} --task sst2 --objective kd --seeds 3", "",
-        f"or load it with `transformers.AutoModel.from_pretrained(\"{out}\")` and `AutoTokenizer` from the same folder.", "",
+        f"or load it with `transformers.{'AutoModelForMaskedLM' if 'mlm' in i else 'AutoModel'}.from_pretrained(\"{out}\")` "
+        "and `AutoTokenizer` from the same folder.", "",
         f"Corpus: {c['provenance']}", "",
         f"Reproduce: `{meta['command']}` (key {meta['key']}, git {meta['git_rev']}).", ""])
 
 
-__all__ = ["Budget", "GeneralPlan", "after_step", "batch_positions", "card", "held_out_loss", "plan_general", "pretrain",
-           "refuse_objective"]
+__all__ = ["CARD", "META", "STATE", "Budget", "GeneralPlan", "after_step", "batch_positions", "card", "held_out_loss",
+           "mask_tokens", "plan_general", "pretrain"]
