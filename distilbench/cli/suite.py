@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..cluster import announce, check_jobs, check_shared_store, default_memory, slurm_options, submit
+from ..errors import UsageError
 from ..results.backends import display
 from .flags import add_config_flags, add_launcher_flags, pop_launcher_flags
 from .report import print_report
@@ -30,6 +31,8 @@ def add_parser(sub, flags: bool = True) -> None:
     suite.add_argument("suite_file", metavar="SUITE.yaml", help="benchmark suite file, e.g. benchmarks/p002-table1.yaml")
     suite.add_argument("--scale", default="cpu", help="which `scales:` entry of the suite to run (default: cpu)")
     suite.add_argument("--out", default=None, help="report folder (default: reports/NAME, reports/NAME-SCALE for other scales)")
+    suite.add_argument("--pretrain-only", action="store_true",
+                       help="distil the suite's general students (its pretrain block) and stop before the cells")
     if flags:
         from ..suite import suite_flags
 
@@ -45,13 +48,13 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
     from ..suite import load_suite, run_suite
 
     args = dict(args)
-    path, scale, out = args.pop("suite_file"), args.pop("scale"), args.pop("out")
+    path, scale, out, only = args.pop("suite_file"), args.pop("scale"), args.pop("out"), args.pop("pretrain_only")
     launch = pop_launcher_flags(args)
     suite = load_suite(path, scale, overrides=args)
     jobs = check_jobs(launch["jobs"], launch["launcher"])
-    if launch["launcher"] == "slurm":
+    if launch["launcher"] == "slurm" and not only:
         return _submit(suite, argv, jobs, launch["slurm"], out)
-    result = run_suite(suite, shlex.join(["distilbench", *argv]), out, write_report=launch["report"])
+    result = run_suite(suite, shlex.join(["distilbench", *argv]), out, write_report=launch["report"], pretrain_only=only)
     if result.report is not None:
         print_report(result.report)
     if result.failed:
@@ -61,12 +64,17 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
 
 def _submit(suite, argv: Sequence[str], jobs: int, flags: dict, out: str | None) -> int:
     """Every cell validated and the store checked here, before anything is submitted; then the array, and return."""
-    from ..suite import default_out, validate
+    from ..suite import default_out, general_plans, validate
+    from ..suite.general import missing
 
     results = suite.configs()[0].results
     check_shared_store(results, "--results")
     options = slurm_options(suite.slurm, flags, f"suite {suite.path}: slurm")
+    absent = missing(general_plans(suite))
     validate(suite)  # every cell, as a local suite would, before the array exists
+    if absent:  # array tasks would each distil the same student into the same folder
+        raise UsageError(f"suite {suite.path}: general student(s) {', '.join(absent)} not distilled yet: run "
+                         f"`distilbench suite {suite.path} --scale {suite.scale} --pretrain-only` first (on one machine)")
     options, memory = default_memory(options, default_out(suite))  # sized from this scale's committed report
     done = submit(argv, jobs, options, suite.name, Path("slurm-logs") / suite.name)
     print(memory, file=sys.stderr)

@@ -14,6 +14,8 @@ A suite file is plain YAML data::
                                        # sets --teachers of the multi-teacher objectives (autoskd, skd, avgkd) only
     task_settings: {sst2: {max_train_examples: 2000}}
     slurm: {partition: gpu, time: 240, cpus: 8, gpus: 1}   # --launcher slurm: each array task's resources
+    pretrain: {corpus: general-local, tokens: 2000000, students: {g: {objective: att-mse, init: random}}}
+                                       # general students distilled before the cells, inits `general:NAME` (.general)
     claims:                            # what the report's cells test: verdicts computed by distilbench.results.claims
       - {id: ted-lwd, paper: 001 Table 2, claim: TED beats LWD, paper_numbers: "QNLI 93.1 vs 92.9", better: ted, worse: lwd}
     scales:                            # --scale NAME picks one; its keys override the ones above
@@ -21,7 +23,7 @@ A suite file is plain YAML data::
       paper: {teachers: [FacebookAI/roberta-base], epochs: 10, task_settings: {sst2: {max_train_examples: null}}}
 
 A scale holds RunConfig options plus, optionally, its own ``tasks``, ``objectives``, ``inits``, ``teachers``,
-``seeds``, ``task_settings``, ``claims`` and ``slurm`` (which replace the suite's: its cells may be labelled differently). Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
+``seeds``, ``task_settings``, ``claims``, ``slurm`` and ``pretrain`` (which replace the suite's: its cells may be labelled differently). Precedence for one cell: RunConfig defaults < ``settings`` < the scale's options <
 ``task_settings`` (suite, then scale) < command-line flags < the grid (task, objective and an objective entry's
 own options, init, teacher, seeds). Two entries of one objective are told apart in the report by the options that
 differ (``ted [ted_teacher_filters=random]``).
@@ -35,26 +37,27 @@ suite's rows goes to ``reports/NAME/`` (``reports/NAME-SCALE/`` for a scale othe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape  # a cell label such as "ted [beta=1.0]" is text, not console markup
 
-from .config import RunConfig, _coerce, all_options, option_names, read_yaml
-from .data.tasks import get_task, task_run_defaults
-from .errors import TrainingDiverged, UsageError
-from .objectives import OBJECTIVES, get_objective, load_all
-from .report.build import build_report
-from .results.backends import display
-from .results.claims import parse_claims
-from .training import families
-from .training.families import runner_class
-from .training.runs.plan import plan_run
-from .training.runs.workers import resolve, run_jobs
+from ..config import RunConfig, _coerce, all_options, option_names, read_yaml
+from ..data.tasks import get_task, task_run_defaults
+from ..errors import UsageError
+from ..objectives import OBJECTIVES, get_objective, load_all
+from ..report.build import build_report
+from ..results.backends import display
+from ..results.claims import parse_claims
+from ..training.families import runner_class
+from ..training.runs.plan import plan_run
+from ..training.runs.workers import resolve
+from . import general as suite_general
+from .cells import run_cells, run_pooled
 
 GRID = ("tasks", "objectives", "inits", "teachers", "seeds")
-TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales", "claims", "slurm")
+TOP_KEYS = ("name", "description", *GRID, "settings", "task_settings", "scales", "claims", "slurm", "pretrain")
 # RunConfig fields a suite sets per cell itself: never options in the YAML or on the command line
 CELL_FIELDS = ("task", "objective", "init", "teacher", "student", "seeds", "seed_list", "baseline")
 
@@ -86,6 +89,7 @@ class Suite:
     slurm: dict[str, Any] = field(default_factory=dict)  # `slurm:` options of --launcher slurm (distilbench.cluster), as written
     entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (objective, its own options) per cell;
     # default: each of ``objectives`` with none
+    general: suite_general.GeneralStudents | None = None  # `pretrain:`: general students, inits `general:NAME`
 
     def __post_init__(self):
         self.entries = self.entries or [(name, {}) for name in self.objectives]
@@ -110,6 +114,8 @@ class Suite:
                             values.pop("teachers", None)
                         label = f"{task}/{_entry_label(objective, own)}/{init}/{teacher}"
                         try:
+                            if self.general is not None:  # general:NAME -> pretrained:OUT/NAME
+                                values["init"] = self.general.init_spec(init, f"suite {self.path}")
                             out.append((label, RunConfig(**values).validate()))
                         except UsageError as exc:
                             raise UsageError(f"suite {self.path}, cell {label}: {exc}") from None
@@ -167,7 +173,7 @@ def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[s
         name = str(key).replace("-", "_")
         if name == "team":  # the team of multi-teacher objectives (RunConfig.teachers; `teachers` is the grid's axis)
             options["teachers"] = _coerce("teachers", ",".join(map(str, value)) if isinstance(value, list) else value, where)
-        elif allow_grid and name in (*GRID, "task_settings", "claims", "slurm"):
+        elif allow_grid and name in (*GRID, "task_settings", "claims", "slurm", "pretrain"):
             grid[name] = value
         elif name in CELL_FIELDS:
             hint = {"student": "list it in inits as pretrained:MODEL", "baseline": "list none in objectives"}.get(
@@ -176,7 +182,7 @@ def _options(values: dict, where: str, allow_grid: bool = False) -> tuple[dict[s
         elif name in known:
             options[name] = _coerce(name, value, where)
         else:
-            accepted = sorted(known - set(CELL_FIELDS)) + (list(GRID) + ["task_settings", "claims", "slurm"] if allow_grid else [])
+            accepted = sorted(known - set(CELL_FIELDS)) + (list(GRID) + ["task_settings", "claims", "slurm", "pretrain"] if allow_grid else [])
             raise UsageError(f"{where}: unknown option {key!r}; accepted: {', '.join(accepted)}")
     return options, grid
 
@@ -246,10 +252,17 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
         raise UsageError(str(exc)) from None
     slurm = scale_grid["slurm"] if "slurm" in scale_grid else data.get("slurm")  # a scale's own replace the suite's
     slurm = _mapping(slurm, f"suite {path}: slurm")
-    return Suite(name=str(data.get("name") or path.stem), path=path, scale=scale, claims=list(claims or []), slurm=slurm,
+    name = str(data.get("name") or path.stem)
+    general = suite_general.parse(scale_grid["pretrain"] if "pretrain" in scale_grid else data.get("pretrain"),
+                                  f"suite {path}: pretrain", Path("students") / _scaled(name, scale))
+    inits = _str_list(grid["inits"], f"suite {path}: inits")
+    if general is None and any(i.startswith(suite_general.PREFIX) for i in inits):
+        raise UsageError(f"suite {path}: inits name general students ({suite_general.PREFIX}NAME) but the suite has no "
+                         "pretrain block")
+    return Suite(name=name, path=path, scale=scale, claims=list(claims or []), slurm=slurm, general=general,
                  description=str(data.get("description") or "").strip(), tasks=tasks,
                  objectives=list(dict.fromkeys(name for name, _ in entries)), entries=entries,
-                 inits=_str_list(grid["inits"], f"suite {path}: inits"),
+                 inits=inits,
                  teachers=_str_list(grid["teachers"], f"suite {path}: teachers"),
                  seeds=_seeds(grid["seeds"], f"suite {path}: seeds"),
                  settings={**settings, **scale_options}, task_settings=task_settings, overrides=dict(overrides or {}))
@@ -274,15 +287,38 @@ def validate(suite: Suite) -> list[tuple[str, RunConfig]]:
     cells = suite.cells()
     for label, cfg in cells:  # the runner's own checks (data, init, models, vocabularies), without training
         try:
-            plan = plan_run(cfg, runner_class(get_task(cfg.task)))
+            plan = plan_run(_stand_in(suite, cfg), runner_class(get_task(cfg.task)))
         except UsageError as exc:
             raise UsageError(f"suite {suite.path}, cell {label}: {exc}") from None
         plan.store.close()
     return cells
 
 
+def _stand_in(suite: Suite, cfg: RunConfig) -> RunConfig:
+    """The cell to check before anything trains: a general student not distilled yet is checked as the random student
+    of its shape (the task, data, teacher and options are the cell's own)."""
+    general = suite.general
+    if general is None or not cfg.init.startswith("pretrained:"):
+        return cfg
+    name = next((n for n in general.students if cfg.init == f"pretrained:{general.folder(n).as_posix()}"), None)
+    if name is None or general.folder(name).is_dir():
+        return cfg
+    return replace(cfg, init="random", student_layers=general.config(name).student_layers)
+
+
+def general_plans(suite: Suite) -> list:
+    """The plans of the general students the grid fine-tunes (checked; none without a pretrain block)."""
+    if suite.general is None:
+        return []
+    return suite_general.plans(suite.general, suite_general.used(suite.general, suite.inits), f"suite {suite.path}")
+
+
+def _scaled(name: str, scale: str) -> str:
+    return name if scale == DEFAULT_SCALE else f"{name}-{scale}"
+
+
 def default_out(suite: Suite) -> Path:
-    return Path("reports") / (suite.name if suite.scale == DEFAULT_SCALE else f"{suite.name}-{suite.scale}")
+    return Path("reports") / _scaled(suite.name, suite.scale)
 
 
 @dataclass
@@ -297,7 +333,8 @@ class SuiteResult:
         return 1 if self.failed else 0
 
 
-def run_suite(suite: Suite, command: str, out: str | Path | None = None, console=None, write_report: bool = True) -> SuiteResult:
+def run_suite(suite: Suite, command: str, out: str | Path | None = None, console=None, write_report: bool = True,
+              pretrain_only: bool = False) -> SuiteResult:
     """Validate, run every cell (stored seeds are skipped), write the report of the suite's rows (unless ``write_report``
     is False: a Slurm array task, whose store is the output). A cell whose
     training diverged does not stop the others; the report shows what finished. Progress goes to ``console``
@@ -305,14 +342,18 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
     from rich.console import Console
 
     console = console or Console(stderr=True)
+    planned = general_plans(suite)  # checked first: a cell's check opens the results store
     cells = validate(suite)
     configs = [cfg for _, cfg in cells]
+    suite_general.build(planned, lambda line: console.print(escape(line), soft_wrap=True), command)  # before the cells
+    if pretrain_only:
+        return SuiteResult()
     console.print(f"suite {suite.name} ({suite.scale} scale): {len(configs)} cells × {len(suite.seeds)} seeds "
                   f"= {len(configs) * len(suite.seeds)} runs, results in {display(configs[0].results)}")
     if resolve(configs[0].workers, 2)[0] > 1:  # every cell's runs into one pool of workers
-        cell_rows, failed = _run_pooled(cells, console)
+        cell_rows, failed = run_pooled(cells, console)
     else:
-        cell_rows, failed = _run_cells(cells, console)
+        cell_rows, failed = run_cells(cells, console)
     rows = [r for part in cell_rows for r in part]
     out = Path(out) if out is not None else default_out(suite)
     report = None
@@ -323,67 +364,3 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
                                       "inits": list(dict.fromkeys(r["init"] for r in rows))},
                               claims=suite.claims or None)
     return SuiteResult(report, failed)
-
-
-def _run_cells(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
-    """Cell by cell in this process; cells with runs another worker was training are waited for after every other
-    cell. Returns each finished cell's rows, in cell order, and the cells that diverged."""
-    by_cell: dict[int, list[dict]] = {}
-    held: list[int] = []  # cells with runs another worker was training: waited for after every other cell
-    failed: list[str] = []
-    for i, (label, cfg) in enumerate(cells, start=1):
-        console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}, seeds {cfg.seed_list}")
-        try:
-            cell = families.make_runner(cfg, console=console)
-            by_cell[i] = cell.run(wait=False)
-        except TrainingDiverged as exc:
-            failed.append(f"{label}: {exc}")
-            console.print(f"[bold red]cell {escape(label)} diverged: {exc}; going on with the next cell[/]")
-            continue
-        if cell.held:
-            held.append(i)
-    for i in held:
-        label, cfg = cells[i - 1]
-        console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}: runs other workers were training")
-        try:
-            by_cell[i] = families.make_runner(cfg, console=console).run()
-        except TrainingDiverged as exc:
-            failed.append(f"{label}: {exc}")
-            console.print(f"[bold red]cell {escape(label)} diverged: {exc}[/]")
-    return [by_cell[i] for i in sorted(by_cell)], failed
-
-
-def _run_pooled(cells: list[tuple[str, RunConfig]], console) -> tuple[list[list[dict]], list[str]]:
-    """--workers N in a suite: each cell's teacher, caches and shared stages first, cell by cell in this process;
-    then every cell's pending runs in one pool of workers; then each cell's stored rows."""
-    prepared, jobs, owners = [], [], []
-    for i, (label, cfg) in enumerate(cells, start=1):
-        console.print(f"[bold]cell {i}/{len(cells)}[/]: {escape(label)}, seeds {cfg.seed_list}: teacher and shared parts")
-        r = families.make_runner(cfg, console=console)
-        record, todo = r.pending()
-        if todo:
-            jobs += r.jobs(todo, record, r.teacher_net(record))
-            owners += [(r, record)] * len(todo)
-        prepared.append((r, record, bool(todo)))
-    failed: list[str] = []
-    if jobs:
-        processes, threads = resolve(cells[0][1].workers, len(jobs))
-        for r, record, pending in prepared:  # latency with the workers' thread count, timed before they start (cached)
-            if pending:
-                r.profile_models(record, threads=threads)
-        outcome = run_jobs(jobs, processes, threads, console.print)
-        failed = outcome["diverged"] + outcome["failed"] + [f"{x}: its worker died" for x in outcome["lost"]]
-        held: dict[int, list] = {}  # runs another process sharing the store was training, by cell
-        for k in outcome["held"]:
-            held.setdefault(id(owners[k][0]), []).append(k)
-        for ks in held.values():
-            r, record = owners[ks[0]]
-            try:
-                r.finish_held([(r.plan.objectives[jobs[k].objective], jobs[k].seed) for k in ks], record, r.teacher_net(record))
-            except TrainingDiverged as exc:
-                failed.append(str(exc))
-    out = []
-    for r, record, _ in prepared:
-        out.append(r.rows(record))
-        r.plan.store.close()
-    return out, failed

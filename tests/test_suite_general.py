@@ -1,0 +1,84 @@
+"""A suite's general students (`pretrain:`): distilled once before the cells, fine-tuned by the cells whose init is
+`general:NAME`, never distilled again on a rerun; `--pretrain-only` stops before the cells; bad blocks are one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import no_training
+from distilbench.cli import main
+from distilbench.results.store import ResultsStore
+from distilbench.training.families import general
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+
+def _suite(tmp_path: Path, tiny_teacher: Path, glue_dir: Path, **over) -> Path:
+    text = tmp_path / "text.txt"
+    rng = np.random.RandomState(0)
+    words = "the cat sat on a mat dog ran far away big small".split()
+    text.write_text("\n".join(" ".join(rng.choice(words, rng.randint(3, 12))) for _ in range(800)) + "\n")
+    spec = {"name": "general-tiny", "tasks": ["rte"], "objectives": ["none"], "inits": ["general:a", "general:b"],
+            "teachers": [str(tiny_teacher)], "seeds": [0],
+            "settings": {"max_train_examples": 48, "max_eval_examples": 24, "epochs": 1, "teacher_epochs": 1,
+                         "batch_size": 8, "progress": False, "data_dir": str(glue_dir)},
+            "pretrain": {"out": str(tmp_path / "students"), "corpus": str(text), "steps": 3,
+                         "settings": {"teacher": str(tiny_teacher), "student_layers": 2, "max_length": 24, "batch_size": 8,
+                                      "mixed_precision": "no"},
+                         "students": {"a": {"objective": "att-mse", "init": "random"},
+                                      "b": {"objective": "hid-seq", "init": "first-k"}}}}
+    spec.update(over)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_general_students_are_distilled_once_then_fine_tuned(tmp_path, tiny_teacher, glue_dir, capfd):
+    path = _suite(tmp_path, tiny_teacher, glue_dir)
+    results = tmp_path / "r.sqlite"
+    argv = ["suite", str(path), "--results", str(results), "--out", str(tmp_path / "report")]
+    assert main([*argv, "--pretrain-only"]) == 0
+    students = tmp_path / "students"
+    assert sorted(p.name for p in students.iterdir()) == ["a", "b"]
+    with ResultsStore(results) as db:
+        assert db.rows() == []  # no cell ran
+    keys = {n: json.loads((students / n / general.META).read_text())["key"] for n in ("a", "b")}
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert err.count("nothing to do") == 2  # the students were not distilled again
+    with ResultsStore(results) as db:
+        rows = db.rows()
+    assert sorted(r["init"] for r in rows) == [f"pretrained:{(students / n).as_posix()}" for n in ("a", "b")]
+    assert {n: json.loads((students / n / general.META).read_text())["key"] for n in ("a", "b")} == keys
+    assert main(argv) == 0  # a rerun trains nothing
+    with ResultsStore(results) as db:
+        assert len(db.rows()) == 2
+
+
+@pytest.mark.parametrize("over, expected", [
+    ({"inits": ["general:c"]}, "init general:c names no student of the pretrain block"),
+    ({"pretrain": None}, "inits name general students (general:NAME) but the suite has no pretrain block"),
+    ({"pretrain": {"students": {"a": {"objective": "att-mse"}}}}, "pretrain.students.a: missing init"),
+    ({"pretrain": {"steps": 0, "students": {"a": {"objective": "att-mse", "init": "random"}}}}, "steps must be a count >= 1"),
+    ({"pretrain": {"stepz": 3, "students": {"a": {"objective": "att-mse", "init": "random"}}}}, "unknown key(s) 'stepz'"),
+    ({"inits": ["general:a"], "pretrain": {"students": {"a": {"objective": "kd", "init": "random"}}}},
+     "student a: objective kd cannot distil without labels"),
+])
+def test_bad_pretrain_blocks_are_one_line(over, expected, tmp_path, tiny_teacher, glue_dir, capfd, monkeypatch):
+    import distilbench.training.runs.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "train", no_training)
+    spec_over = dict(over)
+    if "pretrain" in over and over["pretrain"] is not None:  # keep the teacher and folders of the default block
+        base = yaml.safe_load(_suite(tmp_path, tiny_teacher, glue_dir).read_text())["pretrain"]
+        spec_over["pretrain"] = {**{k: v for k, v in base.items() if k != "students"}, **over["pretrain"]}
+    path = _suite(tmp_path, tiny_teacher, glue_dir, **spec_over)
+    capfd.readouterr()
+    assert main(["suite", str(path), "--results", str(tmp_path / "r.sqlite")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "r.sqlite").exists() and not (tmp_path / "students").exists()
