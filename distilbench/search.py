@@ -146,13 +146,21 @@ def _open_study(url: str, name: str, heartbeat: int, sampler_seed: int, pruner: 
                                 sampler=optuna.samplers.GridSampler(grid, seed=sampler_seed) if grid
                                 else optuna.samplers.TPESampler(seed=sampler_seed), pruner=make_pruner(pruner),
                                 load_if_exists=True)
-    sampled = json.dumps(grid or None, sort_keys=True)  # "null": TPE over the objective's space
-    before = study.user_attrs.get("grid", "null")  # a study made before grids existed was TPE's
+    sampled = _canonical(grid)
+    before = study.user_attrs.get("grid")
+    if before is None and study.trials:  # made before the sampler was recorded: a grid trial names its grid
+        before = _canonical(study.trials[0].system_attrs.get("search_space"))
     if study.trials and before != sampled:
         what = lambda g: "TPE" if g == "null" else f"the grid {g}"  # noqa: E731
         raise UsageError(f"study {name} was searched by {what(before)}, this search is {what(sampled)}: give another --study")
     study.set_user_attr("grid", sampled)
     return study
+
+
+def _canonical(grid: dict[str, list] | None) -> str:
+    """A grid as the study records it: names and values sorted (the order they were given in does not matter);
+    "null" for TPE over the objective's space."""
+    return json.dumps({k: sorted(v) for k, v in grid.items()} if grid else None, sort_keys=True)
 
 
 def search_space(objective_cls, grid: dict[str, list] | None) -> dict[str, tuple]:

@@ -289,3 +289,13 @@ def test_a_grid_never_continues_a_tpe_study(tiny_run_args, tmp_path, capsys):
     assert main([*base, "--grid", "lr=1e-4,2e-4"]) == 2
     assert "was searched by TPE, this search is the grid" in capsys.readouterr().err
     assert len(_study(_storage(tiny_run_args), "mixed").trials) == 1
+
+
+def test_a_grid_study_continues_only_as_the_same_grid(tiny_run_args, tmp_path, capsys):
+    base = ["search", *tiny_run_args, "--objective", "none", "--study", "g2", "--out", str(tmp_path / "r")]
+    assert main([*base, "--grid", "lr=1e-4,2e-4"]) == 0
+    assert main([*base, "--grid", "lr=2e-4,1e-4"]) == 0  # the same grid, written in another order: nothing to add
+    assert len(_study(_storage(tiny_run_args), "g2").trials) == 2
+    capsys.readouterr()
+    assert main([*base, "--trials", "3"]) == 2
+    assert "was searched by the grid" in capsys.readouterr().err

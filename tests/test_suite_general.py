@@ -43,7 +43,7 @@ def test_general_students_are_distilled_once_then_fine_tuned(tmp_path, tiny_teac
     argv = ["suite", str(path), "--results", str(results), "--out", str(tmp_path / "report")]
     assert main([*argv, "--pretrain-only"]) == 0
     students = tmp_path / "students"
-    assert sorted(p.name for p in students.iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in students.iterdir() if not p.name.startswith(".")) == ["a", "b"]
     with ResultsStore(results) as db:
         assert db.rows() == []  # no cell ran
     keys = {n: json.loads((students / n / general.META).read_text())["key"] for n in ("a", "b")}
@@ -67,6 +67,13 @@ def test_general_students_are_distilled_once_then_fine_tuned(tmp_path, tiny_teac
     ({"pretrain": {"stepz": 3, "students": {"a": {"objective": "att-mse", "init": "random"}}}}, "unknown key(s) 'stepz'"),
     ({"inits": ["general:a"], "pretrain": {"students": {"a": {"objective": "kd", "init": "random"}}}},
      "student a: objective kd cannot distil without labels"),
+    ({"pretrain": {"students": {"a": {"objective": "att-mse", "init": "random", "mixed_precision": "auto"}}},
+      "inits": ["general:a"]}, "give mixed_precision (bf16, fp32 or no)"),
+    ({"pretrain": {"students": {"a": {"objective": "att-mse", "init": "random", "epochs": 3}}}, "inits": ["general:a"]},
+     "'epochs' is not a `distilbench pretrain` option"),
+    ({"pretrain": {"students": {"../a": {"objective": "att-mse", "init": "random"}}}}, "is not a folder name"),
+    ({"pretrain": {"students": {"a": {"objective": "att-mse", "init": "random"}, "z": {"objective": "ted", "init": "random"}}},
+      "inits": ["general:a"]}, "student z: objective ted cannot distil"),  # every student is checked, used or not
 ])
 def test_bad_pretrain_blocks_are_one_line(over, expected, tmp_path, tiny_teacher, glue_dir, capfd, monkeypatch):
     import distilbench.training.runs.runner as runner_mod
@@ -82,3 +89,14 @@ def test_bad_pretrain_blocks_are_one_line(over, expected, tmp_path, tiny_teacher
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "r.sqlite").exists() and not (tmp_path / "students").exists()
+
+
+def test_claims_name_general_students_and_cells_are_checked_as_the_student(tmp_path, tiny_teacher, glue_dir):
+    from distilbench.suite import load_suite
+
+    claim = {"id": "c", "paper": "002 Table 4", "claim": "a beats b", "better": {"label": "none", "init": "general:a"},
+             "worse": {"label": "none", "init": "general:b"}}
+    suite = load_suite(_suite(tmp_path, tiny_teacher, glue_dir, claims=[claim]))
+    folder = (tmp_path / "students" / "a").as_posix()
+    assert suite.claims[0]["better"]["init"] == f"pretrained:{folder}"
+    assert [cfg.init for _, cfg in suite.cells()] == [f"pretrained:{folder}", f"pretrained:{folder[:-1]}b"]

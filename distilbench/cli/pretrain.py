@@ -17,25 +17,6 @@ PRETRAIN_EXAMPLES = """examples:
   distilbench run --init pretrained:students/att-mse-random --teacher minilm-l6 --task sst2 --objective none --seeds 3
 """
 
-# the run options a pretraining reads (the objectives' own options are added to these)
-PRETRAIN_FLAGS = ("objective", "teacher", "pooling", "init", "student_layers", "layer_map", "lr", "batch_size", "eval_batch_size",
-                  "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "data_dir", "cpu", "mixed_precision")
-
-
-# options of the label-free objectives that no label-free loss reads: the CE weight, the joint weight, the schedule
-UNREAD = ("alpha_kd", "beta", "schedule")
-# the defaults that differ from a task run's: paper 002 §4 distils the last layer pair, at a pretraining's rate and batch
-PRETRAIN_DEFAULTS = {"layer_map": "last", "lr": 1e-4, "batch_size": 32}
-
-
-def _wanted(names) -> tuple[str, ...]:
-    """The pretraining's flags: :data:`PRETRAIN_FLAGS` and the options of the objectives that distil without labels."""
-    from ..objectives import OBJECTIVES
-    from ..objectives.layerwise import label_free
-
-    own = {o.name for n in OBJECTIVES if label_free(OBJECTIVES.get(n)) for o in OBJECTIVES.get(n).declared_options()}
-    return tuple(n for n in names if n in PRETRAIN_FLAGS or (n in own and n not in UNREAD))
-
 
 def add_parser(sub, flags: bool = True) -> None:
     p = sub.add_parser("pretrain", allow_abbrev=False, formatter_class=Formatter, epilog=PRETRAIN_EXAMPLES,
@@ -51,9 +32,11 @@ def add_parser(sub, flags: bool = True) -> None:
     g.add_argument("--seed", type=int, default=0, help="the student's init, data order and dropout (default 0)")
     g.add_argument("--out", required=True, help="the student's folder (a new folder; a rerun resumes or finds it done)")
     g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
-    p.set_defaults(**PRETRAIN_DEFAULTS)
-    if flags:
-        add_config_flags(p, _wanted)
+    if flags:  # they load the objectives (torch): only for the command being parsed
+        from ..training.families.general_plan import PRETRAIN_DEFAULTS, pretrain_options
+
+        p.set_defaults(**PRETRAIN_DEFAULTS)
+        add_config_flags(p, pretrain_options)
         for action in p._actions:  # their help shows this command's default, not a task run's
             if action.dest in PRETRAIN_DEFAULTS:
                 old = RunConfig.__dataclass_fields__[action.dest].default

@@ -51,8 +51,12 @@ def main(args: dict[str, Any], argv: Sequence[str]) -> int:
     path, scale, out, only = args.pop("suite_file"), args.pop("scale"), args.pop("out"), args.pop("pretrain_only")
     launch = pop_launcher_flags(args)
     suite = load_suite(path, scale, overrides=args)
+    if only and suite.general is None:
+        raise UsageError(f"--pretrain-only: suite {path} has no pretrain block (no general students to distil)")
+    if only and launch["launcher"] == "slurm":
+        raise UsageError("--pretrain-only runs here, on one machine: leave out --launcher slurm")
     jobs = check_jobs(launch["jobs"], launch["launcher"])
-    if launch["launcher"] == "slurm" and not only:
+    if launch["launcher"] == "slurm":
         return _submit(suite, argv, jobs, launch["slurm"], out)
     result = run_suite(suite, shlex.join(["distilbench", *argv]), out, write_report=launch["report"], pretrain_only=only)
     if result.report is not None:

@@ -246,15 +246,16 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
     if stray:
         raise UsageError(f"suite {path}: task_settings for {', '.join(stray)}, which is not in tasks ({', '.join(tasks)})")
     claims = scale_grid["claims"] if "claims" in scale_grid else data.get("claims")  # a scale's own replace the suite's
+    name = str(data.get("name") or path.stem)
+    general = suite_general.parse(scale_grid["pretrain"] if "pretrain" in scale_grid else data.get("pretrain"),
+                                  f"suite {path}: pretrain", Path("students") / _scaled(name, scale))
+    claims = suite_general.claims_inits(claims, general, f"suite {path}: claims")
     try:  # checked now, before anything trains; the report computes their verdicts
         parse_claims(claims, f"suite {path}" + (f": scales.{scale}" if "claims" in scale_grid else ""))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     slurm = scale_grid["slurm"] if "slurm" in scale_grid else data.get("slurm")  # a scale's own replace the suite's
     slurm = _mapping(slurm, f"suite {path}: slurm")
-    name = str(data.get("name") or path.stem)
-    general = suite_general.parse(scale_grid["pretrain"] if "pretrain" in scale_grid else data.get("pretrain"),
-                                  f"suite {path}: pretrain", Path("students") / _scaled(name, scale))
     inits = _str_list(grid["inits"], f"suite {path}: inits")
     if general is None and any(i.startswith(suite_general.PREFIX) for i in inits):
         raise UsageError(f"suite {path}: inits name general students ({suite_general.PREFIX}NAME) but the suite has no "
@@ -303,14 +304,18 @@ def _stand_in(suite: Suite, cfg: RunConfig) -> RunConfig:
     name = next((n for n in general.students if cfg.init == f"pretrained:{general.folder(n).as_posix()}"), None)
     if name is None or general.folder(name).is_dir():
         return cfg
-    return replace(cfg, init="random", student_layers=general.config(name).student_layers)
+    # the student's own teacher has its vocabulary and pooling: the cell's checks of those hold for the student
+    return replace(cfg, init=f"pretrained:{general.config(name, suite.overrides).teacher}")
 
 
 def general_plans(suite: Suite) -> list:
-    """The plans of the general students the grid fine-tunes (checked; none without a pretrain block)."""
+    """The plans of the general students the grid fine-tunes, after every student's is checked (none without a
+    pretrain block)."""
     if suite.general is None:
         return []
-    return suite_general.plans(suite.general, suite_general.used(suite.general, suite.inits), f"suite {suite.path}")
+    planned = suite_general.plans(suite.general, list(suite.general.students), f"suite {suite.path}", suite.overrides)
+    wanted = suite_general.used(suite.general, suite.inits)
+    return [(name, plan) for name, plan in planned if name in wanted]
 
 
 def _scaled(name: str, scale: str) -> str:
@@ -343,6 +348,10 @@ def run_suite(suite: Suite, command: str, out: str | Path | None = None, console
 
     console = console or Console(stderr=True)
     planned = general_plans(suite)  # checked first: a cell's check opens the results store
+    absent = suite_general.missing(planned)
+    if absent and not write_report:  # a Slurm array task: its siblings would distil the same students
+        raise UsageError(f"suite {suite.path}: general student(s) {', '.join(absent)} not distilled yet: run "
+                         f"`distilbench suite {suite.path} --scale {suite.scale} --pretrain-only` first")
     cells = validate(suite)
     configs = [cfg for _, cfg in cells]
     suite_general.build(planned, lambda line: console.print(escape(line), soft_wrap=True), command)  # before the cells

@@ -16,6 +16,7 @@ never distilled again, and a killed one resumes from its checkpoint (:mod:`disti
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,8 @@ from typing import Any, Callable
 from ..config import RunConfig, _coerce, option_names
 from ..errors import UsageError
 from ..training.families.general import pretrain
-from ..training.families.general_plan import Budget, GeneralPlan, finished_key, plan_general
+from ..training.families.general_plan import (PRETRAIN_DEFAULTS, Budget, GeneralPlan, finished_key, plan_general,
+                                               pretrain_options)
 
 PREFIX = "general:"
 KEYS = ("out", "corpus", "steps", "tokens", "seed", "checkpoint_every", "settings", "students")
@@ -54,8 +56,18 @@ class GeneralStudents:
             raise UsageError(f"{where}: init {init} names no student of the pretrain block ({', '.join(self.students)})")
         return f"pretrained:{self.folder(name).as_posix()}"
 
-    def config(self, name: str) -> RunConfig:
-        return RunConfig(**{**self.settings, **self.students[name]}).validate()
+    def config(self, name: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+        """Student ``name``'s options: `distilbench pretrain`'s defaults < the block's settings < the command line's
+        ``--cpu``/``--mixed-precision`` < the student's own."""
+        machine = {k: v for k, v in (overrides or {}).items() if k in ("cpu", "mixed_precision")}
+        cfg = RunConfig(**{**PRETRAIN_DEFAULTS, **self.settings, **machine, **self.students[name]}).validate()
+        if cfg.mixed_precision == "auto":  # the key holds the precision: auto would name another student per machine
+            raise UsageError(f"student {name}: give mixed_precision (bf16, fp32 or no) in the pretrain block's settings: "
+                             "auto resolves per machine, and a student's key holds its precision")
+        return cfg
+
+    def teacher(self, name: str) -> str:
+        return self.config(name).teacher
 
 
 def parse(value: Any, where: str, default_out: Path) -> GeneralStudents | None:
@@ -78,7 +90,10 @@ def parse(value: Any, where: str, default_out: Path) -> GeneralStudents | None:
     students = value.get("students")
     if not isinstance(students, dict) or not students:
         raise UsageError(f"{where}: students must be a mapping of NAME: {{objective: ..., init: ...}} (got {students!r})")
-    return GeneralStudents(out=Path(str(value.get("out") or default_out)), corpus=str(value.get("corpus", "general-local")),
+    bad = [str(n) for n in students if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(n))]
+    if bad:
+        raise UsageError(f"{where}: student name {bad[0]!r} is not a folder name (letters, digits, . _ -)")
+    return GeneralStudents(out=Path(str(value.get("out") or default_out)).expanduser(), corpus=str(value.get("corpus", "general-local")),
                            budget=Budget(value.get("steps"), value.get("tokens")), seed=seed,
                            checkpoint_every=value.get("checkpoint_every", 200),
                            settings=_options(value.get("settings") or {}, f"{where}.settings"),
@@ -89,12 +104,12 @@ def parse(value: Any, where: str, default_out: Path) -> GeneralStudents | None:
 def _options(values: Any, where: str, need: tuple[str, ...] = ()) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UsageError(f"{where} must be a mapping (got {type(values).__name__})")
-    known = option_names()
+    known = pretrain_options(option_names())
     out = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise UsageError(f"{where}: unknown option {key!r} (a `distilbench pretrain` option)")
+            raise UsageError(f"{where}: {key!r} is not a `distilbench pretrain` option; accepted: {', '.join(sorted(known))}")
         out[name] = _coerce(name, value, where)
     missing = [n for n in need if n not in out]
     if missing:
@@ -102,17 +117,31 @@ def _options(values: Any, where: str, need: tuple[str, ...] = ()) -> dict[str, A
     return out
 
 
+def claims_inits(claims: Any, general: GeneralStudents | None, where: str) -> Any:
+    """The claims with each side's ``init: general:NAME`` written as the cells' ``pretrained:OUT/NAME``."""
+    if general is None or not isinstance(claims, list):
+        return claims
+
+    def side(value):
+        if isinstance(value, dict) and isinstance(value.get("init"), str):
+            return {**value, "init": general.init_spec(value["init"], where)}
+        return value
+
+    return [{k: side(v) for k, v in c.items()} if isinstance(c, dict) else c for c in claims]
+
+
 def used(general: GeneralStudents, inits: list[str]) -> list[str]:
     """The students the grid's inits name, in order."""
     return [i[len(PREFIX):] for i in inits if i.startswith(PREFIX) and i[len(PREFIX):] in general.students]
 
 
-def plans(general: GeneralStudents, names: list[str], where: str) -> list[tuple[str, GeneralPlan]]:
+def plans(general: GeneralStudents, names: list[str], where: str,
+          overrides: dict[str, Any] | None = None) -> list[tuple[str, GeneralPlan]]:
     """Each named student's plan: every input checked before anything trains (one line naming the student)."""
     out = []
     for name in names:
         try:
-            out.append((name, plan_general(general.config(name), general.corpus, general.budget, general.seed,
+            out.append((name, plan_general(general.config(name, overrides), general.corpus, general.budget, general.seed,
                                            str(general.folder(name)), general.checkpoint_every)))
         except UsageError as exc:
             raise UsageError(f"{where}: student {name}: {exc}") from None
@@ -131,4 +160,4 @@ def build(planned: list[tuple[str, GeneralPlan]], log: Callable[[str], None], co
         pretrain(plan, log, f"{command} [general student {name}]")
 
 
-__all__ = ["PREFIX", "GeneralStudents", "build", "missing", "parse", "plans", "used"]
+__all__ = ["PREFIX", "GeneralStudents", "build", "claims_inits", "missing", "parse", "plans", "used"]

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ...data.corpus import EncoderBlocks, GeneralTask
-from ...errors import TrainingDiverged
+from ...errors import TrainingDiverged, UsageError
 from ...models.encoders import load_encoder
 from ...models.inits import build_student
 from ...models.loading import load_tokenizer, quiet_transformers
@@ -52,6 +52,7 @@ from ...objectives.base import MLM_MASK
 from ..loop.outputs import model_outputs
 from ..loop.parallel import fused_adamw, make_accelerator
 from ..runs.provenance import git_revision, package_versions
+from ..teachers.teacher import file_lock
 from .general_plan import (CARD, MASK_SHARE, META, STATE, STATE_KEY, Budget, GeneralPlan, checkpoint_key, finished_key,
                            plan_general)
 
@@ -164,7 +165,8 @@ def _save_state(plan: GeneralPlan, state: _State) -> None:
                 "seconds": state.seconds, "student": state.student.state_dict(),
                 "objective": state.objective.state_dict(), "optimizer": state.optimizer.state_dict(),
                 "schedule": state.schedule.state_dict(), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp)
+                # the current GPU's generator, where one is in use (not created for a CPU run)
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}, tmp)
     os.replace(tmp, plan.state_dir / STATE)
 
 
@@ -173,13 +175,16 @@ def _resume(plan: GeneralPlan, state: _State, device) -> bool:
     if not path.is_file():
         return False
     saved = torch.load(path, map_location=device, weights_only=True)
+    if saved.get("key") != plan.key:  # planning checked the sidecar; this is the checkpoint itself
+        raise UsageError(f"{path} is the checkpoint of another pretraining (key {saved.get('key')}, this one {plan.key}): "
+                         "remove it or choose another --out")
     state.student.load_state_dict(saved["student"])
     state.objective.load_state_dict(saved["objective"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.schedule.load_state_dict(saved["schedule"])
     torch.set_rng_state(saved["rng"].cpu())
-    if saved["cuda_rng"]:  # dropout on a GPU draws from its own generator
-        torch.cuda.set_rng_state_all([r.cpu() for r in saved["cuda_rng"]])
+    if saved.get("cuda_rng") is not None and torch.cuda.is_available():  # dropout on a GPU draws from its own generator
+        torch.cuda.set_rng_state(saved["cuda_rng"].cpu())
     state.step, state.tokens, state.seconds = saved["step"], saved["tokens"], saved["seconds"]
     return True
 
@@ -191,7 +196,14 @@ def after_step(plan: GeneralPlan, state: _State) -> None:
 
 
 def pretrain(plan: GeneralPlan, log: Callable[[str], None], command: str) -> Path:
-    """Distil the plan's student (resuming from its checkpoint), score it on the held-out blocks, save it: ``OUT``."""
+    """Distil the plan's student (resuming from its checkpoint), score it on the held-out blocks, save it: ``OUT``.
+    Under an exclusive lock (the hidden file ``.OUT.lock`` beside it): two processes asked for the same student (one
+    suite started twice) train it once, and the second finds it done."""
+    with file_lock(plan.out.with_name(f".{plan.out.name}.lock")):
+        return _pretrain(plan, log, command)
+
+
+def _pretrain(plan: GeneralPlan, log: Callable[[str], None], command: str) -> Path:
     for stale in plan.out.parent.glob(f".{plan.out.name}.saving-*"):  # a kill while saving left it: never a finished student
         shutil.rmtree(stale, ignore_errors=True)
     if finished_key(plan.out) == plan.key:

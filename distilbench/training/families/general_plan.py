@@ -2,6 +2,7 @@
 is read or written, the corpus read and packed, and the identity whose key names the student and its checkpoint."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -9,8 +10,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ...config import RunConfig, check_folder
-from ...data.corpus import EncoderBlocks, GeneralTask, pack_encoder_blocks, resolve_corpus, split_lines
+from ...data.corpus import Corpus, EncoderBlocks, GeneralTask, pack_encoder_blocks, resolve_corpus, split_lines
 from ...data.tasks import resolve_data_dir
 from ...errors import UsageError
 from ...hashing import stable_hash
@@ -24,6 +27,22 @@ from ..runs.pairs import distillation_pairs
 
 META, CARD, STATE, STATE_KEY = "distilbench.json", "README.md", "state.pt", "state.json"
 MASK_SHARE = 0.15  # of the real non-special tokens, masked each step (BERT's and DistilBERT's share)
+
+# the run options a pretraining reads (besides the label-free objectives' own options, :func:`pretrain_options`)
+PRETRAIN_FLAGS = ("objective", "teacher", "pooling", "init", "student_layers", "layer_map", "lr", "batch_size",
+                  "eval_batch_size", "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "data_dir", "cpu",
+                  "mixed_precision")
+# its defaults where they differ from a task run's: paper 002 §4 distils the last layer pair, at a pretraining's rate
+# and batch size (`distilbench pretrain` and a suite's pretrain block alike)
+PRETRAIN_DEFAULTS = {"layer_map": "last", "lr": 1e-4, "batch_size": 32}
+# options of the label-free objectives that no label-free loss reads: the CE weight, the joint weight, the schedule
+UNREAD_OPTIONS = ("alpha_kd", "beta", "schedule")
+
+
+def pretrain_options(names) -> tuple[str, ...]:
+    """Of ``names``, the options a pretraining takes: :data:`PRETRAIN_FLAGS` and the label-free objectives' own."""
+    own = {o.name for n in OBJECTIVES if label_free(OBJECTIVES.get(n)) for o in OBJECTIVES.get(n).declared_options()}
+    return tuple(n for n in names if n in PRETRAIN_FLAGS or (n in own and n not in UNREAD_OPTIONS))
 
 
 def unread(objective: type[Objective]) -> set[str]:
@@ -112,6 +131,18 @@ def _check_inputs(cfg: RunConfig, out: str, teacher_config) -> str:
     return precision
 
 
+@functools.lru_cache(maxsize=4)
+def packed(corpus: Corpus, teacher: str, max_length: int, data_dir: str) -> tuple[EncoderBlocks, EncoderBlocks]:
+    """The corpus's (training, held-out) blocks in the teacher's tokens: read and packed once per process (a suite's
+    students share them)."""
+    train_lines, held_lines = split_lines(corpus, data_dir)
+    if not held_lines:
+        raise UsageError(f"corpus {corpus.name} holds out no line (held_out {corpus.held_out} of {len(train_lines)} "
+                         "lines): give a larger corpus")
+    tokenizer = load_tokenizer(teacher)
+    return pack_encoder_blocks(tokenizer, train_lines, max_length), pack_encoder_blocks(tokenizer, held_lines, max_length)
+
+
 def plan_general(cfg: RunConfig, corpus: str, budget: Budget, seed: int, out: str, checkpoint_every: int) -> GeneralPlan:
     """Check every input (one line and exit 2 for the first bad one), read and pack the corpus, and the identity."""
     objective = refuse_objective(cfg.objective, cfg.teacher)
@@ -121,20 +152,17 @@ def plan_general(cfg: RunConfig, corpus: str, budget: Budget, seed: int, out: st
     pairs = distillation_pairs(cfg.layer_map, init, init.num_layers, teacher_config.num_hidden_layers)
     found = resolve_corpus(corpus)
     tokenizer = load_tokenizer(cfg.teacher)
-    train_lines, held_lines = split_lines(found, resolve_data_dir(cfg.data_dir) or Path("."))
-    if not held_lines:
-        raise UsageError(f"corpus {found.name} holds out no line (held_out {found.held_out} of {len(train_lines)} lines): "
-                         "give a larger corpus")
-    train, held = (pack_encoder_blocks(tokenizer, lines, cfg.max_length) for lines in (train_lines, held_lines))
+    mlm = not issubclass(objective, LayerObjective)
+    if mlm and tokenizer.mask_token_id is None:
+        raise UsageError(f"teacher {cfg.teacher}'s tokenizer has no mask token: KD on its MLM head needs one")
+    train, held = packed(found, cfg.teacher, cfg.max_length, str(resolve_data_dir(cfg.data_dir) or Path(".")))
     plan = GeneralPlan(cfg, objective, init, pairs, train, held, {}, budget.total_steps(len(train), cfg.batch_size,
                        cfg.max_length), seed, Path(out).expanduser().resolve(), checkpoint_every, precision,
-                       mlm=not issubclass(objective, LayerObjective), pooling=cfg.pooling or declared_pooling(cfg.teacher))
+                       mlm=mlm, pooling=cfg.pooling or declared_pooling(cfg.teacher))
     plan.corpus = {"name": found.name, "version": found.version, "provenance": found.provenance,
                    "train_blocks": len(train), "train_tokens": train.tokens, "held_blocks": len(held),
                    "held_tokens": held.tokens, "data": hashlib.sha256(train.input_ids.numpy().tobytes()).hexdigest()[:16]}
     if plan.mlm:
-        if tokenizer.mask_token_id is None:
-            raise UsageError(f"teacher {cfg.teacher}'s tokenizer has no mask token: KD on its MLM head needs one")
         plan.special_ids, plan.mask_id = tuple(tokenizer.all_special_ids), tokenizer.mask_token_id
         plan.vocab = teacher_config.vocab_size
     plan.identity = _identity(plan)
@@ -170,11 +198,16 @@ def _check_out(plan: GeneralPlan) -> None:
 
 
 def checkpoint_key(plan: GeneralPlan) -> str | None:
-    """The key of the checkpoint in ``OUT.checkpoint`` (its sidecar ``state.json``), None when there is none."""
+    """The key of the checkpoint in ``OUT.checkpoint`` (its sidecar ``state.json``, else the checkpoint's own), None
+    when there is none."""
     try:
         return json.loads((plan.state_dir / STATE_KEY).read_text(encoding="utf-8"))["key"]
     except (OSError, ValueError, KeyError):
+        pass
+    if not (plan.state_dir / STATE).is_file():
         return None
+    # a checkpoint without its sidecar (written before there was one): the key it holds
+    return torch.load(plan.state_dir / STATE, map_location="cpu", weights_only=True).get("key")
 
 
 def finished_key(out: Path) -> str | None:

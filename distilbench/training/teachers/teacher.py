@@ -6,7 +6,6 @@ appears by an atomic rename: two runs at once train it once, and a killed run le
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -77,6 +76,8 @@ def file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
+            import fcntl  # POSIX only: imported here, so the package still imports where it does not exist
+
             fcntl.flock(handle, fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - non-POSIX
             pass
