@@ -260,10 +260,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config {path} must be a mapping of option: value")
     known = option_names()
-    return _options(data, f"config {path}", known, f"accepted: {', '.join(sorted(known))}")
+    return checked_options(data, f"config {path}", known, f"accepted: {', '.join(sorted(known))}")
 
 
-def _options(data: dict, where: str, known: set[str], accepted: str) -> dict[str, Any]:
+def checked_options(data: dict, where: str, known: set[str], accepted: str) -> dict[str, Any]:
     """Option name (dashes or underscores) -> value, each name checked against ``known`` and each value converted to
     its field's type (:func:`_coerce`); anything wrong is a one-line UsageError naming ``where``."""
     out = {}
@@ -288,7 +288,7 @@ def task_defaults(value: Any, source: str) -> dict[str, Any]:
         raise ValueError(f"task file {source}: defaults must be a mapping of option: value")
     known = option_names() - set(NOT_TASK_DEFAULTS)
     try:
-        return _options(value, f"task file {source}: defaults", known,
+        return checked_options(value, f"task file {source}: defaults", known,
                         f"accepted: run's options except {', '.join(NOT_TASK_DEFAULTS)}")
     except UsageError as exc:
         raise ValueError(str(exc)) from None

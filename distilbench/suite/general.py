@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import RunConfig, _coerce, option_names
+from ..config import RunConfig, checked_options, option_names
 from ..errors import UsageError
 from ..training.families.general import pretrain
 from ..training.families.general_plan import (PRETRAIN_DEFAULTS, Budget, GeneralPlan, finished_key, plan_general,
@@ -104,13 +104,8 @@ def parse(value: Any, where: str, default_out: Path) -> GeneralStudents | None:
 def _options(values: Any, where: str, need: tuple[str, ...] = ()) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UsageError(f"{where} must be a mapping (got {type(values).__name__})")
-    known = pretrain_options(option_names())
-    out = {}
-    for key, value in values.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise UsageError(f"{where}: {key!r} is not a `distilbench pretrain` option; accepted: {', '.join(sorted(known))}")
-        out[name] = _coerce(name, value, where)
+    known = set(pretrain_options(option_names()))
+    out = checked_options(values, where, known, f"a pretrain block takes `distilbench pretrain`'s options: {', '.join(sorted(known))}")
     missing = [n for n in need if n not in out]
     if missing:
         raise UsageError(f"{where}: missing {', '.join(missing)}")
