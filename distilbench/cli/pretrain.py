@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 from ..config import RunConfig, build_config
-from ..errors import UsageError
 from .flags import Formatter, add_config_flags
 
 PRETRAIN_EXAMPLES = """examples:
@@ -45,15 +44,10 @@ def add_parser(sub, flags: bool = True) -> None:
 
 def main(args: dict[str, Any], argv: list[str]) -> int:
     from ..training.families.general import Budget, plan_general, pretrain
+    from ..training.families.general_plan import check_counts
 
     own = {k: args.pop(k) for k in ("corpus", "steps", "tokens", "seed", "out", "checkpoint_every")}
-    for name in ("steps", "tokens", "checkpoint_every"):
-        if own[name] is not None and own[name] < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a count >= 1 (got {own[name]})")
-    if own["steps"] is not None and own["tokens"] is not None:
-        raise UsageError("give --steps or --tokens, not both")
-    if own["seed"] < 0:
-        raise UsageError(f"--seed must be >= 0 (got {own['seed']})")
+    check_counts(own, lambda key: "--" + key.replace("_", "-"))
     cfg = build_config(args)
     plan = plan_general(cfg, own["corpus"], Budget(own["steps"], own["tokens"]), own["seed"], own["out"],
                         own["checkpoint_every"])

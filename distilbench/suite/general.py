@@ -24,12 +24,11 @@ from typing import Any, Callable
 from ..config import RunConfig, checked_options, option_names
 from ..errors import UsageError
 from ..training.families.general import pretrain
-from ..training.families.general_plan import (PRETRAIN_DEFAULTS, Budget, GeneralPlan, finished_key, plan_general,
-                                               pretrain_options)
+from ..training.families.general_plan import (PRETRAIN_DEFAULTS, Budget, GeneralPlan, check_counts, finished_key,
+                                               plan_general, pretrain_options)
 
 PREFIX = "general:"
 KEYS = ("out", "corpus", "steps", "tokens", "seed", "checkpoint_every", "settings", "students")
-COUNTS = ("steps", "tokens", "checkpoint_every")
 
 
 @dataclass
@@ -79,14 +78,11 @@ def parse(value: Any, where: str, default_out: Path) -> GeneralStudents | None:
     unknown = sorted(str(k) for k in value if k not in KEYS)
     if unknown:
         raise UsageError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(KEYS)}")
-    for key in COUNTS:
-        if value.get(key) is not None and (not isinstance(value[key], int) or isinstance(value[key], bool) or value[key] < 1):
-            raise UsageError(f"{where}: {key} must be a count >= 1 (got {value[key]!r})")
-    if value.get("steps") is not None and value.get("tokens") is not None:
-        raise UsageError(f"{where}: give steps or tokens, not both")
+    try:
+        check_counts(value, str)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     seed = value.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise UsageError(f"{where}: seed must be an integer >= 0 (got {seed!r})")
     students = value.get("students")
     if not isinstance(students, dict) or not students:
         raise UsageError(f"{where}: students must be a mapping of NAME: {{objective: ..., init: ...}} (got {students!r})")

@@ -9,6 +9,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -52,6 +53,22 @@ def unread(objective: type[Objective]) -> set[str]:
     if issubclass(objective, LayerObjective):
         return {*PREDICTION_PART, "layer_map"}
     return {"alpha_kd", "layer_map"}
+
+
+def check_counts(values: dict, name: Callable[[str], str]) -> None:
+    """A pretraining's counts, as the command line or a suite's pretrain block gives them (``name``: how that source
+    names a key, ``--steps`` or ``steps``): ``steps``, ``tokens``, ``checkpoint_every`` >= 1 (at most one of steps and
+    tokens), ``seed`` >= 0; any other value is one line naming it."""
+    def integer(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("steps", "tokens", "checkpoint_every"):
+        if values.get(key) is not None and not (integer(values[key]) and values[key] >= 1):
+            raise UsageError(f"{name(key)} must be a count >= 1 (got {values[key]!r})")
+    if values.get("steps") is not None and values.get("tokens") is not None:
+        raise UsageError(f"give {name('steps')} or {name('tokens')}, not both")
+    if values.get("seed") is not None and not (integer(values["seed"]) and values["seed"] >= 0):
+        raise UsageError(f"{name('seed')} must be an integer >= 0 (got {values['seed']!r})")
 
 
 @dataclass(frozen=True)
@@ -217,5 +234,6 @@ def finished_key(out: Path) -> str | None:
         return None
 
 
-__all__ = ["CARD", "MASK_SHARE", "META", "STATE", "STATE_KEY", "Budget", "GeneralPlan", "checkpoint_key", "finished_key",
+__all__ = ["CARD", "MASK_SHARE", "META", "STATE", "STATE_KEY", "Budget", "GeneralPlan", "check_counts", "checkpoint_key",
+           "finished_key",
            "plan_general", "refuse_objective", "unread"]
