@@ -49,6 +49,7 @@ from ...models.loading import load_tokenizer, quiet_transformers
 from ...models.pooling import CONFIG_KEY as POOLING_KEY
 from ...objectives import Context, Objective
 from ...objectives.base import MLM_MASK
+from ..loop.harness import save_atomic
 from ..loop.outputs import model_outputs
 from ..loop.parallel import fused_adamw, make_accelerator
 from ..runs.provenance import git_revision, package_versions
@@ -159,15 +160,12 @@ def _save_state(plan: GeneralPlan, state: _State) -> None:
     plan.state_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint_key(plan) is None:
         (plan.state_dir / STATE_KEY).write_text(json.dumps({"key": plan.key}), encoding="utf-8")
-    fd, tmp = tempfile.mkstemp(dir=plan.state_dir, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    torch.save({"key": plan.key, "identity": plan.identity, "step": state.step, "tokens": state.tokens,
+    save_atomic({"key": plan.key, "identity": plan.identity, "step": state.step, "tokens": state.tokens,
                 "seconds": state.seconds, "student": state.student.state_dict(),
                 "objective": state.objective.state_dict(), "optimizer": state.optimizer.state_dict(),
                 "schedule": state.schedule.state_dict(), "rng": torch.get_rng_state(),
                 # the current GPU's generator, where one is in use (not created for a CPU run)
-                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}, tmp)
-    os.replace(tmp, plan.state_dir / STATE)
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}, plan.state_dir / STATE)
 
 
 def _resume(plan: GeneralPlan, state: _State, device) -> bool:

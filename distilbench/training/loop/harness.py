@@ -315,11 +315,16 @@ def _save_shared_stage(objective: Objective, path: Path | None, accelerator: Acc
     seed that follows."""
     if path is None or not accelerator.is_main_process:
         return
+    save_atomic({k: v.detach().cpu() for k, v in objective.state_dict().items()}, path)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a file beside ``path``, then renamed onto it: a killed run never leaves half a file there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
     os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in objective.state_dict().items()}, tmp)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written stage
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def micro_batches(batch: dict, size: int):
