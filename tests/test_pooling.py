@@ -273,3 +273,22 @@ def test_report_header_and_notes_say_the_pooling(tmp_path):
            "cls (the first token): 3 runs; mean (over the real tokens): 3 runs" in text
     assert "**First-token heads:** `hid-cls`: not testable with first-token heads" in text
     assert "`kd`" not in text.split("**First-token heads:**")[1].split("\n")[0]
+
+
+def test_report_header_says_how_each_general_student_was_made(tmp_path):
+    from rows import student_row  # tests/rows.py: hand-made store rows
+
+    from distilbench.report.build import build_report
+
+    labels = [i % 2 for i in range(20)]
+    made = {"key": "abc123", "objective": "att-mse", "init": "random:3", "teacher": "minilm-l6", "corpus": "general-local",
+            "tokens": 1628724, "steps": 398, "batch_size": 32, "max_length": 128, "lr": 5e-4, "precision": "bf16",
+            "held_out_loss": {"before": 2.59434, "after": 0.74203}, "git_rev": "9fbb6d2ddde3"}
+    rows = [{**student_row("none", s, labels, labels, {"general_student": made}, {}), "init": "pretrained:students/g"}
+            for s in range(2)]
+    rows += [student_row("kd", s, labels, labels, {}, {}) for s in range(2)]  # no general student: no line
+    build_report(rows, tmp_path / "r", command="test")
+    lines = [x for x in (tmp_path / "r" / "README.md").read_text().splitlines() if x.startswith("- **General student")]
+    assert lines == ["- **General student `pretrained:students/g`:** att-mse from `minilm-l6` into a `random:3` student on "
+                     "general-local, 1,628,724 tokens (398 steps of 32 × 128, lr 0.0005, bf16); held-out distillation loss "
+                     "2.5943 before, 0.7420 after; key `abc123`, revision `9fbb6d2ddde3`"]

@@ -21,6 +21,7 @@ from distilbench.config import RunConfig
 from distilbench.data.corpus import GeneralTask
 from distilbench.objectives import Context, Outputs, get_objective
 from distilbench.objectives.layerwise import label_free, without_labels
+from distilbench.results.store import ResultsStore
 from distilbench.training.families import general
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,6 +230,12 @@ def test_the_saved_student_loads_with_transformers_and_fine_tunes(tiny_teacher, 
     assert main(_args(tiny_teacher, text, out, "--objective", "hid-cls", "--init", "first-k", "--steps", "4")) == 0
     assert "nothing to do" in capsys.readouterr().err  # the same command again: already done
     assert main(["run", *tiny_run_args, "--objective", "none", "--init", f"pretrained:{out}"]) == 0
+    meta = json.loads((out / general.META).read_text())
+    with ResultsStore(tiny_run_args[tiny_run_args.index("--results") + 1]) as db:
+        (row,) = db.rows()
+    made = row["extra"]["general_student"]  # how the init was made, kept in the row for the report
+    assert made["key"] == meta["key"] and made["objective"] == "hid-cls" and made["init"] == "layers:1,2"
+    assert made["tokens"] == meta["tokens_seen"] > 0 and made["steps"] == 4 and made["held_out_loss"] == meta["held_out_loss"]
 
 
 def test_kd_distils_the_mlm_head_of_a_teacher_that_has_one(tmp_path, text, mlm_teacher):

@@ -159,6 +159,25 @@ def _pooling(rows: list[dict]) -> list[str]:
     return [f"- **Pooling (the sentence representation of heads, Hid-CLS and TED's filter heads):** {text}"]
 
 
+def _general_students(rows: list[dict]) -> list[str]:
+    """How each general-student init was made (task-agnostic distillation, `distilbench pretrain`), from what its
+    rows recorded (``extra.general_student``): one line per init, in the rows' order."""
+    found: dict[str, dict] = {}
+    for r in rows:
+        if (made := extra_of(r).get("general_student")) and str(r.get("init")) not in found:
+            found[str(r.get("init"))] = made
+    out = []
+    for init, g in found.items():
+        loss = g.get("held_out_loss") or {}
+        scored = (f"; held-out distillation loss {loss['before']:.4f} before, {loss['after']:.4f} after"
+                  if loss.get("before") is not None and loss.get("after") is not None else "")
+        out.append(f"- **General student `{init}`:** {g.get('objective')} from `{g.get('teacher')}` into a "
+                   f"`{g.get('init')}` student on {g.get('corpus')}, {g.get('tokens') or 0:,} tokens ({g.get('steps')} "
+                   f"steps of {g.get('batch_size')} × {g.get('max_length')}, lr {g.get('lr')}, {g.get('precision')}){scored}; "
+                   f"key `{g.get('key')}`, revision `{g.get('git_rev')}`")
+    return out
+
+
 def _lm_evaluation(rows: list[dict]) -> list[str]:
     """Per causal-LM task, how its perplexity was measured, from the stored rows (a perplexity depends on the stride,
     so every report states it): window length, stride, windows and tokens scored; one line per distinct setting."""
@@ -206,6 +225,7 @@ def header(rows: list[dict], cells, *, command: str, results: str | None, title:
         f"- **Settings that differ from the defaults:** {settings_heading(cells) or 'none'}",
         *[f"- **Task `{t}`:** {p}" for t, p in _provenance(cells)],
         *_pooling(rows),
+        *_general_students(rows),
         *_lm_evaluation(rows),
         # a causal LM's from-scratch teacher (distilbench.models.scratch), said wherever its results are shown
         *sorted({f"- **Teacher `{r['teacher']}`:** {(extra_of(r).get('lm') or {})['teacher_note']}" for r in rows

@@ -18,7 +18,7 @@ from ...data.corpus import Corpus, EncoderBlocks, GeneralTask, pack_encoder_bloc
 from ...data.tasks import resolve_data_dir
 from ...errors import UsageError
 from ...hashing import stable_hash
-from ...models.encoders import has_mlm_head
+from ...models.encoders import STUDENT_META, has_mlm_head
 from ...models.inits import parse_init
 from ...models.loading import declared_pooling, load_tokenizer, model_config, model_fingerprint
 from ...objectives import OBJECTIVES, Objective, get_objective
@@ -26,7 +26,7 @@ from ...objectives.layerwise import PREDICTION_LAYER, PREDICTION_PART, LayerObje
 from ..loop.precision import resolve as resolve_precision
 from ..runs.pairs import distillation_pairs
 
-META, CARD, STATE, STATE_KEY = "distilbench.json", "README.md", "state.pt", "state.json"
+META, CARD, STATE, STATE_KEY = STUDENT_META, "README.md", "state.pt", "state.json"
 MASK_SHARE = 0.15  # of the real non-special tokens, masked each step (BERT's and DistilBERT's share)
 
 # the run options a pretraining reads (besides the label-free objectives' own options, :func:`pretrain_options`)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ...config import RunConfig
 from ...hashing import stable_hash
+from ...models.encoders import general_student
 from ...models.loading import declared_pooling
 from ...objectives import Objective
 from ..loop.harness import TrainResult
@@ -60,6 +61,9 @@ def student_row(cfg: RunConfig, plan: Plan, fit: FitResult, *, key: str, identit
                       # before it was recorded used first-token heads (report.format.pooling_of reads them as cls)
                       "pooling": plan.pooling, "reads_sentence": type(objective).reads_sentence,
                       "teacher_declared_pooling": declared_pooling(cfg.teacher) if plan.pooling else None,
+                      # a general student's pretraining (`distilbench pretrain`), when the init is one: the report says
+                      # how each such init was made
+                      "general_student": general_student(plan.init.pretrained) if plan.init.pretrained else None,
                       "device": device, "main_score": task.main_score, "team": plan.team if fit.multi else None,
                       "stage_times_s": result.stage_times, "objective_report": objective.report(),
                       "student_params": sum(p.numel() for p in fit.student.parameters()),
