@@ -43,6 +43,9 @@ class _RunFields:
                              choices=("cls", "mean"))
     init: str = _f("first-k", "student initialisation: layers:1,2,3 | every-k | first-k | last-k | random | pretrained:MODEL.", group=MODELS)
     student_layers: int = _f(3, "number of student layers for every-k / first-k / last-k / random.", group=MODELS)
+    student_hidden: int | None = _f(None, "hidden size of a --init random student (default: the teacher's). It keeps the "
+                                    "teacher's attention heads, so it must be a multiple of their number; the feed-forward "
+                                    "size scales with it.", group=MODELS)
     seeds: int = _f(1, "run seeds 0..N-1 (paired: seed k gives every objective the same data order and init).", group=TRAINING)
     seed_list: str | None = _f(None, "comma-separated explicit seeds, instead of --seeds.", group=TRAINING)
     epochs: float = _f(3.0, "student training epochs.", group=TRAINING)
@@ -106,6 +109,9 @@ class _RunFields:
         for name, value in positive.items():
             if value is None or value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+        if self.student_hidden is not None and (isinstance(self.student_hidden, bool) or not isinstance(self.student_hidden, int)
+                                                or self.student_hidden <= 0):
+            raise UsageError(f"--student-hidden must be a width >= 1 (got {self.student_hidden!r})")
         if self.seed_list is None and self.seeds < 1:
             raise UsageError(f"--seeds must be >= 1 (got {self.seeds}); use --seeds N for seeds 0..N-1 or --seed-list 0,3,7")
         if self.teacher_micro_batch < 0:

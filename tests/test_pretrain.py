@@ -145,6 +145,9 @@ def test_the_budget_and_the_data_order():
     (("--objective", "att-mse", "--steps", "3", "--tokens", "9"), "not both"),
     (("--objective", "att-mse", "--init", "pretrained:x"), "starts from random or teacher layers"),
     (("--objective", "att-mse", "--schedule", "sequential"), None),  # not a pretraining flag: argparse refuses it
+    (("--objective", "att-mse", "--init", "random", "--student-hidden", "15"), "multiple of the teacher's 2 attention heads"),
+    (("--objective", "att-mse", "--init", "first-k", "--student-hidden", "16"), "sets the width of a random student"),
+    (("--objective", "att-mse", "--init", "random", "--student-hidden", "0"), "--student-hidden must be a width >= 1"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_teacher, text, tmp_path, capsys, extra, message):
     out = tmp_path / "student"
@@ -269,3 +272,24 @@ def test_the_student_keeps_its_pooling_and_a_local_corpus_is_named_by_its_conten
     keys = [general.plan_general(cfg, str(p), general.Budget(steps=2), 0, str(tmp_path / f"o{k}"), 5).key
             for k, p in enumerate((text, moved))]
     assert keys[0] == keys[1]  # the same text elsewhere is the same pretraining
+
+
+@pytest.mark.parametrize("objective", ["att-mse", "hid-seq"])
+def test_a_narrower_random_student_distils_keeps_the_heads_and_fine_tunes(objective, tiny_teacher, text, tmp_path,
+                                                                            tiny_run_args):
+    from transformers import AutoConfig
+
+    out = tmp_path / "narrow"
+    assert main(_args(tiny_teacher, text, out, "--objective", objective, "--init", "random", "--student-hidden", "16",
+                      "--steps", "3")) == 0
+    config, teacher = AutoConfig.from_pretrained(out), AutoConfig.from_pretrained(tiny_teacher)
+    assert (config.hidden_size, config.num_attention_heads, config.num_hidden_layers) == (16, teacher.num_attention_heads, 2)
+    assert config.intermediate_size == teacher.intermediate_size // 2  # the feed-forward keeps the teacher's ratio
+    meta = json.loads((out / general.META).read_text())
+    assert meta["identity"]["init"] == "random:2x16" and meta["held_out_loss"]["after"] < meta["held_out_loss"]["before"]
+    # a task run from a random init of that width: the width is in the init spec, so in the run's identity
+    assert main(["run", *tiny_run_args, "--objective", objective, "--init", "random", "--student-hidden", "16",
+                 "--student-layers", "2", "--layer-map", "last", "--no-baseline"]) == 0
+    with ResultsStore(tiny_run_args[tiny_run_args.index("--results") + 1]) as db:
+        (row,) = db.rows()
+    assert row["init"] == "random:2x16" and row["extra"]["layer_mapping"] == ["random init from the teacher's config, 2 layers, hidden size 16"]

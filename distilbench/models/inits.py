@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -27,6 +27,7 @@ class InitPlan:
     layers: tuple[int, ...] | None  # teacher layers copied, 1-based; None for random / pretrained
     pretrained: str | None = None
     num_layers: int | None = None
+    hidden: int | None = None  # a random student's width (None: the teacher's)
 
 
 INITS: Registry[Callable[[str | None, int, int], InitPlan]] = Registry("init strategy")
@@ -90,9 +91,21 @@ def _pretrained(arg, teacher_layers, student_layers):
     return InitPlan(f"pretrained:{arg}", None, pretrained=arg)
 
 
-def parse_init(spec: str, teacher_layers: int, student_layers: int) -> InitPlan:
+def parse_init(spec: str, teacher_layers: int, student_layers: int, hidden: int | None = None,
+               teacher_heads: int | None = None) -> InitPlan:
+    """The init plan of ``spec``; ``hidden`` (``--student-hidden``) narrows or widens a random student, whose spec
+    then names it (``random:3x192``) and which keeps the teacher's ``teacher_heads`` attention heads."""
     name, _, arg = spec.partition(":")
-    return INITS.get(name)(arg or None, teacher_layers, student_layers)
+    plan = INITS.get(name)(arg or None, teacher_layers, student_layers)
+    if hidden is None:
+        return plan
+    if plan.layers is not None or plan.pretrained is not None:
+        raise UsageError(f"--student-hidden sets the width of a random student; --init {spec} takes the width of the "
+                         f"layers or model it loads: use --init random, or drop --student-hidden")
+    if teacher_heads and hidden % teacher_heads:
+        raise UsageError(f"--student-hidden {hidden} must be a multiple of the teacher's {teacher_heads} attention heads "
+                         f"(the student keeps them: attention transfer compares head by head)")
+    return replace(plan, spec=f"{plan.spec}x{hidden}", hidden=hidden)
 
 
 def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -138,5 +151,11 @@ def build_student(plan: InitPlan, teacher: nn.Module, seed: int, load_pretrained
         return model, [f"pretrained {plan.pretrained}: all {model.config.num_hidden_layers} layers and embeddings; new task head"]
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = plan.num_layers
+    width = ""
+    if plan.hidden is not None and plan.hidden != config.hidden_size:
+        if getattr(config, "intermediate_size", None):  # the feed-forward keeps the teacher's ratio to the width
+            config.intermediate_size = round(config.intermediate_size * plan.hidden / config.hidden_size)
+        config.hidden_size = plan.hidden
+        width = f", hidden size {plan.hidden}"
     torch.manual_seed(seed)
-    return restore_pooling(type(teacher)(config)), [f"random init from the teacher's config, {plan.num_layers} layers"]
+    return restore_pooling(type(teacher)(config)), [f"random init from the teacher's config, {plan.num_layers} layers{width}"]

@@ -30,7 +30,7 @@ META, CARD, STATE, STATE_KEY = STUDENT_META, "README.md", "state.pt", "state.jso
 MASK_SHARE = 0.15  # of the real non-special tokens, masked each step (BERT's and DistilBERT's share)
 
 # the run options a pretraining reads (besides the label-free objectives' own options, :func:`pretrain_options`)
-PRETRAIN_FLAGS = ("objective", "teacher", "pooling", "init", "student_layers", "layer_map", "lr", "batch_size",
+PRETRAIN_FLAGS = ("objective", "teacher", "pooling", "init", "student_layers", "student_hidden", "layer_map", "lr", "batch_size",
                   "eval_batch_size", "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "data_dir", "cpu",
                   "mixed_precision")
 # its defaults where they differ from a task run's: paper 002 §4 distils the last layer pair, at a pretraining's rate
@@ -165,7 +165,8 @@ def plan_general(cfg: RunConfig, corpus: str, budget: Budget, seed: int, out: st
     objective = refuse_objective(cfg.objective, cfg.teacher)
     teacher_config = model_config(cfg.teacher)
     precision = _check_inputs(cfg, out, teacher_config)
-    init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
+    init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers, cfg.student_hidden,
+                      getattr(teacher_config, "num_attention_heads", None))
     pairs = distillation_pairs(cfg.layer_map, init, init.num_layers, teacher_config.num_hidden_layers)
     found = resolve_corpus(corpus)
     tokenizer = load_tokenizer(cfg.teacher)

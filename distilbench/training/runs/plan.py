@@ -87,7 +87,8 @@ def plan_run(cfg: RunConfig, family: type[FamilyChecks], read_dev: bool = True) 
         objective.check_options(cfg, task)
     teacher_config = family.teacher_config(cfg)
     family.check_run(cfg, task, teacher_config, train_file, dev, objectives)
-    init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers)
+    init = parse_init(cfg.init, teacher_config.num_hidden_layers, cfg.student_layers, cfg.student_hidden,
+                      getattr(teacher_config, "num_attention_heads", None))
     if init.pretrained is not None:
         resolve_model(init.pretrained)  # a missing or mistyped student fails now, not after the teacher is trained
         if any(o.needs.token_aligned for o in objectives) and not same_vocabulary(cfg.teacher, init.pretrained):
