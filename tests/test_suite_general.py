@@ -2,6 +2,7 @@
 `general:NAME`, never distilled again on a rerun; `--pretrain-only` stops before the cells; bad blocks are one line."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def _suite(tmp_path: Path, tiny_teacher: Path, glue_dir: Path, **over) -> Path:
 
 
 def test_general_students_are_distilled_once_then_fine_tuned(tmp_path, tiny_teacher, glue_dir, capfd):
-    path = _suite(tmp_path, tiny_teacher, glue_dir)
+    claim = {"id": "a-b", "paper": "p", "claim": "a beats b", "better": {"label": "none", "init": "general:a"},
+             "worse": {"label": "none", "init": "general:b"}, "distillation": False}
+    path = _suite(tmp_path, tiny_teacher, glue_dir, claims=[claim])
     results = tmp_path / "r.sqlite"
     argv = ["suite", str(path), "--results", str(results), "--out", str(tmp_path / "report")]
     assert main([*argv, "--pretrain-only"]) == 0
@@ -57,6 +60,13 @@ def test_general_students_are_distilled_once_then_fine_tuned(tmp_path, tiny_teac
     assert main(argv) == 0  # a rerun trains nothing
     with ResultsStore(results) as db:
         assert len(db.rows()) == 2
+    # the report command reads the suite's claims as the suite does: general:NAME is the cells' pretrained:OUT/NAME
+    for out in (tmp_path / "report", tmp_path / "again"):
+        if out.name == "again":
+            assert main(["report", "--results", str(results), "--out", str(out), "--claims", str(path)]) == 0
+        with open(out / "claims.csv", newline="") as fh:
+            (row,) = list(csv.DictReader(fh))
+        assert row["n"] == "1" and "no cell" not in row["reason"], row
 
 
 @pytest.mark.parametrize("over, expected", [

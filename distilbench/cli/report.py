@@ -77,6 +77,11 @@ def read_claims(spec: str | None) -> list | None:
     claims = own["claims"] if isinstance(own, dict) and "claims" in own else data.get("claims")
     if not claims:
         raise UsageError(f"--claims {spec}: the file declares no `claims:` list")
+    if any(isinstance(c, dict) and any(isinstance(v, dict) and str(v.get("init", "")).startswith("general:") for v in c.values())
+           for c in claims):  # general:NAME -> the cells' pretrained:OUT/NAME (the suite's modules load torch: only then)
+        from ..suite import claims_as_stored
+
+        claims = claims_as_stored(data, path, scale, claims)
     try:
         parse_claims(claims, spec)
     except ValueError as exc:

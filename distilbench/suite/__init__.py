@@ -247,8 +247,7 @@ def load_suite(path: str | Path, scale: str = DEFAULT_SCALE, overrides: dict[str
         raise UsageError(f"suite {path}: task_settings for {', '.join(stray)}, which is not in tasks ({', '.join(tasks)})")
     claims = scale_grid["claims"] if "claims" in scale_grid else data.get("claims")  # a scale's own replace the suite's
     name = str(data.get("name") or path.stem)
-    general = suite_general.parse(scale_grid["pretrain"] if "pretrain" in scale_grid else data.get("pretrain"),
-                                  f"suite {path}: pretrain", Path("students") / _scaled(name, scale))
+    general = _general(data, scale_grid, path, scale)
     claims = suite_general.claims_inits(claims, general, f"suite {path}: claims")
     try:  # checked now, before anything trains; the report computes their verdicts
         parse_claims(claims, f"suite {path}" + (f": scales.{scale}" if "claims" in scale_grid else ""))
@@ -316,6 +315,23 @@ def general_plans(suite: Suite) -> list:
     planned = suite_general.plans(suite.general, list(suite.general.students), f"suite {suite.path}", suite.overrides)
     wanted = suite_general.used(suite.general, suite.inits)
     return [(name, plan) for name, plan in planned if name in wanted]
+
+
+def _general(data: dict, scale_block: dict, path: Path, scale: str) -> suite_general.GeneralStudents | None:
+    """The pretrain block of one scale (its own, else the file's), its students' folder defaulting to
+    ``students/NAME[-SCALE]``."""
+    return suite_general.parse(scale_block["pretrain"] if "pretrain" in scale_block else data.get("pretrain"),
+                               f"suite {path}: pretrain", Path("students") / _scaled(str(data.get("name") or path.stem), scale))
+
+
+def claims_as_stored(data: dict, path: str | Path, scale: str | None, claims: list) -> list:
+    """A suite file's claims read outside `distilbench suite` (`distilbench report --claims FILE[:SCALE]`), their
+    ``init: general:NAME`` written as the cells store them (``pretrained:OUT/NAME``, OUT from that scale's pretrain
+    block, else the file's; no scale: the default one, as `distilbench suite FILE` runs)."""
+    scale = scale or DEFAULT_SCALE
+    own = (data.get("scales") or {}).get(scale) if isinstance(data.get("scales"), dict) else None
+    general = _general(data, own if isinstance(own, dict) else {}, Path(path), scale)
+    return suite_general.claims_inits(claims, general, f"--claims {path}")
 
 
 def _scaled(name: str, scale: str) -> str:
