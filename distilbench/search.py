@@ -213,15 +213,31 @@ def _optimize(study, runner, fixed: set[str], trials: int, grid: dict[str, list]
         return sum(scores) / len(scores)
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    stops = [optuna.study.MaxTrialsCallback(trials, states=finished)] + ([_grid_claimed(trials)] if grid else [])
     if len(study.get_trials(deepcopy=False, states=finished)) < trials:
-        study.optimize(trial_fn, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
-                       catch=(), gc_after_trial=True)
+        study.optimize(trial_fn, callbacks=stops, catch=(), gc_after_trial=True)
+
+
+def _grid_claimed(points: int):
+    """A callback that stops this worker once every grid point is finished or being run (by any worker) and no retry
+    waits: a new trial could then only repeat a point, the overshoot of several workers on one grid."""
+    import optuna
+
+    claimed = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+
+    def stop(study, trial) -> None:
+        if (not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+                and len(study.get_trials(deepcopy=False, states=claimed)) >= points):
+            study.stop()
+    return stop
 
 
 def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url: str, name: str, pruner: str,
                    sampler_seed: int, heartbeat: int, grid: dict[str, list] | None, threads: int) -> None:
     """One `--workers` process: its own runner (the teacher and team are read from the caches the parent filled) and
-    its own sampler seed (sampler_seed + index: equal seeds would propose the same first trials), on the shared study."""
+    its own TPE seed (sampler_seed + index: equal seeds would propose the same first trials), on the shared study. A
+    grid keeps the one seed: Optuna's GridSampler gives trial number k the k-th point of an order shuffled by the
+    seed, so workers of other seeds would repeat points and skip others."""
     exit_with_parent()
     import torch
     from rich.console import Console
@@ -229,7 +245,8 @@ def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url
     torch.set_num_threads(threads)
     runner = make_runner(cfg, Console(stderr=True, quiet=True), read_dev=False)
     runner.console = Console(stderr=True)
-    _optimize(_open_study(url, name, heartbeat, sampler_seed + index, pruner, cfg, grid), runner, fixed, trials, grid)
+    seed = sampler_seed if grid else sampler_seed + index
+    _optimize(_open_study(url, name, heartbeat, seed, pruner, cfg, grid), runner, fixed, trials, grid)
     runner.plan.store.close()
 
 

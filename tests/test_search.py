@@ -248,18 +248,21 @@ def test_workers_2_share_the_study_in_two_processes(tiny_run_args, tmp_path, cap
     assert f"Trials: {len(got)} ({len(got)} complete" in (tmp_path / "report-pool" / "README.md").read_text()
 
 
-def test_a_grid_runs_every_combination_once_and_fixes_the_rest(tiny_run_args, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_grid_runs_every_combination_once_and_fixes_the_rest(tiny_run_args, tmp_path, workers):
     """`--grid lr=... --grid batch_size=...` (paper 002's fine-tuning grid): every combination exactly once, the
-    number of trials defaulting to the grid's size; nothing else is searched."""
+    number of trials defaulting to the grid's size, with one worker or two (whose grid orders must agree: with a seed
+    each they repeated points and skipped others); nothing else is searched."""
     args = list(tiny_run_args)
     del args[args.index("--batch-size"):args.index("--batch-size") + 2]
     argv = ["search", *args, "--objective", "none", "--study", "g", "--epochs", "1", "--out", str(tmp_path / "report-g"),
-            "--grid", "lr=1e-4,3e-4", "--grid", "batch-size=4,8"]
+            "--grid", "lr=1e-4,3e-4", "--grid", "batch-size=4,8", "--workers", workers]
     assert main(argv) == 0
     study = _study(_storage(tiny_run_args), "g")
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     assert sorted((t.params["lr"], t.params["batch_size"]) for t in study.trials) == \
         [(1e-4, 4), (1e-4, 8), (3e-4, 4), (3e-4, 8)]
+    assert len({t.user_attrs["worker"] for t in study.trials}) == int(workers)
     assert main(argv) == 0 and len(_study(_storage(tiny_run_args), "g").trials) == 4  # done: a rerun adds nothing
 
 
