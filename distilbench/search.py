@@ -213,23 +213,14 @@ def _optimize(study, runner, fixed: set[str], trials: int, grid: dict[str, list]
         return sum(scores) / len(scores)
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    stops = [optuna.study.MaxTrialsCallback(trials, states=finished)] + ([_grid_claimed(trials)] if grid else [])
+
+    def grid_claimed(study, trial) -> None:  # every point finished or running, no retry waiting: a new trial would repeat one
+        if (not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)) and
+                len(study.get_trials(deepcopy=False, states=(*finished, optuna.trial.TrialState.RUNNING))) >= trials):
+            study.stop()
+    stops = [optuna.study.MaxTrialsCallback(trials, states=finished)] + ([grid_claimed] if grid else [])
     if len(study.get_trials(deepcopy=False, states=finished)) < trials:
         study.optimize(trial_fn, callbacks=stops, catch=(), gc_after_trial=True)
-
-
-def _grid_claimed(points: int):
-    """A callback that stops this worker once every grid point is finished or being run (by any worker) and no retry
-    waits: a new trial could then only repeat a point, the overshoot of several workers on one grid."""
-    import optuna
-
-    claimed = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-
-    def stop(study, trial) -> None:
-        if (not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-                and len(study.get_trials(deepcopy=False, states=claimed)) >= points):
-            study.stop()
-    return stop
 
 
 def _search_worker(index: int, cfg: RunConfig, fixed: set[str], trials: int, url: str, name: str, pruner: str,
