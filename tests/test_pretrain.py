@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from distilbench.cli import main
 from distilbench.config import RunConfig
 from distilbench.data.corpus import GeneralTask
+from distilbench.models.encoders import general_student
 from distilbench.objectives import Context, Outputs, get_objective
 from distilbench.objectives.layerwise import label_free, without_labels
 from distilbench.results.store import ResultsStore
@@ -237,6 +238,11 @@ def test_the_saved_student_loads_with_transformers_and_fine_tunes(tiny_teacher, 
     with ResultsStore(tiny_run_args[tiny_run_args.index("--results") + 1]) as db:
         (row,) = db.rows()
     made = row["extra"]["general_student"]  # how the init was made, kept in the row for the report
+    assert general_student(out) == made
+    saved = tmp_path / "task-student"  # a task run's saved student has a distilbench.json too: not a general student
+    saved.mkdir()
+    (saved / general.META).write_text(json.dumps({"key": "k", "objective": "kd", "init": "layers:1,2"}))
+    assert general_student(saved) is None and general.finished_key(saved) is None
     assert made["key"] == meta["key"] and made["objective"] == "hid-cls" and made["init"] == "layers:1,2"
     assert made["tokens"] == meta["tokens_seen"] > 0 and made["steps"] == 4 and made["held_out_loss"] == meta["held_out_loss"]
 

@@ -38,12 +38,15 @@ def load_encoder(name: str, mlm: bool = False):
 def general_student(path: str | Path) -> dict[str, Any] | None:
     """How a general student was made (`distilbench pretrain`), from its folder's :data:`STUDENT_META`: the fields a
     row fine-tuned from it keeps, so that a report can say what its init is without the folder. None for any other
-    model (an alias, a hub id, a folder without the file or with one that does not parse)."""
+    model (an alias, a hub id, a folder without the file or with one that does not parse, a task run's saved
+    student, whose card has the same file name)."""
     try:
         data = json.loads((Path(path) / STUDENT_META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     identity, corpus = data.get("identity") or {}, data.get("corpus") or {}
+    if identity.get("family") != "general-distillation":
+        return None
     return {"key": data.get("key"), "objective": identity.get("objective"), "init": identity.get("init"),
             "teacher": identity.get("teacher"), "corpus": corpus.get("name"), "tokens": data.get("tokens_seen"),
             "steps": data.get("steps"), "batch_size": identity.get("batch_size"), "max_length": identity.get("max_length"),

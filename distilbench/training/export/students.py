@@ -47,11 +47,12 @@ from ...data.lm_text import evaluation_text
 from ...data.qa import window_settings
 from ...data.tasks import get_task
 from ...errors import UsageError
+from ...models.encoders import STUDENT_META
 from ...plugins import did_you_mean
 from ...results.chance import ALPHA, SAMPLES, SEED, check_rows
 from ...results.store import ResultsStore
 
-CARD, META = "README.md", "distilbench.json"
+CARD, META = "README.md", STUDENT_META
 FORMAT = 1
 CLASSIFICATION, QA, LM = "sequence-classification", "extractive-qa", "causal-lm"
 # family -> (the model card's pipeline_tag, the transformers class that loads the folder)

@@ -18,7 +18,7 @@ from ...data.corpus import Corpus, EncoderBlocks, GeneralTask, pack_encoder_bloc
 from ...data.tasks import resolve_data_dir
 from ...errors import UsageError
 from ...hashing import stable_hash
-from ...models.encoders import STUDENT_META, has_mlm_head
+from ...models.encoders import STUDENT_META, general_student, has_mlm_head
 from ...models.inits import parse_init
 from ...models.loading import declared_pooling, load_tokenizer, model_config, model_fingerprint
 from ...objectives import OBJECTIVES, Objective, get_objective
@@ -229,12 +229,8 @@ def checkpoint_key(plan: GeneralPlan) -> str | None:
 
 
 def finished_key(out: Path) -> str | None:
-    try:
-        return json.loads((out / META).read_text(encoding="utf-8")).get("key")
-    except (OSError, ValueError):
-        return None
+    return (general_student(out) or {}).get("key")
 
 
 __all__ = ["CARD", "MASK_SHARE", "META", "STATE", "STATE_KEY", "Budget", "GeneralPlan", "check_counts", "checkpoint_key",
-           "finished_key",
-           "plan_general", "refuse_objective", "unread"]
+           "finished_key", "plan_general", "refuse_objective", "unread"]
